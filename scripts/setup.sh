@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs and builds everything kvpark needs on a Debian machine with Node 20 and npm:
+# Debian packages (BLAS/LAPACK for MLX, protoc and gRPC Python for the cross-language tests,
+# xxhash for the SSD store), npm packages, the native addon and the TypeScript build.
+# Idempotent and quick when nothing changed. `--test` adds what only the test suite needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(libopenblas0 liblapack3 libxxhash-dev g++ make python3)
+if [[ "${1:-}" == "--test" ]]; then
+  packages+=(openssl protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "kvpark setup: installing Debian packages: ${missing[*]}"
+  if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  elif command -v sudo >/dev/null; then
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "kvpark setup: run as root or install: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+# @frost-beta/mlx ships its Linux binary in the npm tarball, but its install script tries to download
+# one and fails offline; scripts are skipped here and the project's own native code is built below.
+if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
+  echo "kvpark setup: installing npm packages"
+  npm ci --ignore-scripts --no-audit --no-fund
+fi
+
+if [[ -f native/binding.gyp ]]; then
+  addon=native/build/Release/kvpark_store.node
+  if [[ ! -f $addon ]] || [[ -n $(find native -path native/build -prune -o -newer "$addon" -type f -print -quit) ]]; then
+    echo "kvpark setup: building the native store"
+    npm run --silent build:native >/dev/null
+  fi
+fi
+
+echo "kvpark setup: compiling TypeScript"
+npx tsc -p tsconfig.json

@@ -1,0 +1,50 @@
+import * as fs from "node:fs";
+import { timingSafeEqual, createHash } from "node:crypto";
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+
+/** The tenant of a request, derived from its bearer token (never from the request body). */
+export const tenantKey = createContextKey<string>("", { description: "tenant of the request" });
+
+/** The tenant name used when authentication is off. */
+export const DEFAULT_TENANT = "";
+
+/** Parses --auth-tokens: `tenant=token,tenant2=token2` or `@file` with one `tenant=token` per line. */
+export function parseAuthTokens(spec: string): Map<string, string> {
+  const tokens = new Map<string, string>();
+  if (!spec) return tokens;
+  const text = spec.startsWith("@") ? fs.readFileSync(spec.slice(1), "utf8") : spec.replace(/,/g, "\n");
+  for (const [i, raw] of text.split("\n").entries()) {
+    const line = raw.trim();
+    if (!line || line.startsWith("#")) continue;
+    const eq = line.indexOf("=");
+    const tenant = line.slice(0, eq).trim();
+    const token = line.slice(eq + 1).trim();
+    if (eq <= 0 || !token || !tenant) throw new Error(`--auth-tokens entry ${i + 1}: expected tenant=token`);
+    if (token.length < 16) throw new Error(`--auth-tokens entry ${i + 1} (tenant ${tenant}): token must have at least 16 characters`);
+    tokens.set(token, tenant);
+  }
+  return tokens;
+}
+
+// Compare digests so the comparison time does not depend on how much of a guessed token is right.
+function digest(s: string): Buffer {
+  return createHash("sha256").update(s).digest();
+}
+
+/**
+ * Requires `authorization: Bearer <token>` on every call when tokens are configured, and records the
+ * token's tenant in the call's context.
+ */
+export function authInterceptor(tokens: Map<string, string>): Interceptor {
+  const known = [...tokens.entries()].map(([token, tenant]) => ({ digest: digest(token), tenant }));
+  return (next) => async (req) => {
+    const header = req.header.get("authorization") ?? "";
+    const match = /^Bearer\s+(\S+)$/i.exec(header);
+    if (!match) throw new ConnectError("missing bearer token: send metadata authorization: Bearer <token>", Code.Unauthenticated);
+    const d = digest(match[1]);
+    const entry = known.find((k) => timingSafeEqual(k.digest, d));
+    if (!entry) throw new ConnectError("invalid bearer token", Code.Unauthenticated);
+    req.contextValues.set(tenantKey, entry.tenant);
+    return next(req);
+  };
+}

@@ -1,0 +1,81 @@
+import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { InferenceService } from "../gen/kvpark/v1/inference_pb.js";
+import { KVBlocksService } from "../gen/kvpark/v1/kvblocks_pb.js";
+import { Health } from "../gen/grpc/health/v1/health_pb.js";
+
+/** Options of a kvpark client. */
+export interface KvparkClientOptions {
+  /** Server address, e.g. `http://127.0.0.1:50051` or `https://kvpark.internal:443`. */
+  baseUrl: string;
+  /** Bearer token sent on every call, when the server requires one. */
+  token?: string;
+  /** Deadline of calls that set none, in milliseconds (default 60 s). */
+  timeoutMs?: number;
+  /** Attempts of a unary call that failed with UNAVAILABLE, including the first (default 4). */
+  attempts?: number;
+  /** First retry delay in milliseconds; doubled each time, with jitter (default 200). */
+  backoffMs?: number;
+  /** TLS options for https URLs: CA, client certificate and key (PEM). */
+  tls?: { ca?: Buffer | string; cert?: Buffer | string; key?: Buffer | string };
+  /** A transport to use instead of the default gRPC one (tests, gRPC-Web, Connect). */
+  transport?: Transport;
+}
+
+/** Typed kvpark clients sharing one connection. */
+export interface KvparkClient {
+  inference: Client<typeof InferenceService>;
+  kvBlocks: Client<typeof KVBlocksService>;
+  health: Client<typeof Health>;
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => (clearTimeout(t), reject(signal.reason)), { once: true });
+  });
+
+/**
+ * Retries unary calls that failed with UNAVAILABLE (the engine restarting, a connection reset) with
+ * exponential backoff. Streaming calls are not retried: part of their output may already have been
+ * consumed, so only the caller can decide whether repeating them is safe.
+ */
+export function retryInterceptor(attempts: number, backoffMs: number): Interceptor {
+  return (next) => async (req) => {
+    if (req.stream) return next(req);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await next(req);
+      } catch (err) {
+        const code = ConnectError.from(err).code;
+        if (code !== Code.Unavailable || attempt >= attempts || req.signal.aborted) throw err;
+        await sleep(backoffMs * 2 ** (attempt - 1) * (0.5 + Math.random()), req.signal);
+      }
+    }
+  };
+}
+
+/** Creates typed clients for kvpark's services over gRPC (HTTP/2). */
+export function createKvparkClient(options: KvparkClientOptions): KvparkClient {
+  const interceptors: Interceptor[] = [retryInterceptor(options.attempts ?? 4, options.backoffMs ?? 200)];
+  if (options.token) {
+    const token = options.token;
+    interceptors.push((next) => (req) => {
+      req.header.set("authorization", `Bearer ${token}`);
+      return next(req);
+    });
+  }
+  const transport =
+    options.transport ??
+    createGrpcTransport({
+      baseUrl: options.baseUrl,
+      interceptors,
+      defaultTimeoutMs: options.timeoutMs ?? 60_000,
+      nodeOptions: options.tls ? { ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key } : undefined,
+    });
+  return {
+    inference: createClient(InferenceService, transport),
+    kvBlocks: createClient(KVBlocksService, transport),
+    health: createClient(Health, transport),
+  };
+}

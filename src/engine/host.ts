@@ -1,0 +1,163 @@
+import { fork, type ChildProcess } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { Config } from "../config.js";
+import { KvparkError, type ErrorCode } from "../errors.js";
+import type { Logger } from "../log.js";
+import type { Readiness } from "../rpc/health.js";
+import { AsyncQueue } from "../util/async-queue.js";
+import type { FromEngine, ModelInfo, SamplingSettings } from "./protocol.js";
+
+/** Per-request events the engine streams back to the front end. */
+export type EngineEvent = Extract<FromEngine, { id: number }>;
+
+/** What a Generate call asks of the engine. */
+export interface EngineRequest {
+  tokens: number[];
+  sampling: SamplingSettings;
+  persist: boolean;
+  tenant: string;
+  arrivedAt: number;
+}
+
+function engineEntry(): string {
+  // Under ts-jest this file runs from source; the engine process always runs the compiled code.
+  const compiled = path.join(__dirname, "main.js");
+  if (fs.existsSync(compiled)) return compiled;
+  return path.resolve(__dirname, "../../dist/src/engine/main.js");
+}
+
+/**
+ * Runs the engine in a child process and restarts it when it dies. MLX aborts the whole process on
+ * an internal error, so keeping it out of the front end is what lets the server survive one: in-flight
+ * requests fail with UNAVAILABLE (retryable), health reports NOT_SERVING, and a new engine starts.
+ */
+export class EngineHost {
+  private child?: ChildProcess;
+  private nextId = 1;
+  private readonly pending = new Map<number, AsyncQueue<EngineEvent>>();
+  private stopping = false;
+  private restartTimer?: NodeJS.Timeout;
+  private readyWaiters: Array<(info: ModelInfo) => void> = [];
+  /** The model served by the running engine; undefined until it is ready. */
+  info?: ModelInfo;
+  /** Set when the engine failed in a way restarting cannot fix (bad model path, ...). */
+  fatal?: { code: string; message: string };
+  restarts = 0;
+
+  constructor(
+    private readonly config: Config,
+    private readonly log: Logger,
+    private readonly readiness: Readiness,
+  ) {}
+
+  start(): void {
+    const args = ["--model", this.config.model, "--data-dir", this.config.dataDir];
+    const child = fork(engineEntry(), args, {
+      serialization: "advanced",
+      execArgv: ["--expose-gc"],
+      env: { ...process.env, KVPARK_ENGINE_CONFIG: JSON.stringify(this.config) },
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+    });
+    this.child = child;
+    child.on("message", (msg: FromEngine) => this.onMessage(msg));
+    child.on("exit", (code, signal) => this.onExit(child, code, signal));
+    this.log.info({ event: "engine_start", pid: child.pid, model: this.config.model }, "engine starting");
+  }
+
+  /** Resolves when an engine is ready (immediately if one is). */
+  ready(): Promise<ModelInfo> {
+    if (this.info) return Promise.resolve(this.info);
+    return new Promise((resolve) => this.readyWaiters.push(resolve));
+  }
+
+  private onMessage(msg: FromEngine): void {
+    switch (msg.type) {
+      case "loading":
+        this.log.info({ event: "model_loading", what: msg.what, loadedBytes: msg.loadedBytes, totalBytes: msg.totalBytes }, "loading model");
+        return;
+      case "ready":
+        this.info = msg.info;
+        this.fatal = undefined;
+        this.log.info({ event: "engine_ready", model: msg.info.name, fingerprint: msg.info.fingerprint }, "engine ready");
+        this.readiness.set(true);
+        for (const w of this.readyWaiters.splice(0)) w(msg.info);
+        return;
+      case "fatal":
+        this.fatal = { code: msg.code, message: msg.message };
+        this.log.error({ event: "engine_fatal", code: msg.code }, msg.message);
+        return;
+      case "failed": {
+        const q = this.pending.get(msg.id);
+        this.pending.delete(msg.id);
+        q?.fail(new KvparkError(msg.code as ErrorCode, msg.message));
+        return;
+      }
+      default: {
+        const q = this.pending.get(msg.id);
+        if (!q) return;
+        q.push(msg);
+        if (msg.type === "finished") {
+          this.pending.delete(msg.id);
+          q.end();
+        }
+      }
+    }
+  }
+
+  private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.child !== child) return;
+    this.child = undefined;
+    this.info = undefined;
+    this.readiness.set(false);
+    const err = new KvparkError("ENGINE_UNAVAILABLE", "the engine stopped while serving this request; retry");
+    for (const q of this.pending.values()) q.fail(err);
+    this.pending.clear();
+    if (this.stopping) return;
+    if (this.fatal) {
+      // Restarting cannot fix a model that does not load; keep answering NOT_SERVING and say why.
+      this.log.error({ event: "engine_exit", code, signal }, `engine cannot start: ${this.fatal.message}`);
+      return;
+    }
+    this.restarts++;
+    this.log.error({ event: "engine_exit", code, signal, restarts: this.restarts }, "engine died; restarting");
+    this.restartTimer = setTimeout(() => this.start(), this.config.engineRestartDelayMs);
+  }
+
+  /** Sends a request to the engine; the returned stream ends with a `finished` event or throws. */
+  generate(req: EngineRequest, signal: AbortSignal): AsyncIterable<EngineEvent> {
+    if (!this.child || !this.info) {
+      throw new KvparkError("ENGINE_UNAVAILABLE", this.fatal ? `no model is served: ${this.fatal.message}` : "the engine is starting; retry shortly");
+    }
+    const id = this.nextId++;
+    const q = new AsyncQueue<EngineEvent>();
+    this.pending.set(id, q);
+    const child = this.child;
+    const onAbort = () => {
+      if (!this.pending.delete(id)) return;
+      child.send({ type: "cancel", id });
+      q.fail(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    child.send({ type: "generate", id, ...req });
+    return q;
+  }
+
+  /** Requests in flight in the engine. */
+  get inflight(): number {
+    return this.pending.size;
+  }
+
+  /** Stops the engine process, waiting for it to exit. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.restartTimer);
+    const child = this.child;
+    if (!child || child.exitCode !== null) return;
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    child.kill("SIGTERM");
+    const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+    await exited;
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,46 @@
+import type { Config } from "./config.js";
+import { EngineHost } from "./engine/host.js";
+import { createLogger } from "./log.js";
+import { ModelTokenizer } from "./model/tokenizer.js";
+import { Readiness } from "./rpc/health.js";
+import { Admission } from "./rpc/inference.js";
+import { listen, SERVICE_NAMES } from "./server.js";
+
+/** Runs the server until SIGTERM or SIGINT, then shuts down gracefully and exits 0. */
+export async function serve(config: Config): Promise<void> {
+  const log = createLogger(config.logLevel);
+  const readiness = new Readiness(SERVICE_NAMES.filter((s) => s.startsWith("kvpark.")));
+  const engine = new EngineHost(config, log, readiness);
+  let tokenizer: ModelTokenizer | undefined;
+  let tokenizerDir = "";
+  // The front end tokenizes prompts itself so that validation and lookups never wait for the engine.
+  readiness.on("change", (serving: boolean) => {
+    if (!serving || !engine.info || engine.info.dir === tokenizerDir) return;
+    tokenizer = ModelTokenizer.fromDir(engine.info.dir);
+    tokenizerDir = engine.info.dir;
+  });
+  const server = await listen(config, {
+    config,
+    log,
+    readiness,
+    engine,
+    tokenizer: () => tokenizer,
+    admission: new Admission(config.requestsMax),
+  });
+  log.info({ event: "listening", host: config.host, port: server.port, tls: Boolean(config.tlsCert), mtls: Boolean(config.tlsCa) }, `listening on ${config.host}:${server.port}`);
+  engine.start();
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ event: "shutdown", signal, inflight: engine.inflight }, "shutting down");
+    await server.shutdown(config.shutdownGraceMs);
+    await engine.stop();
+    log.info({ event: "stopped" }, "stopped");
+    log.flush();
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}

@@ -1,0 +1,208 @@
+import * as fs from "node:fs";
+import * as http from "node:http";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import * as tls from "node:tls";
+import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { DescFile } from "@bufbuild/protobuf";
+import { file_grpc_health_v1_health } from "../gen/grpc/health/v1/health_pb.js";
+import { file_grpc_reflection_v1_reflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { file_grpc_reflection_v1alpha_reflection } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { file_kvpark_v1_inference } from "../gen/kvpark/v1/inference_pb.js";
+import { file_kvpark_v1_kvblocks } from "../gen/kvpark/v1/kvblocks_pb.js";
+import { authInterceptor, parseAuthTokens, tenantKey } from "./auth.js";
+import type { Config } from "./config.js";
+import type { Logger } from "./log.js";
+import { registerHealth, type Readiness } from "./rpc/health.js";
+import { registerInference, type InferenceDeps } from "./rpc/inference.js";
+import { ReflectionIndex, registerReflection } from "./rpc/reflection.js";
+
+/** Fully qualified names of the services this server exposes. */
+export const SERVICE_NAMES = [
+  "kvpark.v1.InferenceService",
+  "kvpark.v1.KVBlocksService",
+  "grpc.health.v1.Health",
+  "grpc.reflection.v1.ServerReflection",
+  "grpc.reflection.v1alpha.ServerReflection",
+];
+
+const DESCRIPTOR_FILES: DescFile[] = [
+  file_kvpark_v1_inference,
+  file_kvpark_v1_kvblocks,
+  file_grpc_health_v1_health,
+  file_grpc_reflection_v1_reflection,
+  file_grpc_reflection_v1alpha_reflection,
+];
+
+/** Everything the RPC handlers depend on. */
+export interface ServerDeps extends InferenceDeps {
+  log: Logger;
+  readiness: Readiness;
+  registerExtra?: (router: ConnectRouter) => void;
+}
+
+// Health checks stay open without a token so that load balancers and Kubernetes probes, which cannot
+// send credentials, can use them; they reveal nothing but serving state.
+const UNAUTHENTICATED_SERVICES = new Set(["grpc.health.v1.Health"]);
+
+function loggingInterceptor(log: Logger): Interceptor {
+  return (next) => async (req) => {
+    const started = performance.now();
+    const method = `${req.service.typeName}/${req.method.name}`;
+    const done = (err?: unknown) => {
+      const code = err === undefined ? "ok" : Code[ConnectError.from(err).code];
+      const line = { event: "rpc", method, code, ms: Math.round((performance.now() - started) * 10) / 10, tenant: req.contextValues.get(tenantKey) || undefined };
+      if (err === undefined) log.info(line, "request done");
+      else log.info({ ...line, error: ConnectError.from(err).rawMessage }, "request failed");
+    };
+    let res;
+    try {
+      res = await next(req);
+    } catch (err) {
+      done(err);
+      throw err;
+    }
+    if (!res.stream) {
+      done();
+      return res;
+    }
+    const inner = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        try {
+          yield* inner;
+          done();
+        } catch (err) {
+          done(err);
+          throw err;
+        }
+      })(),
+    };
+  };
+}
+
+/** Builds the request handler (routes, interceptors, limits). Only `listen` opens sockets. */
+export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: AbortSignal) {
+  const interceptors: Interceptor[] = [loggingInterceptor(deps.log)];
+  const tokens = parseAuthTokens(config.authTokens);
+  if (tokens.size > 0) {
+    const auth = authInterceptor(tokens);
+    interceptors.push((next) => {
+      const authed = auth(next);
+      return (req) => (UNAUTHENTICATED_SERVICES.has(req.service.typeName) ? next(req) : authed(req));
+    });
+  }
+  const reflection = new ReflectionIndex(DESCRIPTOR_FILES, SERVICE_NAMES);
+  return connectNodeAdapter({
+    routes: (router) => {
+      registerHealth(router, deps.readiness);
+      registerReflection(router, reflection);
+      registerInference(router, deps);
+      deps.registerExtra?.(router);
+    },
+    interceptors,
+    readMaxBytes: config.messageBytesMax,
+    writeMaxBytes: config.messageBytesMax,
+    shutdownSignal,
+  });
+}
+
+/** A listening server and the means to stop it gracefully. */
+export interface RunningServer {
+  port: number;
+  /** Stops accepting, lets in-flight calls finish for up to `graceMs`, then cancels what is left. */
+  shutdown(graceMs: number): Promise<void>;
+}
+
+/**
+ * Listens on one port for gRPC, gRPC-Web and Connect. Without TLS, the first bytes of a connection
+ * decide between HTTP/2 (prior knowledge, as gRPC clients speak) and HTTP/1.1 (browsers, curl); with
+ * TLS, ALPN decides.
+ */
+export async function listen(config: Config, deps: ServerDeps): Promise<RunningServer> {
+  const shutdown = new AbortController();
+  const handler = buildHandler(config, deps, shutdown.signal);
+  const sessions = new Set<http2.Http2Session>();
+  const h2settings: http2.Settings = { maxConcurrentStreams: 1000, maxHeaderListSize: 64 * 1024 };
+
+  let h2: http2.Http2Server | http2.Http2SecureServer;
+  let front: net.Server;
+  if (config.tlsCert) {
+    const secure: http2.SecureServerOptions = {
+      cert: fs.readFileSync(config.tlsCert),
+      key: fs.readFileSync(config.tlsKey),
+      allowHTTP1: true,
+      settings: h2settings,
+    };
+    if (config.tlsCa) {
+      secure.ca = fs.readFileSync(config.tlsCa);
+      secure.requestCert = true;
+      secure.rejectUnauthorized = true;
+    }
+    h2 = http2.createSecureServer(secure, handler);
+    front = h2 as unknown as tls.Server;
+  } else {
+    h2 = http2.createServer({ settings: h2settings }, handler);
+    const h1 = http.createServer(handler);
+    const preface = Buffer.from("PRI * HTTP/2.0");
+    front = net.createServer((socket) => {
+      socket.once("readable", () => {
+        const head: Buffer | null = socket.read(preface.length) ?? socket.read();
+        if (!head) return socket.destroy();
+        socket.unshift(head);
+        (head.equals(preface.subarray(0, head.length)) ? h2 : h1).emit("connection", socket);
+      });
+    });
+  }
+
+  h2.on("session", (session: http2.Http2Session) => {
+    sessions.add(session);
+    let timer: NodeJS.Timeout | undefined;
+    if (config.keepaliveMs > 0) {
+      // A client that vanished without closing its connection would hold streams forever.
+      timer = setInterval(() => {
+        const deadline = setTimeout(() => session.destroy(), config.keepaliveTimeoutMs);
+        try {
+          session.ping((err) => {
+            clearTimeout(deadline);
+            if (err) session.destroy();
+          });
+        } catch {
+          clearTimeout(deadline);
+        }
+      }, config.keepaliveMs);
+      timer.unref();
+    }
+    session.on("close", () => {
+      clearInterval(timer);
+      sessions.delete(session);
+    });
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    front.once("error", reject);
+    front.listen(config.port, config.host, () => resolve());
+  });
+  const port = (front.address() as net.AddressInfo).port;
+
+  return {
+    port,
+    async shutdown(graceMs: number) {
+      deps.readiness.set(false);
+      const closed = new Promise<void>((resolve) => front.close(() => resolve()));
+      for (const s of sessions) s.close();
+      const idle = async () => {
+        while (sessions.size > 0 || deps.admission.active > 0) await new Promise((r) => setTimeout(r, 50));
+      };
+      const grace = new Promise<void>((r) => setTimeout(r, graceMs).unref());
+      await Promise.race([idle(), grace]);
+      shutdown.abort(new ConnectError("the server is shutting down", Code.Unavailable));
+      // Give cancelled handlers a moment to send their status before connections are torn down.
+      await Promise.race([idle(), new Promise((r) => setTimeout(r, 1000).unref())]);
+      for (const s of sessions) s.destroy();
+      await closed;
+    },
+  };
+}

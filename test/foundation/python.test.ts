@@ -1,0 +1,40 @@
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { ROOT, startServer, type ServerProcess } from "../helpers/server";
+
+const TOKEN = "python-client-token-000001";
+
+describe("Python client (Debian python3-grpcio, stubs from protoc)", () => {
+  let server: ServerProcess;
+  let stubs: string;
+
+  beforeAll(async () => {
+    stubs = fs.mkdtempSync(path.join(os.tmpdir(), "kvpark-py-"));
+    execFileSync("bash", [path.join(ROOT, "clients/python/generate_stubs.sh"), stubs]);
+    server = await startServer({ args: ["--auth-tokens", `py=${TOKEN}`] });
+  });
+  afterAll(() => server.stop());
+
+  it("gets typed responses and exact status codes", () => {
+    const out = JSON.parse(
+      execFileSync("/usr/bin/python3", [path.join(ROOT, "test/python/check.py"), `127.0.0.1:${server.port}`, TOKEN], {
+        env: { ...process.env, PYTHONPATH: stubs },
+        encoding: "utf8",
+      }),
+    );
+    expect(out.health).toBe("SERVING");
+    expect(out.first_event).toBe("started");
+    expect(out.prompt_tokens).toBeGreaterThan(0);
+    expect(out.last_event).toBe("finished");
+    expect(["FINISH_REASON_MAX_TOKENS", "FINISH_REASON_EOS"]).toContain(out.finish_reason);
+    // Sampling with a seed is reproducible.
+    expect(out.ids_again).toEqual(out.ids);
+    expect(out.ids.flat().length).toBe(out.usage_completion);
+    expect(out.missing_prompt).toEqual(["INVALID_ARGUMENT", "prompt: required: set text, chat or tokens"]);
+    expect(out.bad_max_tokens).toEqual(["INVALID_ARGUMENT", "sampling.max_tokens: must be between 1 and 8192, got -5"]);
+    expect(out.deadline[0]).toBe("DEADLINE_EXCEEDED");
+    expect(out.no_token[0]).toBe("UNAUTHENTICATED");
+  });
+});

@@ -1,0 +1,48 @@
+#!/usr/bin/python3
+"""Calls a running kvpark server with Python gRPC stubs and prints the outcomes as JSON for the jest suite."""
+import json
+import sys
+
+import grpc
+
+from grpc.health.v1 import health_pb2, health_pb2_grpc
+from kvpark.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+target, token = sys.argv[1], sys.argv[2]
+md = [("authorization", f"Bearer {token}")]
+out = {}
+
+with grpc.insecure_channel(target) as channel:
+    health = health_pb2_grpc.HealthStub(channel)
+    out["health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(health.Check(health_pb2.HealthCheckRequest()).status)
+
+    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+
+    def generate(prompt, sampling, timeout=60):
+        req = inference_pb2.GenerateRequest(prompt=prompt, sampling=sampling)
+        return list(stub.Generate(req, metadata=md, timeout=timeout))
+
+    text = common_pb2.Prompt(text="The quick brown fox")
+    runs = [generate(text, inference_pb2.SamplingParams(max_tokens=8, temperature=0.7, seed=42)) for _ in range(2)]
+    first = runs[0]
+    out["first_event"] = first[0].WhichOneof("event")
+    out["prompt_tokens"] = first[0].started.prompt_tokens
+    out["last_event"] = first[-1].WhichOneof("event")
+    out["finish_reason"] = inference_pb2.FinishReason.Name(first[-1].finished.finish_reason)
+    out["ids"] = [list(r.delta.token_ids) for r in first if r.WhichOneof("event") == "delta"]
+    out["ids_again"] = [list(r.delta.token_ids) for r in runs[1] if r.WhichOneof("event") == "delta"]
+    out["usage_completion"] = first[-1].finished.usage.completion_tokens
+
+    def status(fn):
+        try:
+            fn()
+            return ["OK", ""]
+        except grpc.RpcError as err:
+            return [err.code().name, err.details()]
+
+    out["missing_prompt"] = status(lambda: generate(None, inference_pb2.SamplingParams(max_tokens=1)))
+    out["bad_max_tokens"] = status(lambda: generate(text, inference_pb2.SamplingParams(max_tokens=-5)))
+    out["deadline"] = status(lambda: generate(text, inference_pb2.SamplingParams(max_tokens=8000), timeout=0.3))
+    out["no_token"] = status(lambda: list(stub.Generate(inference_pb2.GenerateRequest(prompt=text))))
+
+print(json.dumps(out))
