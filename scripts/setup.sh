@@ -44,5 +44,11 @@ if [[ -f native/binding.gyp ]]; then
   fi
 fi
 
+# @frost-beta/mlx declares its nn/optimizers modules by their TypeScript sources, which do not compile
+# under strict settings; kvpark uses only the core API, so the compiler sees the core declarations alone.
+mkdir -p node_modules/.kvpark-types
+grep -v "^export \* as \(nn\|optimizers\|utils\) from" node_modules/@frost-beta/mlx/lib/index.d.ts \
+  > node_modules/.kvpark-types/mlx.d.ts
+
 echo "kvpark setup: compiling TypeScript"
 npx tsc -p tsconfig.json

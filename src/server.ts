@@ -18,10 +18,12 @@ import { registerHealth, type Readiness } from "./rpc/health.js";
 import { registerInference, type InferenceDeps } from "./rpc/inference.js";
 import { ReflectionIndex, registerReflection } from "./rpc/reflection.js";
 
-/** Fully qualified names of the services this server exposes. */
+/**
+ * Fully qualified names of the services this server exposes. kvpark.v1.KVBlocksService is part of the
+ * contract but is served only once the prefix cache runs; until then its methods answer UNIMPLEMENTED.
+ */
 export const SERVICE_NAMES = [
   "kvpark.v1.InferenceService",
-  "kvpark.v1.KVBlocksService",
   "grpc.health.v1.Health",
   "grpc.reflection.v1.ServerReflection",
   "grpc.reflection.v1alpha.ServerReflection",

@@ -1,5 +1,5 @@
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   FinishReason,
   GenerateResponseSchema,
@@ -77,7 +77,7 @@ export function samplingSettings(p: SamplingParams | undefined, config: Config):
   return { maxTokens, temperature, topP, topK, seed, stop };
 }
 
-function response(event: GenerateResponse["event"]): GenerateResponse {
+function response(event: MessageInitShape<typeof GenerateResponseSchema>["event"]): GenerateResponse {
   return create(GenerateResponseSchema, { event });
 }
 

@@ -34,7 +34,7 @@ export function promptTokens(
         ids = tokenizer.renderAndEncode(
           messages.map((m) => ({ role: m.role, content: m.content })),
           { addGenerationPrompt: kind.value.addGenerationPrompt ?? true },
-        );
+        ).ids;
       } catch (err) {
         throw invalidField(`${field}.chat`, `the model's chat template failed: ${(err as Error).message}`);
       }

@@ -1,5 +1,5 @@
 import type { ConnectRouter } from "@connectrpc/connect";
-import { createFileRegistry, toBinary, type DescFile, type FileRegistry } from "@bufbuild/protobuf";
+import { createRegistry, toBinary, type DescFile, type Registry } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { ServerReflection as ReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import { ServerReflection as ReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
@@ -28,13 +28,19 @@ const INVALID_ARGUMENT = 3;
 
 /** Answers reflection requests from the descriptors protobuf-es embeds in the generated code. */
 export class ReflectionIndex {
-  private readonly registry: FileRegistry;
+  private readonly registry: Registry;
+  private readonly files = new Map<string, DescFile>();
 
   constructor(
     files: DescFile[],
     private readonly serviceNames: string[],
   ) {
-    this.registry = createFileRegistry(...files);
+    this.registry = createRegistry(...files);
+    const add = (f: DescFile) => {
+      this.files.set(f.proto.name, f);
+      f.dependencies.forEach(add);
+    };
+    files.forEach(add);
   }
 
   /** The file and every file it imports, dependencies first, as serialized FileDescriptorProtos. */
@@ -51,7 +57,7 @@ export class ReflectionIndex {
 
   private fileOfSymbol(symbol: string): DescFile | undefined {
     const found = this.registry.get(symbol);
-    if (found) return found.kind === "extension" ? found.file : found.file;
+    if (found) return found.file;
     // A method or field name: look up its parent.
     const parent = symbol.slice(0, Math.max(0, symbol.lastIndexOf(".")));
     const owner = parent ? this.registry.get(parent) : undefined;
@@ -78,14 +84,12 @@ export class ReflectionIndex {
           messageResponse: { case: "listServicesResponse", value: { service: this.serviceNames.map((name) => ({ name })) } },
         };
       case "fileByFilename":
-        return files(this.registry.getFile(m.value), `file ${m.value}`);
+        return files(this.files.get(m.value), `file ${m.value}`);
       case "fileContainingSymbol":
         return files(this.fileOfSymbol(m.value), `symbol ${m.value}`);
       case "fileContainingExtension": {
-        const ext = this.registry.getExtensionFor?.(
-          this.registry.getMessage(m.value.containingType)!,
-          m.value.extensionNumber,
-        );
+        const msg = this.registry.getMessage(m.value.containingType);
+        const ext = msg ? this.registry.getExtensionFor(msg, m.value.extensionNumber) : undefined;
         return files(ext?.file, `extension ${m.value.extensionNumber} of ${m.value.containingType}`);
       }
       case "allExtensionNumbersOfType": {
@@ -104,7 +108,7 @@ export class ReflectionIndex {
 export function registerReflection(router: ConnectRouter, index: ReflectionIndex): void {
   for (const service of [ReflectionV1, ReflectionV1alpha]) {
     router.service(service, {
-      async *serverReflectionInfo(requests) {
+      async *serverReflectionInfo(requests: AsyncIterable<unknown>) {
         for await (const req of requests) yield index.answer(req as ReflectionRequest) as never;
       },
     });

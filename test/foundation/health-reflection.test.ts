@@ -41,19 +41,19 @@ describe("health and reflection", () => {
       const client = createClient(service, transport);
       async function* requests() {
         yield { messageRequest: { case: "listServices" as const, value: "*" } };
-        yield { messageRequest: { case: "fileContainingSymbol" as const, value: "kvpark.v1.KVBlocksService" } };
+        yield { messageRequest: { case: "fileContainingSymbol" as const, value: "kvpark.v1.InferenceService.Generate" } };
       }
       const answers = [];
       for await (const res of client.serverReflectionInfo(requests())) answers.push(res);
       expect(answers[0].messageResponse.case).toBe("listServicesResponse");
       const names = (answers[0].messageResponse.value as { service: { name: string }[] }).service.map((s) => s.name);
-      expect(names).toEqual(expect.arrayContaining(["kvpark.v1.InferenceService", "kvpark.v1.KVBlocksService", "grpc.health.v1.Health"]));
+      expect(names).toEqual(expect.arrayContaining(["kvpark.v1.InferenceService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]));
       const files = (answers[1].messageResponse.value as { fileDescriptorProto: Uint8Array[] }).fileDescriptorProto.map((b) =>
         fromBinary(FileDescriptorProtoSchema, b),
       );
       // The file and its import, dependencies first.
-      expect(files.map((f) => f.name)).toEqual(["kvpark/v1/common.proto", "kvpark/v1/kvblocks.proto"]);
-      expect(files[1].service[0].method.map((m) => m.name)).toEqual(["Lookup", "GetBlocks", "PutBlocks", "Pin", "Unpin", "Stats"]);
+      expect(files.map((f) => f.name)).toEqual(["kvpark/v1/common.proto", "kvpark/v1/inference.proto"]);
+      expect(files[1].service[0].method.map((m) => m.name)).toEqual(["Generate", "PrefillStream"]);
     }
   });
 
@@ -66,8 +66,7 @@ describe("health and reflection", () => {
       expect.arrayContaining([
         "kvpark.v1.InferenceService/Generate",
         "kvpark.v1.InferenceService/PrefillStream",
-        "kvpark.v1.KVBlocksService/GetBlocks",
-        "kvpark.v1.KVBlocksService/PutBlocks",
+        "grpc.health.v1.Health/Check",
         "grpc.health.v1.Health/Watch",
       ]),
     );

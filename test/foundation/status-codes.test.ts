@@ -2,7 +2,6 @@ import * as fs from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { InferenceService, GenerateRequestSchema, type GenerateResponse } from "../../gen/kvpark/v1/inference_pb";
-import { KVBlocksService } from "../../gen/kvpark/v1/kvblocks_pb";
 import { Health, HealthCheckResponse_ServingStatus as Status, type HealthCheckResponse } from "../../gen/grpc/health/v1/health_pb";
 import { grpcJsClient, serverStream, unary } from "../helpers/grpcjs";
 import { makeCerts } from "../helpers/certs";
@@ -100,10 +99,7 @@ describe("status codes through grpc-js", () => {
   });
 
   it("UNAUTHENTICATED without a token or with a wrong one; health needs none", async () => {
-    const kv = grpcJsClient(KVBlocksService, `127.0.0.1:${server.port}`);
     for (const md of [new grpc.Metadata(), bearer("wrong-token-wrong-token")]) {
-      const err = await unary(kv, "stats", {}, { metadata: md }).catch((e: grpc.ServiceError) => e);
-      expect((err as grpc.ServiceError).code).toBe(grpc.status.UNAUTHENTICATED);
       const gen = await serverStream(inference, "generate", generateRequest({ prompt: { kind: { case: "text", value: "hi" } } }), { metadata: md }).catch(
         (e: grpc.ServiceError) => e,
       );
@@ -111,7 +107,6 @@ describe("status codes through grpc-js", () => {
     }
     const health = grpcJsClient(Health, `127.0.0.1:${server.port}`);
     expect((await unary<HealthCheckResponse>(health, "check", { service: "" })).status).toBe(Status.SERVING);
-    kv.close();
     health.close();
   });
 });

@@ -1,0 +1,33 @@
+import { ConfigError, loadConfig } from "./config";
+
+describe("loadConfig", () => {
+  it("takes defaults, then KVPARK_* variables, then flags", () => {
+    const c = loadConfig(["--port", "6000", "--log-level=debug"], { KVPARK_PORT: "5000", KVPARK_MAX_TOKENS_DEFAULT: "32" });
+    expect(c.port).toBe(6000);
+    expect(c.maxTokensDefault).toBe(32);
+    expect(c.logLevel).toBe("debug");
+    expect(c.host).toBe("127.0.0.1");
+  });
+
+  it("names every problem and the flag that fixes it", () => {
+    let err: ConfigError | undefined;
+    try {
+      loadConfig(["--port", "70000", "--log-level", "loud", "--tls-cert", "a.pem", "--bogus"], { KVPARK_TEST_ENGINE_ABORT: "maybe" });
+    } catch (e) {
+      err = e as ConfigError;
+    }
+    expect(err?.problems).toEqual([
+      'KVPARK_TEST_ENGINE_ABORT: expected true or false, got "maybe" (set --test-engine-abort=true|false)',
+      "--port: 70000 is outside 0..65535 (set --port)",
+      '--log-level: "loud" is not one of trace, debug, info, warn, error, fatal, silent (set --log-level)',
+      "unknown option --bogus (see --help)",
+      "--tls-cert and --tls-key must be set together",
+    ]);
+  });
+
+  it("refuses a default max_tokens above the limit", () => {
+    expect(() => loadConfig(["--max-tokens-default", "100", "--max-tokens-limit", "50"], {})).toThrow(
+      "--max-tokens-default (100) exceeds --max-tokens-limit (50)",
+    );
+  });
+});
