@@ -1,0 +1,1415 @@
+#include "store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+
+namespace kvstore {
+
+namespace {
+
+constexpr uint64_t kRecordHeaderBytes = sizeof(RecordHeader);
+constexpr uint64_t kSegmentHeaderBytes = sizeof(SegmentHeader);
+// Extra bytes a single append may add on disk beyond its record: rounding of the
+// active file and the header block of a freshly rolled segment.
+constexpr uint64_t kAppendSlackBytes = 2 * kFileAlignBytes;
+constexpr uint64_t kScanChunkBytes = 4ull << 20;
+constexpr int kMakeRoomRoundsMax = 100000;
+constexpr uint64_t kCompactDeadBytesMin = 4 * kFileAlignBytes;
+
+uint64_t NowMs() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+uint64_t SteadyMs() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+
+std::string ErrnoText(const std::string& what, int err) {
+  return what + ": " + std::strerror(err);
+}
+
+// Returns 0 or an errno; a short read at end of file reports EIO-free 0 with
+// *readBytes < count so callers can tell truncation from I/O errors.
+int PreadFull(int fd, void* buffer, size_t count, uint64_t offset, size_t* readBytes) {
+  size_t done = 0;
+  auto* out = static_cast<uint8_t*>(buffer);
+  while (done < count) {
+    ssize_t n = ::pread(fd, out + done, count - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      *readBytes = done;
+      return errno;
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  *readBytes = done;
+  return 0;
+}
+
+int PwritevFull(int fd, struct iovec* iov, int iovCount, uint64_t offset) {
+  while (iovCount > 0) {
+    ssize_t n = ::pwritev(fd, iov, iovCount, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (n == 0) return EIO;
+    offset += static_cast<uint64_t>(n);
+    size_t left = static_cast<size_t>(n);
+    while (iovCount > 0 && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      ++iov;
+      --iovCount;
+    }
+    if (iovCount > 0) {
+      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + left;
+      iov->iov_len -= left;
+    }
+  }
+  return 0;
+}
+
+int FsyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int rc = ::fsync(fd) == 0 ? 0 : errno;
+  ::close(fd);
+  return rc;
+}
+
+std::string SegmentName(uint32_t id) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "seg-%08x.kvs", id);
+  return name;
+}
+
+bool ParseSegmentName(const char* name, uint32_t* id) {
+  unsigned value = 0;
+  char tail = 0;
+  if (std::strlen(name) != 16) return false;
+  if (std::sscanf(name, "seg-%8x.kvs%c", &value, &tail) != 1) return false;
+  if (SegmentName(value) != name) return false;
+  *id = value;
+  return true;
+}
+
+uint64_t ChecksumHeader(const void* header, size_t bytes) { return XXH3_64bits(header, bytes); }
+
+bool AllZero(const uint8_t* bytes, size_t count) {
+  for (size_t i = 0; i < count; ++i)
+    if (bytes[i] != 0) return false;
+  return true;
+}
+
+uint64_t IndexFileBytes(uint64_t entries) { return sizeof(IndexHeader) + entries * sizeof(IndexEntry); }
+
+}  // namespace
+
+uint64_t ChecksumRecord(const RecordHeader& header, const uint8_t* payload, size_t payloadBytes) {
+  XXH3_state_t* state = XXH3_createState();
+  if (state == nullptr) std::abort();  // out of memory is not an operating error we can count
+  XXH3_64bits_reset(state);
+  XXH3_64bits_update(state, &header, kRecordChecksummedHeaderBytes);
+  if (payloadBytes > 0) XXH3_64bits_update(state, payload, payloadBytes);
+  uint64_t digest = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  return digest;
+}
+
+const char* CodeName(Code code) {
+  switch (code) {
+    case Code::kOk: return "OK";
+    case Code::kNotFound: return "KV_NOT_FOUND";
+    case Code::kCorrupt: return "KV_CORRUPT";
+    case Code::kCapacity: return "KV_CAPACITY";
+    case Code::kIo: return "KV_IO";
+    case Code::kLocked: return "KV_LOCKED";
+    case Code::kFormat: return "KV_FORMAT";
+    case Code::kClosed: return "KV_CLOSED";
+  }
+  return "KV_UNKNOWN";
+}
+
+size_t KeyHash::operator()(const Key& key) const {
+  // Keys are usually hashes already, but nothing guarantees it; XXH3 of 32 bytes is a few ns.
+  return static_cast<size_t>(XXH3_64bits(key.bytes.data(), key.bytes.size()));
+}
+
+uint64_t MaxPayloadBytes(uint64_t segmentBytes) {
+  uint64_t room = segmentBytes - kSegmentHeaderBytes - kRecordHeaderBytes;
+  return std::min<uint64_t>(room, kPayloadBytesLimit);
+}
+
+uint64_t MinBytesMax(uint64_t segmentBytes) {
+  // The compaction reserve (one segment) plus room for two segments of live data.
+  return 4 * segmentBytes;
+}
+
+struct Store::Segment {
+  uint32_t id = 0;
+  int fd = -1;
+  std::string path;
+  uint64_t sizeBytes = 0;
+  uint64_t liveBytes = 0;
+  uint64_t liveCount = 0;
+  uint64_t pendingRecords = 0;
+  bool sealed = false;
+  bool syncFailed = false;  // written and read only by the single writer
+  ~Segment() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+struct Store::Entry {
+  Key key;
+  uint32_t segmentId = 0;
+  uint32_t payloadBytes = 0;
+  uint64_t offset = 0;
+  uint64_t seqNo = 0;
+  uint64_t accessTick = 0;
+  uint64_t pinUntilMs = 0;
+  bool hardPin = false;
+  Entry* prev = nullptr;
+  Entry* next = nullptr;
+  uint64_t recordBytes() const { return kRecordHeaderBytes + payloadBytes; }
+};
+
+struct Store::ReadTask {
+  Key key;
+  std::shared_ptr<Segment> segment;
+  uint64_t offset = 0;
+  uint32_t payloadBytes = 0;
+  uint64_t seqNo = 0;
+};
+
+Store::Store(const std::string& dir, const Options& options) : dir_(dir), options_(options) {
+  lru_ = std::make_unique<Entry>();
+  lru_->prev = lru_.get();
+  lru_->next = lru_.get();
+  stats_.bytesMax = options_.bytesMax;
+}
+
+std::shared_ptr<Store> Store::Open(const std::string& dir, const Options& options, OpenError* error) {
+  // Invalid options are programmer errors: the facade validates them first.
+  assert(options.segmentBytes >= 64 * 1024);
+  assert(options.bytesMax >= MinBytesMax(options.segmentBytes));
+  assert(options.readThreads >= 1 && options.readThreads <= 64);
+  Options effective = options;
+  if (effective.pinnedBytesMax == 0) effective.pinnedBytesMax = effective.bytesMax / 2;
+  std::shared_ptr<Store> store(new Store(dir, effective));
+  uint64_t startMs = SteadyMs();
+  std::string message;
+  Code code = store->OpenImpl(&message);
+  if (code != Code::kOk) {
+    error->code = code;
+    error->message = message;
+    store->closed_ = true;  // nothing in flight yet; the destructor only releases resources
+    return nullptr;
+  }
+  store->stats_.openMs = SteadyMs() - startMs;
+  store->StartReadPool();
+  return store;
+}
+
+Store::~Store() { Close(); }
+
+Code Store::OpenImpl(std::string* message) {
+  if (::mkdir(dir_.c_str(), 0755) != 0 && errno != EEXIST) {
+    *message = ErrnoText("mkdir " + dir_, errno);
+    return Code::kIo;
+  }
+  std::string lockPath = dir_ + "/LOCK";
+  lockFd_ = ::open(lockPath.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lockFd_ < 0) {
+    *message = ErrnoText("open " + lockPath, errno);
+    return Code::kIo;
+  }
+  if (::flock(lockFd_, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    if (err == EWOULDBLOCK) {
+      *message = "store directory " + dir_ + " is locked by another open store";
+      return Code::kLocked;
+    }
+    *message = ErrnoText("flock " + lockPath, err);
+    return Code::kIo;
+  }
+
+  DIR* listing = ::opendir(dir_.c_str());
+  if (listing == nullptr) {
+    *message = ErrnoText("opendir " + dir_, errno);
+    return Code::kIo;
+  }
+  std::vector<uint32_t> segmentIds;
+  bool haveIndex = false;
+  while (struct dirent* item = ::readdir(listing)) {
+    uint32_t id = 0;
+    if (ParseSegmentName(item->d_name, &id)) segmentIds.push_back(id);
+    if (std::strcmp(item->d_name, "INDEX") == 0) haveIndex = true;
+    // A checkpoint interrupted before its rename is garbage by construction.
+    if (std::strcmp(item->d_name, "INDEX.tmp") == 0) ::unlink((dir_ + "/INDEX.tmp").c_str());
+  }
+  ::closedir(listing);
+  std::sort(segmentIds.begin(), segmentIds.end());
+
+  uint32_t maxSegmentId = 0;
+  for (uint32_t id : segmentIds) {
+    auto segment = std::make_shared<Segment>();
+    segment->id = id;
+    segment->path = dir_ + "/" + SegmentName(id);
+    segment->sealed = true;
+    segment->fd = ::open(segment->path.c_str(), O_RDWR | O_CLOEXEC);
+    if (segment->fd < 0) {
+      *message = ErrnoText("open " + segment->path, errno);
+      return Code::kIo;
+    }
+    struct stat st;
+    if (::fstat(segment->fd, &st) != 0) {
+      *message = ErrnoText("stat " + segment->path, errno);
+      return Code::kIo;
+    }
+    segment->sizeBytes = static_cast<uint64_t>(st.st_size);
+    SegmentHeader header;
+    size_t got = 0;
+    int err = PreadFull(segment->fd, &header, sizeof(header), 0, &got);
+    if (err != 0) {
+      *message = ErrnoText("read " + segment->path, err);
+      return Code::kIo;
+    }
+    if (got < sizeof(header)) {
+      // Created but killed before its header was durable: holds no records.
+      ::unlink(segment->path.c_str());
+      stats_.truncatedBytes += segment->sizeBytes;
+      continue;
+    }
+    if (std::memcmp(header.magic, kSegmentMagic, sizeof(kSegmentMagic)) != 0) {
+      *message = "segment " + segment->path + " has no kvpark magic";
+      return Code::kFormat;
+    }
+    if (header.readVersionMin > kFormatVersion) {
+      *message = "segment " + segment->path + " needs format reader version " +
+                 std::to_string(header.readVersionMin) + "; this build reads version " +
+                 std::to_string(kFormatVersion);
+      return Code::kFormat;
+    }
+    bool headerValid = header.checksum == ChecksumHeader(&header, kSegmentChecksummedHeaderBytes) &&
+                       header.segmentId == id && header.headerBytes == kSegmentHeaderBytes &&
+                       header.flags == 0 && AllZero(header.reserved, sizeof(header.reserved));
+    if (!headerValid) {
+      // A damaged header means nothing in the file can be trusted to be ours.
+      ::unlink(segment->path.c_str());
+      stats_.badRecords += 1;
+      continue;
+    }
+    maxSegmentId = std::max(maxSegmentId, id);
+    segmentFileBytes_ += RoundUpToBlock(segment->sizeBytes);
+    segments_[id] = segment;
+  }
+
+  uint32_t replaySegmentId = segments_.empty() ? 1 : segments_.begin()->first;
+  uint64_t replayOffset = kSegmentHeaderBytes;
+  bool rebuilt = true;
+  if (haveIndex) {
+    Code code = LoadIndex(&replaySegmentId, &replayOffset, message);
+    if (code == Code::kFormat || code == Code::kIo) return code;
+    rebuilt = code != Code::kOk;
+    if (rebuilt) {
+      stats_.indexRebuilds += 1;
+      replaySegmentId = segments_.empty() ? 1 : segments_.begin()->first;
+      replayOffset = kSegmentHeaderBytes;
+    }
+  }
+
+  uint64_t replayedBefore = stats_.replayedRecords;
+  uint64_t damagedBefore = stats_.badRecords + stats_.truncatedBytes;
+  for (auto& item : segments_) {
+    if (item.first < replaySegmentId) continue;
+    uint64_t from = item.first == replaySegmentId ? std::max(replayOffset, kSegmentHeaderBytes)
+                                                  : kSegmentHeaderBytes;
+    ScanSegment(item.second.get(), from);
+  }
+
+  nextSegmentId_ = std::max<uint32_t>(nextSegmentId_, maxSegmentId + 1);
+  // Rebuild the recency list in the order the checkpoint (or the log) gave.
+  std::vector<Entry*> ordered;
+  ordered.reserve(index_.size());
+  for (auto& item : index_) ordered.push_back(item.second.get());
+  std::sort(ordered.begin(), ordered.end(),
+            [](const Entry* a, const Entry* b) { return a->accessTick < b->accessTick; });
+  uint64_t now = NowMs();
+  for (Entry* entry : ordered) {
+    LinkMruLocked(entry);
+    accessTick_ = std::max(accessTick_, entry->accessTick + 1);
+    auto& segment = segments_.at(entry->segmentId);
+    segment->liveBytes += entry->recordBytes();
+    segment->liveCount += 1;
+    liveBytes_ += entry->recordBytes();
+    if (IsPinnedLocked(*entry, now)) pinned_.insert(entry);
+  }
+
+  bool changed = rebuilt || stats_.replayedRecords != replayedBefore ||
+                 stats_.badRecords + stats_.truncatedBytes != damagedBefore || !haveIndex;
+  if (changed && !segments_.empty()) {
+    std::lock_guard<std::mutex> writer(writeMu_);
+    Checkpoint();
+  }
+  std::lock_guard<std::mutex> writer(writeMu_);
+  ReclaimEmptySegments();
+  // The cap may have been lowered since the last run.
+  MakeRoom(0, 0);
+  return Code::kOk;
+}
+
+Code Store::LoadIndex(uint32_t* replaySegmentId, uint64_t* replayOffset, std::string* message) {
+  std::string path = dir_ + "/INDEX";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *message = ErrnoText("open " + path, errno);
+    return Code::kIo;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    *message = ErrnoText("stat " + path, err);
+    return Code::kIo;
+  }
+  std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
+  size_t got = 0;
+  int err = PreadFull(fd, bytes.data(), bytes.size(), 0, &got);
+  ::close(fd);
+  if (err != 0) {
+    *message = ErrnoText("read " + path, err);
+    return Code::kIo;
+  }
+  indexFileBytes_ = RoundUpToBlock(bytes.size());
+  IndexHeader header;
+  if (got < sizeof(header)) return Code::kCorrupt;
+  std::memcpy(&header, bytes.data(), sizeof(header));
+  // Magic and the two version fields sit at fixed offsets in every format version,
+  // so a newer file is recognised before anything else is interpreted.
+  if (std::memcmp(header.magic, kIndexMagic, sizeof(kIndexMagic)) != 0) return Code::kCorrupt;
+  if (header.readVersionMin > kFormatVersion) {
+    *message = "index " + path + " needs format reader version " + std::to_string(header.readVersionMin) +
+               "; this build reads version " + std::to_string(kFormatVersion);
+    return Code::kFormat;
+  }
+  if (header.entryBytes != sizeof(IndexEntry) || header.flags != 0 ||
+      !AllZero(header.reserved, sizeof(header.reserved)))
+    return Code::kCorrupt;
+  if (got != IndexFileBytes(header.entryCount)) return Code::kCorrupt;
+  XXH3_state_t* state = XXH3_createState();
+  if (state == nullptr) std::abort();
+  XXH3_64bits_reset(state);
+  XXH3_64bits_update(state, bytes.data(), kIndexChecksummedHeaderBytes);
+  XXH3_64bits_update(state, bytes.data() + sizeof(header), got - sizeof(header));
+  uint64_t digest = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  if (digest != header.checksum) return Code::kCorrupt;
+
+  *replaySegmentId = header.replaySegmentId;
+  *replayOffset = header.replayOffset;
+  nextSegmentId_ = std::max(nextSegmentId_, header.nextSegmentId);
+  nextSeqNo_ = std::max(nextSeqNo_, header.nextSeqNo);
+  accessTick_ = std::max(accessTick_, header.accessTick);
+  checkpointReplaySegmentId_ = header.replaySegmentId;
+  checkpointReplayOffset_ = header.replayOffset;
+  index_.reserve(static_cast<size_t>(header.entryCount));
+  const uint8_t* cursor = bytes.data() + sizeof(header);
+  for (uint64_t i = 0; i < header.entryCount; ++i, cursor += sizeof(IndexEntry)) {
+    IndexEntry item;
+    std::memcpy(&item, cursor, sizeof(item));
+    auto segment = segments_.find(item.segmentId);
+    // Entries whose bytes are gone (segment deleted, file cut short) are dropped
+    // here rather than failing a later read.
+    if (segment == segments_.end() ||
+        item.offset + kRecordHeaderBytes + item.payloadBytes > segment->second->sizeBytes ||
+        item.offset < kSegmentHeaderBytes) {
+      stats_.badRecords += 1;
+      continue;
+    }
+    auto entry = std::make_unique<Entry>();
+    std::memcpy(entry->key.bytes.data(), item.key, kKeyBytes);
+    entry->segmentId = item.segmentId;
+    entry->payloadBytes = item.payloadBytes;
+    entry->offset = item.offset;
+    entry->seqNo = item.seqNo;
+    entry->accessTick = item.accessTick;
+    entry->pinUntilMs = item.pinUntilMs;
+    entry->hardPin = (item.flags & kIndexEntryHardPin) != 0;
+    nextSeqNo_ = std::max(nextSeqNo_, item.seqNo + 1);
+    Key key = entry->key;
+    index_[key] = std::move(entry);
+  }
+  return Code::kOk;
+}
+
+void Store::ScanSegment(Segment* segment, uint64_t fromOffset) {
+  std::vector<uint8_t> chunk;
+  uint64_t chunkStart = 0;
+  auto truncateAt = [&](uint64_t offset) {
+    if (offset >= segment->sizeBytes) return;
+    if (::ftruncate(segment->fd, static_cast<off_t>(offset)) != 0) return;  // left for the next open
+    stats_.truncatedBytes += segment->sizeBytes - offset;
+    segmentFileBytes_ -= RoundUpToBlock(segment->sizeBytes) - RoundUpToBlock(offset);
+    segment->sizeBytes = offset;
+  };
+  // Makes [offset, offset + count) available in `chunk`; false on I/O error.
+  auto load = [&](uint64_t offset, uint64_t count) -> bool {
+    if (offset >= chunkStart && offset + count <= chunkStart + chunk.size()) return true;
+    uint64_t want = std::max<uint64_t>(count, kScanChunkBytes);
+    want = std::min<uint64_t>(want, segment->sizeBytes - offset);
+    chunk.resize(static_cast<size_t>(want));
+    size_t got = 0;
+    if (PreadFull(segment->fd, chunk.data(), chunk.size(), offset, &got) != 0 || got != chunk.size()) {
+      chunk.clear();
+      return false;
+    }
+    chunkStart = offset;
+    return true;
+  };
+
+  uint64_t offset = fromOffset;
+  while (offset < segment->sizeBytes) {
+    if (segment->sizeBytes - offset < kRecordHeaderBytes) {
+      truncateAt(offset);  // torn header
+      break;
+    }
+    if (!load(offset, kRecordHeaderBytes)) {
+      stats_.readErrors += 1;
+      break;
+    }
+    RecordHeader header;
+    std::memcpy(&header, chunk.data() + (offset - chunkStart), sizeof(header));
+    bool sane = header.magic == kRecordMagic &&
+                (header.kind == kRecordBlock || (header.kind == kRecordTombstone && header.payloadBytes == 0)) &&
+                header.reserved0 == 0 && header.reserved1 == 0 && header.payloadBytes <= kPayloadBytesLimit;
+    uint64_t end = offset + kRecordHeaderBytes + header.payloadBytes;
+    if (!sane || end > segment->sizeBytes) {
+      // A torn append, or a damaged length we cannot step over: nothing after it is reachable.
+      truncateAt(offset);
+      break;
+    }
+    if (!load(offset, end - offset)) {
+      stats_.readErrors += 1;
+      break;
+    }
+    const uint8_t* payload = chunk.data() + (offset - chunkStart) + kRecordHeaderBytes;
+    if (ChecksumRecord(header, payload, header.payloadBytes) != header.checksum) {
+      if (end == segment->sizeBytes) {
+        truncateAt(offset);  // the last append was torn mid-payload
+        break;
+      }
+      stats_.badRecords += 1;
+      offset = end;
+      continue;
+    }
+    ApplyRecovered(header, segment->id, offset);
+    stats_.replayedRecords += 1;
+    offset = end;
+  }
+}
+
+void Store::ApplyRecovered(const RecordHeader& header, uint32_t segmentId, uint64_t offset) {
+  Key key;
+  std::memcpy(key.bytes.data(), header.key, kKeyBytes);
+  nextSeqNo_ = std::max(nextSeqNo_, header.seqNo + 1);
+  auto found = index_.find(key);
+  if (header.kind == kRecordTombstone) {
+    if (found != index_.end() && found->second->seqNo < header.seqNo) index_.erase(found);
+    return;
+  }
+  // Equal sequence numbers are a relocated copy of the same block: the later position wins.
+  if (found != index_.end() && found->second->seqNo > header.seqNo) return;
+  if (found == index_.end()) {
+    auto entry = std::make_unique<Entry>();
+    entry->key = key;
+    found = index_.emplace(key, std::move(entry)).first;
+  }
+  Entry& entry = *found->second;
+  entry.segmentId = segmentId;
+  entry.offset = offset;
+  entry.payloadBytes = header.payloadBytes;
+  entry.seqNo = header.seqNo;
+  entry.accessTick = accessTick_++;
+}
+
+bool Store::Enter() {
+  std::lock_guard<std::mutex> lock(lifeMu_);
+  if (closed_) return false;
+  inflight_ += 1;
+  return true;
+}
+
+void Store::Leave() {
+  std::lock_guard<std::mutex> lock(lifeMu_);
+  inflight_ -= 1;
+  if (inflight_ == 0) lifeCv_.notify_all();
+}
+
+void Store::Close() {
+  std::lock_guard<std::mutex> closing(closeMu_);
+  {
+    std::unique_lock<std::mutex> lock(lifeMu_);
+    if (closed_ && lockFd_ < 0) return;
+    closed_ = true;
+    lifeCv_.wait(lock, [this] { return inflight_ == 0; });
+  }
+  StopReadPool();
+  {
+    std::lock_guard<std::mutex> writer(writeMu_);
+    if (lockFd_ >= 0 && !segments_.empty() && dirtySinceCheckpoint_) Checkpoint();
+    std::lock_guard<std::mutex> meta(metaMu_);
+    metaClosed_ = true;
+    active_.reset();
+    segments_.clear();
+    pinned_.clear();
+    index_.clear();
+    lru_->prev = lru_.get();
+    lru_->next = lru_.get();
+  }
+  if (lockFd_ >= 0) {
+    ::close(lockFd_);  // releases the flock
+    lockFd_ = -1;
+  }
+}
+
+// ---- accounting -------------------------------------------------------------
+
+uint64_t Store::IndexReserveLocked(uint64_t entriesAdded) const {
+  // The next checkpoint writes INDEX.tmp next to INDEX; keep room for it.
+  return RoundUpToBlock(IndexFileBytes(index_.size() + pendingNewKeys_ + entriesAdded));
+}
+
+uint64_t Store::CompactBudgetLocked() const {
+  uint64_t reserve = IndexReserveLocked(0);
+  return options_.bytesMax > reserve ? options_.bytesMax - reserve : 0;
+}
+
+uint64_t Store::WriteBudgetLocked(uint64_t entriesAdded) const {
+  // Compaction copies at most one segment's live bytes before freeing it.
+  uint64_t reserve = IndexReserveLocked(entriesAdded) + options_.segmentBytes + kAppendSlackBytes;
+  return options_.bytesMax > reserve ? options_.bytesMax - reserve : 0;
+}
+
+bool Store::IsPinnedLocked(const Entry& entry, uint64_t nowMs) const {
+  return entry.hardPin || entry.pinUntilMs > nowMs;
+}
+
+void Store::LinkMruLocked(Entry* entry) {
+  Entry* head = lru_.get();
+  entry->prev = head->prev;
+  entry->next = head;
+  head->prev->next = entry;
+  head->prev = entry;
+}
+
+void Store::UnlinkLocked(Entry* entry) {
+  entry->prev->next = entry->next;
+  entry->next->prev = entry->prev;
+  entry->prev = entry->next = nullptr;
+}
+
+void Store::DropLocked(Entry* entry) {
+  auto segment = segments_.find(entry->segmentId);
+  if (segment != segments_.end()) {
+    segment->second->liveBytes -= entry->recordBytes();
+    segment->second->liveCount -= 1;
+  }
+  liveBytes_ -= entry->recordBytes();
+  pinned_.erase(entry);
+  UnlinkLocked(entry);
+  dirtySinceCheckpoint_ = true;
+  Key key = entry->key;
+  index_.erase(key);  // destroys entry
+}
+
+void Store::EvictLruLocked(uint64_t liveTargetBytes) {
+  uint64_t now = NowMs();
+  Entry* cursor = lru_->next;
+  while (liveBytes_ + pendingBytes_ > liveTargetBytes && cursor != lru_.get()) {
+    Entry* next = cursor->next;
+    if (IsPinnedLocked(*cursor, now)) {
+      cursor = next;
+      continue;
+    }
+    pinned_.erase(cursor);  // an expired soft pin
+    DropLocked(cursor);
+    stats_.evictions += 1;
+    cursor = next;
+  }
+}
+
+// ---- space management ---------------------------------------------------------
+
+bool Store::MakeRoom(uint64_t extraBytes, uint64_t entriesAdded) {
+  bool rolledForDeadSpace = false;
+  for (int round = 0; round < kMakeRoomRoundsMax; ++round) {
+    {
+      std::lock_guard<std::mutex> meta(metaMu_);
+      uint64_t budget = WriteBudgetLocked(entriesAdded);
+      uint64_t disk = segmentFileBytes_ + indexFileBytes_;
+      if (disk + extraBytes <= budget) return true;
+      // Evict by recency first, one segment below what is needed, so that the
+      // segments reclaimed next are mostly dead and compaction copies little.
+      uint64_t slack = extraBytes + options_.segmentBytes;
+      uint64_t liveTarget = budget > slack ? budget - slack : 0;
+      EvictLruLocked(liveTarget);
+    }
+    if (ReclaimEmptySegments()) continue;
+    if (CompactOne()) continue;
+    // Dead space may sit only in the active segment: seal it so it can be compacted.
+    std::lock_guard<std::mutex> meta(metaMu_);
+    if (!rolledForDeadSpace && active_ && active_->pendingRecords == 0 &&
+        active_->sizeBytes > kSegmentHeaderBytes + active_->liveBytes) {
+      active_->sealed = true;
+      active_.reset();
+      rolledForDeadSpace = true;
+      continue;
+    }
+    return false;
+  }
+  return false;
+}
+
+bool Store::ReclaimEmptySegments() {
+  std::vector<std::shared_ptr<Segment>> empty;
+  bool needCheckpoint = false;
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    for (auto& item : segments_) {
+      Segment& segment = *item.second;
+      if (segment.liveCount != 0 || segment.pendingRecords != 0 || item.second == active_) continue;
+      empty.push_back(item.second);
+      // Records after the checkpoint's replay start (tombstones among them) are
+      // still needed by recovery until a newer checkpoint covers them.
+      if (segment.id >= checkpointReplaySegmentId_) needCheckpoint = true;
+    }
+  }
+  if (empty.empty()) return false;
+  if (needCheckpoint && !Checkpoint()) {
+    // Without a checkpoint, deleting only loses tombstones' effect after a crash
+    // (a deleted block may come back); keeping the cap matters more.
+  }
+  for (auto& segment : empty) DeleteSegment(segment);
+  return true;
+}
+
+void Store::DeleteSegment(const std::shared_ptr<Segment>& segment) {
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    if (segments_.erase(segment->id) == 0) return;
+    segmentFileBytes_ -= RoundUpToBlock(segment->sizeBytes);
+  }
+  // Readers holding the shared_ptr keep the descriptor; the inode goes with the last one.
+  ::unlink(segment->path.c_str());
+  if (options_.fsync == FsyncPolicy::kBatch) FsyncDir(dir_);
+}
+
+bool Store::CompactOne() {
+  std::shared_ptr<Segment> victim;
+  std::vector<ReadTask> live;
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    uint64_t bestDead = 0;
+    for (auto& item : segments_) {
+      Segment& segment = *item.second;
+      if (item.second == active_ || segment.pendingRecords != 0) continue;
+      uint64_t dead = segment.sizeBytes - kSegmentHeaderBytes - segment.liveBytes;
+      // Copying a segment to win back less than this would not even pay for rounding.
+      if (dead >= kCompactDeadBytesMin && dead > bestDead) {
+        bestDead = dead;
+        victim = item.second;
+      }
+    }
+    if (!victim) return false;
+    for (auto& item : index_) {
+      const Entry& entry = *item.second;
+      if (entry.segmentId != victim->id) continue;
+      ReadTask task;
+      task.key = entry.key;
+      task.segment = victim;
+      task.offset = entry.offset;
+      task.payloadBytes = entry.payloadBytes;
+      task.seqNo = entry.seqNo;
+      live.push_back(task);
+    }
+  }
+  std::sort(live.begin(), live.end(), [](const ReadTask& a, const ReadTask& b) { return a.offset < b.offset; });
+  bool wroteAny = false;
+  for (const ReadTask& task : live) {
+    ReadResult read;
+    Code code = ReadVerified(task, &read);
+    std::unique_lock<std::mutex> meta(metaMu_);
+    auto found = index_.find(task.key);
+    bool same = found != index_.end() && found->second->seqNo == task.seqNo &&
+                found->second->segmentId == victim->id && found->second->offset == task.offset;
+    if (!same) {
+      std::free(read.base);
+      continue;
+    }
+    Entry* entry = found->second.get();
+    if (code != Code::kOk) {
+      if (code == Code::kCorrupt) stats_.corruptions += 1;
+      DropLocked(entry);
+      continue;
+    }
+    bool pinned = IsPinnedLocked(*entry, NowMs());
+    meta.unlock();
+    uint32_t segmentId = 0;
+    uint64_t offset = 0;
+    code = AppendRecord(task.key, kRecordBlock, read.base + ReadResult::kPayloadOffset, read.payloadBytes,
+                        task.seqNo, true, &segmentId, &offset);
+    std::free(read.base);
+    meta.lock();
+    found = index_.find(task.key);
+    same = found != index_.end() && found->second->seqNo == task.seqNo && found->second->segmentId == victim->id;
+    if (code != Code::kOk) {
+      if (!same) continue;
+      if (pinned) return false;  // cannot drop a pinned block to make room
+      DropLocked(found->second.get());
+      stats_.evictions += 1;
+      continue;
+    }
+    wroteAny = true;
+    auto target = segments_.find(segmentId);
+    target->second->pendingRecords -= 1;
+    pendingBytes_ -= kRecordHeaderBytes + read.payloadBytes;
+    if (!same) continue;  // overwritten or deleted meanwhile: the copy is dead
+    entry = found->second.get();
+    victim->liveBytes -= entry->recordBytes();
+    victim->liveCount -= 1;
+    entry->segmentId = segmentId;
+    entry->offset = offset;
+    target->second->liveBytes += entry->recordBytes();
+    target->second->liveCount += 1;
+    stats_.relocatedBytes += entry->recordBytes();
+    dirtySinceCheckpoint_ = true;
+  }
+  if (wroteAny || victim->id >= checkpointReplaySegmentId_) {
+    // The copies must be durable, and the index must point at them, before the
+    // original goes away; Checkpoint() syncs the active segment first.
+    Checkpoint();
+  }
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    if (victim->liveCount != 0) return false;
+    stats_.compactions += 1;
+  }
+  DeleteSegment(victim);
+  return true;
+}
+
+Code Store::Roll() {
+  uint32_t id;
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    id = nextSegmentId_++;
+  }
+  auto segment = std::make_shared<Segment>();
+  segment->id = id;
+  segment->path = dir_ + "/" + SegmentName(id);
+  segment->fd = ::open(segment->path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (segment->fd < 0) return Code::kIo;
+  SegmentHeader header;
+  std::memset(&header, 0, sizeof(header));
+  std::memcpy(header.magic, kSegmentMagic, sizeof(kSegmentMagic));
+  header.formatVersion = kFormatVersion;
+  header.readVersionMin = kFormatVersion;
+  header.segmentId = id;
+  header.headerBytes = kSegmentHeaderBytes;
+  header.checksum = ChecksumHeader(&header, kSegmentChecksummedHeaderBytes);
+  struct iovec iov = {&header, sizeof(header)};
+  int err = PwritevFull(segment->fd, &iov, 1, 0);
+  if (err == 0 && options_.fsync == FsyncPolicy::kBatch) {
+    if (::fdatasync(segment->fd) != 0) err = errno;
+    if (err == 0) err = FsyncDir(dir_);
+  }
+  if (err != 0) {
+    ::unlink(segment->path.c_str());
+    return Code::kIo;
+  }
+  segment->sizeBytes = kSegmentHeaderBytes;
+  std::shared_ptr<Segment> previous;
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    previous = active_;
+    if (previous) previous->sealed = true;
+    segments_[id] = segment;
+    segmentFileBytes_ += RoundUpToBlock(segment->sizeBytes);
+    active_ = segment;
+  }
+  // Under the batch policy a sealed segment's records are synced at commit; a
+  // segment sealed mid-batch is synced here so commit only has to sync active_.
+  if (previous && options_.fsync == FsyncPolicy::kBatch && ::fdatasync(previous->fd) != 0) {
+    previous->syncFailed = true;
+    std::lock_guard<std::mutex> meta(metaMu_);
+    stats_.writeErrors += 1;
+  }
+  return Code::kOk;
+}
+
+Code Store::AppendRecord(const Key& key, uint16_t kind, const uint8_t* payload, uint32_t payloadBytes,
+                         uint64_t seqNo, bool forCompaction, uint32_t* segmentId, uint64_t* offset) {
+  uint64_t recordBytes = kRecordHeaderBytes + payloadBytes;
+  std::shared_ptr<Segment> segment;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    std::unique_lock<std::mutex> meta(metaMu_);
+    uint64_t disk = segmentFileBytes_ + indexFileBytes_;
+    uint64_t budget = forCompaction ? CompactBudgetLocked() : WriteBudgetLocked(kind == kRecordBlock ? 1 : 0);
+    if (disk + recordBytes + kAppendSlackBytes > budget) return Code::kCapacity;
+    bool fits = active_ && !active_->sealed && active_->sizeBytes + recordBytes <= options_.segmentBytes;
+    if (fits) {
+      segment = active_;
+      break;
+    }
+    meta.unlock();
+    Code rolled = Roll();
+    if (rolled != Code::kOk) {
+      std::lock_guard<std::mutex> relock(metaMu_);
+      stats_.writeErrors += 1;
+      return rolled;
+    }
+  }
+  if (!segment) return Code::kCapacity;
+
+  RecordHeader header;
+  std::memset(&header, 0, sizeof(header));
+  header.magic = kRecordMagic;
+  header.kind = kind;
+  header.payloadBytes = payloadBytes;
+  std::memcpy(header.key, key.bytes.data(), kKeyBytes);
+  uint64_t at;
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    header.seqNo = seqNo != 0 ? seqNo : nextSeqNo_++;
+    at = segment->sizeBytes;
+    segmentFileBytes_ += RoundUpToBlock(at + recordBytes) - RoundUpToBlock(at);
+    segment->sizeBytes = at + recordBytes;
+    segment->pendingRecords += 1;
+    pendingBytes_ += recordBytes;
+    if (!havePendingStart_ && !forCompaction) {
+      havePendingStart_ = true;
+      pendingStartSegmentId_ = segment->id;
+      pendingStartOffset_ = at;
+    }
+  }
+  header.checksum = ChecksumRecord(header, payload, payloadBytes);
+  struct iovec iov[2] = {{&header, sizeof(header)}, {const_cast<uint8_t*>(payload), payloadBytes}};
+  int err = PwritevFull(segment->fd, iov, payloadBytes > 0 ? 2 : 1, at);
+  if (err != 0) {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    stats_.writeErrors += 1;
+    segment->pendingRecords -= 1;
+    pendingBytes_ -= recordBytes;
+    // Cut the partial record off so the segment stays a clean log. If even that
+    // fails, seal it: recovery truncates the torn tail later.
+    if (::ftruncate(segment->fd, static_cast<off_t>(at)) == 0) {
+      segmentFileBytes_ -= RoundUpToBlock(at + recordBytes) - RoundUpToBlock(at);
+      segment->sizeBytes = at;
+    } else {
+      segment->sealed = true;
+    }
+    return Code::kIo;
+  }
+  bytesSinceCheckpoint_ += recordBytes;
+  *segmentId = segment->id;
+  *offset = at;
+  return Code::kOk;
+}
+
+// ---- writes -------------------------------------------------------------------
+
+std::vector<Code> Store::Write(const std::vector<WriteOp>& ops) {
+  std::vector<Code> results(ops.size(), Code::kOk);
+  if (!Enter()) {
+    std::fill(results.begin(), results.end(), Code::kClosed);
+    return results;
+  }
+  struct Pending {
+    size_t op;
+    uint32_t segmentId;
+    uint64_t offset;
+    uint64_t seqNo;
+  };
+  std::vector<Pending> pending;
+  std::lock_guard<std::mutex> writer(writeMu_);
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const WriteOp& op = ops[i];
+    if (op.isDelete) {
+      std::lock_guard<std::mutex> meta(metaMu_);
+      bool known = index_.count(op.key) != 0;
+      for (const Pending& earlier : pending)
+        if (!ops[earlier.op].isDelete && ops[earlier.op].key == op.key) known = true;
+      if (!known) {
+        results[i] = Code::kNotFound;
+        continue;
+      }
+    }
+    if (!op.isDelete && op.payloadBytes > MaxPayloadBytes(options_.segmentBytes)) {
+      results[i] = Code::kCapacity;
+      std::lock_guard<std::mutex> meta(metaMu_);
+      stats_.capacityRejects += 1;
+      continue;
+    }
+    uint64_t recordBytes = kRecordHeaderBytes + (op.isDelete ? 0 : op.payloadBytes);
+    uint64_t entriesAdded = op.isDelete ? 0 : 1;
+    if (!MakeRoom(recordBytes + kAppendSlackBytes, entriesAdded)) {
+      results[i] = Code::kCapacity;
+      std::lock_guard<std::mutex> meta(metaMu_);
+      stats_.capacityRejects += 1;
+      continue;
+    }
+    Pending item{i, 0, 0, 0};
+    {
+      std::lock_guard<std::mutex> meta(metaMu_);
+      item.seqNo = nextSeqNo_++;
+    }
+    Code code = AppendRecord(op.key, op.isDelete ? kRecordTombstone : kRecordBlock, op.payload,
+                             op.isDelete ? 0 : op.payloadBytes, item.seqNo, false, &item.segmentId, &item.offset);
+    if (code != Code::kOk) {
+      results[i] = code;
+      if (code == Code::kCapacity) {
+        std::lock_guard<std::mutex> meta(metaMu_);
+        stats_.capacityRejects += 1;
+      }
+      continue;
+    }
+    if (!op.isDelete) {
+      std::lock_guard<std::mutex> meta(metaMu_);
+      if (index_.count(op.key) == 0) pendingNewKeys_ += 1;
+    }
+    pending.push_back(item);
+  }
+
+  // Group commit: one fdatasync makes every record of this batch durable.
+  std::vector<uint32_t> failedSegments;
+  if (!pending.empty() && options_.fsync == FsyncPolicy::kBatch) {
+    std::vector<std::shared_ptr<Segment>> touched;
+    {
+      std::lock_guard<std::mutex> meta(metaMu_);
+      for (const Pending& item : pending) {
+        auto segment = segments_.find(item.segmentId);
+        if (segment != segments_.end() &&
+            std::find(touched.begin(), touched.end(), segment->second) == touched.end())
+          touched.push_back(segment->second);
+      }
+    }
+    for (auto& segment : touched) {
+      // An earlier sync failure on this file poisons it: Linux reports it only once.
+      if (segment->syncFailed || ::fdatasync(segment->fd) != 0) {
+        segment->syncFailed = true;
+        failedSegments.push_back(segment->id);
+      }
+    }
+  }
+
+  std::unique_lock<std::mutex> meta(metaMu_);
+  for (const Pending& item : pending) {
+    const WriteOp& op = ops[item.op];
+    uint64_t recordBytes = kRecordHeaderBytes + (op.isDelete ? 0 : op.payloadBytes);
+    auto segment = segments_.find(item.segmentId);
+    if (segment != segments_.end()) segment->second->pendingRecords -= 1;
+    pendingBytes_ -= recordBytes;
+    bool synced = std::find(failedSegments.begin(), failedSegments.end(), item.segmentId) == failedSegments.end();
+    if (!synced) {
+      // After a failed fsync the page cache may hold data the disk never got
+      // (the "fsyncgate" lesson): report failure and never index these records.
+      results[item.op] = Code::kIo;
+      stats_.writeErrors += 1;
+      if (segment != segments_.end()) segment->second->sealed = true;
+      continue;
+    }
+    auto found = index_.find(op.key);
+    if (op.isDelete) {
+      if (found != index_.end() && found->second->seqNo < item.seqNo) DropLocked(found->second.get());
+      continue;
+    }
+    Entry* entry;
+    if (found != index_.end()) {
+      entry = found->second.get();
+      auto old = segments_.find(entry->segmentId);
+      if (old != segments_.end()) {
+        old->second->liveBytes -= entry->recordBytes();
+        old->second->liveCount -= 1;
+      }
+      liveBytes_ -= entry->recordBytes();
+      UnlinkLocked(entry);
+    } else {
+      auto created = std::make_unique<Entry>();
+      created->key = op.key;
+      entry = created.get();
+      index_.emplace(op.key, std::move(created));
+    }
+    entry->segmentId = item.segmentId;
+    entry->offset = item.offset;
+    entry->payloadBytes = op.payloadBytes;
+    entry->seqNo = item.seqNo;
+    entry->accessTick = accessTick_++;
+    LinkMruLocked(entry);
+    liveBytes_ += recordBytes;
+    if (segment != segments_.end()) {
+      segment->second->liveBytes += recordBytes;
+      segment->second->liveCount += 1;
+    }
+    stats_.blocksWritten += 1;
+  }
+  pendingNewKeys_ = 0;
+  havePendingStart_ = false;
+  if (!pending.empty()) dirtySinceCheckpoint_ = true;
+  bool checkpointDue = bytesSinceCheckpoint_ >= options_.checkpointEveryBytes;
+  meta.unlock();
+  if (checkpointDue) Checkpoint();
+  Leave();
+  return results;
+}
+
+bool Store::Checkpoint() {
+  std::vector<uint8_t> bytes;
+  std::shared_ptr<Segment> active;
+  uint64_t roundedBytes;
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    IndexHeader header;
+    std::memset(&header, 0, sizeof(header));
+    std::memcpy(header.magic, kIndexMagic, sizeof(kIndexMagic));
+    header.formatVersion = kFormatVersion;
+    header.readVersionMin = kFormatVersion;
+    header.entryCount = index_.size();
+    if (havePendingStart_) {
+      header.replaySegmentId = pendingStartSegmentId_;
+      header.replayOffset = pendingStartOffset_;
+    } else if (active_) {
+      header.replaySegmentId = active_->id;
+      header.replayOffset = active_->sizeBytes;
+    } else {
+      header.replaySegmentId = nextSegmentId_;
+      header.replayOffset = kSegmentHeaderBytes;
+    }
+    header.nextSegmentId = nextSegmentId_;
+    header.nextSeqNo = nextSeqNo_;
+    header.accessTick = accessTick_;
+    header.entryBytes = sizeof(IndexEntry);
+    bytes.resize(static_cast<size_t>(IndexFileBytes(index_.size())));
+    roundedBytes = RoundUpToBlock(bytes.size());
+    if (segmentFileBytes_ + indexFileBytes_ + roundedBytes > options_.bytesMax) {
+      stats_.capacityRejects += 1;
+      return false;
+    }
+    // Least recent first, so a reader that keeps file order rebuilds the LRU list directly.
+    uint8_t* cursor = bytes.data() + sizeof(IndexHeader);
+    for (Entry* entry = lru_->next; entry != lru_.get(); entry = entry->next, cursor += sizeof(IndexEntry)) {
+      IndexEntry item;
+      std::memset(&item, 0, sizeof(item));
+      std::memcpy(item.key, entry->key.bytes.data(), kKeyBytes);
+      item.segmentId = entry->segmentId;
+      item.payloadBytes = entry->payloadBytes;
+      item.offset = entry->offset;
+      item.seqNo = entry->seqNo;
+      item.accessTick = entry->accessTick;
+      item.pinUntilMs = entry->pinUntilMs;
+      item.flags = entry->hardPin ? kIndexEntryHardPin : 0;
+      std::memcpy(cursor, &item, sizeof(item));
+    }
+    XXH3_state_t* state = XXH3_createState();
+    if (state == nullptr) std::abort();
+    XXH3_64bits_reset(state);
+    XXH3_64bits_update(state, &header, kIndexChecksummedHeaderBytes);
+    XXH3_64bits_update(state, bytes.data() + sizeof(IndexHeader), bytes.size() - sizeof(IndexHeader));
+    header.checksum = XXH3_64bits_digest(state);
+    XXH3_freeState(state);
+    std::memcpy(bytes.data(), &header, sizeof(header));
+    active = active_;
+    tmpIndexBytes_ = roundedBytes;
+    segmentFileBytes_ += roundedBytes;  // INDEX.tmp counts while it exists
+  }
+  IndexHeader written;
+  std::memcpy(&written, bytes.data(), sizeof(written));
+
+  std::string tmpPath = dir_ + "/INDEX.tmp";
+  std::string path = dir_ + "/INDEX";
+  int err = 0;
+  // Records the index points at must be on disk before the index is.
+  if (active && ::fdatasync(active->fd) != 0) err = errno;
+  int fd = -1;
+  if (err == 0) {
+    fd = ::open(tmpPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) err = errno;
+  }
+  if (err == 0) {
+    struct iovec iov = {bytes.data(), bytes.size()};
+    err = PwritevFull(fd, &iov, 1, 0);
+  }
+  if (err == 0 && ::fdatasync(fd) != 0) err = errno;
+  if (fd >= 0) ::close(fd);
+  if (err == 0 && ::rename(tmpPath.c_str(), path.c_str()) != 0) err = errno;
+  if (err == 0) FsyncDir(dir_);
+
+  std::lock_guard<std::mutex> meta(metaMu_);
+  segmentFileBytes_ -= tmpIndexBytes_;
+  tmpIndexBytes_ = 0;
+  if (err != 0) {
+    ::unlink(tmpPath.c_str());
+    stats_.writeErrors += 1;
+    // Keep the older replay start: the failed checkpoint covers nothing.
+    return false;
+  }
+  indexFileBytes_ = roundedBytes;
+  checkpointReplaySegmentId_ = written.replaySegmentId;
+  checkpointReplayOffset_ = written.replayOffset;
+  bytesSinceCheckpoint_ = 0;
+  dirtySinceCheckpoint_ = false;
+  stats_.checkpoints += 1;
+  return true;
+}
+
+// ---- reads --------------------------------------------------------------------
+
+Code Store::ReadVerified(const ReadTask& task, ReadResult* result) {
+  uint64_t total = kRecordHeaderBytes + task.payloadBytes;
+  auto* base = static_cast<uint8_t*>(std::malloc(static_cast<size_t>(total)));
+  if (base == nullptr) std::abort();
+  size_t got = 0;
+  int err = PreadFull(task.segment->fd, base, static_cast<size_t>(total), task.offset, &got);
+  if (err != 0) {
+    std::free(base);
+    return Code::kIo;
+  }
+  RecordHeader header;
+  bool ok = got == total;
+  if (ok) {
+    std::memcpy(&header, base, sizeof(header));
+    ok = header.magic == kRecordMagic && header.kind == kRecordBlock && header.payloadBytes == task.payloadBytes &&
+         header.seqNo == task.seqNo && std::memcmp(header.key, task.key.bytes.data(), kKeyBytes) == 0 &&
+         header.checksum == ChecksumRecord(header, base + kRecordHeaderBytes, task.payloadBytes);
+  }
+  if (!ok) {
+    std::free(base);
+    return Code::kCorrupt;
+  }
+  result->base = base;
+  result->payloadBytes = task.payloadBytes;
+  result->code = Code::kOk;
+  return Code::kOk;
+}
+
+std::vector<ReadResult> Store::GetMany(const std::vector<Key>& keys) {
+  std::vector<ReadResult> results(keys.size());
+  if (!Enter()) {
+    for (auto& result : results) result.code = Code::kClosed;
+    return results;
+  }
+  std::vector<ReadTask> tasks;
+  std::vector<size_t> taskKey;
+  tasks.reserve(keys.size());
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      auto found = index_.find(keys[i]);
+      if (found == index_.end()) {
+        results[i].code = Code::kNotFound;
+        stats_.misses += 1;
+        continue;
+      }
+      Entry* entry = found->second.get();
+      entry->accessTick = accessTick_++;
+      UnlinkLocked(entry);
+      LinkMruLocked(entry);
+      ReadTask task;
+      task.key = keys[i];
+      task.segment = segments_.at(entry->segmentId);
+      task.offset = entry->offset;
+      task.payloadBytes = entry->payloadBytes;
+      task.seqNo = entry->seqNo;
+      tasks.push_back(std::move(task));
+      taskKey.push_back(i);
+    }
+  }
+  RunParallel(tasks.size(), [&](size_t t) { ReadVerified(tasks[t], &results[taskKey[t]]); });
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      ReadResult& result = results[taskKey[t]];
+      if (result.code == Code::kOk) {
+        stats_.hits += 1;
+        dirtySinceCheckpoint_ = true;  // recency changed; saved approximately, at the next checkpoint
+        continue;
+      }
+      if (result.code == Code::kIo) {
+        // A failed read says nothing about the bytes; keep the block and count it.
+        result.code = Code::kIo;
+        stats_.readErrors += 1;
+        continue;
+      }
+      const ReadTask& task = tasks[t];
+      auto found = index_.find(task.key);
+      if (found != index_.end() && found->second->seqNo == task.seqNo &&
+          found->second->segmentId == task.segment->id && found->second->offset == task.offset) {
+        DropLocked(found->second.get());
+        stats_.corruptions += 1;
+      }
+    }
+  }
+  Leave();
+  return results;
+}
+
+// ---- metadata -----------------------------------------------------------------
+
+bool Store::Has(const Key& key) {
+  std::lock_guard<std::mutex> meta(metaMu_);
+  return index_.count(key) != 0;
+}
+
+Code Store::Pin(const Key& key, bool hard, uint64_t ttlMs) {
+  std::lock_guard<std::mutex> meta(metaMu_);
+  if (metaClosed_) return Code::kClosed;
+  auto found = index_.find(key);
+  if (found == index_.end()) return Code::kNotFound;
+  Entry* entry = found->second.get();
+  uint64_t now = NowMs();
+  if (!IsPinnedLocked(*entry, now)) {
+    uint64_t pinnedBytes = 0;
+    for (auto it = pinned_.begin(); it != pinned_.end();) {
+      if (!IsPinnedLocked(**it, now)) {
+        it = pinned_.erase(it);
+        continue;
+      }
+      pinnedBytes += (*it)->recordBytes();
+      ++it;
+    }
+    if (pinnedBytes + entry->recordBytes() > options_.pinnedBytesMax) return Code::kCapacity;
+  }
+  if (hard) {
+    entry->hardPin = true;
+  } else {
+    entry->pinUntilMs = std::max(entry->pinUntilMs, now + ttlMs);
+  }
+  pinned_.insert(entry);
+  dirtySinceCheckpoint_ = true;
+  return Code::kOk;
+}
+
+bool Store::Unpin(const Key& key) {
+  std::lock_guard<std::mutex> meta(metaMu_);
+  auto found = index_.find(key);
+  if (found == index_.end()) return false;
+  Entry* entry = found->second.get();
+  entry->hardPin = false;
+  entry->pinUntilMs = 0;
+  pinned_.erase(entry);
+  dirtySinceCheckpoint_ = true;
+  return true;
+}
+
+std::vector<Key> Store::Keys() {
+  std::lock_guard<std::mutex> meta(metaMu_);
+  std::vector<Key> keys;
+  keys.reserve(index_.size());
+  for (Entry* entry = lru_->next; entry != lru_.get(); entry = entry->next) keys.push_back(entry->key);
+  return keys;
+}
+
+Stats Store::GetStats() {
+  Stats stats;
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    stats = stats_;
+    stats.bytes = segmentFileBytes_ + indexFileBytes_;
+    stats.liveBytes = liveBytes_;
+    stats.blocks = index_.size();
+    stats.segments = segments_.size();
+    uint64_t now = NowMs();
+    for (Entry* entry : pinned_) {
+      if (!IsPinnedLocked(*entry, now)) continue;
+      stats.pinnedBlocks += 1;
+      stats.pinnedBytes += entry->recordBytes();
+    }
+  }
+  std::lock_guard<std::mutex> life(lifeMu_);
+  stats.queueDepth = inflight_;
+  return stats;
+}
+
+// ---- read pool ----------------------------------------------------------------
+
+void Store::StartReadPool() {
+  for (uint32_t i = 0; i < options_.readThreads; ++i) {
+    poolThreads_.emplace_back([this] {
+      for (;;) {
+        std::function<void()> job;
+        {
+          std::unique_lock<std::mutex> lock(poolMu_);
+          poolCv_.wait(lock, [this] { return poolStop_ || !poolJobs_.empty(); });
+          if (poolJobs_.empty()) return;
+          job = std::move(poolJobs_.back());
+          poolJobs_.pop_back();
+        }
+        job();
+      }
+    });
+  }
+}
+
+void Store::StopReadPool() {
+  {
+    std::lock_guard<std::mutex> lock(poolMu_);
+    poolStop_ = true;
+  }
+  poolCv_.notify_all();
+  for (auto& thread : poolThreads_) thread.join();
+  poolThreads_.clear();
+}
+
+void Store::RunParallel(size_t count, const std::function<void(size_t)>& work) {
+  if (count == 0) return;
+  // Workers claim items from a shared counter; the caller works too, so progress
+  // never depends on a free pool thread.
+  struct Shared {
+    std::atomic<size_t> next{0};
+    std::mutex mu;
+    std::condition_variable cv;
+    size_t running = 0;
+  };
+  auto shared = std::make_shared<Shared>();
+  auto drain = [shared, count, &work] {
+    for (size_t i = shared->next.fetch_add(1); i < count; i = shared->next.fetch_add(1)) work(i);
+  };
+  size_t helpers = std::min<size_t>(poolThreads_.size(), count - 1);
+  {
+    std::lock_guard<std::mutex> lock(shared->mu);
+    shared->running = helpers;
+  }
+  {
+    std::lock_guard<std::mutex> lock(poolMu_);
+    for (size_t h = 0; h < helpers; ++h) {
+      poolJobs_.push_back([shared, drain] {
+        drain();
+        std::lock_guard<std::mutex> lock(shared->mu);
+        if (--shared->running == 0) shared->cv.notify_all();
+      });
+    }
+  }
+  poolCv_.notify_all();
+  drain();
+  std::unique_lock<std::mutex> lock(shared->mu);
+  shared->cv.wait(lock, [&] { return shared->running == 0; });
+}
+
+}  // namespace kvstore
