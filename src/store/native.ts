@@ -1,0 +1,327 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
+
+import { StoreError, codeFromNative, isStoreErrorCode } from "./errors";
+import type {
+  BlockStore,
+  DeleteResult,
+  GetResult,
+  PinKind,
+  PinResult,
+  PutEntry,
+  PutResult,
+  StoreOptions,
+  StoreStats,
+} from "./types";
+import { KEY_BYTES } from "./types";
+
+interface NativeStoreHandle {
+  open(dir: string, options: object): Promise<void>;
+  write(keys: Buffer, payloads: (Buffer | null)[]): Promise<Int32Array>;
+  getMany(keys: Buffer): Promise<(Buffer | number)[]>;
+  has(key: Buffer): boolean;
+  pin(key: Buffer, hard: boolean, ttlMs: number): number;
+  unpin(key: Buffer): boolean;
+  keys(): Buffer;
+  stats(): StoreStats;
+  close(): Promise<void>;
+}
+
+interface NativeModule {
+  NativeStore: new () => NativeStoreHandle;
+  formatVersion: number;
+}
+
+const ADDON_RELATIVE = path.join("native", "build", "Release", "kvpark_store.node");
+
+function findAddon(): string {
+  const override = process.env.KVPARK_STORE_ADDON;
+  if (override) return override;
+  // Compiled code lives under dist/, sources under src/: walk up from both this
+  // file and the working directory to the repository root.
+  for (const start of [__dirname, process.cwd()]) {
+    for (let dir = start; ; dir = path.dirname(dir)) {
+      const candidate = path.join(dir, ADDON_RELATIVE);
+      if (fs.existsSync(candidate)) return candidate;
+      if (path.dirname(dir) === dir) break;
+    }
+  }
+  throw new Error(`${ADDON_RELATIVE} not found: run npm run build:native`);
+}
+
+let nativeModule: NativeModule | undefined;
+function loadNative(): NativeModule {
+  nativeModule ??= require(findAddon()) as NativeModule;
+  return nativeModule;
+}
+
+/** The on-disk format version this build writes. */
+export function storeFormatVersion(): number {
+  return loadNative().formatVersion;
+}
+
+// Upper bound on one native write call; larger queues are split so a single
+// fdatasync never waits behind an unbounded amount of data.
+const MERGED_WRITE_BYTES_MAX = 256 * 1024 * 1024;
+const MERGED_WRITE_ENTRIES_MAX = 16384;
+const SEGMENT_BYTES_DEFAULT = 64 * 1024 * 1024;
+const SEGMENT_BYTES_MIN = 64 * 1024;
+const SEGMENT_BYTES_MAX = 2 ** 32;
+// Matches kvstore::MaxPayloadBytes: a record and the segment header must fit one segment.
+const SEGMENT_HEADER_BYTES = 64;
+const RECORD_HEADER_BYTES = 64;
+const PAYLOAD_BYTES_LIMIT = 2 ** 30;
+
+interface QueuedWrite {
+  keys: Buffer[];
+  payloads: (Buffer | null)[];
+  resolve: (codes: number[]) => void;
+  reject: (error: unknown) => void;
+}
+
+function requireKey(key: unknown): Buffer {
+  if (!Buffer.isBuffer(key) || key.length !== KEY_BYTES) {
+    throw new TypeError(`key must be a Buffer of ${KEY_BYTES} bytes`);
+  }
+  return key;
+}
+
+function requireCount(name: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw new RangeError(`${name} must be an integer in [${min}, ${max}]`);
+  }
+  return value;
+}
+
+function normalizeOptions(options: StoreOptions): Required<StoreOptions> {
+  if (typeof options !== "object" || options === null) throw new TypeError("options must be an object");
+  const segmentBytes = requireCount(
+    "segmentBytes",
+    options.segmentBytes ?? SEGMENT_BYTES_DEFAULT,
+    SEGMENT_BYTES_MIN,
+    SEGMENT_BYTES_MAX,
+  );
+  const bytesMax = requireCount("bytesMax", options.bytesMax, 4 * segmentBytes, Number.MAX_SAFE_INTEGER);
+  if (options.fsync !== "batch" && options.fsync !== "none") {
+    throw new TypeError("fsync must be 'batch' or 'none'");
+  }
+  return {
+    bytesMax,
+    fsync: options.fsync,
+    segmentBytes,
+    checkpointEveryBytes: requireCount(
+      "checkpointEveryBytes",
+      options.checkpointEveryBytes ?? 256 * 1024 * 1024,
+      1,
+      Number.MAX_SAFE_INTEGER,
+    ),
+    readThreads: requireCount("readThreads", options.readThreads ?? 8, 1, 64),
+    pinnedBytesMax: requireCount(
+      "pinnedBytesMax",
+      options.pinnedBytesMax ?? Math.floor(bytesMax / 2),
+      0,
+      bytesMax,
+    ),
+  };
+}
+
+function toStoreError(error: unknown): unknown {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (error instanceof Error && isStoreErrorCode(code)) return new StoreError(code, error.message);
+  return error;
+}
+
+/** The SSD block store backed by the native addon (native/FORMAT.md). */
+export class SsdBlockStore implements BlockStore {
+  private readonly handle: NativeStoreHandle;
+  private readonly payloadBytesMax: number;
+  private readonly queue: QueuedWrite[] = [];
+  private writing = false;
+  private closed = false;
+  private closing: Promise<void> | undefined;
+  private readonly inflight = new Set<Promise<unknown>>();
+
+  private constructor(handle: NativeStoreHandle, options: Required<StoreOptions>) {
+    this.handle = handle;
+    this.payloadBytesMax = Math.min(
+      options.segmentBytes - SEGMENT_HEADER_BYTES - RECORD_HEADER_BYTES,
+      PAYLOAD_BYTES_LIMIT,
+    );
+  }
+
+  /** Opens (creating if needed) a store directory; rejects with KV_LOCKED, KV_FORMAT or KV_IO. */
+  static async open(dir: string, options: StoreOptions): Promise<SsdBlockStore> {
+    if (typeof dir !== "string" || dir.length === 0) throw new TypeError("dir must be a non-empty string");
+    const normalized = normalizeOptions(options);
+    const handle = new (loadNative().NativeStore)();
+    try {
+      await handle.open(path.resolve(dir), normalized);
+    } catch (error) {
+      throw toStoreError(error);
+    }
+    return new SsdBlockStore(handle, normalized);
+  }
+
+  put(entries: readonly PutEntry[]): Promise<PutResult[]> {
+    if (!Array.isArray(entries)) throw new TypeError("entries must be an array");
+    const keys: Buffer[] = [];
+    const payloads: Buffer[] = [];
+    for (const entry of entries) {
+      keys.push(requireKey(entry?.key));
+      if (!Buffer.isBuffer(entry.payload)) throw new TypeError("payload must be a Buffer");
+      payloads.push(entry.payload);
+    }
+    const results: PutResult[] = new Array<PutResult>(entries.length);
+    const accepted: number[] = [];
+    payloads.forEach((payload, i) => {
+      if (payload.length > this.payloadBytesMax) results[i] = "KV_CAPACITY";
+      else accepted.push(i);
+    });
+    return this.track(
+      this.enqueue(
+        accepted.map((i) => keys[i]),
+        accepted.map((i) => payloads[i]),
+      ).then((codes) => {
+        codes.forEach((code, j) => {
+          const name = codeFromNative(code);
+          results[accepted[j]] = name === "OK" ? "persisted" : name;
+        });
+        return results;
+      }),
+    );
+  }
+
+  getMany(keys: readonly Buffer[]): Promise<GetResult[]> {
+    if (!Array.isArray(keys)) throw new TypeError("keys must be an array");
+    const packed = Buffer.concat(keys.map(requireKey), keys.length * KEY_BYTES);
+    if (this.closed) return Promise.resolve(keys.map(() => "KV_CLOSED" as const));
+    return this.track(
+      this.handle.getMany(packed).then((values) =>
+        values.map((value): GetResult => {
+          if (typeof value !== "number") return value;
+          const name = codeFromNative(value);
+          if (name === "OK") throw new Error("native store returned OK without a payload");
+          return name;
+        }),
+      ),
+    );
+  }
+
+  has(key: Buffer): boolean {
+    requireKey(key);
+    this.requireOpen();
+    return this.handle.has(key);
+  }
+
+  delete(key: Buffer): Promise<DeleteResult> {
+    requireKey(key);
+    return this.track(
+      this.enqueue([key], [null]).then(([code]) => {
+        const name = codeFromNative(code);
+        return name === "OK" ? "deleted" : name;
+      }),
+    );
+  }
+
+  pin(key: Buffer, kind: PinKind): PinResult {
+    requireKey(key);
+    this.requireOpen();
+    let code: number;
+    if (kind === "hard") {
+      code = this.handle.pin(key, true, 0);
+    } else if (typeof kind === "object" && kind !== null) {
+      code = this.handle.pin(key, false, requireCount("ttlMs", kind.ttlMs, 1, Number.MAX_SAFE_INTEGER));
+    } else {
+      throw new TypeError("pin kind must be 'hard' or { ttlMs }");
+    }
+    const name = codeFromNative(code);
+    return name === "OK" ? "pinned" : name;
+  }
+
+  unpin(key: Buffer): boolean {
+    requireKey(key);
+    this.requireOpen();
+    return this.handle.unpin(key);
+  }
+
+  stats(): StoreStats {
+    this.requireOpen();
+    const stats = this.handle.stats();
+    // Writes merged in the facade's queue wait here, not in the native store.
+    stats.queueDepth += this.queue.reduce((sum, item) => sum + item.keys.length, 0);
+    return stats;
+  }
+
+  async *keys(): AsyncIterableIterator<Buffer> {
+    this.requireOpen();
+    const packed = this.handle.keys();
+    for (let offset = 0; offset < packed.length; offset += KEY_BYTES) {
+      yield Buffer.from(packed.subarray(offset, offset + KEY_BYTES));
+    }
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      // Everything accepted before close() completes first.
+      while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+      await this.handle.close();
+    })();
+    return this.closing;
+  }
+
+  private requireOpen(): void {
+    if (this.closed) throw new StoreError("KV_CLOSED", "store is closed");
+  }
+
+  private track<T>(promise: Promise<T>): Promise<T> {
+    this.inflight.add(promise);
+    const forget = () => this.inflight.delete(promise);
+    promise.then(forget, forget);
+    return promise;
+  }
+
+  // Writes and deletes share one queue: while a native write runs, later calls
+  // gather here and go down together, so concurrent callers share one fdatasync.
+  private enqueue(keys: Buffer[], payloads: (Buffer | null)[]): Promise<number[]> {
+    if (this.closed) return Promise.resolve(keys.map(() => 7 /* KV_CLOSED */));
+    if (keys.length === 0) return Promise.resolve([]);
+    return new Promise<number[]>((resolve, reject) => {
+      this.queue.push({ keys, payloads, resolve, reject });
+      if (!this.writing) void this.pump();
+    });
+  }
+
+  private async pump(): Promise<void> {
+    this.writing = true;
+    while (this.queue.length > 0) {
+      const batch: QueuedWrite[] = [];
+      let bytes = 0;
+      let entries = 0;
+      while (this.queue.length > 0) {
+        const next = this.queue[0];
+        const nextBytes = next.payloads.reduce((sum, p) => sum + (p?.length ?? 0), 0);
+        const fits =
+          bytes + nextBytes <= MERGED_WRITE_BYTES_MAX &&
+          entries + next.keys.length <= MERGED_WRITE_ENTRIES_MAX;
+        if (batch.length > 0 && !fits) break;
+        batch.push(this.queue.shift() as QueuedWrite);
+        bytes += nextBytes;
+        entries += next.keys.length;
+      }
+      const keys = Buffer.concat(batch.flatMap((item) => item.keys));
+      const payloads = batch.flatMap((item) => item.payloads);
+      try {
+        const codes = await this.handle.write(keys, payloads);
+        let offset = 0;
+        for (const item of batch) {
+          item.resolve(Array.from(codes.subarray(offset, offset + item.keys.length)));
+          offset += item.keys.length;
+        }
+      } catch (error) {
+        for (const item of batch) item.reject(toStoreError(error));
+      }
+    }
+    this.writing = false;
+  }
+}

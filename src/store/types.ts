@@ -1,0 +1,90 @@
+import type { StoreErrorCode } from "./errors";
+
+/** Bytes in a block key (a hash of the block's token chain). */
+export const KEY_BYTES = 32;
+
+/** One block to write. The payload must not be modified until put() resolves. */
+export interface PutEntry {
+  key: Buffer;
+  payload: Buffer;
+}
+
+/** Per-entry outcome of put(): "persisted" means durable under the store's fsync policy. */
+export type PutResult = "persisted" | StoreErrorCode;
+
+/** Per-key outcome of getMany(): the verified payload, or why there is none. */
+export type GetResult = Buffer | StoreErrorCode;
+
+/** Outcome of delete(). */
+export type DeleteResult = "deleted" | StoreErrorCode;
+
+/** Outcome of pin(). */
+export type PinResult = "pinned" | StoreErrorCode;
+
+/** A hard pin lasts until unpin(); a soft pin expires after ttlMs. */
+export type PinKind = "hard" | { ttlMs: number };
+
+/** Options for opening a store directory. */
+export interface StoreOptions {
+  /** Cap on the bytes the store's files occupy, counted in whole 4 KiB blocks per file. */
+  bytesMax: number;
+  /** "batch": one fdatasync per write batch before reporting "persisted"; "none": page cache only. */
+  fsync: "batch" | "none";
+  /** Size of one append-only segment file; default 64 MiB. */
+  segmentBytes?: number;
+  /** Appended bytes between index checkpoints (bounds crash recovery work); default 256 MiB. */
+  checkpointEveryBytes?: number;
+  /** Threads that read payloads in parallel for getMany(); default 8. */
+  readThreads?: number;
+  /** Cap on pinned bytes; default bytesMax / 2. */
+  pinnedBytesMax?: number;
+}
+
+/** Counters and gauges of a store. */
+export interface StoreStats {
+  bytes: number;
+  bytesMax: number;
+  liveBytes: number;
+  blocks: number;
+  segments: number;
+  hits: number;
+  misses: number;
+  evictions: number;
+  corruptions: number;
+  writeErrors: number;
+  readErrors: number;
+  capacityRejects: number;
+  pinnedBlocks: number;
+  pinnedBytes: number;
+  compactions: number;
+  relocatedBytes: number;
+  checkpoints: number;
+  replayedRecords: number;
+  badRecords: number;
+  truncatedBytes: number;
+  indexRebuilds: number;
+  queueDepth: number;
+  blocksWritten: number;
+  openMs: number;
+}
+
+/** The SSD tier's contract; every implementation runs the same compliance suite. */
+export interface BlockStore {
+  /** Writes blocks as one group commit; results are in entry order. */
+  put(entries: readonly PutEntry[]): Promise<PutResult[]>;
+  /** Reads many blocks in parallel; every payload returned has passed its checksum. */
+  getMany(keys: readonly Buffer[]): Promise<GetResult[]>;
+  /** Whether the key is indexed; does not count as an access. */
+  has(key: Buffer): boolean;
+  /** Removes a block durably (a tombstone under the fsync policy). */
+  delete(key: Buffer): Promise<DeleteResult>;
+  /** Protects a block from eviction. */
+  pin(key: Buffer, kind: PinKind): PinResult;
+  /** Removes hard and soft pins; false when the key is not indexed. */
+  unpin(key: Buffer): boolean;
+  stats(): StoreStats;
+  /** Keys indexed when iteration starts, least recently used first. */
+  keys(): AsyncIterableIterator<Buffer>;
+  /** Waits for pending work, writes a final checkpoint and releases the directory. */
+  close(): Promise<void>;
+}
