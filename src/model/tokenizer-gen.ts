@@ -12,7 +12,10 @@ import { TRAINING_CORPUS } from "./corpus";
 
 /** Options of {@link buildTokenizerFiles}. */
 export interface TokenizerGenOptions {
-  /** Regular (non-special) tokens: the 256 byte tokens plus `vocabSize - 256` learned merges. */
+  /**
+   * Regular (non-special) tokens: the 256 byte tokens plus the learned merges. The embedded corpus
+   * supports a little over 9,000; a larger value is refused with a RangeError that names the limit.
+   */
   vocabSize: number;
   /**
    * Breaks ties between equally frequent pairs. Omitted or 0 keeps the Hugging Face trainer's rule
@@ -82,9 +85,9 @@ export const CHATML_TEMPLATE =
   "            {%- if tool_call.function is defined %}\n" +
   "                {%- set tool_call = tool_call.function %}\n" +
   "            {%- endif %}\n" +
-  "            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n" +
+  '            {{- \'\\n<tool_call>\\n{"name": "\' }}\n' +
   "            {{- tool_call.name }}\n" +
-  "            {{- '\", \"arguments\": ' }}\n" +
+  '            {{- \'", "arguments": \' }}\n' +
   "            {{- tool_call.arguments | tojson }}\n" +
   "            {{- '}\\n</tool_call>' }}\n" +
   "        {%- endfor %}\n" +
@@ -272,7 +275,9 @@ function learnMerges(
   }
 
   const rankOf = (key: number): number =>
-    seed === 0 ? key : mix32(Math.imul(Math.floor(key / PAIR_ID_LIMIT), 0x9e3779b1) ^ mix32((key % PAIR_ID_LIMIT) ^ seed));
+    seed === 0
+      ? key
+      : mix32(Math.imul(Math.floor(key / PAIR_ID_LIMIT), 0x9e3779b1) ^ mix32((key % PAIR_ID_LIMIT) ^ seed));
   const pairCounts = new Map<number, number>();
   // Words that contained a pair at some point; entries may be stale and are re-checked on use.
   const pairWords = new Map<number, number[]>();
@@ -339,7 +344,8 @@ function learnMerges(
       visited[w] = merges.length;
       const syms = words[w];
       let present = false;
-      for (let i = 0; i + 1 < syms.length && !present; i++) present = syms[i] === left && syms[i + 1] === right;
+      for (let i = 0; i + 1 < syms.length && !present; i++)
+        present = syms[i] === left && syms[i + 1] === right;
       if (!present) continue;
       addPairs(w, -1, delta, false);
       const out: number[] = [];
@@ -363,8 +369,14 @@ function learnMerges(
 /** Builds tokenizer.json and tokenizer_config.json of a byte-level BPE learned from the embedded corpus. */
 export function buildTokenizerFiles(opts: TokenizerGenOptions): GeneratedTokenizerFiles {
   const { vocabSize, seed = 0, modelMaxLength = DEFAULT_MODEL_MAX_LENGTH } = opts;
-  if (!Number.isInteger(vocabSize) || vocabSize < BYTE_TOKENS || vocabSize > PAIR_ID_LIMIT - SPECIAL_TOKENS.length) {
-    throw new RangeError(`vocabSize must be an integer in [${BYTE_TOKENS}, ${PAIR_ID_LIMIT - SPECIAL_TOKENS.length}], got ${vocabSize}`);
+  if (
+    !Number.isInteger(vocabSize) ||
+    vocabSize < BYTE_TOKENS ||
+    vocabSize > PAIR_ID_LIMIT - SPECIAL_TOKENS.length
+  ) {
+    throw new RangeError(
+      `vocabSize must be an integer in [${BYTE_TOKENS}, ${PAIR_ID_LIMIT - SPECIAL_TOKENS.length}], got ${vocabSize}`,
+    );
   }
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
     throw new RangeError(`seed must be an integer in [0, 2^32), got ${seed}`);
@@ -396,7 +408,14 @@ export function buildTokenizerFiles(opts: TokenizerGenOptions): GeneratedTokeniz
     added_tokens_decoder: Object.fromEntries(
       addedTokens.map((t) => [
         String(t.id),
-        { content: t.content, lstrip: false, normalized: false, rstrip: false, single_word: false, special: true },
+        {
+          content: t.content,
+          lstrip: false,
+          normalized: false,
+          rstrip: false,
+          single_word: false,
+          special: true,
+        },
       ]),
     ),
     additional_special_tokens: [IM_START, IM_END],

@@ -9,10 +9,7 @@ import { Tokenizer } from "@huggingface/tokenizers";
 
 /** Stable codes of {@link TokenizerError}. */
 export type TokenizerErrorCode =
-  | "MODEL_FILE_MISSING"
-  | "MODEL_INVALID"
-  | "CHAT_TEMPLATE_MISSING"
-  | "CHAT_TEMPLATE_FAILED";
+  "MODEL_FILE_MISSING" | "MODEL_INVALID" | "CHAT_TEMPLATE_MISSING" | "CHAT_TEMPLATE_FAILED";
 
 /** A tokenizer that cannot be loaded or a chat that cannot be rendered; `file` names the culprit. */
 export class TokenizerError extends Error {
@@ -61,6 +58,12 @@ type JsonObject = Record<string, unknown>;
 const isObject = (value: unknown): value is JsonObject =>
   typeof value === "object" && value !== null && !Array.isArray(value);
 
+/** A MODEL_INVALID error whose message starts with the file it is about. */
+function invalid(file: string, problem: string, cause?: unknown): TokenizerError {
+  const detail = cause instanceof Error ? `: ${cause.message}` : "";
+  return new TokenizerError("MODEL_INVALID", `${file}: ${problem}${detail}`, file, { cause });
+}
+
 function readJson(file: string, required: true): unknown;
 function readJson(file: string, required: false): unknown | undefined;
 function readJson(file: string, required: boolean): unknown {
@@ -72,16 +75,12 @@ function readJson(file: string, required: boolean): unknown {
   try {
     text = readFileSync(file, "utf8");
   } catch (cause) {
-    throw new TokenizerError("MODEL_INVALID", `cannot read ${file}: ${(cause as Error).message}`, file, {
-      cause,
-    });
+    throw invalid(file, "cannot be read", cause);
   }
   try {
     return JSON.parse(text);
   } catch (cause) {
-    throw new TokenizerError("MODEL_INVALID", `${file} is not valid JSON: ${(cause as Error).message}`, file, {
-      cause,
-    });
+    throw invalid(file, "not valid JSON", cause);
   }
 }
 
@@ -100,13 +99,13 @@ function selectTemplate(value: unknown, file: string): { default?: string; toolU
     const named = new Map<string, string>();
     for (const entry of value) {
       if (!isObject(entry) || typeof entry.name !== "string" || typeof entry.template !== "string") {
-        throw new TokenizerError("MODEL_INVALID", `${file}: chat_template entries need a name and a template`, file);
+        throw invalid(file, "chat_template entries need a name and a template");
       }
       named.set(entry.name, entry.template);
     }
     return { default: named.get("default"), toolUse: named.get("tool_use") };
   }
-  throw new TokenizerError("MODEL_INVALID", `${file}: chat_template must be a string or a list`, file);
+  throw invalid(file, "chat_template must be a string or a list");
 }
 
 function compileTemplate(source: string | undefined, file: string): Template | undefined {
@@ -114,12 +113,7 @@ function compileTemplate(source: string | undefined, file: string): Template | u
   try {
     return new Template(source);
   } catch (cause) {
-    throw new TokenizerError(
-      "MODEL_INVALID",
-      `${file}: chat template does not parse: ${(cause as Error).message}`,
-      file,
-      { cause },
-    );
+    throw invalid(file, "chat template does not parse", cause);
   }
 }
 
@@ -129,7 +123,7 @@ function eosIdsOf(config: unknown, file: string): number[] {
   const ids = Array.isArray(raw) ? raw : [raw];
   for (const id of ids) {
     if (!Number.isInteger(id) || (id as number) < 0) {
-      throw new TokenizerError("MODEL_INVALID", `${file}: eos_token_id must be a token id or a list of them`, file);
+      throw invalid(file, "eos_token_id must be a token id or a list of them");
     }
   }
   return ids as number[];
@@ -155,6 +149,8 @@ export class ModelTokenizer {
   private readonly toolTemplate: Template | undefined;
   private readonly templateVariables: Record<string, unknown>;
   private readonly configFile: string;
+  /** Where the chat template came from, for errors: chat_template.jinja or tokenizer_config.json. */
+  private readonly templateFile: string;
 
   /** Loads tokenizer.json, tokenizer_config.json and the eos ids of generation_config.json / config.json. */
   static fromDir(dir: string): ModelTokenizer {
@@ -170,15 +166,16 @@ export class ModelTokenizer {
     });
   }
 
+  /** Builds the tokenizer from already parsed files; {@link ModelTokenizer.fromDir} reads them from disk. */
   constructor(sources: TokenizerSources) {
     const dir = sources.source ?? "<memory>";
     const tokenizerFile = path.join(dir, "tokenizer.json");
     this.configFile = path.join(dir, "tokenizer_config.json");
     if (!isObject(sources.tokenizerJson) || !isObject(sources.tokenizerJson.model)) {
-      throw new TokenizerError("MODEL_INVALID", `${tokenizerFile} has no tokenizer model`, tokenizerFile);
+      throw invalid(tokenizerFile, "no tokenizer model");
     }
     if (sources.tokenizerConfig !== undefined && !isObject(sources.tokenizerConfig)) {
-      throw new TokenizerError("MODEL_INVALID", `${this.configFile} must hold a JSON object`, this.configFile);
+      throw invalid(this.configFile, "must hold a JSON object");
     }
     this.config = sources.tokenizerConfig ?? {};
     // The library iterates these sections unconditionally; files written by older tokenizers omit them.
@@ -193,12 +190,7 @@ export class ModelTokenizer {
     try {
       this.tokenizer = new Tokenizer(tokenizerJson, this.config);
     } catch (cause) {
-      throw new TokenizerError(
-        "MODEL_INVALID",
-        `${tokenizerFile} cannot be loaded: ${(cause as Error).message}`,
-        tokenizerFile,
-        { cause },
-      );
+      throw invalid(tokenizerFile, "cannot be loaded", cause);
     }
 
     let maxId = -1;
@@ -213,11 +205,7 @@ export class ModelTokenizer {
       if (text === undefined) return {};
       const id = this.tokenizer.token_to_id(text);
       if (id === undefined) {
-        throw new TokenizerError(
-          "MODEL_INVALID",
-          `${this.configFile}: ${name} ${JSON.stringify(text)} is not in the vocabulary`,
-          this.configFile,
-        );
+        throw invalid(this.configFile, `${name} ${JSON.stringify(text)} is not in the vocabulary`);
       }
       return { text, id };
     };
@@ -226,16 +214,20 @@ export class ModelTokenizer {
     this.bosToken = bos.text;
     this.bosId = bos.id;
     this.eosToken = eos.text;
-    this.padId = idOf("pad_token").id;
+    // Only informational, and some checkpoints name a pad token their vocabulary lacks.
+    const padText = tokenText(this.config.pad_token);
+    this.padId = padText === undefined ? undefined : this.tokenizer.token_to_id(padText);
     this.eosIds = new Set([
       ...eosIdsOf(sources.generationConfig, path.join(dir, "generation_config.json")),
       ...eosIdsOf(sources.modelConfig, path.join(dir, "config.json")),
       ...(eos.id === undefined ? [] : [eos.id]),
     ]);
 
-    const templates = selectTemplate(sources.chatTemplate ?? this.config.chat_template, this.configFile);
-    this.template = compileTemplate(templates.default, this.configFile);
-    this.toolTemplate = compileTemplate(templates.toolUse, this.configFile);
+    this.templateFile =
+      sources.chatTemplate === undefined ? this.configFile : path.join(dir, "chat_template.jinja");
+    const templates = selectTemplate(sources.chatTemplate ?? this.config.chat_template, this.templateFile);
+    this.template = compileTemplate(templates.default, this.templateFile);
+    this.toolTemplate = compileTemplate(templates.toolUse, this.templateFile);
     this.templateVariables = {};
     for (const name of ["bos_token", "eos_token", "unk_token", "pad_token"]) {
       const text = tokenText(this.config[name]);
@@ -273,11 +265,18 @@ export class ModelTokenizer {
   decode(ids: readonly number[], options: { skipSpecialTokens?: boolean } = {}): string {
     if (ids.length === 0) return "";
     for (const id of ids) {
-      if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize || this.tokenizer.id_to_token(id) === undefined) {
+      if (
+        !Number.isInteger(id) ||
+        id < 0 ||
+        id >= this.vocabSize ||
+        this.tokenizer.id_to_token(id) === undefined
+      ) {
         throw new RangeError(`token id ${id} is outside the vocabulary of ${this.vocabSize} tokens`);
       }
     }
-    return this.tokenizer.decode(ids as number[], { skip_special_tokens: options.skipSpecialTokens ?? false });
+    return this.tokenizer.decode(ids as number[], {
+      skip_special_tokens: options.skipSpecialTokens ?? false,
+    });
   }
 
   /** The id of a token string (special tokens included), if the vocabulary has it. */
@@ -302,7 +301,7 @@ export class ModelTokenizer {
     if (template === undefined) {
       throw new TokenizerError(
         "CHAT_TEMPLATE_MISSING",
-        `${this.configFile} has no chat_template; send a raw prompt instead`,
+        "the model has no chat template; send a text prompt instead",
         this.configFile,
       );
     }
@@ -320,7 +319,7 @@ export class ModelTokenizer {
       throw new TokenizerError(
         "CHAT_TEMPLATE_FAILED",
         `chat template rejected the conversation: ${(cause as Error).message}`,
-        this.configFile,
+        this.templateFile,
         { cause },
       );
     }
@@ -331,7 +330,10 @@ export class ModelTokenizer {
    * that plain encoding would add is added, and only when the rendered text does not already start with
    * it; an EOS is never appended because it would tell the model the prompt is finished.
    */
-  renderAndEncode(messages: readonly ChatMessage[], options: ChatTemplateOptions): { prompt: string; ids: number[] } {
+  renderAndEncode(
+    messages: readonly ChatMessage[],
+    options: ChatTemplateOptions,
+  ): { prompt: string; ids: number[] } {
     const prompt = this.applyChatTemplate(messages, options);
     const ids = this.encode(prompt, { addSpecialTokens: false });
     if (this.addsBos && this.bosToken !== undefined && !prompt.startsWith(this.bosToken)) {

@@ -54,6 +54,15 @@ function byteId(byte: number): number {
   return byteLevelAlphabet().findIndex((entry) => entry.byte === byte);
 }
 
+function caught(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (error) {
+    return error;
+  }
+  throw new Error("expected an error");
+}
+
 function writeModelDir(json: Record<string, unknown>): string {
   const dir = tempDir();
   for (const [name, value] of Object.entries(json)) {
@@ -254,6 +263,35 @@ describe("ModelTokenizer (Qwen style)", () => {
     );
   });
 
+  it("finds the template in chat_template.jinja or in a named list", () => {
+    const messages = [{ role: "user", content: "Hi" }];
+    const tools = [{ type: "function", function: { name: "now" } }];
+    const named = ModelTokenizer.fromDir(
+      writeModelDir({
+        "tokenizer.json": files.tokenizerJson,
+        "tokenizer_config.json": {
+          ...(files.tokenizerConfig as object),
+          chat_template: [
+            { name: "default", template: "D:{{ messages[0].content }}" },
+            { name: "tool_use", template: "T:{{ tools[0].function.name }}" },
+          ],
+        },
+      }),
+    );
+    expect(named.applyChatTemplate(messages, { addGenerationPrompt: true })).toBe("D:Hi");
+    expect(named.applyChatTemplate(messages, { addGenerationPrompt: true, tools })).toBe("T:now");
+    const jinjaFile = ModelTokenizer.fromDir(
+      writeModelDir({
+        "tokenizer.json": files.tokenizerJson,
+        "tokenizer_config.json": files.tokenizerConfig,
+        "chat_template.jinja": "{{ eos_token }}{{ messages | length }}{{ flavour }}",
+      }),
+    );
+    expect(
+      jinjaFile.applyChatTemplate(messages, { addGenerationPrompt: false, variables: { flavour: "!" } }),
+    ).toBe("<|im_end|>1!");
+  });
+
   it("rejects ids outside the vocabulary", () => {
     expect(() => tok.decode([1, 4003])).toThrow(
       new RangeError("token id 4003 is outside the vocabulary of 4003 tokens"),
@@ -420,6 +458,10 @@ describe("IncrementalDetokenizer", () => {
     decodeSpy.mockRestore();
     expect(deltas.join("")).toBe(text);
     expect(decodedIds).toBeLessThan(ids.length * 8);
+    const withoutSpecial = new IncrementalDetokenizer(tok, { skipSpecialTokens: true });
+    const visible = ids.map((id) => withoutSpecial.push(id)).join("") + withoutSpecial.flush();
+    expect(visible).toBe(tok.decode(ids, { skipSpecialTokens: true }));
+    expect(visible).toBe(text.replace(/<\|im_(start|end)\|>/g, ""));
     expect(deltas.some((d) => d.includes("\uFFFD"))).toBe(false);
   });
 
@@ -460,13 +502,7 @@ describe("loading errors", () => {
   it("names a missing tokenizer.json", () => {
     const dir = tempDir();
     const file = path.join(dir, "tokenizer.json");
-    const error = (() => {
-      try {
-        ModelTokenizer.fromDir(dir);
-      } catch (e) {
-        return e;
-      }
-    })();
+    const error = caught(() => ModelTokenizer.fromDir(dir));
     expect(error).toBeInstanceOf(TokenizerError);
     expect(error).toMatchObject({
       code: "MODEL_FILE_MISSING",
@@ -477,15 +513,17 @@ describe("loading errors", () => {
 
   it("names an unparsable or empty tokenizer.json", () => {
     const broken = writeModelDir({ "tokenizer.json": "{ not json" });
-    expect(() => ModelTokenizer.fromDir(broken)).toThrow(TokenizerError);
-    expect(() => ModelTokenizer.fromDir(broken)).toThrow(
-      expect.objectContaining({ code: "MODEL_INVALID", file: path.join(broken, "tokenizer.json") }),
-    );
+    const brokenFile = path.join(broken, "tokenizer.json");
+    const error = caught(() => ModelTokenizer.fromDir(broken));
+    expect(error).toBeInstanceOf(TokenizerError);
+    expect(error).toMatchObject({ code: "MODEL_INVALID", file: brokenFile });
+    // The rest of the message is V8's JSON.parse diagnostic.
+    expect((error as Error).message.startsWith(`${brokenFile}: not valid JSON: `)).toBe(true);
     const empty = writeModelDir({ "tokenizer.json": {} });
     expect(() => ModelTokenizer.fromDir(empty)).toThrow(
       expect.objectContaining({
         code: "MODEL_INVALID",
-        message: `${path.join(empty, "tokenizer.json")} has no tokenizer model`,
+        message: `${path.join(empty, "tokenizer.json")}: no tokenizer model`,
       }),
     );
   });
@@ -511,7 +549,12 @@ describe("loading errors", () => {
     expect(bare.hasChatTemplate).toBe(false);
     expect(() =>
       bare.applyChatTemplate([{ role: "user", content: "x" }], { addGenerationPrompt: true }),
-    ).toThrow(expect.objectContaining({ code: "CHAT_TEMPLATE_MISSING" }));
+    ).toThrow(
+      expect.objectContaining({
+        code: "CHAT_TEMPLATE_MISSING",
+        message: "the model has no chat template; send a text prompt instead",
+      }),
+    );
     const strict = ModelTokenizer.fromDir(
       writeModelDir({
         "tokenizer.json": files.tokenizerJson,
