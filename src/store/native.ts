@@ -126,8 +126,11 @@ function normalizeOptions(options: StoreOptions): Required<StoreOptions> {
 }
 
 function toStoreError(error: unknown): unknown {
-  const code = (error as { code?: unknown } | null)?.code;
-  if (error instanceof Error && isStoreErrorCode(code)) return new StoreError(code, error.message);
+  // Duck-typed: errors from the addon may come from another realm (jest's VM, workers).
+  const coded = error as { code?: unknown; message?: unknown } | null;
+  if (isStoreErrorCode(coded?.code) && typeof coded?.message === "string") {
+    return new StoreError(coded.code, coded.message);
+  }
   return error;
 }
 
