@@ -85,6 +85,44 @@ function loggingInterceptor(log: Logger): Interceptor {
   };
 }
 
+/**
+ * gRPC's wire format percent-encodes only bytes outside printable ASCII (and "%") in grpc-message.
+ * connect-node encodes it with encodeURIComponent, and grpc-js decodes it with decodeURI, so
+ * characters like ":" "," "=" reached grpc-js clients still encoded. Re-encoding the message the way
+ * the gRPC specification says makes it arrive intact in every client.
+ */
+function specEncodeGrpcMessage(headers: http2.OutgoingHttpHeaders | undefined): void {
+  const value = headers?.["grpc-message"];
+  if (typeof value !== "string") return;
+  let text: string;
+  try {
+    text = decodeURIComponent(value);
+  } catch {
+    return;
+  }
+  headers!["grpc-message"] = Array.from(Buffer.from(text, "utf8"))
+    .map((b) => (b >= 0x20 && b <= 0x7e && b !== 0x25 ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, "0")}`))
+    .join("");
+}
+
+type NodeHandler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
+
+function withSpecGrpcMessages(handler: NodeHandler): NodeHandler {
+  return (req, res) => {
+    const writeHead = res.writeHead.bind(res) as (status: number, headers?: http2.OutgoingHttpHeaders) => unknown;
+    const addTrailers = res.addTrailers.bind(res) as (headers: http2.OutgoingHttpHeaders) => void;
+    (res as { writeHead: unknown }).writeHead = (status: number, headers?: http2.OutgoingHttpHeaders) => {
+      specEncodeGrpcMessage(headers);
+      return writeHead(status, headers);
+    };
+    (res as { addTrailers: unknown }).addTrailers = (headers: http2.OutgoingHttpHeaders) => {
+      specEncodeGrpcMessage(headers);
+      addTrailers(headers);
+    };
+    handler(req, res);
+  };
+}
+
 /** Builds the request handler (routes, interceptors, limits). Only `listen` opens sockets. */
 export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: AbortSignal) {
   const interceptors: Interceptor[] = [loggingInterceptor(deps.log)];
@@ -97,7 +135,7 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
     });
   }
   const reflection = new ReflectionIndex(DESCRIPTOR_FILES, SERVICE_NAMES);
-  return connectNodeAdapter({
+  const adapter = connectNodeAdapter({
     routes: (router) => {
       registerHealth(router, deps.readiness);
       registerReflection(router, reflection);
@@ -109,6 +147,7 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
     writeMaxBytes: config.messageBytesMax,
     shutdownSignal,
   });
+  return withSpecGrpcMessages(adapter as NodeHandler);
 }
 
 /** A listening server and the means to stop it gracefully. */

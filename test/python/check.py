@@ -43,6 +43,24 @@ with grpc.insecure_channel(target) as channel:
     out["missing_prompt"] = status(lambda: generate(None, inference_pb2.SamplingParams(max_tokens=1)))
     out["bad_max_tokens"] = status(lambda: generate(text, inference_pb2.SamplingParams(max_tokens=-5)))
     out["deadline"] = status(lambda: generate(text, inference_pb2.SamplingParams(max_tokens=8000), timeout=0.3))
+    out["max_tokens_over_limit"] = status(lambda: generate(text, inference_pb2.SamplingParams(max_tokens=100000)))
+    out["unknown_model"] = status(lambda: list(stub.Generate(inference_pb2.GenerateRequest(model="nope", prompt=text), metadata=md)))
+    out["bad_token_id"] = status(lambda: generate(common_pb2.Prompt(tokens=common_pb2.TokenIds(ids=[1, 2, 4000000])), None))
+    out["too_long"] = status(lambda: generate(common_pb2.Prompt(tokens=common_pb2.TokenIds(ids=[5] * 40000)), None))
+
+    # Cancel mid-stream, then the engine serves the next request.
+    call = stub.Generate(inference_pb2.GenerateRequest(prompt=text, sampling=inference_pb2.SamplingParams(max_tokens=5000)), metadata=md)
+    seen = 0
+    for response in call:
+        if response.WhichOneof("event") == "delta":
+            seen += 1
+            if seen == 2:
+                call.cancel()
+                break
+    out["cancelled_code"] = call.code().name
+    after = generate(text, inference_pb2.SamplingParams(max_tokens=3, temperature=0.0))
+    out["after_cancel_finish"] = inference_pb2.FinishReason.Name(after[-1].finished.finish_reason)
+
     out["no_token"] = status(lambda: list(stub.Generate(inference_pb2.GenerateRequest(prompt=text))))
 
 print(json.dumps(out))
