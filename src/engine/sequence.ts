@@ -1,5 +1,5 @@
 import type { LoadedModel, ModelCache } from "../model/loader.js";
-import { Sampler } from "../model/sampler.js";
+import { Sampler } from "./sampler.js";
 import { IncrementalDetokenizer, type ModelTokenizer } from "../model/tokenizer.js";
 import type { FinishReason, FromEngine, ModelInfo, ToEngine } from "./protocol.js";
 import { StopStringFilter } from "./stop-strings.js";
