@@ -1241,7 +1241,10 @@ std::vector<ReadResult> Store::GetMany(const std::vector<Key>& keys) {
       taskKey.push_back(i);
     }
   }
-  RunParallel(tasks.size(), [&](size_t t) { ReadVerified(tasks[t], &results[taskKey[t]]); });
+  RunParallel(tasks.size(), [&](size_t t) {
+    ReadResult& result = results[taskKey[t]];
+    result.code = ReadVerified(tasks[t], &result);
+  });
   {
     std::lock_guard<std::mutex> meta(metaMu_);
     for (size_t t = 0; t < tasks.size(); ++t) {

@@ -85,3 +85,10 @@ export function segmentFiles(dir: string): string[] {
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/** Per-key summary of getMany results against expected payloads: "ok", "WRONG" or the code. */
+export function summarize(got: readonly (Buffer | string)[], expected: readonly Buffer[]): string[] {
+  return got.map((value, i) =>
+    Buffer.isBuffer(value) ? (value.equals(expected[i]) ? "ok" : "WRONG") : value,
+  );
+}
