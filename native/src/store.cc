@@ -660,6 +660,7 @@ void Store::EvictLruLocked(uint64_t liveTargetBytes) {
 
 bool Store::MakeRoom(uint64_t extraBytes, uint64_t entriesAdded) {
   bool rolledForDeadSpace = false;
+  std::set<uint32_t> stuck;  // segments whose pinned blocks could not be moved this time
   for (int round = 0; round < kMakeRoomRoundsMax; ++round) {
     {
       std::lock_guard<std::mutex> meta(metaMu_);
@@ -673,7 +674,7 @@ bool Store::MakeRoom(uint64_t extraBytes, uint64_t entriesAdded) {
       EvictLruLocked(liveTarget);
     }
     if (ReclaimEmptySegments()) continue;
-    if (CompactOne()) continue;
+    if (CompactOne(&stuck)) continue;
     // Dead space may sit only in the active segment: seal it so it can be compacted.
     std::lock_guard<std::mutex> meta(metaMu_);
     if (!rolledForDeadSpace && active_ && active_->pendingRecords == 0 &&
@@ -722,7 +723,7 @@ void Store::DeleteSegment(const std::shared_ptr<Segment>& segment) {
   if (options_.fsync == FsyncPolicy::kBatch) FsyncDir(dir_);
 }
 
-bool Store::CompactOne() {
+bool Store::CompactOne(std::set<uint32_t>* stuck) {
   std::shared_ptr<Segment> victim;
   std::vector<ReadTask> live;
   {
@@ -730,7 +731,7 @@ bool Store::CompactOne() {
     uint64_t bestDead = 0;
     for (auto& item : segments_) {
       Segment& segment = *item.second;
-      if (item.second == active_ || segment.pendingRecords != 0) continue;
+      if (item.second == active_ || segment.pendingRecords != 0 || stuck->count(item.first) != 0) continue;
       uint64_t dead = segment.sizeBytes - kSegmentHeaderBytes - segment.liveBytes;
       // Copying a segment to win back less than this would not even pay for rounding.
       if (dead >= kCompactDeadBytesMin && dead > bestDead) {
@@ -781,8 +782,9 @@ bool Store::CompactOne() {
     found = index_.find(task.key);
     same = found != index_.end() && found->second->seqNo == task.seqNo && found->second->segmentId == victim->id;
     if (code != Code::kOk) {
-      if (!same) continue;
-      if (pinned) return false;  // cannot drop a pinned block to make room
+      // No room to move it (the cap was lowered, or the disk is full): drop it
+      // unless pinned. A pinned block keeps its segment alive for now.
+      if (!same || pinned) continue;
       DropLocked(found->second.get());
       stats_.evictions += 1;
       continue;
@@ -809,7 +811,10 @@ bool Store::CompactOne() {
   }
   {
     std::lock_guard<std::mutex> meta(metaMu_);
-    if (victim->liveCount != 0) return false;
+    if (victim->liveCount != 0) {
+      stuck->insert(victim->id);
+      return true;  // blocks were moved or evicted; MakeRoom looks again
+    }
     stats_.compactions += 1;
   }
   DeleteSegment(victim);

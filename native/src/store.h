@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -156,7 +157,7 @@ class Store {
 
   bool MakeRoom(uint64_t extraBytes, uint64_t entriesAdded);
   bool ReclaimEmptySegments();
-  bool CompactOne();
+  bool CompactOne(std::set<uint32_t>* stuck);
   Code Roll();
   Code AppendRecord(const Key& key, uint16_t kind, const uint8_t* payload, uint32_t payloadBytes,
                     uint64_t seqNo, bool forCompaction, uint32_t* segmentId, uint64_t* offset);
