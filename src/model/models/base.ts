@@ -1,0 +1,323 @@
+import { core as mx } from "@frost-beta/mlx";
+import type { Llama3RopeScaling, ModelConfig } from "../config";
+import type { KVCache, ModelCache } from "../kv-cache";
+
+/**
+ * Building blocks shared by the architectures, after mlx-lm's models/base.py and the parts of
+ * models/llama.py that other architectures import. Every module's field names are the tensor names
+ * of Hugging Face checkpoints, so weights load without a mapping table.
+ */
+
+/**
+ * Base of every layer: parameters are the public fields holding arrays, found by walking fields,
+ * arrays of modules and sub-modules, and named by their path ("layers.0.self_attn.q_proj.weight").
+ * Fields not meant as parameters are private (#), so the walk does not see them.
+ */
+export abstract class Module {
+  /** Every parameter with its dotted name, in field order. */
+  namedParameters(prefix = ""): [string, mx.array][] {
+    const out: [string, mx.array][] = [];
+    const visit = (name: string, value: unknown): void => {
+      if (value instanceof mx.array) out.push([name, value]);
+      else if (value instanceof Module) out.push(...value.namedParameters(`${name}.`));
+      else if (Array.isArray(value)) value.forEach((item, i) => visit(`${name}.${i}`, item));
+    };
+    for (const [key, value] of Object.entries(this)) visit(`${prefix}${key}`, value);
+    return out;
+  }
+
+  /** Replaces the parameter at a dotted name; the name must exist. */
+  setParameter(name: string, value: mx.array): void {
+    const parts = name.split(".");
+    let owner: Record<string, unknown> = this as unknown as Record<string, unknown>;
+    for (const part of parts.slice(0, -1)) {
+      const next = owner[part];
+      if (typeof next !== "object" || next === null) throw new RangeError(`no parameter named ${name}`);
+      owner = next as Record<string, unknown>;
+    }
+    const leaf = parts[parts.length - 1];
+    if (!(owner[leaf] instanceof mx.array)) throw new RangeError(`no parameter named ${name}`);
+    owner[leaf] = value;
+  }
+}
+
+/**
+ * Placeholder for a weight until the loader fills it: carries the shape the checkpoint must have.
+ * `zeros` is a broadcast constant, so an unfilled placeholder costs no memory.
+ */
+function placeholder(shape: number[]): mx.array {
+  return mx.zeros(shape, mx.float32);
+}
+
+/** y = x W^T (+ b), with W [outputDims, inputDims] as checkpoints store it. */
+export class Linear extends Module {
+  weight: mx.array;
+  bias?: mx.array;
+
+  constructor(inputDims: number, outputDims: number, bias: boolean) {
+    super();
+    this.weight = placeholder([outputDims, inputDims]);
+    if (bias) this.bias = placeholder([outputDims]);
+  }
+
+  forward(x: mx.array): mx.array {
+    return this.bias ? mx.addmm(this.bias, x, this.weight.T) : mx.matmul(x, this.weight.T);
+  }
+}
+
+/** Token embedding table [vocab, dims]; doubles as the output projection when tied. */
+export class Embedding extends Module {
+  weight: mx.array;
+
+  constructor(vocab: number, dims: number) {
+    super();
+    this.weight = placeholder([vocab, dims]);
+  }
+
+  forward(tokens: mx.array): mx.array {
+    return this.weight.index(tokens);
+  }
+
+  asLinear(x: mx.array): mx.array {
+    return mx.matmul(x, this.weight.T);
+  }
+}
+
+/** x / rms(x) * weight over the last axis. */
+export class RMSNorm extends Module {
+  weight: mx.array;
+  readonly #eps: number;
+
+  constructor(dims: number, eps: number) {
+    super();
+    this.weight = placeholder([dims]);
+    this.#eps = eps;
+  }
+
+  forward(x: mx.array): mx.array {
+    return mx.fast.rmsNorm(x, this.weight, this.#eps);
+  }
+}
+
+/** Which positions a forward pass returns logits for. */
+export type LogitsFor = "last" | "all";
+
+/** A decoder-only language model as the loader and the engine see it. */
+export interface CausalLM extends Module {
+  /**
+   * Runs tokens [1, T] (int32) at positions cache.offset .. cache.offset + T - 1, appending their
+   * keys and values to `cache`. Returns float32 logits [1, T, vocab] for "all" or [1, 1, vocab]
+   * for "last", lazily: nothing is computed until the result is evaluated.
+   */
+  forward(inputs: mx.array, cache: ModelCache, logitsFor: LogitsFor): mx.array;
+}
+
+/**
+ * Rotary position embedding in the "rotate half" layout Hugging Face checkpoints use.
+ * Plain and linearly scaled rope run on mx.fast.rope. Llama 3's scaling stretches each frequency
+ * differently, which needs a per-frequency table; this MLX build's fast.rope takes no table, so
+ * that variant rotates with explicit cos/sin.
+ */
+export class RotaryEmbedding {
+  private readonly inverseFrequencies: mx.array | null = null;
+  private readonly scale: number = 1;
+
+  constructor(private readonly config: ModelConfig) {
+    const scaling = config.ropeScaling;
+    if (scaling?.type === "linear") this.scale = 1 / scaling.factor;
+    if (scaling?.type === "llama3") {
+      this.inverseFrequencies = mx.array(llama3InverseFrequencies(config.headDim, config.ropeTheta, scaling));
+    }
+  }
+
+  /** Rotates x [1, heads, T, headDim] whose first token sits at position `offset`. */
+  apply(x: mx.array, offset: number): mx.array {
+    if (!this.inverseFrequencies) {
+      return mx.fast.rope(x, this.config.headDim, false, this.config.ropeTheta, this.scale, offset);
+    }
+    const tokens = x.shape[2];
+    const positions = mx.arange(offset, offset + tokens, 1, mx.float32).reshape(tokens, 1);
+    const angles = mx.multiply(positions, this.inverseFrequencies);
+    const cos = mx.cos(angles);
+    const sin = mx.sin(angles);
+    const [x1, x2] = mx.split(x, 2, -1);
+    return mx.concatenate(
+      [
+        mx.subtract(mx.multiply(x1, cos), mx.multiply(x2, sin)),
+        mx.add(mx.multiply(x2, cos), mx.multiply(x1, sin)),
+      ],
+      -1,
+    );
+  }
+}
+
+/**
+ * Llama 3.x inverse frequencies (radians per position for each rotated pair), as in Hugging Face's
+ * `_compute_llama3_parameters`: long wavelengths are divided by `factor`, short ones kept, and the
+ * band between blends smoothly. Computed in float64.
+ */
+export function llama3InverseFrequencies(headDim: number, theta: number, s: Llama3RopeScaling): number[] {
+  const lowFreqWavelen = s.originalMaxPositionEmbeddings / s.lowFreqFactor;
+  const highFreqWavelen = s.originalMaxPositionEmbeddings / s.highFreqFactor;
+  const result: number[] = [];
+  for (let i = 0; i < headDim; i += 2) {
+    const invFreq = 1 / Math.pow(theta, i / headDim);
+    const wavelen = (2 * Math.PI) / invFreq;
+    if (wavelen < highFreqWavelen) {
+      result.push(invFreq);
+    } else if (wavelen > lowFreqWavelen) {
+      result.push(invFreq / s.factor);
+    } else {
+      const smooth =
+        (s.originalMaxPositionEmbeddings / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+      result.push((1 - smooth) * (invFreq / s.factor) + smooth * invFreq);
+    }
+  }
+  return result;
+}
+
+/**
+ * Additive attention mask [T, capacity] for T queries at positions offset .. offset + T - 1 over
+ * the whole cache buffer: 0 where a query may attend, -inf elsewhere. Causality over absolute
+ * positions also hides the buffer's unused tail (see KVCache). With a sliding window w, a query
+ * at p sees keys p - w + 1 ..= p.
+ */
+export function attentionMask(
+  tokens: number,
+  offset: number,
+  capacity: number,
+  slidingWindow: number | null,
+): mx.array {
+  const queries = mx.arange(offset, offset + tokens, 1, mx.int32).reshape(tokens, 1);
+  const keys = mx.arange(0, capacity, 1, mx.int32).reshape(1, capacity);
+  let visible = mx.lessEqual(keys, queries);
+  if (slidingWindow !== null) {
+    visible = mx.logicalAnd(visible, mx.greater(keys, mx.subtract(queries, slidingWindow)));
+  }
+  return mx.where(visible, 0, -Infinity);
+}
+
+/** Applies rope at the cache's position, appends to the cache and attends. q/k/v are [1, heads, T, headDim]. */
+export function attendWithCache(
+  queries: mx.array,
+  keys: mx.array,
+  values: mx.array,
+  rope: RotaryEmbedding,
+  cache: KVCache,
+  mask: mx.array,
+  scale: number,
+): mx.array {
+  const offset = cache.offset;
+  const [allKeys, allValues] = cache.updateAndFetch(rope.apply(keys, offset), values);
+  // scaledDotProductAttention broadcasts KV heads over query groups (GQA) itself.
+  return mx.fast.scaledDotProductAttention(rope.apply(queries, offset), allKeys, allValues, scale, mask);
+}
+
+/** [1, T, heads * headDim] -> [1, heads, T, headDim]. */
+export function splitHeads(x: mx.array, heads: number): mx.array {
+  const [batch, tokens] = x.shape;
+  return x.reshape(batch, tokens, heads, -1).transpose(0, 2, 1, 3);
+}
+
+/** [1, heads, T, headDim] -> [1, T, heads * headDim]. */
+export function mergeHeads(x: mx.array): mx.array {
+  const [batch, , tokens] = x.shape;
+  return x.transpose(0, 2, 1, 3).reshape(batch, tokens, -1);
+}
+
+/** SwiGLU feed-forward: down(silu(gate(x)) * up(x)). */
+export class MLP extends Module {
+  gate_proj: Linear;
+  up_proj: Linear;
+  down_proj: Linear;
+
+  constructor(config: ModelConfig) {
+    super();
+    this.gate_proj = new Linear(config.hiddenSize, config.intermediateSize, false);
+    this.up_proj = new Linear(config.hiddenSize, config.intermediateSize, false);
+    this.down_proj = new Linear(config.intermediateSize, config.hiddenSize, false);
+  }
+
+  forward(x: mx.array): mx.array {
+    const gate = this.gate_proj.forward(x);
+    return this.down_proj.forward(mx.multiply(mx.multiply(gate, mx.sigmoid(gate)), this.up_proj.forward(x)));
+  }
+}
+
+/** The attention module of an architecture: [1, T, hidden] in, [1, T, hidden] out. */
+export interface AttentionModule extends Module {
+  forward(x: mx.array, mask: mx.array, cache: KVCache): mx.array;
+}
+
+/** Pre-norm residual block: x + attn(norm(x)), then h + mlp(norm(h)). */
+export class TransformerBlock extends Module {
+  self_attn: AttentionModule;
+  mlp: MLP;
+  input_layernorm: RMSNorm;
+  post_attention_layernorm: RMSNorm;
+
+  constructor(config: ModelConfig, selfAttn: AttentionModule) {
+    super();
+    this.self_attn = selfAttn;
+    this.mlp = new MLP(config);
+    this.input_layernorm = new RMSNorm(config.hiddenSize, config.rmsNormEps);
+    this.post_attention_layernorm = new RMSNorm(config.hiddenSize, config.rmsNormEps);
+  }
+
+  forward(x: mx.array, mask: mx.array, cache: KVCache): mx.array {
+    const h = mx.add(x, this.self_attn.forward(this.input_layernorm.forward(x), mask, cache));
+    return mx.add(h, this.mlp.forward(this.post_attention_layernorm.forward(h)));
+  }
+}
+
+/** The `model.` part of a checkpoint: embeddings, blocks and the final norm. */
+export class DecoderStack extends Module {
+  embed_tokens: Embedding;
+  layers: TransformerBlock[];
+  norm: RMSNorm;
+  readonly #slidingWindow: number | null;
+
+  constructor(config: ModelConfig, makeAttention: (config: ModelConfig) => AttentionModule) {
+    super();
+    this.embed_tokens = new Embedding(config.vocabSize, config.hiddenSize);
+    this.layers = Array.from(
+      { length: config.numHiddenLayers },
+      () => new TransformerBlock(config, makeAttention(config)),
+    );
+    this.norm = new RMSNorm(config.hiddenSize, config.rmsNormEps);
+    this.#slidingWindow = config.slidingWindow;
+  }
+
+  /** Hidden states [1, T, hidden] after the final norm, for the positions `logitsFor` asks. */
+  forward(inputs: mx.array, cache: ModelCache, logitsFor: LogitsFor): mx.array {
+    const tokens = inputs.shape[1];
+    const offset = cache.offset;
+    cache.reserve(offset + tokens);
+    const mask = attentionMask(tokens, offset, cache.capacity, this.#slidingWindow);
+    let h = this.embed_tokens.forward(inputs);
+    this.layers.forEach((layer, i) => {
+      h = layer.forward(h, mask, cache.layers[i]);
+    });
+    // The final norm is per position, so dropping positions first saves work, most of all in
+    // the vocabulary projection that follows.
+    if (logitsFor === "last" && tokens > 1) h = h.index(mx.Slice(), mx.Slice(tokens - 1), mx.Slice());
+    return this.norm.forward(h);
+  }
+}
+
+/** Decoder stack plus the vocabulary projection, tied to the embeddings or a separate lm_head. */
+export class DecoderLM extends Module implements CausalLM {
+  model: DecoderStack;
+  lm_head?: Linear;
+
+  constructor(config: ModelConfig, makeAttention: (config: ModelConfig) => AttentionModule) {
+    super();
+    this.model = new DecoderStack(config, makeAttention);
+    if (!config.tieWordEmbeddings) this.lm_head = new Linear(config.hiddenSize, config.vocabSize, false);
+  }
+
+  forward(inputs: mx.array, cache: ModelCache, logitsFor: LogitsFor): mx.array {
+    const h = this.model.forward(inputs, cache, logitsFor);
+    return this.lm_head ? this.lm_head.forward(h) : this.model.embed_tokens.asLinear(h);
+  }
+}
