@@ -11,5 +11,17 @@ export default tseslint.config(
       "@typescript-eslint/no-require-imports": "off",
     },
   },
-  { files: ["**/*.js", "**/*.cjs"], languageOptions: { sourceType: "commonjs", globals: { require: "readonly", module: "writable", process: "readonly", __dirname: "readonly", console: "readonly" } } },
+  {
+    files: ["**/*.js", "**/*.cjs"],
+    languageOptions: {
+      sourceType: "commonjs",
+      globals: {
+        require: "readonly",
+        module: "writable",
+        process: "readonly",
+        __dirname: "readonly",
+        console: "readonly",
+      },
+    },
+  },
 );

@@ -20,7 +20,10 @@ export function parseAuthTokens(spec: string): Map<string, string> {
     const tenant = line.slice(0, eq).trim();
     const token = line.slice(eq + 1).trim();
     if (eq <= 0 || !token || !tenant) throw new Error(`--auth-tokens entry ${i + 1}: expected tenant=token`);
-    if (token.length < 16) throw new Error(`--auth-tokens entry ${i + 1} (tenant ${tenant}): token must have at least 16 characters`);
+    if (token.length < 16)
+      throw new Error(
+        `--auth-tokens entry ${i + 1} (tenant ${tenant}): token must have at least 16 characters`,
+      );
     tokens.set(token, tenant);
   }
   return tokens;
@@ -40,7 +43,11 @@ export function authInterceptor(tokens: Map<string, string>): Interceptor {
   return (next) => async (req) => {
     const header = req.header.get("authorization") ?? "";
     const match = /^Bearer\s+(\S+)$/i.exec(header);
-    if (!match) throw new ConnectError("missing bearer token: send metadata authorization: Bearer <token>", Code.Unauthenticated);
+    if (!match)
+      throw new ConnectError(
+        "missing bearer token: send metadata authorization: Bearer <token>",
+        Code.Unauthenticated,
+      );
     const d = digest(match[1]);
     const entry = known.find((k) => timingSafeEqual(k.digest, d));
     if (!entry) throw new ConnectError("invalid bearer token", Code.Unauthenticated);

@@ -24,7 +24,9 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case "serve": {
       if (rest.includes("--help") || rest.includes("-h")) {
-        console.log(`Usage: kvpark serve [options]\n\nEvery option can also be set by its environment variable; flags win.\n\n${configHelp()}`);
+        console.log(
+          `Usage: kvpark serve [options]\n\nEvery option can also be set by its environment variable; flags win.\n\n${configHelp()}`,
+        );
         return EXIT.ok;
       }
       const config = loadConfig(rest);

@@ -1,4 +1,11 @@
-import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createClient,
+  type Client,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { InferenceService } from "../gen/kvpark/v1/inference_pb.js";
 import { KVBlocksService } from "../gen/kvpark/v1/kvblocks_pb.js";
@@ -71,7 +78,9 @@ export function createKvparkClient(options: KvparkClientOptions): KvparkClient {
       baseUrl: options.baseUrl,
       interceptors,
       defaultTimeoutMs: options.timeoutMs ?? 60_000,
-      nodeOptions: options.tls ? { ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key } : undefined,
+      nodeOptions: options.tls
+        ? { ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key }
+        : undefined,
     });
   return {
     inference: createClient(InferenceService, transport),

@@ -2,7 +2,10 @@ import { ConfigError, loadConfig } from "./config";
 
 describe("loadConfig", () => {
   it("takes defaults, then KVPARK_* variables, then flags", () => {
-    const c = loadConfig(["--port", "6000", "--log-level=debug"], { KVPARK_PORT: "5000", KVPARK_MAX_TOKENS_DEFAULT: "32" });
+    const c = loadConfig(["--port", "6000", "--log-level=debug"], {
+      KVPARK_PORT: "5000",
+      KVPARK_MAX_TOKENS_DEFAULT: "32",
+    });
     expect(c.port).toBe(6000);
     expect(c.maxTokensDefault).toBe(32);
     expect(c.logLevel).toBe("debug");
@@ -12,7 +15,9 @@ describe("loadConfig", () => {
   it("names every problem and the flag that fixes it", () => {
     let err: ConfigError | undefined;
     try {
-      loadConfig(["--port", "70000", "--log-level", "loud", "--tls-cert", "a.pem", "--bogus"], { KVPARK_TEST_ENGINE_ABORT: "maybe" });
+      loadConfig(["--port", "70000", "--log-level", "loud", "--tls-cert", "a.pem", "--bogus"], {
+        KVPARK_TEST_ENGINE_ABORT: "maybe",
+      });
     } catch (e) {
       err = e as ConfigError;
     }

@@ -42,26 +42,187 @@ const MiB = 1024 * 1024;
 
 // The table drives parsing, validation, `--help` and the README's configuration table.
 const options: Option<keyof Config>[] = [
-  { key: "host", flag: "--host", env: "KVPARK_HOST", kind: "string", default: "127.0.0.1", help: "Address to listen on." },
-  { key: "port", flag: "--port", env: "KVPARK_PORT", kind: "int", default: 50051, min: 0, max: 65535, help: "TCP port (0 picks a free one)." },
-  { key: "model", flag: "--model", env: "KVPARK_MODEL", kind: "string", default: "small", help: "Model directory (Hugging Face layout) or a preset name (tiny, small, qwen2.5-0.5b, with -4bit or -sharded) generated under the data directory on first use." },
-  { key: "modelName", flag: "--model-name", env: "KVPARK_MODEL_NAME", kind: "string", default: "", help: "Name clients use for the model (default: the directory's name)." },
-  { key: "dataDir", flag: "--data-dir", env: "KVPARK_DATA_DIR", kind: "string", default: ".kvpark", help: "Directory for generated models and the SSD cache." },
-  { key: "tlsCert", flag: "--tls-cert", env: "KVPARK_TLS_CERT", kind: "string", default: "", help: "PEM certificate chain; with --tls-key enables TLS." },
-  { key: "tlsKey", flag: "--tls-key", env: "KVPARK_TLS_KEY", kind: "string", default: "", help: "PEM private key for --tls-cert." },
-  { key: "tlsCa", flag: "--tls-ca", env: "KVPARK_TLS_CA", kind: "string", default: "", help: "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)." },
-  { key: "authTokens", flag: "--auth-tokens", env: "KVPARK_AUTH_TOKENS", kind: "string", default: "", help: "Bearer tokens as tenant=token pairs separated by commas, or @file with one pair per line. When set, every RPC needs `authorization: Bearer <token>`; the tenant salts cache keys." },
-  { key: "messageBytesMax", flag: "--message-bytes-max", env: "KVPARK_MESSAGE_BYTES_MAX", kind: "int", default: 32 * MiB, min: 1024, max: 1024 * MiB, help: "Largest request or response message, in bytes; larger ones get RESOURCE_EXHAUSTED." },
-  { key: "keepaliveMs", flag: "--keepalive-ms", env: "KVPARK_KEEPALIVE_MS", kind: "int", default: 30000, min: 0, max: 3600000, help: "Interval of HTTP/2 keepalive pings to idle clients (0 disables)." },
-  { key: "keepaliveTimeoutMs", flag: "--keepalive-timeout-ms", env: "KVPARK_KEEPALIVE_TIMEOUT_MS", kind: "int", default: 10000, min: 1, max: 600000, help: "A connection whose ping is not answered in this time is closed." },
-  { key: "shutdownGraceMs", flag: "--shutdown-grace-ms", env: "KVPARK_SHUTDOWN_GRACE_MS", kind: "int", default: 15000, min: 0, max: 600000, help: "On SIGTERM/SIGINT, how long in-flight streams may run before they are cancelled." },
-  { key: "logLevel", flag: "--log-level", env: "KVPARK_LOG_LEVEL", kind: "enum", default: "info", choices: ["trace", "debug", "info", "warn", "error", "fatal", "silent"], help: "Log level of the JSON logs on stdout." },
-  { key: "maxTokensDefault", flag: "--max-tokens-default", env: "KVPARK_MAX_TOKENS_DEFAULT", kind: "int", default: 256, min: 1, max: 1 << 20, help: "max_tokens of a request that does not set it." },
-  { key: "maxTokensLimit", flag: "--max-tokens-limit", env: "KVPARK_MAX_TOKENS_LIMIT", kind: "int", default: 8192, min: 1, max: 1 << 20, help: "Largest max_tokens a request may ask for." },
-  { key: "requestsMax", flag: "--requests-max", env: "KVPARK_REQUESTS_MAX", kind: "int", default: 64, min: 1, max: 100000, help: "Generate and PrefillStream calls admitted at once; more get RESOURCE_EXHAUSTED." },
-  { key: "prefillChunkTokens", flag: "--prefill-chunk-tokens", env: "KVPARK_PREFILL_CHUNK_TOKENS", kind: "int", default: 256, min: 16, max: 65536, help: "Prompt tokens computed per engine step; smaller chunks let other streams decode in between." },
-  { key: "engineRestartDelayMs", flag: "--engine-restart-delay-ms", env: "KVPARK_ENGINE_RESTART_DELAY_MS", kind: "int", default: 500, min: 0, max: 600000, help: "Pause before restarting an engine that died." },
-  { key: "testEngineAbort", flag: "--test-engine-abort", env: "KVPARK_TEST_ENGINE_ABORT", kind: "bool", default: false, help: "Testing only: a request whose text is `__kvpark_abort__` aborts the engine process." },
+  {
+    key: "host",
+    flag: "--host",
+    env: "KVPARK_HOST",
+    kind: "string",
+    default: "127.0.0.1",
+    help: "Address to listen on.",
+  },
+  {
+    key: "port",
+    flag: "--port",
+    env: "KVPARK_PORT",
+    kind: "int",
+    default: 50051,
+    min: 0,
+    max: 65535,
+    help: "TCP port (0 picks a free one).",
+  },
+  {
+    key: "model",
+    flag: "--model",
+    env: "KVPARK_MODEL",
+    kind: "string",
+    default: "small",
+    help: "Model directory (Hugging Face layout) or a preset name (tiny, small, qwen2.5-0.5b, with -4bit or -sharded) generated under the data directory on first use.",
+  },
+  {
+    key: "modelName",
+    flag: "--model-name",
+    env: "KVPARK_MODEL_NAME",
+    kind: "string",
+    default: "",
+    help: "Name clients use for the model (default: the directory's name).",
+  },
+  {
+    key: "dataDir",
+    flag: "--data-dir",
+    env: "KVPARK_DATA_DIR",
+    kind: "string",
+    default: ".kvpark",
+    help: "Directory for generated models and the SSD cache.",
+  },
+  {
+    key: "tlsCert",
+    flag: "--tls-cert",
+    env: "KVPARK_TLS_CERT",
+    kind: "string",
+    default: "",
+    help: "PEM certificate chain; with --tls-key enables TLS.",
+  },
+  {
+    key: "tlsKey",
+    flag: "--tls-key",
+    env: "KVPARK_TLS_KEY",
+    kind: "string",
+    default: "",
+    help: "PEM private key for --tls-cert.",
+  },
+  {
+    key: "tlsCa",
+    flag: "--tls-ca",
+    env: "KVPARK_TLS_CA",
+    kind: "string",
+    default: "",
+    help: "PEM CA bundle; when set, clients must present a certificate it signed (mTLS).",
+  },
+  {
+    key: "authTokens",
+    flag: "--auth-tokens",
+    env: "KVPARK_AUTH_TOKENS",
+    kind: "string",
+    default: "",
+    help: "Bearer tokens as tenant=token pairs separated by commas, or @file with one pair per line. When set, every RPC needs `authorization: Bearer <token>`; the tenant salts cache keys.",
+  },
+  {
+    key: "messageBytesMax",
+    flag: "--message-bytes-max",
+    env: "KVPARK_MESSAGE_BYTES_MAX",
+    kind: "int",
+    default: 32 * MiB,
+    min: 1024,
+    max: 1024 * MiB,
+    help: "Largest request or response message, in bytes; larger ones get RESOURCE_EXHAUSTED.",
+  },
+  {
+    key: "keepaliveMs",
+    flag: "--keepalive-ms",
+    env: "KVPARK_KEEPALIVE_MS",
+    kind: "int",
+    default: 30000,
+    min: 0,
+    max: 3600000,
+    help: "Interval of HTTP/2 keepalive pings to idle clients (0 disables).",
+  },
+  {
+    key: "keepaliveTimeoutMs",
+    flag: "--keepalive-timeout-ms",
+    env: "KVPARK_KEEPALIVE_TIMEOUT_MS",
+    kind: "int",
+    default: 10000,
+    min: 1,
+    max: 600000,
+    help: "A connection whose ping is not answered in this time is closed.",
+  },
+  {
+    key: "shutdownGraceMs",
+    flag: "--shutdown-grace-ms",
+    env: "KVPARK_SHUTDOWN_GRACE_MS",
+    kind: "int",
+    default: 15000,
+    min: 0,
+    max: 600000,
+    help: "On SIGTERM/SIGINT, how long in-flight streams may run before they are cancelled.",
+  },
+  {
+    key: "logLevel",
+    flag: "--log-level",
+    env: "KVPARK_LOG_LEVEL",
+    kind: "enum",
+    default: "info",
+    choices: ["trace", "debug", "info", "warn", "error", "fatal", "silent"],
+    help: "Log level of the JSON logs on stdout.",
+  },
+  {
+    key: "maxTokensDefault",
+    flag: "--max-tokens-default",
+    env: "KVPARK_MAX_TOKENS_DEFAULT",
+    kind: "int",
+    default: 256,
+    min: 1,
+    max: 1 << 20,
+    help: "max_tokens of a request that does not set it.",
+  },
+  {
+    key: "maxTokensLimit",
+    flag: "--max-tokens-limit",
+    env: "KVPARK_MAX_TOKENS_LIMIT",
+    kind: "int",
+    default: 8192,
+    min: 1,
+    max: 1 << 20,
+    help: "Largest max_tokens a request may ask for.",
+  },
+  {
+    key: "requestsMax",
+    flag: "--requests-max",
+    env: "KVPARK_REQUESTS_MAX",
+    kind: "int",
+    default: 64,
+    min: 1,
+    max: 100000,
+    help: "Generate and PrefillStream calls admitted at once; more get RESOURCE_EXHAUSTED.",
+  },
+  {
+    key: "prefillChunkTokens",
+    flag: "--prefill-chunk-tokens",
+    env: "KVPARK_PREFILL_CHUNK_TOKENS",
+    kind: "int",
+    default: 256,
+    min: 16,
+    max: 65536,
+    help: "Prompt tokens computed per engine step; smaller chunks let other streams decode in between.",
+  },
+  {
+    key: "engineRestartDelayMs",
+    flag: "--engine-restart-delay-ms",
+    env: "KVPARK_ENGINE_RESTART_DELAY_MS",
+    kind: "int",
+    default: 500,
+    min: 0,
+    max: 600000,
+    help: "Pause before restarting an engine that died.",
+  },
+  {
+    key: "testEngineAbort",
+    flag: "--test-engine-abort",
+    env: "KVPARK_TEST_ENGINE_ABORT",
+    kind: "bool",
+    default: false,
+    help: "Testing only: a request whose text is `__kvpark_abort__` aborts the engine process.",
+  },
 ];
 
 /** A configuration that could not be used; the message says what is wrong and which flag fixes it. */
@@ -115,7 +276,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
-    const [name, inline] = arg.includes("=") ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)] : [arg, undefined];
+    const [name, inline] = arg.includes("=")
+      ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)]
+      : [arg, undefined];
     const opt = options.find((o) => o.flag === name);
     if (!opt) {
       problems.push(`unknown option ${arg} (see --help)`);
@@ -126,10 +289,14 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     else if (i + 1 < argv.length) set(opt, argv[++i], opt.flag);
     else problems.push(`${opt.flag} needs a value`);
   }
-  if (Boolean(config.tlsCert) !== Boolean(config.tlsKey)) problems.push("--tls-cert and --tls-key must be set together");
-  if (config.tlsCa && !config.tlsCert) problems.push("--tls-ca (mTLS) needs TLS: set --tls-cert and --tls-key too");
+  if (Boolean(config.tlsCert) !== Boolean(config.tlsKey))
+    problems.push("--tls-cert and --tls-key must be set together");
+  if (config.tlsCa && !config.tlsCert)
+    problems.push("--tls-ca (mTLS) needs TLS: set --tls-cert and --tls-key too");
   if (config.maxTokensDefault > config.maxTokensLimit)
-    problems.push(`--max-tokens-default (${config.maxTokensDefault}) exceeds --max-tokens-limit (${config.maxTokensLimit})`);
+    problems.push(
+      `--max-tokens-default (${config.maxTokensDefault}) exceeds --max-tokens-limit (${config.maxTokensLimit})`,
+    );
   if (problems.length) throw new ConfigError(problems);
   config.dataDir = path.resolve(config.dataDir);
   return config;
@@ -147,6 +314,9 @@ export function configHelp(): string {
 /** Markdown table of every option, for the README. */
 export function configMarkdown(): string {
   const lines = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"];
-  for (const o of options) lines.push(`| \`${o.flag}\` | \`${o.env}\` | ${o.default === "" ? "" : `\`${o.default}\``} | ${o.help.replace(/\|/g, "\\|")} |`);
+  for (const o of options)
+    lines.push(
+      `| \`${o.flag}\` | \`${o.env}\` | ${o.default === "" ? "" : `\`${o.default}\``} | ${o.help.replace(/\|/g, "\\|")} |`,
+    );
   return lines.join("\n");
 }

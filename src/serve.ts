@@ -27,7 +27,16 @@ export async function serve(config: Config): Promise<void> {
     tokenizer: () => tokenizer,
     admission: new Admission(config.requestsMax),
   });
-  log.info({ event: "listening", host: config.host, port: server.port, tls: Boolean(config.tlsCert), mtls: Boolean(config.tlsCa) }, `listening on ${config.host}:${server.port}`);
+  log.info(
+    {
+      event: "listening",
+      host: config.host,
+      port: server.port,
+      tls: Boolean(config.tlsCert),
+      mtls: Boolean(config.tlsCa),
+    },
+    `listening on ${config.host}:${server.port}`,
+  );
   engine.start();
 
   let stopping = false;

@@ -54,7 +54,13 @@ function loggingInterceptor(log: Logger): Interceptor {
     const method = `${req.service.typeName}/${req.method.name}`;
     const done = (err?: unknown) => {
       const code = err === undefined ? "ok" : Code[ConnectError.from(err).code];
-      const line = { event: "rpc", method, code, ms: Math.round((performance.now() - started) * 10) / 10, tenant: req.contextValues.get(tenantKey) || undefined };
+      const line = {
+        event: "rpc",
+        method,
+        code,
+        ms: Math.round((performance.now() - started) * 10) / 10,
+        tenant: req.contextValues.get(tenantKey) || undefined,
+      };
       if (err === undefined) log.info(line, "request done");
       else log.info({ ...line, error: ConnectError.from(err).rawMessage }, "request failed");
     };
@@ -101,15 +107,25 @@ function specEncodeGrpcMessage(headers: http2.OutgoingHttpHeaders | undefined): 
     return;
   }
   headers!["grpc-message"] = Array.from(Buffer.from(text, "utf8"))
-    .map((b) => (b >= 0x20 && b <= 0x7e && b !== 0x25 ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, "0")}`))
+    .map((b) =>
+      b >= 0x20 && b <= 0x7e && b !== 0x25
+        ? String.fromCharCode(b)
+        : `%${b.toString(16).toUpperCase().padStart(2, "0")}`,
+    )
     .join("");
 }
 
-type NodeHandler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
+type NodeHandler = (
+  req: http.IncomingMessage | http2.Http2ServerRequest,
+  res: http.ServerResponse | http2.Http2ServerResponse,
+) => void;
 
 function withSpecGrpcMessages(handler: NodeHandler): NodeHandler {
   return (req, res) => {
-    const writeHead = res.writeHead.bind(res) as (status: number, headers?: http2.OutgoingHttpHeaders) => unknown;
+    const writeHead = res.writeHead.bind(res) as (
+      status: number,
+      headers?: http2.OutgoingHttpHeaders,
+    ) => unknown;
     const addTrailers = res.addTrailers.bind(res) as (headers: http2.OutgoingHttpHeaders) => void;
     (res as { writeHead: unknown }).writeHead = (status: number, headers?: http2.OutgoingHttpHeaders) => {
       specEncodeGrpcMessage(headers);

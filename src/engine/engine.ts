@@ -86,7 +86,9 @@ export class Engine {
       const a = mx.ones([4, 4], mx.float16);
       mx.eval(mx.matmul(a, a));
     }
-    this.active.push(new Sequence(msg, this.model, this.tokenizer, this.info, this.config.prefillChunkTokens, this.send));
+    this.active.push(
+      new Sequence(msg, this.model, this.tokenizer, this.info, this.config.prefillChunkTokens, this.send),
+    );
     if (!this.running) void this.loop();
   }
 

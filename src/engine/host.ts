@@ -74,12 +74,23 @@ export class EngineHost {
   private onMessage(msg: FromEngine): void {
     switch (msg.type) {
       case "loading":
-        this.log.info({ event: "model_loading", what: msg.what, loadedBytes: msg.loadedBytes, totalBytes: msg.totalBytes }, "loading model");
+        this.log.info(
+          {
+            event: "model_loading",
+            what: msg.what,
+            loadedBytes: msg.loadedBytes,
+            totalBytes: msg.totalBytes,
+          },
+          "loading model",
+        );
         return;
       case "ready":
         this.info = msg.info;
         this.fatal = undefined;
-        this.log.info({ event: "engine_ready", model: msg.info.name, fingerprint: msg.info.fingerprint }, "engine ready");
+        this.log.info(
+          { event: "engine_ready", model: msg.info.name, fingerprint: msg.info.fingerprint },
+          "engine ready",
+        );
         this.readiness.set(true);
         for (const w of this.readyWaiters.splice(0)) w(msg.info);
         return;
@@ -120,14 +131,20 @@ export class EngineHost {
       return;
     }
     this.restarts++;
-    this.log.error({ event: "engine_exit", code, signal, restarts: this.restarts }, "engine died; restarting");
+    this.log.error(
+      { event: "engine_exit", code, signal, restarts: this.restarts },
+      "engine died; restarting",
+    );
     this.restartTimer = setTimeout(() => this.start(), this.config.engineRestartDelayMs);
   }
 
   /** Sends a request to the engine; the returned stream ends with a `finished` event or throws. */
   generate(req: EngineRequest, signal: AbortSignal): AsyncIterable<EngineEvent> {
     if (!this.child || !this.info) {
-      throw new KvparkError("ENGINE_UNAVAILABLE", this.fatal ? `no model is served: ${this.fatal.message}` : "the engine is starting; retry shortly");
+      throw new KvparkError(
+        "ENGINE_UNAVAILABLE",
+        this.fatal ? `no model is served: ${this.fatal.message}` : "the engine is starting; retry shortly",
+      );
     }
     const id = this.nextId++;
     const q = new AsyncQueue<EngineEvent>();

@@ -10,7 +10,9 @@ export function presetNames(): string[] {
 }
 
 /** Splits a generated model's name into its preset and variant. */
-export function parsePresetName(name: string): { preset: string; quantizeBits?: 4; shards?: number } | undefined {
+export function parsePresetName(
+  name: string,
+): { preset: string; quantizeBits?: 4; shards?: number } | undefined {
   const m = /^(.*?)(-4bit|-sharded)?$/.exec(name)!;
   if (!(m[1] in PRESETS)) return undefined;
   if (m[2] === "-4bit") return { preset: m[1], quantizeBits: 4 };
@@ -21,11 +23,20 @@ export function parsePresetName(name: string): { preset: string; quantizeBits?: 
 /** Writes a generated model into `dir` atomically (a half-written model is never left behind). */
 export async function generateModel(name: string, dir: string): Promise<void> {
   const spec = parsePresetName(name);
-  if (!spec) throw new KvparkError("INVALID_ARGUMENT", `unknown preset "${name}"; choose one of ${presetNames().join(", ")}`);
+  if (!spec)
+    throw new KvparkError(
+      "INVALID_ARGUMENT",
+      `unknown preset "${name}"; choose one of ${presetNames().join(", ")}`,
+    );
   const tmp = `${dir}.tmp-${process.pid}`;
   fs.rmSync(tmp, { recursive: true, force: true });
   fs.mkdirSync(path.dirname(dir), { recursive: true });
-  await writeRandomCheckpoint(tmp, { preset: spec.preset, seed: 0, quantizeBits: spec.quantizeBits, shards: spec.shards });
+  await writeRandomCheckpoint(tmp, {
+    preset: spec.preset,
+    seed: 0,
+    quantizeBits: spec.quantizeBits,
+    shards: spec.shards,
+  });
   fs.rmSync(dir, { recursive: true, force: true });
   fs.renameSync(tmp, dir);
 }
@@ -34,10 +45,17 @@ export async function generateModel(name: string, dir: string): Promise<void> {
  * Resolves --model: an existing directory is used as it is; a preset name is generated under the data
  * directory on first use and reused afterwards.
  */
-export async function resolveModelDir(spec: string, dataDir: string, progress: (what: string, done: number, total: number) => void): Promise<string> {
+export async function resolveModelDir(
+  spec: string,
+  dataDir: string,
+  progress: (what: string, done: number, total: number) => void,
+): Promise<string> {
   if (fs.existsSync(spec) && fs.statSync(spec).isDirectory()) return path.resolve(spec);
   if (!parsePresetName(spec)) {
-    const e = new KvparkError("INVALID_ARGUMENT", `--model ${spec}: no such directory, and not a preset (${presetNames().join(", ")})`);
+    const e = new KvparkError(
+      "INVALID_ARGUMENT",
+      `--model ${spec}: no such directory, and not a preset (${presetNames().join(", ")})`,
+    );
     (e as unknown as { code: string }).code = "MODEL_FILE_MISSING";
     throw e;
   }

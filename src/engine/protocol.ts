@@ -53,7 +53,15 @@ export interface Usage {
 }
 
 export type ToEngine =
-  | { type: "generate"; id: number; tokens: number[]; sampling: SamplingSettings; persist: boolean; tenant: string; arrivedAt: number }
+  | {
+      type: "generate";
+      id: number;
+      tokens: number[];
+      sampling: SamplingSettings;
+      persist: boolean;
+      tenant: string;
+      arrivedAt: number;
+    }
   | { type: "cancel"; id: number };
 
 export type FromEngine =

@@ -3,7 +3,10 @@ import { Sampler } from "./sampler";
 
 const logits = mx.array([[0.1, 3.0, 2.9, -1.0, 0.5]], mx.float32);
 
-function draws(settings: { temperature: number; topK: number; topP: number; seed: number }, n: number): number[] {
+function draws(
+  settings: { temperature: number; topK: number; topP: number; seed: number },
+  n: number,
+): number[] {
   const s = new Sampler(settings);
   return Array.from({ length: n }, () => s.sample(logits));
 }

@@ -50,7 +50,13 @@ export class Sequence {
         type: "started",
         id: this.id,
         promptTokens: n,
-        cache: { ramTokens: 0, ssdTokens: 0, recomputedTokens: n, recomputeChosenTokens: 0, corruptBlocks: 0 },
+        cache: {
+          ramTokens: 0,
+          ssdTokens: 0,
+          recomputedTokens: n,
+          recomputeChosenTokens: 0,
+          corruptBlocks: 0,
+        },
       });
     }
     const prompt = this.req.tokens;
@@ -79,13 +85,17 @@ export class Sequence {
     const { text, stopped } = this.stops.push(this.detokenizer.push(token));
     if (stopped) return this.finish("stop_string", [token], text);
     if (this.generated.length >= this.req.sampling.maxTokens) return this.finish("max_tokens", [token], text);
-    if (this.req.tokens.length + this.generated.length >= this.info.contextTokens) return this.finish("context_limit", [token], text);
+    if (this.req.tokens.length + this.generated.length >= this.info.contextTokens)
+      return this.finish("context_limit", [token], text);
     this.send({ type: "delta", id: this.id, tokenIds: [token], text });
     return false;
   }
 
   private finish(reason: FinishReason, lastIds: number[], text = ""): boolean {
-    const tail = reason === "stop_string" ? text : text + this.stops.push(this.detokenizer.flush()).text + this.stops.flush();
+    const tail =
+      reason === "stop_string"
+        ? text
+        : text + this.stops.push(this.detokenizer.flush()).text + this.stops.flush();
     if (lastIds.length || tail) this.send({ type: "delta", id: this.id, tokenIds: lastIds, text: tail });
     const end = now();
     const completion = this.generated.length;

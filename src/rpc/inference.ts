@@ -30,7 +30,10 @@ export class Admission {
   constructor(private readonly max: number) {}
   enter(): () => void {
     if (this.active >= this.max) {
-      throw new KvparkError("RESOURCE_EXHAUSTED", `server busy: ${this.max} generation requests in flight (--requests-max); retry later`);
+      throw new KvparkError(
+        "RESOURCE_EXHAUSTED",
+        `server busy: ${this.max} generation requests in flight (--requests-max); retry later`,
+      );
     }
     this.active++;
     let left = false;
@@ -55,18 +58,23 @@ const finishReasons: Record<EngineFinishReason, FinishReason> = {
 export function samplingSettings(p: SamplingParams | undefined, config: Config): SamplingSettings {
   const maxTokens = p?.maxTokens ?? config.maxTokensDefault;
   if (maxTokens < 1 || maxTokens > config.maxTokensLimit) {
-    throw invalidField("sampling.max_tokens", `must be between 1 and ${config.maxTokensLimit}, got ${maxTokens}`);
+    throw invalidField(
+      "sampling.max_tokens",
+      `must be between 1 and ${config.maxTokensLimit}, got ${maxTokens}`,
+    );
   }
   const temperature = p?.temperature ?? 0;
   if (!Number.isFinite(temperature) || temperature < 0 || temperature > 10) {
     throw invalidField("sampling.temperature", `must be between 0 and 10, got ${temperature}`);
   }
   const topP = p?.topP ?? 1;
-  if (!Number.isFinite(topP) || topP <= 0 || topP > 1) throw invalidField("sampling.top_p", `must be in (0, 1], got ${topP}`);
+  if (!Number.isFinite(topP) || topP <= 0 || topP > 1)
+    throw invalidField("sampling.top_p", `must be in (0, 1], got ${topP}`);
   const topK = p?.topK ?? 0;
   if (topK < 0) throw invalidField("sampling.top_k", `must not be negative, got ${topK}`);
   const stop = p?.stop ?? [];
-  if (stop.length > STOP_STRINGS_MAX) throw invalidField("sampling.stop", `at most ${STOP_STRINGS_MAX} stop strings`);
+  if (stop.length > STOP_STRINGS_MAX)
+    throw invalidField("sampling.stop", `at most ${STOP_STRINGS_MAX} stop strings`);
   stop.forEach((s, i) => {
     if (s.length === 0 || s.length > STOP_STRING_CHARS_MAX) {
       throw invalidField(`sampling.stop[${i}]`, `must have 1 to ${STOP_STRING_CHARS_MAX} characters`);
@@ -81,13 +89,20 @@ function response(event: MessageInitShape<typeof GenerateResponseSchema>["event"
   return create(GenerateResponseSchema, { event });
 }
 
-async function* generate(deps: InferenceDeps, req: GenerateRequest, ctx: HandlerContext): AsyncGenerator<GenerateResponse> {
+async function* generate(
+  deps: InferenceDeps,
+  req: GenerateRequest,
+  ctx: HandlerContext,
+): AsyncGenerator<GenerateResponse> {
   const arrivedAt = performance.now();
   const { engine, config } = deps;
   const info = engine.info;
   const tokenizer = deps.tokenizer();
   if (!info || !tokenizer) {
-    throw new KvparkError("ENGINE_UNAVAILABLE", engine.fatal ? `no model is served: ${engine.fatal.message}` : "the engine is starting; retry shortly");
+    throw new KvparkError(
+      "ENGINE_UNAVAILABLE",
+      engine.fatal ? `no model is served: ${engine.fatal.message}` : "the engine is starting; retry shortly",
+    );
   }
   if (req.model && req.model !== info.name) {
     throw invalidField("model", `unknown model "${req.model}"; this server serves "${info.name}"`);
@@ -99,13 +114,27 @@ async function* generate(deps: InferenceDeps, req: GenerateRequest, ctx: Handler
   const leave = deps.admission.enter();
   try {
     const events = engine.generate(
-      { tokens, sampling, persist: req.cache?.persist ?? true, tenant: ctx.values.get(tenantKey), arrivedAt: performance.timeOrigin + arrivedAt },
+      {
+        tokens,
+        sampling,
+        persist: req.cache?.persist ?? true,
+        tenant: ctx.values.get(tenantKey),
+        arrivedAt: performance.timeOrigin + arrivedAt,
+      },
       ctx.signal,
     );
     for await (const ev of events) {
       switch (ev.type) {
         case "started":
-          yield response({ case: "started", value: { model: info.name, modelFingerprint: info.fingerprint, promptTokens: ev.promptTokens, cache: ev.cache } });
+          yield response({
+            case: "started",
+            value: {
+              model: info.name,
+              modelFingerprint: info.fingerprint,
+              promptTokens: ev.promptTokens,
+              cache: ev.cache,
+            },
+          });
           break;
         case "delta":
           yield response({ case: "delta", value: { tokenIds: ev.tokenIds, text: ev.text } });
@@ -136,7 +165,10 @@ export function registerInference(router: ConnectRouter, deps: InferenceDeps): v
     },
     // eslint-disable-next-line require-yield
     async *prefillStream() {
-      throw new ConnectError("PrefillStream needs the prefix cache, which this server does not run yet", Code.Unimplemented);
+      throw new ConnectError(
+        "PrefillStream needs the prefix cache, which this server does not run yet",
+        Code.Unimplemented,
+      );
     },
   });
 }

@@ -20,13 +20,16 @@ export function promptTokens(
   switch (kind.case) {
     case "text":
       if (kind.value.length === 0) throw invalidField(`${field}.text`, "must not be empty");
-      if (kind.value.length > PROMPT_TEXT_CHARS_MAX) throw invalidField(`${field}.text`, `longer than ${PROMPT_TEXT_CHARS_MAX} characters`);
+      if (kind.value.length > PROMPT_TEXT_CHARS_MAX)
+        throw invalidField(`${field}.text`, `longer than ${PROMPT_TEXT_CHARS_MAX} characters`);
       ids = tokenizer.encode(kind.value, { addSpecialTokens: true });
       break;
     case "chat": {
       const { messages } = kind.value;
-      if (messages.length === 0) throw invalidField(`${field}.chat.messages`, "must hold at least one message");
-      if (messages.length > CHAT_MESSAGES_MAX) throw invalidField(`${field}.chat.messages`, `more than ${CHAT_MESSAGES_MAX} messages`);
+      if (messages.length === 0)
+        throw invalidField(`${field}.chat.messages`, "must hold at least one message");
+      if (messages.length > CHAT_MESSAGES_MAX)
+        throw invalidField(`${field}.chat.messages`, `more than ${CHAT_MESSAGES_MAX} messages`);
       messages.forEach((m, i) => {
         if (!m.role) throw invalidField(`${field}.chat.messages[${i}].role`, "must not be empty");
       });
@@ -44,7 +47,11 @@ export function promptTokens(
       ids = kind.value.ids;
       if (ids.length === 0) throw invalidField(`${field}.tokens.ids`, "must not be empty");
       const bad = ids.findIndex((id) => id >= info.vocabSize);
-      if (bad >= 0) throw invalidField(`${field}.tokens.ids[${bad}]`, `token id ${ids[bad]} is outside the vocabulary (size ${info.vocabSize})`);
+      if (bad >= 0)
+        throw invalidField(
+          `${field}.tokens.ids[${bad}]`,
+          `token id ${ids[bad]} is outside the vocabulary (size ${info.vocabSize})`,
+        );
       break;
     }
   }

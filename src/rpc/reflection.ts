@@ -8,7 +8,10 @@ import { ServerReflection as ReflectionV1alpha } from "../../gen/grpc/reflection
 type ReflectionRequest = {
   host: string;
   messageRequest:
-    | { case: "fileByFilename" | "fileContainingSymbol" | "allExtensionNumbersOfType" | "listServices"; value: string }
+    | {
+        case: "fileByFilename" | "fileContainingSymbol" | "allExtensionNumbersOfType" | "listServices";
+        value: string;
+      }
     | { case: "fileContainingExtension"; value: { containingType: string; extensionNumber: number } }
     | { case: undefined; value?: undefined };
 };
@@ -61,8 +64,10 @@ export class ReflectionIndex {
     // A method or field name: look up its parent.
     const parent = symbol.slice(0, Math.max(0, symbol.lastIndexOf(".")));
     const owner = parent ? this.registry.get(parent) : undefined;
-    if (owner?.kind === "service" && owner.methods.some((m) => `${parent}.${m.name}` === symbol)) return owner.file;
-    if (owner?.kind === "message" && owner.fields.some((f) => `${parent}.${f.name}` === symbol)) return owner.file;
+    if (owner?.kind === "service" && owner.methods.some((m) => `${parent}.${m.name}` === symbol))
+      return owner.file;
+    if (owner?.kind === "message" && owner.fields.some((f) => `${parent}.${f.name}` === symbol))
+      return owner.file;
     return undefined;
   }
 
@@ -74,14 +79,23 @@ export class ReflectionIndex {
     });
     const files = (file: DescFile | undefined, what: string): ReflectionResponseInit =>
       file
-        ? { ...base, messageResponse: { case: "fileDescriptorResponse", value: { fileDescriptorProto: this.withDependencies(file) } } }
+        ? {
+            ...base,
+            messageResponse: {
+              case: "fileDescriptorResponse",
+              value: { fileDescriptorProto: this.withDependencies(file) },
+            },
+          }
         : error(NOT_FOUND, `${what} not found`);
     const m = req.messageRequest;
     switch (m.case) {
       case "listServices":
         return {
           ...base,
-          messageResponse: { case: "listServicesResponse", value: { service: this.serviceNames.map((name) => ({ name })) } },
+          messageResponse: {
+            case: "listServicesResponse",
+            value: { service: this.serviceNames.map((name) => ({ name })) },
+          },
         };
       case "fileByFilename":
         return files(this.files.get(m.value), `file ${m.value}`);
@@ -96,7 +110,13 @@ export class ReflectionIndex {
         const msg = this.registry.getMessage(m.value);
         if (!msg) return error(NOT_FOUND, `type ${m.value} not found`);
         // kvpark's contracts define no extensions.
-        return { ...base, messageResponse: { case: "allExtensionNumbersResponse", value: { baseTypeName: m.value, extensionNumber: [] } } };
+        return {
+          ...base,
+          messageResponse: {
+            case: "allExtensionNumbersResponse",
+            value: { baseTypeName: m.value, extensionNumber: [] },
+          },
+        };
       }
       default:
         return error(INVALID_ARGUMENT, "empty reflection request");

@@ -32,14 +32,17 @@ async function run(client: ReturnType<typeof createClient<typeof InferenceServic
   return out;
 }
 
-const words = (n: number, seed: number) => Array.from({ length: n }, (_, i) => `w${(i * 7919 + seed) % 997}`).join(" ");
+const words = (n: number, seed: number) =>
+  Array.from({ length: n }, (_, i) => `w${(i * 7919 + seed) % 997}`).join(" ");
 
 describe("engine serving", () => {
   let server: ServerProcess;
   let client: ReturnType<typeof createClient<typeof InferenceService>>;
 
   beforeAll(async () => {
-    server = await startServer({ args: ["--test-engine-abort", "--prefill-chunk-tokens", "64", "--engine-restart-delay-ms", "1500"] });
+    server = await startServer({
+      args: ["--test-engine-abort", "--prefill-chunk-tokens", "64", "--engine-restart-delay-ms", "1500"],
+    });
     client = createClient(InferenceService, createGrpcTransport({ baseUrl: server.url }));
   });
   afterAll(() => server.stop());
@@ -59,12 +62,18 @@ describe("engine serving", () => {
 
   it("keeps decoding other streams and answering health during a long prefill", async () => {
     const health = createClient(Health, createGrpcTransport({ baseUrl: server.url }));
-    const long = run(client, { prompt: { kind: { case: "text", value: words(3000, 5) } }, sampling: { maxTokens: 1 } });
+    const long = run(client, {
+      prompt: { kind: { case: "text", value: words(3000, 5) } },
+      sampling: { maxTokens: 1 },
+    });
     await new Promise((r) => setTimeout(r, 50));
     const t0 = performance.now();
     expect((await health.check({})).status).toBe(Status.SERVING);
     const healthMs = performance.now() - t0;
-    const short = await run(client, { prompt: { kind: { case: "text", value: "hi" } }, sampling: { maxTokens: 3 } });
+    const short = await run(client, {
+      prompt: { kind: { case: "text", value: "hi" } },
+      sampling: { maxTokens: 3 },
+    });
     const longRun = await long;
     expect(longRun.promptTokens).toBeGreaterThan(1000);
     // The short request arrived later but got its first token before the long prompt was done.
@@ -77,33 +86,51 @@ describe("engine serving", () => {
     let deltas = 0;
     await expect(
       (async () => {
-        for await (const res of client.generate({ prompt: { kind: { case: "text", value: "go on" } }, sampling: { maxTokens: 5000 } }, { signal: ac.signal })) {
+        for await (const res of client.generate(
+          { prompt: { kind: { case: "text", value: "go on" } }, sampling: { maxTokens: 5000 } },
+          { signal: ac.signal },
+        )) {
           if (res.event.case === "delta" && ++deltas === 2) ac.abort();
         }
       })(),
     ).rejects.toMatchObject({ code: Code.Canceled });
-    const next = await run(client, { prompt: { kind: { case: "text", value: "next" } }, sampling: { maxTokens: 2 } });
+    const next = await run(client, {
+      prompt: { kind: { case: "text", value: "next" } },
+      sampling: { maxTokens: 2 },
+    });
     expect(next.finish).toBe(FinishReason.MAX_TOKENS);
   });
 
   it("refuses a prompt longer than the context with OUT_OF_RANGE", async () => {
-    const err = await run(client, { prompt: { kind: { case: "tokens", value: { ids: new Array(40000).fill(5) } } } }).catch((e) => e);
+    const err = await run(client, {
+      prompt: { kind: { case: "tokens", value: { ids: new Array(40000).fill(5) } } },
+    }).catch((e) => e);
     expect(err).toBeInstanceOf(ConnectError);
     expect(err.code).toBe(Code.OutOfRange);
-    expect(err.rawMessage).toMatch(/^prompt: 40000 tokens plus 1 to generate exceed the model's context of \d+ tokens$/);
+    expect(err.rawMessage).toMatch(
+      /^prompt: 40000 tokens plus 1 to generate exceed the model's context of \d+ tokens$/,
+    );
   });
 
   it("survives an engine abort: UNAVAILABLE, NOT_SERVING, then serving again", async () => {
     const health = createClient(Health, createGrpcTransport({ baseUrl: server.url }));
-    const err = await run(client, { prompt: { kind: { case: "text", value: "__kvpark_abort__" } } }).catch((e) => e);
+    const err = await run(client, { prompt: { kind: { case: "text", value: "__kvpark_abort__" } } }).catch(
+      (e) => e,
+    );
     expect(err).toBeInstanceOf(ConnectError);
     expect(err.code).toBe(Code.Unavailable);
     const exit = await server.waitEvent("engine_exit");
     expect(exit.signal).toBe("SIGABRT");
     expect((await health.check({})).status).toBe(Status.NOT_SERVING);
-    await server.waitFor((l) => l.event === "engine_ready" && server.logs.indexOf(l) > server.logs.indexOf(exit), 120_000);
+    await server.waitFor(
+      (l) => l.event === "engine_ready" && server.logs.indexOf(l) > server.logs.indexOf(exit),
+      120_000,
+    );
     expect((await health.check({})).status).toBe(Status.SERVING);
-    const after = await run(client, { prompt: { kind: { case: "text", value: "still here" } }, sampling: { maxTokens: 2 } });
+    const after = await run(client, {
+      prompt: { kind: { case: "text", value: "still here" } },
+      sampling: { maxTokens: 2 },
+    });
     expect(after.ids.length).toBe(2);
   });
 });

@@ -41,16 +41,29 @@ describe("health and reflection", () => {
       const client = createClient(service, transport);
       async function* requests() {
         yield { messageRequest: { case: "listServices" as const, value: "*" } };
-        yield { messageRequest: { case: "fileContainingSymbol" as const, value: "kvpark.v1.InferenceService.Generate" } };
+        yield {
+          messageRequest: {
+            case: "fileContainingSymbol" as const,
+            value: "kvpark.v1.InferenceService.Generate",
+          },
+        };
       }
       const answers = [];
       for await (const res of client.serverReflectionInfo(requests())) answers.push(res);
       expect(answers[0].messageResponse.case).toBe("listServicesResponse");
-      const names = (answers[0].messageResponse.value as { service: { name: string }[] }).service.map((s) => s.name);
-      expect(names).toEqual(expect.arrayContaining(["kvpark.v1.InferenceService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]));
-      const files = (answers[1].messageResponse.value as { fileDescriptorProto: Uint8Array[] }).fileDescriptorProto.map((b) =>
-        fromBinary(FileDescriptorProtoSchema, b),
+      const names = (answers[0].messageResponse.value as { service: { name: string }[] }).service.map(
+        (s) => s.name,
       );
+      expect(names).toEqual(
+        expect.arrayContaining([
+          "kvpark.v1.InferenceService",
+          "grpc.health.v1.Health",
+          "grpc.reflection.v1.ServerReflection",
+        ]),
+      );
+      const files = (
+        answers[1].messageResponse.value as { fileDescriptorProto: Uint8Array[] }
+      ).fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b));
       // The file and its import, dependencies first.
       expect(files.map((f) => f.name)).toEqual(["kvpark/v1/common.proto", "kvpark/v1/inference.proto"]);
       expect(files[1].service[0].method.map((m) => m.name)).toEqual(["Generate", "PrefillStream"]);
@@ -58,9 +71,13 @@ describe("health and reflection", () => {
   });
 
   it("lets a generic tool (buf curl) discover every method", () => {
-    const out = execFileSync(path.join(ROOT, "node_modules/.bin/buf"), ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-methods", server.url], {
-      encoding: "utf8",
-    });
+    const out = execFileSync(
+      path.join(ROOT, "node_modules/.bin/buf"),
+      ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-methods", server.url],
+      {
+        encoding: "utf8",
+      },
+    );
     const methods = out.trim().split("\n");
     expect(methods).toEqual(
       expect.arrayContaining([

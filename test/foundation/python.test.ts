@@ -19,10 +19,14 @@ describe("Python client (Debian python3-grpcio, stubs from protoc)", () => {
 
   it("gets typed responses and exact status codes", () => {
     const out = JSON.parse(
-      execFileSync("/usr/bin/python3", [path.join(ROOT, "test/python/check.py"), `127.0.0.1:${server.port}`, TOKEN], {
-        env: { ...process.env, PYTHONPATH: stubs },
-        encoding: "utf8",
-      }),
+      execFileSync(
+        "/usr/bin/python3",
+        [path.join(ROOT, "test/python/check.py"), `127.0.0.1:${server.port}`, TOKEN],
+        {
+          env: { ...process.env, PYTHONPATH: stubs },
+          encoding: "utf8",
+        },
+      ),
     );
     expect(out.health).toBe("SERVING");
     expect(out.first_event).toBe("started");
@@ -33,14 +37,22 @@ describe("Python client (Debian python3-grpcio, stubs from protoc)", () => {
     expect(out.ids_again).toEqual(out.ids);
     expect(out.ids.flat().length).toBe(out.usage_completion);
     expect(out.missing_prompt).toEqual(["INVALID_ARGUMENT", "prompt: required: set text, chat or tokens"]);
-    expect(out.bad_max_tokens).toEqual(["INVALID_ARGUMENT", "sampling.max_tokens: must be between 1 and 8192, got -5"]);
+    expect(out.bad_max_tokens).toEqual([
+      "INVALID_ARGUMENT",
+      "sampling.max_tokens: must be between 1 and 8192, got -5",
+    ]);
     expect(out.deadline[0]).toBe("DEADLINE_EXCEEDED");
     expect(out.no_token[0]).toBe("UNAUTHENTICATED");
-    expect(out.max_tokens_over_limit).toEqual(["INVALID_ARGUMENT", "sampling.max_tokens: must be between 1 and 8192, got 100000"]);
+    expect(out.max_tokens_over_limit).toEqual([
+      "INVALID_ARGUMENT",
+      "sampling.max_tokens: must be between 1 and 8192, got 100000",
+    ]);
     expect(out.unknown_model[0]).toBe("INVALID_ARGUMENT");
     expect(out.unknown_model[1]).toMatch(/^model: unknown model "nope"; this server serves "tiny"$/);
     expect(out.bad_token_id[0]).toBe("INVALID_ARGUMENT");
-    expect(out.bad_token_id[1]).toMatch(/^prompt.tokens.ids\[2\]: token id 4000000 is outside the vocabulary \(size \d+\)$/);
+    expect(out.bad_token_id[1]).toMatch(
+      /^prompt.tokens.ids\[2\]: token id 4000000 is outside the vocabulary \(size \d+\)$/,
+    );
     expect(out.too_long[0]).toBe("OUT_OF_RANGE");
     expect(out.cancelled_code).toBe("CANCELLED");
     expect(out.after_cancel_finish).toBe("FINISH_REASON_MAX_TOKENS");

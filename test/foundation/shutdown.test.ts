@@ -10,7 +10,10 @@ describe("graceful shutdown", () => {
     const events: string[] = [];
     let finish: FinishReason | undefined;
     let signalled = false;
-    for await (const res of client.generate({ prompt: { kind: { case: "text", value: "count to twenty" } }, sampling: { maxTokens: 48, temperature: 0 } })) {
+    for await (const res of client.generate({
+      prompt: { kind: { case: "text", value: "count to twenty" } },
+      sampling: { maxTokens: 48, temperature: 0 },
+    })) {
       events.push(res.event.case!);
       if (res.event.case === "delta" && !signalled) {
         signalled = true;

@@ -1,8 +1,16 @@
 import * as fs from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
-import { InferenceService, GenerateRequestSchema, type GenerateResponse } from "../../gen/kvpark/v1/inference_pb";
-import { Health, HealthCheckResponse_ServingStatus as Status, type HealthCheckResponse } from "../../gen/grpc/health/v1/health_pb";
+import {
+  InferenceService,
+  GenerateRequestSchema,
+  type GenerateResponse,
+} from "../../gen/kvpark/v1/inference_pb";
+import {
+  Health,
+  HealthCheckResponse_ServingStatus as Status,
+  type HealthCheckResponse,
+} from "../../gen/grpc/health/v1/health_pb";
 import { grpcJsClient, serverStream, unary } from "../helpers/grpcjs";
 import { makeCerts } from "../helpers/certs";
 import { startServer, type ServerProcess } from "../helpers/server";
@@ -24,7 +32,9 @@ describe("status codes through grpc-js", () => {
   let inference: ReturnType<typeof grpcJsClient>;
 
   beforeAll(async () => {
-    server = await startServer({ args: ["--auth-tokens", `tenant-a=${TOKEN}`, "--message-bytes-max", "4096"] });
+    server = await startServer({
+      args: ["--auth-tokens", `tenant-a=${TOKEN}`, "--message-bytes-max", "4096"],
+    });
     inference = grpcJsClient(InferenceService, `127.0.0.1:${server.port}`);
   });
   afterAll(async () => {
@@ -36,7 +46,10 @@ describe("status codes through grpc-js", () => {
     const msgs = await serverStream<GenerateResponse>(
       inference,
       "generate",
-      generateRequest({ prompt: { kind: { case: "text", value: "hello there" } }, sampling: { maxTokens: 4, temperature: 0 } }),
+      generateRequest({
+        prompt: { kind: { case: "text", value: "hello there" } },
+        sampling: { maxTokens: 4, temperature: 0 },
+      }),
       { metadata: bearer(TOKEN) },
     );
     expect(msgs[0].event.case).toBe("started");
@@ -48,7 +61,14 @@ describe("status codes through grpc-js", () => {
   it("UNIMPLEMENTED for an unknown method", async () => {
     const client = new grpc.Client(`127.0.0.1:${server.port}`, grpc.credentials.createInsecure());
     const err = await new Promise<grpc.ServiceError>((resolve) =>
-      client.makeUnaryRequest("/kvpark.v1.InferenceService/NoSuchMethod", (x: Buffer) => x, (x: Buffer) => x, Buffer.alloc(0), bearer(TOKEN), (e) => resolve(e!)),
+      client.makeUnaryRequest(
+        "/kvpark.v1.InferenceService/NoSuchMethod",
+        (x: Buffer) => x,
+        (x: Buffer) => x,
+        Buffer.alloc(0),
+        bearer(TOKEN),
+        (e) => resolve(e!),
+      ),
     );
     expect(err.code).toBe(grpc.status.UNIMPLEMENTED);
     client.close();
@@ -57,14 +77,28 @@ describe("status codes through grpc-js", () => {
   it("INVALID_ARGUMENT naming the field", async () => {
     const cases: [Parameters<typeof generateRequest>[0], string][] = [
       [{}, "prompt: required: set text, chat or tokens"],
-      [{ prompt: { kind: { case: "text", value: "hi" } }, sampling: { maxTokens: 0 } }, "sampling.max_tokens: must be between 1 and 8192, got 0"],
-      [{ prompt: { kind: { case: "text", value: "hi" } }, sampling: { topP: 1.5 } }, "sampling.top_p: must be in (0, 1], got 1.5"],
-      [{ prompt: { kind: { case: "chat", value: { messages: [] } } } }, "prompt.chat.messages: must hold at least one message"],
-      [{ prompt: { kind: { case: "tokens", value: { ids: [1, 99999999] } } } }, "prompt.tokens.ids[1]: token id 99999999 is outside the vocabulary"],
+      [
+        { prompt: { kind: { case: "text", value: "hi" } }, sampling: { maxTokens: 0 } },
+        "sampling.max_tokens: must be between 1 and 8192, got 0",
+      ],
+      [
+        { prompt: { kind: { case: "text", value: "hi" } }, sampling: { topP: 1.5 } },
+        "sampling.top_p: must be in (0, 1], got 1.5",
+      ],
+      [
+        { prompt: { kind: { case: "chat", value: { messages: [] } } } },
+        "prompt.chat.messages: must hold at least one message",
+      ],
+      [
+        { prompt: { kind: { case: "tokens", value: { ids: [1, 99999999] } } } },
+        "prompt.tokens.ids[1]: token id 99999999 is outside the vocabulary",
+      ],
       [{ model: "gpt-9", prompt: { kind: { case: "text", value: "hi" } } }, 'model: unknown model "gpt-9"'],
     ];
     for (const [req, message] of cases) {
-      const err = await serverStream(inference, "generate", generateRequest(req), { metadata: bearer(TOKEN) }).then(
+      const err = await serverStream(inference, "generate", generateRequest(req), {
+        metadata: bearer(TOKEN),
+      }).then(
         () => undefined,
         (e: grpc.ServiceError) => e,
       );
@@ -74,9 +108,14 @@ describe("status codes through grpc-js", () => {
   });
 
   it("RESOURCE_EXHAUSTED for an oversize message", async () => {
-    const err = await serverStream(inference, "generate", generateRequest({ prompt: { kind: { case: "text", value: "x".repeat(8000) } } }), {
-      metadata: bearer(TOKEN),
-    }).catch((e: grpc.ServiceError) => e);
+    const err = await serverStream(
+      inference,
+      "generate",
+      generateRequest({ prompt: { kind: { case: "text", value: "x".repeat(8000) } } }),
+      {
+        metadata: bearer(TOKEN),
+      },
+    ).catch((e: grpc.ServiceError) => e);
     expect((err as grpc.ServiceError).code).toBe(grpc.status.RESOURCE_EXHAUSTED);
   });
 
@@ -84,7 +123,10 @@ describe("status codes through grpc-js", () => {
     const err = await serverStream(
       inference,
       "generate",
-      generateRequest({ prompt: { kind: { case: "text", value: "a long story" } }, sampling: { maxTokens: 8000 } }),
+      generateRequest({
+        prompt: { kind: { case: "text", value: "a long story" } },
+        sampling: { maxTokens: 8000 },
+      }),
       { metadata: bearer(TOKEN), deadlineMs: 400 },
     ).catch((e: grpc.ServiceError) => e);
     expect((err as grpc.ServiceError).code).toBe(grpc.status.DEADLINE_EXCEEDED);
@@ -100,9 +142,12 @@ describe("status codes through grpc-js", () => {
 
   it("UNAUTHENTICATED without a token or with a wrong one; health needs none", async () => {
     for (const md of [new grpc.Metadata(), bearer("wrong-token-wrong-token")]) {
-      const gen = await serverStream(inference, "generate", generateRequest({ prompt: { kind: { case: "text", value: "hi" } } }), { metadata: md }).catch(
-        (e: grpc.ServiceError) => e,
-      );
+      const gen = await serverStream(
+        inference,
+        "generate",
+        generateRequest({ prompt: { kind: { case: "text", value: "hi" } } }),
+        { metadata: md },
+      ).catch((e: grpc.ServiceError) => e);
       expect((gen as grpc.ServiceError).code).toBe(grpc.status.UNAUTHENTICATED);
     }
     const health = grpcJsClient(Health, `127.0.0.1:${server.port}`);
@@ -116,16 +161,24 @@ describe("mutual TLS", () => {
   let server: ServerProcess;
 
   beforeAll(async () => {
-    server = await startServer({ args: ["--tls-cert", certs.serverCert, "--tls-key", certs.serverKey, "--tls-ca", certs.ca] });
+    server = await startServer({
+      args: ["--tls-cert", certs.serverCert, "--tls-key", certs.serverKey, "--tls-ca", certs.ca],
+    });
   });
   afterAll(() => server.stop());
 
   it("serves a client with a certificate and refuses the handshake of one without", async () => {
     const ca = fs.readFileSync(certs.ca);
-    const good = grpcJsClient(Health, `127.0.0.1:${server.port}`, grpc.credentials.createSsl(ca, fs.readFileSync(certs.clientKey), fs.readFileSync(certs.clientCert)));
+    const good = grpcJsClient(
+      Health,
+      `127.0.0.1:${server.port}`,
+      grpc.credentials.createSsl(ca, fs.readFileSync(certs.clientKey), fs.readFileSync(certs.clientCert)),
+    );
     expect((await unary<HealthCheckResponse>(good, "check", { service: "" })).status).toBe(Status.SERVING);
     const bad = grpcJsClient(Health, `127.0.0.1:${server.port}`, grpc.credentials.createSsl(ca));
-    const err = (await unary(bad, "check", { service: "" }, { deadlineMs: 5000 }).catch((e: grpc.ServiceError) => e)) as grpc.ServiceError;
+    const err = (await unary(bad, "check", { service: "" }, { deadlineMs: 5000 }).catch(
+      (e: grpc.ServiceError) => e,
+    )) as grpc.ServiceError;
     expect(err.code).toBe(grpc.status.UNAVAILABLE);
     good.close();
     bad.close();

@@ -11,7 +11,9 @@ export const CLI = path.join(ROOT, "dist/src/cli.js");
 export function testModel(preset = "tiny"): string {
   const dir = path.join(os.tmpdir(), "kvpark-test-models", preset);
   if (!fs.existsSync(path.join(dir, "config.json"))) {
-    const r = spawnSync(process.execPath, [CLI, "model", "generate", preset, "--out", dir], { encoding: "utf8" });
+    const r = spawnSync(process.execPath, [CLI, "model", "generate", preset, "--out", dir], {
+      encoding: "utf8",
+    });
     if (r.status !== 0) throw new Error(`model generate failed: ${r.stderr}`);
   }
   return dir;
@@ -58,7 +60,10 @@ export class ServerProcess {
     const seen = this.logs.find(pred);
     if (seen) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for a log line; stderr: ${this.stderr.slice(-2000)}`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new Error(`timed out waiting for a log line; stderr: ${this.stderr.slice(-2000)}`)),
+        timeoutMs,
+      );
       this.waiters.push({
         pred,
         resolve: (l) => {
@@ -77,7 +82,9 @@ export class ServerProcess {
     return `http://127.0.0.1:${this.port}`;
   }
 
-  async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  async stop(
+    signal: NodeJS.Signals = "SIGTERM",
+  ): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
     return this.exited;
   }
@@ -95,7 +102,17 @@ export interface StartOptions {
 /** Starts `kvpark serve` on a free loopback port with a fresh data directory. */
 export async function startServer(opts: StartOptions = {}): Promise<ServerProcess> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), "kvpark-data-"));
-  const args = [CLI, "serve", "--port", "0", "--data-dir", dataDir, "--model", opts.model ?? testModel(), ...(opts.args ?? [])];
+  const args = [
+    CLI,
+    "serve",
+    "--port",
+    "0",
+    "--data-dir",
+    dataDir,
+    "--model",
+    opts.model ?? testModel(),
+    ...(opts.args ?? []),
+  ];
   const child = spawn(process.execPath, args, {
     env: { ...process.env, KVPARK_LOG_LEVEL: "info", ...opts.env },
     stdio: ["ignore", "pipe", "pipe"],
