@@ -640,20 +640,22 @@ void Store::DropLocked(Entry* entry) {
   index_.erase(key);  // destroys entry
 }
 
-void Store::EvictLruLocked(uint64_t liveTargetBytes) {
+bool Store::EvictLruLocked(uint64_t liveTargetBytes) {
   uint64_t now = NowMs();
   Entry* cursor = lru_->next;
-  while (liveBytes_ + pendingBytes_ > liveTargetBytes && cursor != lru_.get()) {
+  while (cursor != lru_.get()) {
     Entry* next = cursor->next;
     if (IsPinnedLocked(*cursor, now)) {
       cursor = next;
       continue;
     }
+    if (liveBytes_ + pendingBytes_ <= liveTargetBytes) return true;  // more could go if asked
     pinned_.erase(cursor);  // an expired soft pin
     DropLocked(cursor);
     stats_.evictions += 1;
     cursor = next;
   }
+  return false;  // nothing evictable left
 }
 
 // ---- space management ---------------------------------------------------------
@@ -661,7 +663,9 @@ void Store::EvictLruLocked(uint64_t liveTargetBytes) {
 bool Store::MakeRoom(uint64_t extraBytes, uint64_t entriesAdded) {
   bool rolledForDeadSpace = false;
   std::set<uint32_t> stuck;  // segments whose pinned blocks could not be moved this time
+  uint64_t evictMoreBytes = 0;
   for (int round = 0; round < kMakeRoomRoundsMax; ++round) {
+    bool evictable;
     {
       std::lock_guard<std::mutex> meta(metaMu_);
       uint64_t budget = WriteBudgetLocked(entriesAdded);
@@ -669,22 +673,27 @@ bool Store::MakeRoom(uint64_t extraBytes, uint64_t entriesAdded) {
       if (disk + extraBytes <= budget) return true;
       // Evict by recency first, one segment below what is needed, so that the
       // segments reclaimed next are mostly dead and compaction copies little.
-      uint64_t slack = extraBytes + options_.segmentBytes;
+      uint64_t slack = extraBytes + options_.segmentBytes + evictMoreBytes;
       uint64_t liveTarget = budget > slack ? budget - slack : 0;
-      EvictLruLocked(liveTarget);
+      evictable = EvictLruLocked(liveTarget);
     }
     if (ReclaimEmptySegments()) continue;
     if (CompactOne(&stuck)) continue;
-    // Dead space may sit only in the active segment: seal it so it can be compacted.
-    std::lock_guard<std::mutex> meta(metaMu_);
-    if (!rolledForDeadSpace && active_ && active_->pendingRecords == 0 &&
-        active_->sizeBytes > kSegmentHeaderBytes + active_->liveBytes) {
-      active_->sealed = true;
-      active_.reset();
-      rolledForDeadSpace = true;
-      continue;
+    {
+      // Dead space may sit only in the active segment: seal it so it can be compacted.
+      std::lock_guard<std::mutex> meta(metaMu_);
+      if (!rolledForDeadSpace && active_ && active_->pendingRecords == 0 &&
+          active_->sizeBytes > kSegmentHeaderBytes + active_->liveBytes) {
+        active_->sealed = true;
+        active_.reset();
+        rolledForDeadSpace = true;
+        continue;
+      }
     }
-    return false;
+    // Dead space spread too thin over many segments to be worth copying: evict
+    // further down the recency list until whole segments empty out.
+    if (!evictable) return false;
+    evictMoreBytes += options_.segmentBytes;
   }
   return false;
 }
@@ -876,9 +885,10 @@ Code Store::AppendRecord(const Key& key, uint16_t kind, const uint8_t* payload, 
   std::shared_ptr<Segment> segment;
   for (int attempt = 0; attempt < 2; ++attempt) {
     std::unique_lock<std::mutex> meta(metaMu_);
+    // Checked once, before a roll: the slack covers the new segment's header block.
     uint64_t disk = segmentFileBytes_ + indexFileBytes_;
     uint64_t budget = forCompaction ? CompactBudgetLocked() : WriteBudgetLocked(kind == kRecordBlock ? 1 : 0);
-    if (disk + recordBytes + kAppendSlackBytes > budget) return Code::kCapacity;
+    if (attempt == 0 && disk + recordBytes + kAppendSlackBytes > budget) return Code::kCapacity;
     bool fits = active_ && !active_->sealed && active_->sizeBytes + recordBytes <= options_.segmentBytes;
     if (fits) {
       segment = active_;

@@ -153,7 +153,8 @@ class Store {
   void LinkMruLocked(Entry* entry);
   void UnlinkLocked(Entry* entry);
   void DropLocked(Entry* entry);
-  void EvictLruLocked(uint64_t liveTargetBytes);
+  // Evicts unpinned blocks, least recent first, down to the target; false when none are left.
+  bool EvictLruLocked(uint64_t liveTargetBytes);
 
   bool MakeRoom(uint64_t extraBytes, uint64_t entriesAdded);
   bool ReclaimEmptySegments();
