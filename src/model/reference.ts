@@ -1,0 +1,205 @@
+import type { ModelConfig } from "./config";
+
+/**
+ * An independent forward pass in plain TypeScript and float64, written from the Hugging Face
+ * model definitions without MLX, to check the MLX architectures against (no reference framework
+ * can be installed here). Slow and simple on purpose: tiny models only. Used by tests.
+ */
+
+/** A weight as row-major float64 values. */
+export interface ReferenceTensor {
+  shape: number[];
+  data: Float64Array;
+}
+
+/** Where each architecture puts biases and norms, per Hugging Face's modeling code. */
+interface ArchitectureTraits {
+  qkvBias: (c: ModelConfig) => boolean;
+  outputBias: (c: ModelConfig) => boolean;
+  qkNorm: boolean;
+  slidingWindow: (c: ModelConfig) => number | null;
+}
+
+const TRAITS: Record<string, ArchitectureTraits> = {
+  llama: {
+    qkvBias: (c) => c.attentionBias,
+    outputBias: (c) => c.attentionBias,
+    qkNorm: false,
+    slidingWindow: () => null,
+  },
+  mistral: {
+    qkvBias: () => false,
+    outputBias: () => false,
+    qkNorm: false,
+    slidingWindow: (c) => c.slidingWindow,
+  },
+  qwen2: { qkvBias: () => true, outputBias: () => false, qkNorm: false, slidingWindow: () => null },
+  qwen3: {
+    qkvBias: (c) => c.attentionBias,
+    outputBias: (c) => c.attentionBias,
+    qkNorm: true,
+    slidingWindow: () => null,
+  },
+};
+
+/** Logits [T][vocab] for `tokens` at positions 0..T-1 (no cache: every position is recomputed). */
+export function referenceForward(
+  config: ModelConfig,
+  weights: Map<string, ReferenceTensor>,
+  tokens: number[],
+): Float64Array[] {
+  const traits = TRAITS[config.modelType];
+  if (!traits) throw new RangeError(`no reference for model_type ${config.modelType}`);
+  const w = (name: string): ReferenceTensor => {
+    const t = weights.get(name);
+    if (!t) throw new RangeError(`reference: missing weight ${name}`);
+    return t;
+  };
+  const { hiddenSize, numAttentionHeads: heads, numKeyValueHeads: kvHeads, headDim } = config;
+  const eps = config.rmsNormEps;
+  const inverseFrequencies = ropeInverseFrequencies(config);
+  const window = traits.slidingWindow(config);
+
+  const embeddings = w("model.embed_tokens.weight");
+  let hidden = tokens.map((t) => embeddings.data.slice(t * hiddenSize, (t + 1) * hiddenSize));
+
+  for (let layer = 0; layer < config.numHiddenLayers; layer++) {
+    const p = `model.layers.${layer}.`;
+    const bias = (name: string, present: boolean) => (present ? w(`${p}${name}.bias`) : null);
+    const normed = hidden.map((x) => rmsNorm(x, w(`${p}input_layernorm.weight`).data, eps));
+    let q = normed.map((x) =>
+      linear(x, w(`${p}self_attn.q_proj.weight`), bias("self_attn.q_proj", traits.qkvBias(config))),
+    );
+    let k = normed.map((x) =>
+      linear(x, w(`${p}self_attn.k_proj.weight`), bias("self_attn.k_proj", traits.qkvBias(config))),
+    );
+    const v = normed.map((x) =>
+      linear(x, w(`${p}self_attn.v_proj.weight`), bias("self_attn.v_proj", traits.qkvBias(config))),
+    );
+    if (traits.qkNorm) {
+      q = q.map((x) =>
+        perHead(x, heads, headDim, (h) => rmsNorm(h, w(`${p}self_attn.q_norm.weight`).data, eps)),
+      );
+      k = k.map((x) =>
+        perHead(x, kvHeads, headDim, (h) => rmsNorm(h, w(`${p}self_attn.k_norm.weight`).data, eps)),
+      );
+    }
+    q = q.map((x, pos) => perHead(x, heads, headDim, (h) => rotate(h, pos, inverseFrequencies)));
+    k = k.map((x, pos) => perHead(x, kvHeads, headDim, (h) => rotate(h, pos, inverseFrequencies)));
+
+    const attended = q.map((query, pos) => {
+      const out = new Float64Array(heads * headDim);
+      for (let h = 0; h < heads; h++) {
+        // Grouped-query attention: consecutive query heads share one key/value head.
+        const kvHead = Math.floor(h / (heads / kvHeads));
+        const first = window === null ? 0 : Math.max(0, pos - window + 1);
+        const scores: number[] = [];
+        for (let j = first; j <= pos; j++) {
+          let dot = 0;
+          for (let d = 0; d < headDim; d++) dot += query[h * headDim + d] * k[j][kvHead * headDim + d];
+          scores.push(dot / Math.sqrt(headDim));
+        }
+        const probs = softmax(scores);
+        for (let j = first; j <= pos; j++) {
+          for (let d = 0; d < headDim; d++)
+            out[h * headDim + d] += probs[j - first] * v[j][kvHead * headDim + d];
+        }
+      }
+      return out;
+    });
+    const attention = attended.map((x) =>
+      linear(x, w(`${p}self_attn.o_proj.weight`), bias("self_attn.o_proj", traits.outputBias(config))),
+    );
+    hidden = hidden.map((x, i) => add(x, attention[i]));
+
+    const mlpIn = hidden.map((x) => rmsNorm(x, w(`${p}post_attention_layernorm.weight`).data, eps));
+    const mlpOut = mlpIn.map((x) => {
+      const gate = linear(x, w(`${p}mlp.gate_proj.weight`), null);
+      const up = linear(x, w(`${p}mlp.up_proj.weight`), null);
+      const act = gate.map((g, i) => (g / (1 + Math.exp(-g))) * up[i]);
+      return linear(act, w(`${p}mlp.down_proj.weight`), null);
+    });
+    hidden = hidden.map((x, i) => add(x, mlpOut[i]));
+  }
+
+  const head = config.tieWordEmbeddings ? embeddings : w("lm_head.weight");
+  return hidden.map((x) => linear(rmsNorm(x, w("model.norm.weight").data, eps), head, null));
+}
+
+/** Radians per position of each rotated pair, with the config's rope scaling. */
+function ropeInverseFrequencies(config: ModelConfig): number[] {
+  const { headDim, ropeTheta, ropeScaling } = config;
+  const result: number[] = [];
+  for (let i = 0; i < headDim / 2; i++) {
+    let inv = 1 / Math.pow(ropeTheta, (2 * i) / headDim);
+    if (ropeScaling?.type === "linear") inv /= ropeScaling.factor;
+    if (ropeScaling?.type === "llama3") {
+      const { factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: original } = ropeScaling;
+      const wavelength = (2 * Math.PI) / inv;
+      if (wavelength > original / lowFreqFactor) {
+        inv /= factor;
+      } else if (wavelength >= original / highFreqFactor) {
+        const smooth = (original / wavelength - lowFreqFactor) / (highFreqFactor - lowFreqFactor);
+        inv = (1 - smooth) * (inv / factor) + smooth * inv;
+      }
+    }
+    result.push(inv);
+  }
+  return result;
+}
+
+/** Rotate-half rope: pairs (i, i + headDim/2) turn by position * frequency i. */
+function rotate(x: Float64Array, position: number, inverseFrequencies: number[]): Float64Array {
+  const half = x.length / 2;
+  const out = new Float64Array(x.length);
+  for (let i = 0; i < half; i++) {
+    const angle = position * inverseFrequencies[i];
+    const [cos, sin] = [Math.cos(angle), Math.sin(angle)];
+    out[i] = x[i] * cos - x[i + half] * sin;
+    out[i + half] = x[i + half] * cos + x[i] * sin;
+  }
+  return out;
+}
+
+function perHead(
+  x: Float64Array,
+  heads: number,
+  headDim: number,
+  f: (head: Float64Array) => Float64Array,
+): Float64Array {
+  const out = new Float64Array(x.length);
+  for (let h = 0; h < heads; h++) out.set(f(x.slice(h * headDim, (h + 1) * headDim)), h * headDim);
+  return out;
+}
+
+function rmsNorm(x: Float64Array, weight: Float64Array, eps: number): Float64Array {
+  let sumSquares = 0;
+  for (const value of x) sumSquares += value * value;
+  const scale = 1 / Math.sqrt(sumSquares / x.length + eps);
+  return x.map((value, i) => value * scale * weight[i]);
+}
+
+/** x W^T + b with W [out, in]. */
+function linear(x: Float64Array, weight: ReferenceTensor, bias: ReferenceTensor | null): Float64Array {
+  const [rows, cols] = weight.shape;
+  if (cols !== x.length)
+    throw new RangeError(`reference: ${x.length} inputs for a [${rows}, ${cols}] weight`);
+  const out = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let sum = bias ? bias.data[r] : 0;
+    for (let c = 0; c < cols; c++) sum += weight.data[r * cols + c] * x[c];
+    out[r] = sum;
+  }
+  return out;
+}
+
+function add(a: Float64Array, b: Float64Array): Float64Array {
+  return a.map((value, i) => value + b[i]);
+}
+
+function softmax(scores: number[]): number[] {
+  const max = Math.max(...scores);
+  const exps = scores.map((s) => Math.exp(s - max));
+  const total = exps.reduce((a, b) => a + b, 0);
+  return exps.map((e) => e / total);
+}

@@ -1,0 +1,94 @@
+import { core as mx } from "@frost-beta/mlx";
+import { writeRandomCheckpoint } from "../../src/model/checkpoint";
+import { ModelCache } from "../../src/model/kv-cache";
+import { type LoadedModel, loadModel } from "../../src/model/loader";
+import { referenceForward } from "../../src/model/reference";
+import { ARCHITECTURE_CASES, TINY } from "./architectures";
+import { maxAbsDiff, referenceWeights, removeTempDirs, rows, tempDir } from "./helpers";
+
+/** Token ids of the test sequence: longer than the sliding window, spread over the vocabulary. */
+const TOKENS = Array.from({ length: 16 }, (_, i) => (i * 97 + 13) % 515);
+const TOLERANCE = 1e-4;
+
+afterAll(removeTempDirs);
+
+describe.each(ARCHITECTURE_CASES)("$name", ({ config }) => {
+  let dir: string;
+  let model: LoadedModel;
+  let full: mx.array;
+
+  beforeAll(async () => {
+    dir = tempDir();
+    await writeRandomCheckpoint(dir, { config: { ...TINY, ...config }, seed: 1, tokenizerVocabSize: 512 });
+    model = await loadModel(dir);
+    full = model.forward(TOKENS, model.newCache(), { logits: "all" });
+    mx.eval(full);
+  });
+
+  test("output shapes and dtypes", () => {
+    expect(full.shape).toEqual([TOKENS.length, 515]);
+    expect(full.dtype).toBe(mx.float32);
+    const cache = model.newCache();
+    const last = model.forward(TOKENS, cache);
+    expect(last.shape).toEqual([1, 515]);
+    expect(last.dtype).toBe(mx.float32);
+    expect(cache.offset).toBe(TOKENS.length);
+    expect(cache.capacity).toBe(256);
+    const [keys] = cache.layers[0].state();
+    expect(keys.shape).toEqual([1, 2, 256, model.headDim]);
+    for (const [, weight] of model.model.namedParameters()) expect(weight.dtype).toBe(mx.float32);
+    // Logits of a random model are spread, not constant.
+    expect(mx.std(full).item() as number).toBeGreaterThan(0.05);
+  });
+
+  test("chunked prefill and incremental decode equal the full forward", () => {
+    // A 4-token growth step makes the cache grow (and keep stale tail positions) during the run.
+    const cache = new ModelCache(model.numLayers, model.kvHeads, model.headDim, 4);
+    const parts = [
+      model.forward(TOKENS.slice(0, 5), cache, { logits: "all" }),
+      model.forward(TOKENS.slice(5, 11), cache, { logits: "all" }),
+      ...TOKENS.slice(11).map((t) => model.forward([t], cache, { logits: "all" })),
+    ];
+    expect(cache.offset).toBe(TOKENS.length);
+    expect(cache.capacity).toBe(16);
+    expect(maxAbsDiff(mx.concatenate(parts, 0), full)).toBeLessThan(TOLERANCE);
+  });
+
+  test("forward splits long inputs into prefill chunks", async () => {
+    const chunked = await loadModel(dir, { prefillChunkTokens: 5 });
+    expect(maxAbsDiff(chunked.forward(TOKENS, chunked.newCache(), { logits: "all" }), full)).toBeLessThan(
+      TOLERANCE,
+    );
+    const last = chunked.forward(TOKENS, chunked.newCache());
+    expect(maxAbsDiff(last, rows(full, TOKENS.length - 1, TOKENS.length))).toBeLessThan(TOLERANCE);
+  });
+
+  test("MLX logits match the float64 reference", () => {
+    const expected = referenceForward(model.config, referenceWeights(dir), TOKENS);
+    expect(maxAbsDiff(full, expected)).toBeLessThan(TOLERANCE);
+  });
+
+  test("a KV range exported into a fresh cache continues like the original", () => {
+    const source = model.newCache();
+    model.forward(TOKENS.slice(0, 10), source);
+    const exported = source.export(0, 8);
+    expect(exported).toHaveLength(model.numLayers);
+    expect(exported[0].keys.shape).toEqual([1, model.kvHeads, 8, model.headDim]);
+    expect(exported[0].values.shape).toEqual([1, model.kvHeads, 8, model.headDim]);
+    expect(exported[0].keys.dtype).toBe(mx.float32);
+    const before = exported[0].keys.tolist();
+
+    const restored = model.newCache();
+    restored.import(0, exported);
+    expect(restored.offset).toBe(8);
+    const continued = model.forward(TOKENS.slice(8), restored, { logits: "all" });
+    expect(maxAbsDiff(continued, rows(full, 8, TOKENS.length))).toBeLessThan(TOLERANCE);
+
+    // Trimming the source back to the exported length and continuing matches as well, and the
+    // writes it makes do not reach the exported copy.
+    expect(source.trim(2)).toBe(2);
+    const fromTrimmed = model.forward(TOKENS.slice(8), source, { logits: "all" });
+    expect(maxAbsDiff(fromTrimmed, rows(full, 8, TOKENS.length))).toBeLessThan(TOLERANCE);
+    expect(exported[0].keys.tolist()).toEqual(before);
+  });
+});

@@ -1,0 +1,64 @@
+/**
+ * The architectures every model test runs over: one tiny random config each, chosen so that the
+ * architecture's particular code path matters for the logits. Adding an architecture means adding
+ * its entry here.
+ */
+export interface ArchitectureCase {
+  name: string;
+  /** config.json fields on top of TINY. */
+  config: Record<string, unknown>;
+}
+
+/** Shared tiny dimensions: 2 layers, 4 query heads sharing 2 KV heads (GQA). */
+export const TINY = {
+  hidden_size: 64,
+  intermediate_size: 128,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  rms_norm_eps: 1e-5,
+  max_position_embeddings: 1024,
+};
+
+export const ARCHITECTURE_CASES: ArchitectureCase[] = [
+  {
+    // original_max_position_embeddings 64 puts the 16-dim head's frequencies in all three llama3
+    // bands (kept, blended, divided by factor).
+    name: "llama with llama3 rope scaling",
+    config: {
+      model_type: "llama",
+      rope_theta: 500000,
+      rope_scaling: {
+        rope_type: "llama3",
+        factor: 8,
+        low_freq_factor: 1,
+        high_freq_factor: 4,
+        original_max_position_embeddings: 64,
+      },
+      tie_word_embeddings: false,
+    },
+  },
+  {
+    name: "llama with attention biases and linear rope scaling",
+    config: {
+      model_type: "llama",
+      attention_bias: true,
+      rope_scaling: { type: "linear", factor: 2 },
+      tie_word_embeddings: true,
+    },
+  },
+  {
+    name: "qwen2 with q/k/v biases",
+    config: { model_type: "qwen2", rope_theta: 1000000, tie_word_embeddings: true },
+  },
+  {
+    // head_dim 32 with hidden 64 and 4 heads: projections are wider than the hidden state.
+    name: "qwen3 with q/k norms",
+    config: { model_type: "qwen3", head_dim: 32, rope_theta: 1000000, tie_word_embeddings: true },
+  },
+  {
+    // A window shorter than the test sequences, so it cuts attention off.
+    name: "mistral with a sliding window",
+    config: { model_type: "mistral", sliding_window: 6, tie_word_embeddings: false },
+  },
+];
