@@ -9,7 +9,7 @@
 // Blocks are 64 tokens of the qwen2.5-0.5b KV shape in float32:
 // 24 layers x {K,V} x [1, 2, 64, 64] x 4 bytes = 1,572,864 bytes.
 //
-// Usage: npx tsc -p tsconfig.json && node dist/bench/store/restore.js [--runs 5] [--dir DIR]
+// Usage: npx tsc -p tsconfig.json && node dist/bench/store/restore.js [--runs 5] [--dir DIR] [--read-threads 8]
 import { execFileSync, spawnSync } from "node:child_process";
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
@@ -93,7 +93,12 @@ interface ScenarioResult {
   runs: Timings[];
 }
 
-async function runScenario(root: string, scenario: Scenario, runs: number): Promise<ScenarioResult> {
+async function runScenario(
+  root: string,
+  scenario: Scenario,
+  runs: number,
+  readThreads: number,
+): Promise<ScenarioResult> {
   const dir = fs.mkdtempSync(path.join(root, "kvpark-bench-"));
   const storeDir = path.join(dir, "store");
   const filesDir = path.join(dir, "files");
@@ -107,7 +112,7 @@ async function runScenario(root: string, scenario: Scenario, runs: number): Prom
       .update(Buffer.alloc(scenario.blockBytes)),
   );
   const totalBytes = scenario.blocks * scenario.blockBytes;
-  const options = { bytesMax: 4 * totalBytes + (256 << 20), fsync: "batch" as const };
+  const options = { bytesMax: 4 * totalBytes + (256 << 20), fsync: "batch" as const, readThreads };
 
   // Writes: the store commits in batches of 16 blocks with one fdatasync each;
   // the file-per-block layout needs one fdatasync per file (plus its directory).
@@ -187,11 +192,12 @@ function mbPerS(bytes: number, ms: number): string {
 async function main(): Promise<void> {
   const runs = Number(argument("runs", "5"));
   const root = argument("dir", os.tmpdir());
+  const readThreads = Number(argument("read-threads", "8"));
   const results: ScenarioResult[] = [];
-  for (const scenario of SCENARIOS) results.push(await runScenario(root, scenario, runs));
+  for (const scenario of SCENARIOS) results.push(await runScenario(root, scenario, runs, readThreads));
 
   const lines = [
-    `Cold restore (${coldCache ? "page cache dropped before every read" : "WARM cache: not root"}), median of ${runs} runs, ${os.cpus().length} cores`,
+    `Cold restore (${coldCache ? "page cache dropped before every read" : "WARM cache: not root"}), median of ${runs} runs, ${os.cpus().length} cores, store readThreads ${readThreads}`,
     "",
     "| blocks | bytes | store getMany | dd iflag=direct | fs files, parallel | fs files, sequential | store / dd time | store write | files write |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -212,7 +218,7 @@ async function main(): Promise<void> {
   }
   console.log(lines.join("\n"));
   console.log();
-  console.log(JSON.stringify({ coldCache, runs, results }, null, 2));
+  console.log(JSON.stringify({ coldCache, runs, readThreads, results }, null, 2));
 }
 
 main().catch((error: unknown) => {
