@@ -1,0 +1,345 @@
+import * as crypto from "node:crypto";
+import { BLOCK_KEY_BYTES, KV_LAYOUT_VERSION, blockKey } from "./block-key";
+import { BlockError } from "./errors";
+import {
+  SafetensorsError,
+  encodeHeader,
+  parseSafetensors,
+  type SafetensorsFile,
+  type TensorSpec,
+} from "./safetensors";
+
+/** Version of the block format (proto KVBlock.format_version) this build writes and reads. */
+export const BLOCK_FORMAT_VERSION = 1;
+
+/** Element type of every block tensor: the engine computes and caches in float32. */
+export const BLOCK_DTYPE = "F32";
+
+/** What a block must match to belong to the served model. */
+export interface ModelShape {
+  /** Hex SHA-256 identifying the model's weights. */
+  fingerprint: string;
+  numLayers: number;
+  kvHeads: number;
+  headDim: number;
+}
+
+/** A block's fields besides its tensors, as in the proto message KVBlock. */
+export interface BlockHeader {
+  formatVersion: number;
+  modelFingerprint: string;
+  key: Buffer;
+  /** Key of the previous block; empty for the first block of a prompt (its parent is the tenant's root). */
+  parentKey: Buffer;
+  tokenIds: number[];
+  layerCount: number;
+  dtype: string;
+  /** [kvHeads, tokens, headDim]. */
+  shape: number[];
+}
+
+/** A whole block as it travels on the wire (proto KVBlock). */
+export interface KVBlockRecord extends BlockHeader {
+  /** A safetensors file: layers.<i>.keys and layers.<i>.values, metadata repeating the header. */
+  payload: Buffer;
+  payloadSha256: Buffer;
+}
+
+/** A payload that passed parsing: its header as the metadata states it, and its tensors. */
+export interface ParsedBlock {
+  header: BlockHeader;
+  file: SafetensorsFile;
+  payload: Buffer;
+}
+
+/** Name of a layer's tensor inside a payload. */
+export function tensorName(layer: number, kind: "keys" | "values"): string {
+  return `layers.${layer}.${kind}`;
+}
+
+/** Bytes of one block's KV: every layer's keys and values in float32. */
+export function blockDataBytes(model: ModelShape, tokens: number): number {
+  return model.numLayers * 2 * model.kvHeads * tokens * model.headDim * 4;
+}
+
+/** The header of a block of `model` with these tokens. */
+export function makeHeader(
+  model: ModelShape,
+  key: Buffer,
+  parentKey: Buffer,
+  tokenIds: number[],
+): BlockHeader {
+  return {
+    formatVersion: BLOCK_FORMAT_VERSION,
+    modelFingerprint: model.fingerprint,
+    key,
+    parentKey,
+    tokenIds,
+    layerCount: model.numLayers,
+    dtype: BLOCK_DTYPE,
+    shape: [model.kvHeads, tokenIds.length, model.headDim],
+  };
+}
+
+/** The header fields as safetensors metadata strings. */
+export function headerMetadata(h: BlockHeader): Record<string, string> {
+  return {
+    format_version: String(h.formatVersion),
+    kv_layout_version: String(KV_LAYOUT_VERSION),
+    model_fingerprint: h.modelFingerprint,
+    key: h.key.toString("hex"),
+    parent_key: h.parentKey.toString("hex"),
+    token_ids: JSON.stringify(h.tokenIds),
+    layer_count: String(h.layerCount),
+    dtype: h.dtype,
+    shape: JSON.stringify(h.shape),
+  };
+}
+
+/**
+ * The safetensors header of a block payload; the data that follows is, for each layer in order,
+ * the keys then the values tensor, each [kvHeads, tokens, headDim] float32 row-major.
+ */
+export function encodePayloadHeader(h: BlockHeader): Buffer {
+  const [kvHeads, tokens, headDim] = h.shape;
+  const byteLength = kvHeads * tokens * headDim * 4;
+  const tensors: TensorSpec[] = [];
+  for (let i = 0; i < h.layerCount; i++) {
+    for (const kind of ["keys", "values"] as const) {
+      tensors.push({ name: tensorName(i, kind), dtype: "F32", shape: h.shape, byteLength });
+    }
+  }
+  return encodeHeader(tensors, headerMetadata(h));
+}
+
+/** The wire record of a payload: header fields plus the payload's SHA-256. */
+export function toRecord(h: BlockHeader, payload: Buffer): KVBlockRecord {
+  return { ...h, payload, payloadSha256: crypto.createHash("sha256").update(payload).digest() };
+}
+
+function fail(code: ConstructorParameters<typeof BlockError>[0], message: string): never {
+  throw new BlockError(code, message);
+}
+
+function parseJsonArray(value: string | undefined, field: string): number[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value ?? "");
+  } catch {
+    fail("INVALID_PAYLOAD", `metadata ${field} is not JSON`);
+  }
+  if (!Array.isArray(parsed) || !parsed.every((x) => Number.isSafeInteger(x) && x >= 0 && x <= 0xffffffff)) {
+    fail("INVALID_PAYLOAD", `metadata ${field} is not a list of uint32`);
+  }
+  return parsed as number[];
+}
+
+function parseUint(value: string | undefined, field: string): number {
+  if (value === undefined || !/^\d{1,9}$/.test(value))
+    fail("INVALID_PAYLOAD", `metadata ${field} is not a count`);
+  return Number(value);
+}
+
+function parseKeyHex(value: string | undefined, field: string, allowEmpty: boolean): Buffer {
+  if (value === undefined) fail("INVALID_PAYLOAD", `metadata ${field} is missing`);
+  if (value === "" && allowEmpty) return Buffer.alloc(0);
+  if (!/^[0-9a-f]{64}$/.test(value)) fail("INVALID_PAYLOAD", `metadata ${field} is not a 32-byte hex key`);
+  return Buffer.from(value, "hex");
+}
+
+/**
+ * Parses a payload and checks it is a block of `model`: well-formed safetensors, a complete
+ * header in its metadata, a known format version, the model's fingerprint, layer count, dtype
+ * and shape, and exactly the tensors that header promises. Throws BlockError.
+ */
+export function parseBlockPayload(payload: Buffer, model: ModelShape): ParsedBlock {
+  let file: SafetensorsFile;
+  try {
+    file = parseSafetensors(payload);
+  } catch (err) {
+    if (err instanceof SafetensorsError) fail("INVALID_PAYLOAD", `payload: ${err.message}`);
+    throw err;
+  }
+  const m = file.metadata;
+  const formatVersion = parseUint(m.format_version, "format_version");
+  if (formatVersion !== BLOCK_FORMAT_VERSION) {
+    fail("UNSUPPORTED_VERSION", `format version ${formatVersion}; this server reads ${BLOCK_FORMAT_VERSION}`);
+  }
+  const layoutVersion = parseUint(m.kv_layout_version, "kv_layout_version");
+  if (layoutVersion !== KV_LAYOUT_VERSION) {
+    fail("UNSUPPORTED_VERSION", `KV layout version ${layoutVersion}; this server uses ${KV_LAYOUT_VERSION}`);
+  }
+  if (m.model_fingerprint !== model.fingerprint) {
+    fail(
+      "MODEL_MISMATCH",
+      `block of model ${String(m.model_fingerprint)}; served model is ${model.fingerprint}`,
+    );
+  }
+  const header: BlockHeader = {
+    formatVersion,
+    modelFingerprint: m.model_fingerprint,
+    key: parseKeyHex(m.key, "key", false),
+    parentKey: parseKeyHex(m.parent_key, "parent_key", true),
+    tokenIds: parseJsonArray(m.token_ids, "token_ids"),
+    layerCount: parseUint(m.layer_count, "layer_count"),
+    dtype: m.dtype ?? "",
+    shape: parseJsonArray(m.shape, "shape"),
+  };
+  checkShape(header, model);
+  const expected = new Set<string>();
+  for (let i = 0; i < model.numLayers; i++) {
+    for (const kind of ["keys", "values"] as const) {
+      const name = tensorName(i, kind);
+      expected.add(name);
+      const info = file.tensors.get(name);
+      if (!info) fail("SHAPE_MISMATCH", `payload has no tensor ${name}`);
+      if (info.dtype !== BLOCK_DTYPE || !sameNumbers(info.shape, header.shape)) {
+        fail(
+          "SHAPE_MISMATCH",
+          `tensor ${name} is ${info.dtype} [${info.shape}], expected ${BLOCK_DTYPE} [${header.shape}]`,
+        );
+      }
+    }
+  }
+  for (const name of file.tensors.keys()) {
+    if (!expected.has(name)) fail("SHAPE_MISMATCH", `payload has an unexpected tensor ${name}`);
+  }
+  return { header, file, payload };
+}
+
+function checkShape(h: BlockHeader, model: ModelShape): void {
+  if (h.tokenIds.length === 0) fail("SHAPE_MISMATCH", "block holds no tokens");
+  if (h.layerCount !== model.numLayers) {
+    fail("SHAPE_MISMATCH", `${h.layerCount} layers; the model has ${model.numLayers}`);
+  }
+  if (h.dtype !== BLOCK_DTYPE) fail("SHAPE_MISMATCH", `dtype ${h.dtype}; this server stores ${BLOCK_DTYPE}`);
+  const want = [model.kvHeads, h.tokenIds.length, model.headDim];
+  if (!sameNumbers(h.shape, want)) fail("SHAPE_MISMATCH", `shape [${h.shape}]; expected [${want}]`);
+}
+
+function sameNumbers(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** Bytes of one tensor of a parsed block (a view into the payload). */
+export function blockTensor(block: ParsedBlock, layer: number, kind: "keys" | "values"): Buffer {
+  const info = block.file.tensors.get(tensorName(layer, kind))!;
+  return block.payload.subarray(block.file.dataOffset + info.begin, block.file.dataOffset + info.end);
+}
+
+/** Bytes of the first `tokens` token rows of head `head` of one tensor: [tokens, headDim] float32. */
+export function headRows(tensor: Buffer, shape: number[], head: number, tokens: number): Buffer {
+  const [, blockTokens, headDim] = shape;
+  const rowBytes = headDim * 4;
+  const start = head * blockTokens * rowBytes;
+  return tensor.subarray(start, start + tokens * rowBytes);
+}
+
+function allFinite(bytes: Buffer): boolean {
+  // Float32Array needs 4-byte alignment; MLX-written and pooled buffers do not promise it.
+  const aligned = bytes.byteOffset % 4 === 0 ? bytes : Buffer.from(bytes);
+  const values = new Float32Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 4);
+  for (let i = 0; i < values.length; i++) {
+    // x - x is 0 for every finite x and NaN for NaN and both infinities.
+    if (values[i] - values[i] !== 0) return false;
+  }
+  return true;
+}
+
+/** Limits and context for checking a block that arrives from outside. */
+export interface VerifyContext {
+  model: ModelShape;
+  /** Longest block accepted: the cache's blockTokens. */
+  blockTokens: number;
+  /** The caller's root key: the parent of a block whose parent_key is empty. */
+  root: Buffer;
+}
+
+/**
+ * Checks a block received from a client or another node before anything is stored: format
+ * version, fingerprint, key lengths, shape against the model, the payload checksum, payload
+ * structure and metadata, finite values, and finally the key recomputed from parent key and
+ * token ids. Returns the parsed payload; throws BlockError naming the first failed check.
+ */
+export function verifyRecord(record: KVBlockRecord, ctx: VerifyContext): ParsedBlock {
+  const { model } = ctx;
+  if (record.formatVersion !== BLOCK_FORMAT_VERSION) {
+    fail(
+      "UNSUPPORTED_VERSION",
+      `format version ${record.formatVersion}; this server reads ${BLOCK_FORMAT_VERSION}`,
+    );
+  }
+  if (record.modelFingerprint !== model.fingerprint) {
+    fail("MODEL_MISMATCH", `block of model ${record.modelFingerprint}; served model is ${model.fingerprint}`);
+  }
+  if (record.key.length !== BLOCK_KEY_BYTES)
+    fail("KEY_MISMATCH", `key has ${record.key.length} bytes, not 32`);
+  if (record.parentKey.length !== 0 && record.parentKey.length !== BLOCK_KEY_BYTES) {
+    fail("KEY_MISMATCH", `parent key has ${record.parentKey.length} bytes, not 0 or 32`);
+  }
+  if (!record.tokenIds.every((t) => Number.isInteger(t) && t >= 0 && t <= 0xffffffff)) {
+    fail("INVALID_PAYLOAD", "token ids must be uint32");
+  }
+  checkShape(record, model);
+  if (record.tokenIds.length > ctx.blockTokens) {
+    fail(
+      "SHAPE_MISMATCH",
+      `${record.tokenIds.length} tokens; this server's blocks hold at most ${ctx.blockTokens}`,
+    );
+  }
+  const sha = crypto.createHash("sha256").update(record.payload).digest();
+  if (!sha.equals(record.payloadSha256)) fail("INVALID_PAYLOAD", "payload_sha256 does not match the payload");
+  const parsed = parseBlockPayload(record.payload, model);
+  const a = headerMetadata(parsed.header);
+  const b = headerMetadata(record);
+  for (const field of Object.keys(b)) {
+    if (a[field] !== b[field])
+      fail("INVALID_PAYLOAD", `payload metadata ${field} differs from the block header`);
+  }
+  for (let i = 0; i < model.numLayers; i++) {
+    for (const kind of ["keys", "values"] as const) {
+      if (!allFinite(blockTensor(parsed, i, kind))) {
+        fail("INVALID_PAYLOAD", `tensor ${tensorName(i, kind)} holds NaN or infinity`);
+      }
+    }
+  }
+  const parent = record.parentKey.length === 0 ? ctx.root : record.parentKey;
+  const key = blockKey(parent, record.tokenIds, model.fingerprint);
+  if (!key.equals(record.key))
+    fail("KEY_MISMATCH", "key differs from the key computed from parent key and token ids");
+  return parsed;
+}
+
+// ---- The stored form: how a block sits in the SSD store ------------------------------------
+
+/** "KVPKBLK\0": first bytes of every stored block. */
+const STORED_MAGIC = Buffer.from("KVPKBLK\0", "latin1");
+/** Version of the stored envelope. */
+export const STORED_ENVELOPE_VERSION = 1;
+/** Bytes before the payload: magic, version, flags, root key, reserved zeros. */
+export const STORED_ENVELOPE_BYTES = 64;
+
+/**
+ * The envelope before a stored payload. It records the chain's root key, which the payload
+ * leaves out (a first block's parent_key is empty on the wire because the root is derived from
+ * the tenant), so the chain index can be rebuilt from the store alone.
+ *   0  magic "KVPKBLK\0"   8  u32 envelope version   12  u32 flags (0)
+ *   16 root key (32)       48 reserved zeros (16)    64  payload
+ */
+export function storedEnvelope(root: Buffer): Buffer {
+  const out = Buffer.alloc(STORED_ENVELOPE_BYTES);
+  STORED_MAGIC.copy(out, 0);
+  out.writeUInt32LE(STORED_ENVELOPE_VERSION, 8);
+  root.copy(out, 16);
+  return out;
+}
+
+/** Splits a stored block into root key and payload; throws BlockError("CORRUPT") on a bad envelope. */
+export function openEnvelope(stored: Buffer): { root: Buffer; payload: Buffer } {
+  if (stored.length < STORED_ENVELOPE_BYTES || !stored.subarray(0, 8).equals(STORED_MAGIC)) {
+    fail("CORRUPT", "stored block has no envelope");
+  }
+  const version = stored.readUInt32LE(8);
+  if (version !== STORED_ENVELOPE_VERSION) fail("UNSUPPORTED_VERSION", `stored envelope version ${version}`);
+  return { root: stored.subarray(16, 48), payload: stored.subarray(STORED_ENVELOPE_BYTES) };
+}

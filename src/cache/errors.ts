@@ -1,0 +1,29 @@
+/**
+ * Stable reasons for a block-level failure, named after the proto enum BlockErrorCode
+ * (kvpark.v1, without its BLOCK_ERROR_CODE_ prefix), so the RPC layer maps them one to one.
+ */
+export const BLOCK_ERROR_CODES = [
+  "NOT_FOUND",
+  "CORRUPT",
+  "UNSUPPORTED_VERSION",
+  "MODEL_MISMATCH",
+  "KEY_MISMATCH",
+  "SHAPE_MISMATCH",
+  "INVALID_PAYLOAD",
+  "PARENT_MISSING",
+  "CAPACITY",
+] as const;
+
+/** One of BLOCK_ERROR_CODES. */
+export type BlockErrorCode = (typeof BLOCK_ERROR_CODES)[number];
+
+/** Why one block was not served, stored or restored: a stable code and a message for people. */
+export class BlockError extends Error {
+  readonly code: BlockErrorCode;
+
+  constructor(code: BlockErrorCode, message: string) {
+    super(message);
+    this.name = "BlockError";
+    this.code = code;
+  }
+}

@@ -1,0 +1,33 @@
+/**
+ * The prefix cache: block identity (block-key), the block format shared by SSD and wire
+ * (block-codec), the RAM block pool (ram-tier), the SSD tier over the native store (ssd-tier)
+ * and the policy that ties them together (prefix-cache). See src/cache/README.md.
+ */
+export { BLOCK_KEY_BYTES, KV_LAYOUT_VERSION, blockKey, chainKeys, rootKey } from "./block-key";
+export type { BlockKey, ChainLink } from "./block-key";
+export { BLOCK_DTYPE, BLOCK_FORMAT_VERSION, verifyRecord } from "./block-codec";
+export type { BlockHeader, KVBlockRecord, ModelShape } from "./block-codec";
+export { CACHE_DEFAULTS, resolveCacheOptions } from "./config";
+export type { AdmissionPolicy, CacheOptions } from "./config";
+export { BLOCK_ERROR_CODES, BlockError } from "./errors";
+export type { BlockErrorCode } from "./errors";
+export { PrefixCache } from "./prefix-cache";
+export type {
+  BlockRejection,
+  BlockSelector,
+  CacheStats,
+  GetBlockResult,
+  LookupOptions,
+  MatchedBlock,
+  PersistOptions,
+  PersistReport,
+  PinReport,
+  PinRequestKind,
+  PrefixMatch,
+  PutBlocksReport,
+  RestoreReport,
+  RestoreStages,
+  SequenceKV,
+  Tier,
+  TierStats,
+} from "./prefix-cache";

@@ -1,0 +1,186 @@
+import type { LayerKV } from "../model/kv-cache";
+
+/** A hard pin lasts until unpinned; a soft pin protects a block for ttlMs. */
+export type PinKind = "hard" | { ttlMs: number };
+
+/** One block held in RAM as MLX arrays, one LayerKV [1, kvHeads, tokens, headDim] per layer. */
+export interface RamBlock {
+  readonly keyHex: string;
+  readonly layers: LayerKV[];
+  readonly tokens: number;
+  readonly bytes: number;
+  /** Requests using the block right now; a referenced block is never evicted. */
+  refs: number;
+  hardPinned: boolean;
+  /** Epoch ms until which a soft pin protects the block; 0 for none. */
+  softPinUntilMs: number;
+}
+
+/** Gauges and counters of the RAM tier. */
+export interface RamTierStats {
+  bytes: number;
+  bytesMax: number;
+  blocks: number;
+  evictions: number;
+  pinnedBlocks: number;
+  /** Inserts refused because everything evictable was referenced or pinned. */
+  insertRejects: number;
+  /** Bytes of blocks dropped since start (evicted or removed). */
+  freedBytes: number;
+}
+
+/**
+ * The block pool (after vLLM v1's block_pool.py): blocks under a byte budget in LRU order,
+ * reference counts while a request restores from them, hard pins and soft pins with a time to
+ * live. Eviction takes the least recently used block that is neither referenced nor pinned.
+ *
+ * Dropping a block only drops the JS wrappers of its arrays; MLX frees the memory when they are
+ * garbage-collected (PLATFORM.md), so the tier counts the bytes it drops and the owner decides
+ * when to collect.
+ */
+export class RamTier {
+  // Map iteration order is insertion order: the first entry is the least recently used.
+  private readonly blocks = new Map<string, RamBlock>();
+  private bytesUsed = 0;
+  private evictions = 0;
+  private insertRejects = 0;
+  private freedBytesTotal = 0;
+  private freedBytesUntaken = 0;
+
+  constructor(
+    readonly bytesMax: number,
+    /** Told about every block that leaves the tier, evicted or removed. */
+    private readonly onDrop: (keyHex: string) => void = () => {},
+    private readonly nowMs: () => number = Date.now,
+  ) {}
+
+  has(keyHex: string): boolean {
+    return this.blocks.has(keyHex);
+  }
+
+  /** The block, without counting an access. */
+  get(keyHex: string): RamBlock | undefined {
+    return this.blocks.get(keyHex);
+  }
+
+  /**
+   * Adds a block, evicting least recently used blocks to make room. Returns false, evicting
+   * nothing, when the block cannot fit because the rest is referenced or pinned.
+   */
+  insert(keyHex: string, layers: LayerKV[], tokens: number, bytes: number): boolean {
+    const existing = this.blocks.get(keyHex);
+    if (existing) {
+      this.touch(keyHex);
+      return true;
+    }
+    if (!this.makeRoom(bytes)) {
+      this.insertRejects++;
+      return false;
+    }
+    this.blocks.set(keyHex, { keyHex, layers, tokens, bytes, refs: 0, hardPinned: false, softPinUntilMs: 0 });
+    this.bytesUsed += bytes;
+    return true;
+  }
+
+  /** Takes a reference (the block cannot be evicted until release) and marks it used. */
+  acquire(keyHex: string): RamBlock | undefined {
+    const block = this.blocks.get(keyHex);
+    if (!block) return undefined;
+    block.refs++;
+    this.touch(keyHex);
+    return block;
+  }
+
+  /** Gives back a reference taken with acquire. */
+  release(block: RamBlock): void {
+    if (block.refs <= 0) throw new Error(`release of unreferenced block ${block.keyHex}`);
+    block.refs--;
+  }
+
+  /** Marks the block most recently used. */
+  touch(keyHex: string): void {
+    const block = this.blocks.get(keyHex);
+    if (!block) return;
+    this.blocks.delete(keyHex);
+    this.blocks.set(keyHex, block);
+  }
+
+  /** Pins a block held here; false when it is not. */
+  pin(keyHex: string, kind: PinKind): boolean {
+    const block = this.blocks.get(keyHex);
+    if (!block) return false;
+    if (kind === "hard") block.hardPinned = true;
+    else block.softPinUntilMs = Math.max(block.softPinUntilMs, this.nowMs() + kind.ttlMs);
+    return true;
+  }
+
+  /** Removes hard and soft pins; false when the block is not held here. */
+  unpin(keyHex: string): boolean {
+    const block = this.blocks.get(keyHex);
+    if (!block) return false;
+    block.hardPinned = false;
+    block.softPinUntilMs = 0;
+    return true;
+  }
+
+  /** Drops an unreferenced block (e.g. one found bad); false when absent or in use. */
+  remove(keyHex: string): boolean {
+    const block = this.blocks.get(keyHex);
+    if (!block || block.refs > 0) return false;
+    this.drop(block);
+    return true;
+  }
+
+  /** Bytes dropped since the previous call: what a garbage collection could give back. */
+  takeFreedBytes(): number {
+    const bytes = this.freedBytesUntaken;
+    this.freedBytesUntaken = 0;
+    return bytes;
+  }
+
+  stats(): RamTierStats {
+    let pinnedBlocks = 0;
+    for (const block of this.blocks.values()) if (this.isPinned(block)) pinnedBlocks++;
+    return {
+      bytes: this.bytesUsed,
+      bytesMax: this.bytesMax,
+      blocks: this.blocks.size,
+      evictions: this.evictions,
+      pinnedBlocks,
+      insertRejects: this.insertRejects,
+      freedBytes: this.freedBytesTotal,
+    };
+  }
+
+  /** Whether a hard pin or an unexpired soft pin protects the block. */
+  isPinned(block: RamBlock): boolean {
+    return block.hardPinned || block.softPinUntilMs > this.nowMs();
+  }
+
+  private makeRoom(bytes: number): boolean {
+    if (bytes > this.bytesMax) return false;
+    let needed = this.bytesUsed + bytes - this.bytesMax;
+    if (needed <= 0) return true;
+    const victims: RamBlock[] = [];
+    for (const block of this.blocks.values()) {
+      if (block.refs > 0 || this.isPinned(block)) continue;
+      victims.push(block);
+      needed -= block.bytes;
+      if (needed <= 0) break;
+    }
+    if (needed > 0) return false;
+    for (const block of victims) {
+      this.evictions++;
+      this.drop(block);
+    }
+    return true;
+  }
+
+  private drop(block: RamBlock): void {
+    this.blocks.delete(block.keyHex);
+    this.bytesUsed -= block.bytes;
+    this.freedBytesTotal += block.bytes;
+    this.freedBytesUntaken += block.bytes;
+    this.onDrop(block.keyHex);
+  }
+}
