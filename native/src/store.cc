@@ -436,10 +436,11 @@ Code Store::LoadIndex(uint32_t* replaySegmentId, uint64_t* replayOffset, std::st
     IndexEntry item;
     std::memcpy(&item, cursor, sizeof(item));
     auto segment = segments_.find(item.segmentId);
-    // Entries whose bytes are gone (segment deleted, file cut short) are dropped
-    // here rather than failing a later read.
-    if (segment == segments_.end() ||
-        item.offset + kRecordHeaderBytes + item.payloadBytes > segment->second->sizeBytes ||
+    // A missing segment was reclaimed after this checkpoint (its blocks were
+    // evicted or moved, and replay finds the moved copies): not damage.
+    if (segment == segments_.end()) continue;
+    // A segment cut short is damage: drop the entry rather than fail a later read.
+    if (item.offset + kRecordHeaderBytes + item.payloadBytes > segment->second->sizeBytes ||
         item.offset < kSegmentHeaderBytes) {
       stats_.badRecords += 1;
       continue;
