@@ -1,0 +1,129 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { core as mx } from "@frost-beta/mlx";
+import { encodeSafetensors, parseSafetensors, SafetensorsError } from "../../src/cache/safetensors";
+import { Staging } from "../../src/cache/staging";
+import { ChainLog, type ChainRecord } from "../../src/cache/chain-log";
+import { removeTempDirs, tempDir } from "./helpers";
+
+afterAll(removeTempDirs);
+
+function f32(values: number[]): Buffer {
+  return Buffer.from(Float32Array.from(values).buffer);
+}
+
+describe("safetensors", () => {
+  it("writes files MLX loads exactly, from pieces, with an 8-byte aligned data section", () => {
+    const bytes = encodeSafetensors(
+      [
+        { name: "x", dtype: "F32", shape: [1, 2, 2], byteLength: 16, data: [f32([1, 2]), f32([3, 4])] },
+        { name: "y", dtype: "F32", shape: [3], byteLength: 12, data: [f32([-1.5, 0, 1e-7])] },
+      ],
+      { note: "kvpark" },
+    );
+    const parsed = parseSafetensors(bytes);
+    expect(parsed.dataOffset % 8).toBe(0);
+    expect(parsed.metadata).toEqual({ note: "kvpark" });
+    expect([...parsed.tensors.entries()]).toEqual([
+      ["x", { dtype: "F32", shape: [1, 2, 2], begin: 0, end: 16 }],
+      ["y", { dtype: "F32", shape: [3], begin: 16, end: 28 }],
+    ]);
+    const staging = new Staging(path.join(tempDir("staging"), "s"));
+    const header = bytes.subarray(0, parsed.dataOffset);
+    const arrays = staging.bytesToArrays(header, [bytes.subarray(parsed.dataOffset)]);
+    expect(arrays.x.tolist()).toEqual([
+      [
+        [1, 2],
+        [3, 4],
+      ],
+    ]);
+    expect(arrays.y.tolist()).toEqual([-1.5, 0, Math.fround(1e-7)]);
+    expect(fs.readdirSync(staging.dir)).toEqual([]);
+    staging.close();
+    expect(fs.existsSync(staging.dir)).toBe(false);
+  });
+
+  it("reads what MLX writes (null metadata, unaligned data)", () => {
+    const staging = new Staging(path.join(tempDir("staging"), "s"));
+    const { bytes, file } = staging.arraysToBytes({ a: mx.array([1, 2, 3], mx.float32) });
+    expect(file.metadata).toEqual({});
+    expect(bytes.subarray(file.dataOffset).equals(f32([1, 2, 3]))).toBe(true);
+    staging.close();
+  });
+
+  it("refuses malformed files with a reason", () => {
+    const good = encodeSafetensors(
+      [{ name: "x", dtype: "F32", shape: [2], byteLength: 8, data: [f32([1, 2])] }],
+      {},
+    );
+    const withHeader = (json: string, data = Buffer.alloc(0)) => {
+      const h = Buffer.from(json);
+      const len = Buffer.alloc(8);
+      len.writeBigUInt64LE(BigInt(h.length));
+      return Buffer.concat([len, h, data]);
+    };
+    const reason = (bytes: Buffer) => {
+      try {
+        parseSafetensors(bytes);
+      } catch (err) {
+        expect(err).toBeInstanceOf(SafetensorsError);
+        return (err as Error).message;
+      }
+      return "accepted";
+    };
+    expect(reason(good)).toBe("accepted");
+    expect(reason(good.subarray(0, 5))).toBe("5 bytes: too short for a header");
+    expect(reason(Buffer.concat([good, Buffer.alloc(4)]))).toBe("tensors cover 8 data bytes of 12");
+    const huge = Buffer.from(good);
+    huge.writeBigUInt64LE(1n << 40n);
+    expect(reason(huge)).toBe("header length 1099511627776 exceeds the file or 16777216 bytes");
+    expect(reason(withHeader("{nope"))).toMatch(/^header is not JSON/);
+    expect(reason(withHeader("[]"))).toBe("header is not a JSON object");
+    expect(reason(withHeader('{"x":{"dtype":"Q4","shape":[1],"data_offsets":[0,4]}}', Buffer.alloc(4)))).toBe(
+      'tensor x: unknown dtype "Q4"',
+    );
+    expect(
+      reason(withHeader('{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}', Buffer.alloc(4))),
+    ).toBe("tensor x: 4 bytes for shape [2] of F32");
+    expect(
+      reason(
+        withHeader(
+          '{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"y":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+          Buffer.alloc(4),
+        ),
+      ),
+    ).toBe("tensor y starts at 0, expected 4 (gap or overlap)");
+    expect(reason(withHeader('{"__metadata__":{"a":1}}'))).toBe("__metadata__.a is not a string");
+  });
+});
+
+describe("chain log", () => {
+  const record = (i: number): ChainRecord => ({
+    key: Buffer.alloc(32, i),
+    parent: Buffer.alloc(32, i + 100),
+    root: Buffer.alloc(32, 7),
+    tokenIds: Uint32Array.from([i, i + 1, 0xffffffff]),
+    storedBytes: 1000 + i,
+  });
+
+  it("round-trips records and stops at a torn or damaged tail", () => {
+    const file = path.join(tempDir("log"), "chain.log");
+    expect(ChainLog.read(file)).toBeNull();
+    const log = ChainLog.rewrite(file, [record(1)]);
+    log.append([record(2), record(3)]);
+    log.close();
+    expect(ChainLog.read(file)).toEqual([record(1), record(2), record(3)]);
+
+    const full = fs.readFileSync(file);
+    fs.writeFileSync(file, full.subarray(0, full.length - 3)); // torn last record
+    expect(ChainLog.read(file)).toEqual([record(1), record(2)]);
+
+    const damaged = Buffer.from(full);
+    damaged[16 + 4 + 5] ^= 0xff; // a byte of the first record's key
+    fs.writeFileSync(file, damaged);
+    expect(ChainLog.read(file)).toEqual([]);
+
+    fs.writeFileSync(file, Buffer.from("not a chain log"));
+    expect(ChainLog.read(file)).toBeNull();
+  });
+});
