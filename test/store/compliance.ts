@@ -145,7 +145,9 @@ export function describeStoreCompliance(name: string, factory: StoreFactory): vo
       expect(() => store.put([{ key: short, payload: Buffer.alloc(1) }])).toThrow(TypeError);
       expect(() => store.put([{ key: keyOf("x"), payload: "text" as unknown as Buffer }])).toThrow(TypeError);
       expect(() => store.pin(keyOf("x"), { ttlMs: -1 })).toThrow(RangeError);
-      await expect(factory(tempDir("bad-options"), { bytesMax: 1000 })).rejects.toThrow(RangeError);
+      const other = tempDir("bad-options");
+      await expect(factory(other, { bytesMax: 1000 })).rejects.toThrow(RangeError);
+      fs.rmSync(other, { recursive: true, force: true });
     });
 
     it("returns KV_CAPACITY for a payload larger than a segment, and writes the rest", async () => {
