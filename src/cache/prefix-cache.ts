@@ -184,6 +184,8 @@ export interface CacheStats {
   recomputeChosenTokens: number;
   /** Blocks known to the chain index (any tier). */
   indexedBlocks: number;
+  /** Where the SSD tier's chain index came from at open ("none" without an SSD tier). */
+  ssdIndexSource: "log" | "scan" | "empty" | "none";
   /** Measured rates the cost model uses. */
   rates: {
     ssdRestoreBytesPerSecond: number;
@@ -1145,6 +1147,7 @@ export class PrefixCache {
       corruptBlocks: this.corruptBlocks,
       recomputeChosenTokens: this.recomputeChosenTokens,
       indexedBlocks: this.entries.size,
+      ssdIndexSource: ssd?.indexSource ?? "none",
       rates: {
         ssdRestoreBytesPerSecond: this.ssdBytesPerMs * 1000,
         ramRestoreBytesPerSecond: this.ramBytesPerMs * 1000,

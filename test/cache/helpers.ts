@@ -99,6 +99,14 @@ export async function generate(
   return { ...completion, report, sequence };
 }
 
+/** A sequence holding the KV of `tokens`, computed from scratch. */
+export function prefill(model: LoadedModel, tokens: number[]): ModelCache {
+  const sequence = model.newCache(tokens.length);
+  model.forward(tokens, sequence);
+  model.materialize(sequence);
+  return sequence;
+}
+
 /** Largest |a - b|. */
 export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   expect(a.length).toBe(b.length);
