@@ -61,7 +61,7 @@ export function referenceForward(
   const window = traits.slidingWindow(config);
 
   const embeddings = w("model.embed_tokens.weight");
-  let hidden = tokens.map((t) => embeddings.data.slice(t * hiddenSize, (t + 1) * hiddenSize));
+  let hidden: Float64Array[] = tokens.map((t) => embeddings.data.slice(t * hiddenSize, (t + 1) * hiddenSize));
 
   for (let layer = 0; layer < config.numHiddenLayers; layer++) {
     const p = `model.layers.${layer}.`;

@@ -54,6 +54,15 @@ describe.each(ARCHITECTURE_CASES)("$name", ({ config }) => {
     expect(maxAbsDiff(mx.concatenate(parts, 0), full)).toBeLessThan(TOLERANCE);
   });
 
+  test("a preallocated cache gives the same logits", () => {
+    // Capacity 1024: attention reads the first 256 positions, not the whole buffer.
+    const cache = model.newCache(1000);
+    expect(cache.capacity).toBe(1024);
+    const prefill = model.forward(TOKENS.slice(0, 9), cache, { logits: "all" });
+    const decode = TOKENS.slice(9).map((t) => model.forward([t], cache, { logits: "all" }));
+    expect(maxAbsDiff(mx.concatenate([prefill, ...decode], 0), full)).toBeLessThan(TOLERANCE);
+  });
+
   test("forward splits long inputs into prefill chunks", async () => {
     const chunked = await loadModel(dir, { prefillChunkTokens: 5 });
     expect(maxAbsDiff(chunked.forward(TOKENS, chunked.newCache(), { logits: "all" }), full)).toBeLessThan(

@@ -177,24 +177,29 @@ export function llama3InverseFrequencies(headDim: number, theta: number, s: Llam
 }
 
 /**
- * Additive attention mask [T, capacity] for T queries at positions offset .. offset + T - 1 over
- * the whole cache buffer: 0 where a query may attend, -inf elsewhere. Causality over absolute
- * positions also hides the buffer's unused tail (see KVCache). With a sliding window w, a query
- * at p sees keys p - w + 1 ..= p.
+ * Additive attention mask [T, span] for T queries at positions offset .. offset + T - 1 over the
+ * first `span` positions of the cache buffer: 0 where a query may attend, -inf elsewhere.
+ * Causality over absolute positions also hides positions the cache has not filled (see KVCache).
+ * With a sliding window w, a query at p sees keys p - w + 1 ..= p.
  */
 export function attentionMask(
   tokens: number,
   offset: number,
-  capacity: number,
+  span: number,
   slidingWindow: number | null,
 ): mx.array {
   const queries = mx.arange(offset, offset + tokens, 1, mx.int32).reshape(tokens, 1);
-  const keys = mx.arange(0, capacity, 1, mx.int32).reshape(1, capacity);
+  const keys = mx.arange(0, span, 1, mx.int32).reshape(1, span);
   let visible = mx.lessEqual(keys, queries);
   if (slidingWindow !== null) {
     visible = mx.logicalAnd(visible, mx.greater(keys, mx.subtract(queries, slidingWindow)));
   }
   return mx.where(visible, 0, -Infinity);
+}
+
+/** Cache positions attention reads for a chunk ending at `end`: rounded up, within the buffer. */
+export function attentionSpan(end: number, capacity: number): number {
+  return Math.min(capacity, Math.ceil(end / ATTENTION_SPAN_STEP_TOKENS) * ATTENTION_SPAN_STEP_TOKENS);
 }
 
 /** Applies rope at the cache's position, appends to the cache and attends. q/k/v are [1, heads, T, headDim]. */
@@ -209,9 +214,43 @@ export function attendWithCache(
 ): mx.array {
   const offset = cache.offset;
   const [allKeys, allValues] = cache.updateAndFetch(rope.apply(keys, offset), values);
-  // scaledDotProductAttention broadcasts KV heads over query groups (GQA) itself.
-  return mx.fast.scaledDotProductAttention(rope.apply(queries, offset), allKeys, allValues, scale, mask);
+  return attentionFor(scale)(rope.apply(queries, offset), allKeys, allValues, mask);
 }
+
+/**
+ * Attention of queries over the first mask.shape[1] positions of the cache buffers, compiled once
+ * per softmax scale.
+ *
+ * Compiled so that the slice of the cache buffer is an intermediate MLX never wraps in a JS
+ * object: a view held by a JS wrapper pins the buffer until garbage collection and forces the
+ * next cache write to copy it (see KVCache). Slicing instead of attending over the whole
+ * buffer keeps a preallocated cache (prompt + max_tokens) from making every step scan its unused
+ * tail. The slice length comes from the mask's shape, so each (T, length, capacity) gets its own
+ * trace; lengths are multiples of ATTENTION_SPAN_STEP_TOKENS, which bounds how many there are.
+ */
+function attentionFor(scale: number): (q: mx.array, k: mx.array, v: mx.array, mask: mx.array) => mx.array {
+  let attend = compiledAttention.get(scale);
+  if (!attend) {
+    attend = mx.compile((queries: mx.array, keysBuffer: mx.array, valuesBuffer: mx.array, mask: mx.array) => {
+      const span = mx.Slice(0, mask.shape[1]);
+      const keys = keysBuffer.index(mx.Slice(), mx.Slice(), span, mx.Slice());
+      const values = valuesBuffer.index(mx.Slice(), mx.Slice(), span, mx.Slice());
+      // scaledDotProductAttention broadcasts KV heads over query groups (GQA) itself.
+      return mx.fast.scaledDotProductAttention(queries, keys, values, scale, mask);
+    });
+    compiledAttention.set(scale, attend);
+  }
+  return attend;
+}
+
+/** One compiled attention per softmax scale (1 / sqrt(head_dim)), which the trace bakes in. */
+const compiledAttention = new Map<
+  number,
+  (q: mx.array, k: mx.array, v: mx.array, mask: mx.array) => mx.array
+>();
+
+/** Granularity of the attended cache prefix; see attentionFor. */
+export const ATTENTION_SPAN_STEP_TOKENS = 256;
 
 /** [1, T, heads * headDim] -> [1, heads, T, headDim]. */
 export function splitHeads(x: mx.array, heads: number): mx.array {
@@ -239,10 +278,19 @@ export class MLP extends Module {
   }
 
   forward(x: mx.array): mx.array {
-    const gate = this.gate_proj.forward(x);
-    return this.down_proj.forward(mx.multiply(mx.multiply(gate, mx.sigmoid(gate)), this.up_proj.forward(x)));
+    return this.down_proj.forward(swiglu(this.gate_proj.forward(x), this.up_proj.forward(x)));
   }
 }
+
+/**
+ * silu(gate) * up as one fused elementwise pass (shapeless: one compilation serves every shape).
+ * Measured on Qwen2.5-0.5B's MLP with 512 tokens: 25 ms instead of 35 ms per layer, and the
+ * intermediate [T, intermediate_size] arrays never get JS wrappers that hold memory until GC.
+ */
+const swiglu = mx.compile(
+  (gate: mx.array, up: mx.array): mx.array => mx.multiply(mx.multiply(gate, mx.sigmoid(gate)), up),
+  true,
+);
 
 /** The attention module of an architecture: [1, T, hidden] in, [1, T, hidden] out. */
 export interface AttentionModule extends Module {
@@ -293,7 +341,12 @@ export class DecoderStack extends Module {
     const tokens = inputs.shape[1];
     const offset = cache.offset;
     cache.reserve(offset + tokens);
-    const mask = attentionMask(tokens, offset, cache.capacity, this.#slidingWindow);
+    const mask = attentionMask(
+      tokens,
+      offset,
+      attentionSpan(offset + tokens, cache.capacity),
+      this.#slidingWindow,
+    );
     let h = this.embed_tokens.forward(inputs);
     this.layers.forEach((layer, i) => {
       h = layer.forward(h, mask, cache.layers[i]);
