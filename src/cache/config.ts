@@ -56,7 +56,7 @@ const GiB = 1024 * MiB;
 
 /** Defaults; see docs in CacheOptions and the measurement behind blockTokens in src/cache/README.md. */
 export const CACHE_DEFAULTS: Readonly<CacheOptions> = {
-  blockTokens: 32,
+  blockTokens: 64,
   ramBytesMax: 2 * GiB,
   ssdDir: null,
   ssdBytesMax: 32 * GiB,

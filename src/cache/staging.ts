@@ -5,14 +5,17 @@ import { parseSafetensors, type SafetensorsFile } from "./safetensors";
 
 /**
  * The only way bytes enter and leave MLX in these bindings (no constructor from a buffer, no
- * export of an array's bytes): safetensors files in a directory on a tmpfs. Every file is
- * written, used and deleted inside one call, on the engine's thread.
+ * export of an array's bytes): safetensors files in a directory on a tmpfs, written and read
+ * on the engine's thread.
  */
 export class Staging {
   private sequence = 0;
+  private inputFd: number | null = null;
+  private readonly inputPath: string;
 
   constructor(readonly dir: string) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    this.inputPath = path.join(dir, "restore.safetensors");
   }
 
   /**
@@ -36,32 +39,31 @@ export class Staging {
    * kernel with writev, so they are not first copied into one buffer), loads it and evaluates
    * every array. The caller guarantees the header describes exactly the pieces: MLX aborts the
    * process on a malformed file.
+   *
+   * The file is rewritten in place and kept between calls: writing into tmpfs pages that
+   * already exist runs at memory speed, while a fresh file pays for allocating every page
+   * (measured: 50 MB in 15-30 ms rewritten, 30-56 ms fresh, plus about 10 ms to delete it).
+   * Every array is evaluated before returning, so no lazy load can see the next rewrite.
    */
   bytesToArrays(header: Buffer, pieces: readonly Uint8Array[]): Record<string, mx.array> {
-    const file = this.nextPath("in");
-    try {
-      const fd = fs.openSync(file, "w", 0o600);
-      try {
-        const all = [header, ...pieces];
-        const expected = all.reduce((n, p) => n + p.byteLength, 0);
-        let written = 0;
-        // writev may write less than asked (large sizes, signals); continue where it stopped.
-        while (written < expected) {
-          written += fs.writevSync(fd, skipBytes(all, written));
-        }
-      } finally {
-        fs.closeSync(fd);
-      }
-      const arrays = mx.load(file) as unknown as Record<string, mx.array>;
-      mx.eval(...Object.values(arrays));
-      return arrays;
-    } finally {
-      fs.rmSync(file, { force: true });
+    this.inputFd ??= fs.openSync(this.inputPath, "w+", 0o600);
+    const all = [header, ...pieces];
+    const expected = all.reduce((n, p) => n + p.byteLength, 0);
+    let written = 0;
+    // writev may write less than asked (large sizes, signals); continue where it stopped.
+    while (written < expected) {
+      written += fs.writevSync(this.inputFd, skipBytes(all, written), written);
     }
+    fs.ftruncateSync(this.inputFd, expected);
+    const arrays = mx.load(this.inputPath) as unknown as Record<string, mx.array>;
+    mx.eval(...Object.values(arrays));
+    return arrays;
   }
 
   /** Removes the directory and whatever is left in it. */
   close(): void {
+    if (this.inputFd !== null) fs.closeSync(this.inputFd);
+    this.inputFd = null;
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 

@@ -94,6 +94,22 @@ describe("SSD write queue and admission", () => {
     expect(cache.stats()).toMatchObject({ ssd: { blocks: 3, pinnedBlocks: 3 }, ram: { pinnedBlocks: 3 } });
   });
 
+  it("persist can leave out the partial tail and blocks before fromTokens", async () => {
+    const cache = await track(openCache(model));
+    const prompt = tokens(6, 45);
+    const seq = prefill(model, prompt);
+    expect(cache.persist("t", prompt, seq, { partialTail: false })).toMatchObject({ blocksAdded: 5 });
+    expect(cache.persist("t", prompt, seq, { fromTokens: 40 })).toMatchObject({
+      blocksAdded: 1,
+      blocksPresent: 0,
+    });
+    expect(cache.persist("t", prompt, seq, { fromTokens: 17 })).toMatchObject({
+      blocksAdded: 0,
+      blocksPresent: 4,
+    });
+    expect(cache.lookup("t", prompt).blocks.map((b) => b.tokens)).toEqual([8, 8, 8, 8, 8, 5]);
+  });
+
   it("persist=false stores nothing, and cached blocks are still used", async () => {
     const cache = await track(openCache(model, { ssdDir: tempDir("ssd") }));
     const prompt = tokens(4, 30);
