@@ -45,6 +45,44 @@ export interface KVBlockRecord extends BlockHeader {
   payloadSha256: Buffer;
 }
 
+/**
+ * A block as received: bytes fields may be any Uint8Array (protobuf-es gives plain ones),
+ * repeated fields any array-like.
+ */
+export interface KVBlockInput {
+  formatVersion: number;
+  modelFingerprint: string;
+  key: Uint8Array;
+  parentKey: Uint8Array;
+  tokenIds: ArrayLike<number>;
+  layerCount: number;
+  dtype: string;
+  shape: ArrayLike<number>;
+  payload: Uint8Array;
+  payloadSha256: Uint8Array;
+}
+
+/** A Buffer over the same memory (no copy). */
+export function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** The record with Buffers and plain arrays, sharing the input's bytes. */
+export function normalizeRecord(input: KVBlockInput): KVBlockRecord {
+  return {
+    formatVersion: input.formatVersion,
+    modelFingerprint: input.modelFingerprint,
+    key: asBuffer(input.key),
+    parentKey: asBuffer(input.parentKey),
+    tokenIds: Array.from(input.tokenIds),
+    layerCount: input.layerCount,
+    dtype: input.dtype,
+    shape: Array.from(input.shape),
+    payload: asBuffer(input.payload),
+    payloadSha256: asBuffer(input.payloadSha256),
+  };
+}
+
 /** A payload that passed parsing: its header as the metadata states it, and its tensors. */
 export interface ParsedBlock {
   header: BlockHeader;

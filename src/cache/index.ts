@@ -6,7 +6,7 @@
 export { BLOCK_KEY_BYTES, KV_LAYOUT_VERSION, blockKey, chainKeys, rootKey } from "./block-key";
 export type { BlockKey, ChainLink } from "./block-key";
 export { BLOCK_DTYPE, BLOCK_FORMAT_VERSION, verifyRecord } from "./block-codec";
-export type { BlockHeader, KVBlockRecord, ModelShape } from "./block-codec";
+export type { BlockHeader, KVBlockInput, KVBlockRecord, ModelShape } from "./block-codec";
 export { CACHE_DEFAULTS, resolveCacheOptions } from "./config";
 export type { AdmissionPolicy, CacheOptions } from "./config";
 export { BLOCK_ERROR_CODES, BlockError } from "./errors";

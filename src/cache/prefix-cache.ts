@@ -13,6 +13,9 @@ import {
   storedEnvelope,
   toRecord,
   verifyRecord,
+  asBuffer,
+  normalizeRecord,
+  type KVBlockInput,
   type KVBlockRecord,
   type ModelShape,
   type ParsedBlock,
@@ -146,7 +149,7 @@ export interface PutBlocksReport {
 }
 
 /** Blocks to pin or unpin: explicit keys, or the cached blocks of a prompt's matched prefix. */
-export type BlockSelector = { keys: readonly Buffer[] } | { tokens: readonly number[] };
+export type BlockSelector = { keys: readonly Uint8Array[] } | { tokens: readonly number[] };
 
 /** Pin kind as the RPC gives it; ttlMs of a soft pin 0 or absent selects the default. */
 export type PinRequestKind = { kind: "hard" } | { kind: "soft"; ttlMs?: number };
@@ -830,14 +833,14 @@ export class PrefixCache {
    */
   async *getBlocks(
     tenant: string,
-    keys: readonly Buffer[],
+    keys: readonly Uint8Array[],
     options: { signal?: AbortSignal; batchBlocks?: number } = {},
   ): AsyncGenerator<GetBlockResult> {
     const rootHex = this.rootOf(tenant).toString("hex");
     const batchBlocks = options.batchBlocks ?? 64;
     for (let i = 0; i < keys.length; i += batchBlocks) {
       options.signal?.throwIfAborted();
-      const batch = keys.slice(i, i + batchBlocks);
+      const batch = keys.slice(i, i + batchBlocks).map(asBuffer);
       const results: (GetBlockResult | null)[] = batch.map(() => null);
       const fromSsd: { j: number; entry: BlockEntry }[] = [];
       const fromRam: { j: number; entry: BlockEntry; layers: LayerKV[] }[] = [];
@@ -899,7 +902,7 @@ export class PrefixCache {
    */
   async putBlocks(
     tenant: string,
-    blocks: Iterable<KVBlockRecord> | AsyncIterable<KVBlockRecord>,
+    blocks: Iterable<KVBlockInput> | AsyncIterable<KVBlockInput>,
   ): Promise<PutBlocksReport> {
     const root = this.rootOf(tenant);
     const rootHex = root.toString("hex");
@@ -907,8 +910,9 @@ export class PrefixCache {
     const writes: Promise<void>[] = [];
     let accepted = 0;
     let index = -1;
-    for await (const record of blocks) {
+    for await (const input of blocks) {
       index++;
+      const record = normalizeRecord(input);
       const reject = (code: BlockErrorCode, message: string) =>
         rejected.push({ index, key: record.key, code, message });
       let parsed: ParsedBlock;
@@ -1081,7 +1085,8 @@ export class PrefixCache {
     }
     const found: BlockEntry[] = [];
     const missing: Buffer[] = [];
-    for (const key of selector.keys) {
+    for (const bytes of selector.keys) {
+      const key = asBuffer(bytes);
       const entry = key.length === BLOCK_KEY_BYTES ? this.entries.get(key.toString("hex")) : undefined;
       if (entry && entry.rootHex === rootHex && this.tierOf(entry)) found.push(entry);
       else missing.push(key);

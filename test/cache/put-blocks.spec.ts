@@ -185,6 +185,24 @@ describe("putBlocks verifies every block before storing it", () => {
     await target.close();
   });
 
+  it("accepts blocks whose bytes are plain Uint8Arrays, as protobuf-es decodes them", async () => {
+    const target = await openCache(model);
+    const plain = records.map((r) => ({
+      ...r,
+      key: new Uint8Array(r.key),
+      parentKey: new Uint8Array(r.parentKey),
+      payload: new Uint8Array(r.payload),
+      payloadSha256: new Uint8Array(r.payloadSha256),
+      tokenIds: Uint32Array.from(r.tokenIds),
+    }));
+    expect(await target.putBlocks("t", plain)).toEqual({ accepted: 3, rejected: [] });
+    expect(target.lookup("t", prompt)).toMatchObject({ tokens: 20, ramTokens: 20 });
+    const got = [];
+    for await (const r of target.getBlocks("t", [new Uint8Array(records[1].key)])) got.push("block" in r);
+    expect(got).toEqual([true]);
+    await target.close();
+  });
+
   it("getBlocks serves only the caller's blocks, in request order", async () => {
     const keys = [records[2].key, Buffer.alloc(32, 9), records[0].key];
     const got = [];
