@@ -90,7 +90,8 @@ async function main(): Promise<void> {
         `${r.decodeTokensPerSecond.toFixed(2)} | ${r.decodeMsPerToken.toFixed(0)} |`,
     );
   }
-  if (out) fs.writeFileSync(out, JSON.stringify({ preset, chunkTokens, decodeTokens, results }, null, 2) + "\n");
+  if (out)
+    fs.writeFileSync(out, JSON.stringify({ preset, chunkTokens, decodeTokens, results }, null, 2) + "\n");
 }
 
 main().catch((err) => {

@@ -14,7 +14,10 @@ export type { LogitsFor } from "./models";
 
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
-  /** Called as weights are read and converted; bytes are weight-file bytes. */
+  /**
+   * Called with (0, total) first, after each tensor is read and converted, and with
+   * (total, total) last; bytes are weight-file bytes.
+   */
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
   /** JSON file remembering weight-file digests across processes (by path, size and mtime). */
   fingerprintCacheFile?: string;
@@ -197,6 +200,8 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     await yieldToEventLoop();
   }
   arrays.clear();
+  // Headers and tensors the model does not use were never counted; the load is complete.
+  opts.onProgress?.(totalBytes, totalBytes);
   return new LoadedModel(
     dir,
     config,

@@ -138,10 +138,11 @@ describe("checkpoint variants", () => {
     const total = fs.statSync(path.join(plainDir, "model.safetensors")).size;
     expect(seen[0]).toEqual([0, total]);
     for (let i = 1; i < seen.length; i++) expect(seen[i][0]).toBeGreaterThan(seen[i - 1][0]);
-    // Everything but the safetensors header is tensor data.
+    // Tensor data is everything but the safetensors header; the last report completes the total.
     const headerBytes =
       8 + Number(fs.readFileSync(path.join(plainDir, "model.safetensors")).readBigUInt64LE(0));
-    expect(seen[seen.length - 1]).toEqual([total - headerBytes, total]);
+    expect(seen[seen.length - 2]).toEqual([total - headerBytes, total]);
+    expect(seen[seen.length - 1]).toEqual([total, total]);
   });
 
   test("generation defaults come from generation_config.json", async () => {
