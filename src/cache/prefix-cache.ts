@@ -1,3 +1,4 @@
+import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
 import { KvparkError } from "../errors";
 import type { LayerKV, ModelCache } from "../model/kv-cache";
@@ -27,7 +28,7 @@ import { BlockError, type BlockErrorCode } from "./errors";
 import { RamTier, type RamBlock } from "./ram-tier";
 import { encodeHeader, type TensorSpec } from "./safetensors";
 import { SsdTier, type PendingWrite } from "./ssd-tier";
-import { Staging } from "./staging";
+import { Staging, removeStaleStagingDirs } from "./staging";
 
 /** The part of a sequence's ModelCache the prefix cache reads (persist) and writes (restore). */
 export type SequenceKV = Pick<ModelCache, "offset" | "export" | "import">;
@@ -269,7 +270,11 @@ export class PrefixCache {
    */
   static async open(model: ModelShape, options: Partial<CacheOptions> = {}): Promise<PrefixCache> {
     checkModel(model);
-    const cache = new PrefixCache(model, resolveCacheOptions(options));
+    const resolved = resolveCacheOptions(options);
+    if (/^kvpark-\d+$/.test(path.basename(resolved.stagingDir))) {
+      removeStaleStagingDirs(path.dirname(resolved.stagingDir));
+    }
+    const cache = new PrefixCache(model, resolved);
     const o = cache.options;
     if (o.ssdDir !== null) {
       try {

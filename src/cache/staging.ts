@@ -72,6 +72,37 @@ export class Staging {
   }
 }
 
+/**
+ * Removes staging directories named kvpark-<pid> under `base` whose process is gone: an engine
+ * that died leaves its files on the tmpfs, where they hold memory until removed.
+ */
+export function removeStaleStagingDirs(base: string): string[] {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = fs.readdirSync(base);
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    const pid = /^kvpark-(\d+)$/.exec(name)?.[1];
+    if (!pid || Number(pid) === process.pid || processExists(Number(pid))) continue;
+    fs.rmSync(path.join(base, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists but belongs to someone else.
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 function skipBytes(pieces: readonly Uint8Array[], skip: number): Uint8Array[] {
   if (skip === 0) return pieces as Uint8Array[];
   const out: Uint8Array[] = [];

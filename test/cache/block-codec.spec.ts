@@ -1,8 +1,9 @@
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
 import { encodeSafetensors, parseSafetensors, SafetensorsError } from "../../src/cache/safetensors";
-import { Staging } from "../../src/cache/staging";
+import { Staging, removeStaleStagingDirs } from "../../src/cache/staging";
 import { ChainLog, type ChainRecord } from "../../src/cache/chain-log";
 import { removeTempDirs, tempDir } from "./helpers";
 
@@ -94,6 +95,17 @@ describe("safetensors", () => {
       ),
     ).toBe("tensor y starts at 0, expected 4 (gap or overlap)");
     expect(reason(withHeader('{"__metadata__":{"a":1}}'))).toBe("__metadata__.a is not a string");
+  });
+});
+
+describe("staging directories", () => {
+  it("left behind by a dead engine are removed; live ones are kept", () => {
+    const base = tempDir("shm");
+    const deadPid = spawnSync(process.execPath, ["-e", ""]).pid!;
+    for (const name of [`kvpark-${deadPid}`, `kvpark-${process.pid}`, "other"])
+      fs.mkdirSync(path.join(base, name));
+    expect(removeStaleStagingDirs(base)).toEqual([`kvpark-${deadPid}`]);
+    expect(fs.readdirSync(base).sort()).toEqual([`kvpark-${process.pid}`, "other"].sort());
   });
 });
 
