@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
+import * as ts from "typescript";
 import { PrefixCache, type CacheOptions, type RestoreReport } from "../../src/cache";
 import { writeRandomCheckpoint } from "../../src/model/checkpoint";
 import { type LoadedModel, type ModelCache, loadModel } from "../../src/model/loader";
@@ -133,4 +134,42 @@ export function openCache(model: LoadedModel, options: Partial<CacheOptions> = {
     stagingDir: path.join(tempDir("staging"), "s"),
     ...options,
   });
+}
+
+const ROOT = path.resolve(__dirname, "..", "..");
+
+/**
+ * Child processes cannot load TypeScript: transpiles the cache, the store facade and the child
+ * scripts into outDir with the same layout, and returns the path of child script `name`.
+ */
+export function transpileForChild(outDir: string, name: string): string {
+  const dirs = ["src/cache", "src/store", "test/cache/children"];
+  const files = [
+    ...dirs.flatMap((dir) => fs.readdirSync(path.join(ROOT, dir)).map((file) => path.join(dir, file))),
+    "src/model/kv-cache.ts",
+    "src/errors.ts",
+  ].filter((file) => file.endsWith(".ts") && !file.endsWith(".spec.ts"));
+  for (const file of files) {
+    const output = ts.transpileModule(fs.readFileSync(path.join(ROOT, file), "utf8"), {
+      compilerOptions: {
+        module: ts.ModuleKind.CommonJS,
+        target: ts.ScriptTarget.ES2022,
+        esModuleInterop: true,
+      },
+      fileName: file,
+    });
+    const target = path.join(outDir, file.replace(/\.ts$/, ".js"));
+    fs.mkdirSync(path.dirname(target), { recursive: true });
+    fs.writeFileSync(target, output.outputText);
+  }
+  return path.join(outDir, "test", "cache", "children", `${name}.js`);
+}
+
+/** Environment for a transpiled child: packages from the repository, the built store addon. */
+export function childEnv(): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    NODE_PATH: path.join(ROOT, "node_modules"),
+    KVPARK_STORE_ADDON: path.join(ROOT, "native", "build", "Release", "kvpark_store.node"),
+  };
 }

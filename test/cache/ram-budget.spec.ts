@@ -1,36 +1,8 @@
 import { execFileSync } from "node:child_process";
-import * as fs from "node:fs";
 import * as path from "node:path";
-import * as ts from "typescript";
-import { removeTempDirs, tempDir } from "./helpers";
-
-const ROOT = path.resolve(__dirname, "..", "..");
+import { childEnv, removeTempDirs, tempDir, transpileForChild } from "./helpers";
 
 afterAll(removeTempDirs);
-
-/** Transpiles what the child needs into outDir, keeping the relative layout so imports resolve. */
-function transpile(outDir: string): string {
-  const dirs = ["src/cache", "src/store", "test/cache/children"];
-  const files = [
-    ...dirs.flatMap((dir) => fs.readdirSync(path.join(ROOT, dir)).map((name) => path.join(dir, name))),
-    "src/model/kv-cache.ts",
-    "src/errors.ts",
-  ].filter((file) => file.endsWith(".ts") && !file.endsWith(".spec.ts"));
-  for (const file of files) {
-    const output = ts.transpileModule(fs.readFileSync(path.join(ROOT, file), "utf8"), {
-      compilerOptions: {
-        module: ts.ModuleKind.CommonJS,
-        target: ts.ScriptTarget.ES2022,
-        esModuleInterop: true,
-      },
-      fileName: file,
-    });
-    const target = path.join(outDir, file.replace(/\.ts$/, ".js"));
-    fs.mkdirSync(path.dirname(target), { recursive: true });
-    fs.writeFileSync(target, output.outputText);
-  }
-  return path.join(outDir, "test", "cache", "children", "rss-budget.js");
-}
 
 describe("the RAM tier's budget is real memory", () => {
   it("RSS stays within the budget plus the sequences in flight while blocks are evicted", () => {
@@ -42,20 +14,13 @@ describe("the RAM tier's budget is real memory", () => {
       process.execPath,
       [
         "--expose-gc",
-        transpile(tempDir("child")),
+        transpileForChild(tempDir("child"), "rss-budget"),
         String(ramBytesMax),
         String(tokens),
         "16",
         path.join(tempDir("staging"), "s"),
       ],
-      {
-        env: {
-          ...process.env,
-          NODE_PATH: path.join(ROOT, "node_modules"),
-          KVPARK_STORE_ADDON: path.join(ROOT, "native", "build", "Release", "kvpark_store.node"),
-        },
-        encoding: "utf8",
-      },
+      { env: childEnv(), encoding: "utf8" },
     );
     const samples = out
       .trim()
