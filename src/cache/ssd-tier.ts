@@ -115,7 +115,14 @@ export class SsdTier {
       source = records.length > 0 ? "scan" : "empty";
     }
     const live = records.filter((r) => store.has(r.key));
-    const tier = new SsdTier(store, ChainLog.rewrite(logFile, live), options, encode);
+    let log: ChainLog;
+    try {
+      log = ChainLog.rewrite(logFile, live);
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
+    const tier = new SsdTier(store, log, options, encode);
     for (const r of live) tier.records.set(r.key.toString("hex"), r);
     tier.indexSource = source;
     tier.scanDropped = scanDropped;
@@ -217,36 +224,45 @@ export class SsdTier {
         // Let the request that queued these blocks finish its step first.
         await nextTurn();
         const batch = this.takeBatch();
-        let stored: Buffer[];
+        // Encoding stages bytes on a tmpfs and writing may hit a full or failing disk: operating
+        // errors, counted and reported to each block's owner, never thrown from the background.
         try {
-          stored = this.encode(batch);
+          await this.writeBatch(batch);
         } catch (err) {
-          // Encoding stages bytes on a tmpfs; a full tmpfs is an operating error like a full disk.
           this.lastWriteError = (err as Error).message;
           this.fail(batch, "KV_IO");
           continue;
         }
-        const records = batch.map((item, i) => ({ ...item.record, storedBytes: stored[i].length }));
-        this.log.append(records);
-        const [results] = await Promise.all([
-          this.store.put(batch.map((item, i) => ({ key: item.record.key, payload: stored[i] }))),
-          this.options.fsync === "batch" ? this.log.sync() : Promise.resolve(),
-        ]);
-        batch.forEach((item, i) => {
-          const result = results[i];
-          if (result === "persisted") {
-            this.records.set(item.keyHex, records[i]);
-            this.blocksWritten++;
-          } else {
-            this.writeErrors++;
-          }
-          item.done?.(result);
-        });
-        this.compactIfNeeded();
+        try {
+          this.compactIfNeeded();
+        } catch (err) {
+          // The old log stays valid (the rewrite is atomic); compaction is retried later.
+          this.lastWriteError = (err as Error).message;
+        }
       }
     } finally {
       this.pumping = null;
     }
+  }
+
+  private async writeBatch(batch: PendingWrite[]): Promise<void> {
+    const stored = this.encode(batch);
+    const records = batch.map((item, i) => ({ ...item.record, storedBytes: stored[i].length }));
+    this.log.append(records);
+    const [results] = await Promise.all([
+      this.store.put(batch.map((item, i) => ({ key: item.record.key, payload: stored[i] }))),
+      this.options.fsync === "batch" ? this.log.sync() : Promise.resolve(),
+    ]);
+    batch.forEach((item, i) => {
+      const result = results[i];
+      if (result === "persisted") {
+        this.records.set(item.keyHex, records[i]);
+        this.blocksWritten++;
+      } else {
+        this.writeErrors++;
+      }
+      item.done?.(result);
+    });
   }
 
   private takeBatch(): PendingWrite[] {
@@ -273,8 +289,9 @@ export class SsdTier {
   private compactIfNeeded(): void {
     if (this.log.recordCount <= 2 * this.records.size + 1024) return;
     for (const [keyHex, r] of this.records) if (!this.store.has(r.key)) this.records.delete(keyHex);
+    const fresh = ChainLog.rewrite(this.log.file, this.records.values());
     this.log.close();
-    this.log = ChainLog.rewrite(this.log.file, this.records.values());
+    this.log = fresh;
   }
 }
 

@@ -25,6 +25,7 @@ export class Staging {
    */
   arraysToBytes(arrays: Record<string, mx.array>): { bytes: Buffer; file: SafetensorsFile } {
     const file = this.nextPath("out");
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     try {
       mx.saveSafetensors(file, arrays);
       const bytes = fs.readFileSync(file);
@@ -46,7 +47,12 @@ export class Staging {
    * Every array is evaluated before returning, so no lazy load can see the next rewrite.
    */
   bytesToArrays(header: Buffer, pieces: readonly Uint8Array[]): Record<string, mx.array> {
-    this.inputFd ??= fs.openSync(this.inputPath, "w+", 0o600);
+    if (this.inputFd === null || !fs.existsSync(this.inputPath)) {
+      // First use, or the file was removed under us (e.g. a tmpfs cleaner): start a new one.
+      if (this.inputFd !== null) fs.closeSync(this.inputFd);
+      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      this.inputFd = fs.openSync(this.inputPath, "w+", 0o600);
+    }
     const all = [header, ...pieces];
     const expected = all.reduce((n, p) => n + p.byteLength, 0);
     let written = 0;

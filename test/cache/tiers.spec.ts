@@ -121,6 +121,32 @@ describe("SSD write queue and admission", () => {
   });
 });
 
+describe("write failures", () => {
+  it("a batch that cannot be staged is counted, its blocks stay in RAM, and the cache recovers", async () => {
+    const stagingDir = path.join(tempDir("staging"), "s");
+    const ssdDir = tempDir("ssd");
+    const cache = await track(openCache(model, { ssdDir, stagingDir }));
+    const prompt = tokens(7, 48);
+    cache.persist("t", prompt, prefill(model, prompt));
+    // A file where the staging directory should be: the encoder cannot write its batch.
+    fs.rmSync(stagingDir, { recursive: true });
+    fs.writeFileSync(stagingDir, "");
+    await cache.flush();
+    expect(cache.stats()).toMatchObject({
+      writeErrors: 6,
+      writeSkips: 0,
+      ssd: { blocks: 0 },
+      ram: { blocks: 6 },
+    });
+    fs.rmSync(stagingDir);
+    // The blocks are still served from RAM and written again the next time they are persisted.
+    const run = await generate(cache, model, "t", prompt.slice(0, 45));
+    expect(run.report).toMatchObject({ restoredTokens: 44, ramTokens: 44 });
+    await cache.flush();
+    expect(cache.stats()).toMatchObject({ writeErrors: 6, ssd: { blocks: 6 } });
+  });
+});
+
 describe("budgets and pins", () => {
   it("the SSD tier's cap holds under a stream of writes; the newest prompt survives a restart", async () => {
     const ssdDir = tempDir("ssd");
