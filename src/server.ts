@@ -182,6 +182,8 @@ export async function listen(config: Config, deps: ServerDeps): Promise<RunningS
   const shutdown = new AbortController();
   const handler = buildHandler(config, deps, shutdown.signal);
   const sessions = new Set<http2.Http2Session>();
+  // Raw connections, so that shutdown can end the ones an HTTP/2 session no longer owns.
+  const sockets = new Set<net.Socket>();
   const h2settings: http2.Settings = { maxConcurrentStreams: 1000, maxHeaderListSize: 64 * 1024 };
 
   let h2: http2.Http2Server | http2.Http2SecureServer;
@@ -214,6 +216,11 @@ export async function listen(config: Config, deps: ServerDeps): Promise<RunningS
     });
   }
 
+  let openStreams = 0;
+  h2.on("stream", (stream: http2.ServerHttp2Stream) => {
+    openStreams++;
+    stream.once("close", () => openStreams--);
+  });
   h2.on("session", (session: http2.Http2Session) => {
     sessions.add(session);
     let timer: NodeJS.Timeout | undefined;
@@ -238,6 +245,14 @@ export async function listen(config: Config, deps: ServerDeps): Promise<RunningS
     });
   });
 
+  front.on("connection", (socket: net.Socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  });
+  front.on("secureConnection", (socket: net.Socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  });
   await new Promise<void>((resolve, reject) => {
     front.once("error", reject);
     front.listen(config.port, config.host, () => resolve());
@@ -247,11 +262,11 @@ export async function listen(config: Config, deps: ServerDeps): Promise<RunningS
   return {
     port,
     async shutdown(graceMs: number) {
-      deps.readiness.set(false);
+      deps.readiness.shutdown();
       const closed = new Promise<void>((resolve) => front.close(() => resolve()));
       for (const s of sessions) s.close();
       const idle = async () => {
-        while (sessions.size > 0 || deps.admission.active > 0) await new Promise((r) => setTimeout(r, 50));
+        while (openStreams > 0 || deps.admission.active > 0) await new Promise((r) => setTimeout(r, 20));
       };
       const grace = new Promise<void>((r) => setTimeout(r, graceMs).unref());
       await Promise.race([idle(), grace]);
@@ -259,6 +274,7 @@ export async function listen(config: Config, deps: ServerDeps): Promise<RunningS
       // Give cancelled handlers a moment to send their status before connections are torn down.
       await Promise.race([idle(), new Promise((r) => setTimeout(r, 1000).unref())]);
       for (const s of sessions) s.destroy();
+      for (const socket of sockets) socket.destroy();
       await closed;
     },
   };

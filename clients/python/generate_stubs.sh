@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Generates Python message classes and gRPC stubs for kvpark into a directory (default: ./kvpark_stubs)
-# with Debian's protoc and gRPC Python plugin:
+# with Debian's protoc and gRPC Python plugin (health checking stubs come with the grpcio-health-checking
+# package where needed; generating them here would shadow the grpc package):
 #   apt-get install protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -10,5 +11,5 @@ protoc -I "$root/proto" \
   --python_out="$out" \
   --grpc_python_out="$out" \
   --plugin=protoc-gen-grpc_python=/usr/bin/grpc_python_plugin \
-  "$root"/proto/kvpark/v1/*.proto "$root/proto/grpc/health/v1/health.proto"
+  "$root"/proto/kvpark/v1/*.proto
 echo "$out"

@@ -1,5 +1,5 @@
 import type { LoadedModel, ModelCache } from "../model/loader.js";
-import { Sampler } from "./sampler.js";
+import { Sampler } from "../model/sampler.js";
 import { IncrementalDetokenizer, type ModelTokenizer } from "../model/tokenizer.js";
 import type { FinishReason, FromEngine, ModelInfo, ToEngine } from "./protocol.js";
 import { StopStringFilter } from "./stop-strings.js";
@@ -34,8 +34,9 @@ export class Sequence {
     private readonly send: (msg: FromEngine) => void,
   ) {
     this.id = req.id;
-    this.cache = model.newCache();
-    this.sampler = new Sampler(req.sampling);
+    this.cache = model.newCache(Math.min(req.tokens.length + req.sampling.maxTokens, info.contextTokens));
+    const { temperature, topP, topK, seed } = req.sampling;
+    this.sampler = new Sampler({ temperature, topP, topK, seed, vocabLimit: tokenizer.vocabSize });
     this.detokenizer = new IncrementalDetokenizer(tokenizer, { skipSpecialTokens: true });
     this.stops = new StopStringFilter(req.sampling.stop);
   }

@@ -11,6 +11,7 @@ import {
 /** Serving state of the process, shared by the health service and the engine host. */
 export class Readiness extends EventEmitter {
   private serving = false;
+  private closing = false;
   private readonly services: Set<string>;
 
   constructor(services: string[]) {
@@ -27,6 +28,17 @@ export class Readiness extends EventEmitter {
     if (serving === this.serving) return;
     this.serving = serving;
     this.emit("change", serving);
+  }
+
+  /** Marks the server as shutting down: NOT_SERVING from now on, and Watch streams end. */
+  shutdown(): void {
+    this.closing = true;
+    this.set(false);
+    this.emit("shutdown");
+  }
+
+  get isClosing(): boolean {
+    return this.closing;
   }
 
   /** The status of one service name ("" is the whole server); undefined for unknown names. */
@@ -51,16 +63,27 @@ export function registerHealth(router: ConnectRouter, readiness: Readiness): voi
     async *watch(req, ctx) {
       let last = readiness.status(req.service) ?? Status.SERVICE_UNKNOWN;
       yield response(last);
-      // Sends the current status, then one message per change, until the client goes away.
+      if (readiness.isClosing) return;
+      // Sends the current status, then one message per change, until the client goes away or the
+      // server shuts down (so that open watches do not hold a graceful shutdown for its whole grace).
+      const stop = new AbortController();
+      const onShutdown = () => stop.abort();
+      const onCancel = () => stop.abort();
+      readiness.once("shutdown", onShutdown);
+      ctx.signal.addEventListener("abort", onCancel, { once: true });
       try {
-        for await (const _ of on(readiness, "change", { signal: ctx.signal })) {
+        for await (const _ of on(readiness, "change", { signal: stop.signal })) {
           const next = readiness.status(req.service) ?? Status.SERVICE_UNKNOWN;
           if (next !== last) yield response(next);
           last = next;
+          if (readiness.isClosing) return;
         }
       } catch (err) {
-        if (ctx.signal.aborted) return;
+        if (stop.signal.aborted) return;
         throw err;
+      } finally {
+        readiness.off("shutdown", onShutdown);
+        ctx.signal.removeEventListener("abort", onCancel);
       }
     },
   });

@@ -14,7 +14,8 @@ describe("health and reflection", () => {
   const statuses: Status[] = [];
 
   beforeAll(async () => {
-    server = await startServer({ ready: false });
+    // The small preset is generated on first use, so the engine is not ready for a few seconds.
+    server = await startServer({ ready: false, model: "small" });
     const health = createClient(Health, createGrpcTransport({ baseUrl: server.url }));
     // Watch from the moment the port opens; the engine is still loading the model then.
     const watch = (async () => {

@@ -28,7 +28,6 @@ describe("Python client (Debian python3-grpcio, stubs from protoc)", () => {
         },
       ),
     );
-    expect(out.health).toBe("SERVING");
     expect(out.first_event).toBe("started");
     expect(out.prompt_tokens).toBeGreaterThan(0);
     expect(out.last_event).toBe("finished");

@@ -5,7 +5,6 @@ import sys
 
 import grpc
 
-from grpc.health.v1 import health_pb2, health_pb2_grpc
 from kvpark.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 target, token = sys.argv[1], sys.argv[2]
@@ -13,9 +12,6 @@ md = [("authorization", f"Bearer {token}")]
 out = {}
 
 with grpc.insecure_channel(target) as channel:
-    health = health_pb2_grpc.HealthStub(channel)
-    out["health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(health.Check(health_pb2.HealthCheckRequest()).status)
-
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
 
     def generate(prompt, sampling, timeout=60):
