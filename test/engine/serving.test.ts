@@ -62,8 +62,9 @@ describe("engine serving", () => {
 
   it("keeps decoding other streams and answering health during a long prefill", async () => {
     const health = createClient(Health, createGrpcTransport({ baseUrl: server.url }));
+    const ids = Array.from({ length: 6000 }, (_, i) => (i * 31) % 500);
     const long = run(client, {
-      prompt: { kind: { case: "text", value: words(3000, 5) } },
+      prompt: { kind: { case: "tokens", value: { ids } } },
       sampling: { maxTokens: 1 },
     });
     await new Promise((r) => setTimeout(r, 50));

@@ -1,5 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import {
+  create,
   fromBinary,
   toBinary,
   type DescMessage,
@@ -24,7 +25,8 @@ export function grpcJsClient(
       path: `/${service.typeName}/${m.name}`,
       requestStream: m.methodKind === "client_streaming" || m.methodKind === "bidi_streaming",
       responseStream: m.methodKind === "server_streaming" || m.methodKind === "bidi_streaming",
-      requestSerialize: (msg: MessageShape<DescMessage>) => Buffer.from(toBinary(m.input, msg)),
+      requestSerialize: (msg: MessageShape<DescMessage>) =>
+        Buffer.from(toBinary(m.input, create(m.input, msg))),
       requestDeserialize: (b: Buffer) => fromBinary(m.input, b),
       responseSerialize: (msg: MessageShape<DescMessage>) => Buffer.from(toBinary(m.output, msg)),
       responseDeserialize: (b: Buffer) => fromBinary(m.output, b),
