@@ -22,6 +22,18 @@ export interface Config {
   prefillChunkTokens: number;
   engineRestartDelayMs: number;
   testEngineAbort: boolean;
+  cache: boolean;
+  blockTokens: number;
+  ramBytesMax: number;
+  ssdBytesMax: number;
+  ssdFsync: string;
+  cacheAdmission: string;
+  writeQueueBlocksMax: number;
+  hardPinQuotaBytes: number;
+  softPinTtlSeconds: number;
+  costModel: boolean;
+  handlesMax: number;
+  handleTtlSeconds: number;
 }
 
 type Kind = "string" | "int" | "bool" | "enum";
@@ -39,6 +51,7 @@ interface Option<K extends keyof Config> {
 }
 
 const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
 
 // The table drives parsing, validation, `--help` and the README's configuration table.
 const options: Option<keyof Config>[] = [
@@ -216,6 +229,120 @@ const options: Option<keyof Config>[] = [
     help: "Pause before restarting an engine that died.",
   },
   {
+    key: "cache",
+    flag: "--cache",
+    env: "KVPARK_CACHE",
+    kind: "bool",
+    default: true,
+    help: "Keep prompts' KV in the prefix cache (RAM and SSD tiers); --cache=false computes every prompt from scratch.",
+  },
+  {
+    key: "blockTokens",
+    flag: "--block-tokens",
+    env: "KVPARK_BLOCK_TOKENS",
+    kind: "int",
+    default: 64,
+    min: 1,
+    max: 4096,
+    help: "Tokens per KV block. Nodes that exchange blocks must use the same value.",
+  },
+  {
+    key: "ramBytesMax",
+    flag: "--ram-bytes-max",
+    env: "KVPARK_RAM_BYTES_MAX",
+    kind: "int",
+    default: 2 * GiB,
+    min: 0,
+    max: 2 ** 50,
+    help: "Byte budget of the RAM tier (KV blocks held as MLX arrays).",
+  },
+  {
+    key: "ssdBytesMax",
+    flag: "--ssd-bytes-max",
+    env: "KVPARK_SSD_BYTES_MAX",
+    kind: "int",
+    default: 32 * GiB,
+    min: 0,
+    max: 2 ** 50,
+    help: "Cap on the SSD tier's files under <data-dir>/cache; 0 runs without an SSD tier. At least 256 MiB otherwise.",
+  },
+  {
+    key: "ssdFsync",
+    flag: "--ssd-fsync",
+    env: "KVPARK_SSD_FSYNC",
+    kind: "enum",
+    default: "batch",
+    choices: ["batch", "none"],
+    help: "batch: one fdatasync per write batch before blocks count as persisted; none: leave it to the page cache.",
+  },
+  {
+    key: "cacheAdmission",
+    flag: "--cache-admission",
+    env: "KVPARK_CACHE_ADMISSION",
+    kind: "enum",
+    default: "all",
+    choices: ["all", "reused", "pinned"],
+    help: "Which blocks are written to SSD: all, those seen twice (saves SSD wear), or pinned ones only.",
+  },
+  {
+    key: "writeQueueBlocksMax",
+    flag: "--write-queue-blocks-max",
+    env: "KVPARK_WRITE_QUEUE_BLOCKS_MAX",
+    kind: "int",
+    default: 4096,
+    min: 0,
+    max: 1 << 24,
+    help: "Blocks waiting for their SSD write; a block finding the queue full is skipped and counted.",
+  },
+  {
+    key: "hardPinQuotaBytes",
+    flag: "--hard-pin-quota-bytes",
+    env: "KVPARK_HARD_PIN_QUOTA_BYTES",
+    kind: "int",
+    default: 1 * GiB,
+    min: 0,
+    max: 2 ** 50,
+    help: "Hard-pinned bytes allowed per tenant; pins beyond it get RESOURCE_EXHAUSTED.",
+  },
+  {
+    key: "softPinTtlSeconds",
+    flag: "--soft-pin-ttl-seconds",
+    env: "KVPARK_SOFT_PIN_TTL_SECONDS",
+    kind: "int",
+    default: 600,
+    min: 1,
+    max: 30 * 24 * 3600,
+    help: "Time to live of a soft pin that does not set one.",
+  },
+  {
+    key: "costModel",
+    flag: "--cost-model",
+    env: "KVPARK_COST_MODEL",
+    kind: "bool",
+    default: true,
+    help: "Estimate SSD restore time against recompute time per request and recompute when that is faster.",
+  },
+  {
+    key: "handlesMax",
+    flag: "--handles-max",
+    env: "KVPARK_HANDLES_MAX",
+    kind: "int",
+    default: 10000,
+    min: 1,
+    max: 1 << 24,
+    help: "PrefillStream handles kept at once; the oldest expire first.",
+  },
+  {
+    key: "handleTtlSeconds",
+    flag: "--handle-ttl-seconds",
+    env: "KVPARK_HANDLE_TTL_SECONDS",
+    kind: "int",
+    default: 3600,
+    min: 1,
+    max: 30 * 24 * 3600,
+    help: "How long a PrefillStream handle stays usable.",
+  },
+  {
     key: "testEngineAbort",
     flag: "--test-engine-abort",
     env: "KVPARK_TEST_ENGINE_ABORT",
@@ -293,6 +420,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     problems.push("--tls-cert and --tls-key must be set together");
   if (config.tlsCa && !config.tlsCert)
     problems.push("--tls-ca (mTLS) needs TLS: set --tls-cert and --tls-key too");
+  if (config.ssdBytesMax > 0 && config.ssdBytesMax < 256 * MiB)
+    problems.push(
+      `--ssd-bytes-max (${config.ssdBytesMax}) must be 0 (no SSD tier) or at least 268435456 (256 MiB)`,
+    );
   if (config.maxTokensDefault > config.maxTokensLimit)
     problems.push(
       `--max-tokens-default (${config.maxTokensDefault}) exceeds --max-tokens-limit (${config.maxTokensLimit})`,

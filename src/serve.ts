@@ -3,6 +3,7 @@ import { EngineHost } from "./engine/host.js";
 import { createLogger } from "./log.js";
 import { ModelTokenizer } from "./model/tokenizer.js";
 import { Readiness } from "./rpc/health.js";
+import { HandleTable } from "./rpc/handles.js";
 import { Admission } from "./rpc/inference.js";
 import { listen, SERVICE_NAMES } from "./server.js";
 
@@ -26,6 +27,7 @@ export async function serve(config: Config): Promise<void> {
     engine,
     tokenizer: () => tokenizer,
     admission: new Admission(config.requestsMax),
+    handles: new HandleTable(config.handlesMax, config.handleTtlSeconds * 1000),
   });
   log.info(
     {

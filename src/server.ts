@@ -16,14 +16,13 @@ import type { Config } from "./config.js";
 import type { Logger } from "./log.js";
 import { registerHealth, type Readiness } from "./rpc/health.js";
 import { registerInference, type InferenceDeps } from "./rpc/inference.js";
+import { registerKVBlocks } from "./rpc/kvblocks.js";
 import { ReflectionIndex, registerReflection } from "./rpc/reflection.js";
 
-/**
- * Fully qualified names of the services this server exposes. kvpark.v1.KVBlocksService is part of the
- * contract but is served only once the prefix cache runs; until then its methods answer UNIMPLEMENTED.
- */
+/** Fully qualified names of the services this server exposes. */
 export const SERVICE_NAMES = [
   "kvpark.v1.InferenceService",
+  "kvpark.v1.KVBlocksService",
   "grpc.health.v1.Health",
   "grpc.reflection.v1.ServerReflection",
   "grpc.reflection.v1alpha.ServerReflection",
@@ -156,6 +155,7 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
       registerHealth(router, deps.readiness);
       registerReflection(router, reflection);
       registerInference(router, deps);
+      registerKVBlocks(router, deps);
       deps.registerExtra?.(router);
     },
     interceptors,

@@ -1,26 +1,47 @@
-import * as fs from "node:fs";
 import * as path from "node:path";
+import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { core as mx } from "@frost-beta/mlx";
+import { PrefixCache, type KVBlockInput } from "../cache/index.js";
 import type { Config } from "../config.js";
-import { KvparkError } from "../errors.js";
-import { resolveModelDir } from "./models.js";
+import { KvparkError, type ErrorCode } from "../errors.js";
 import { loadModel, type LoadedModel } from "../model/loader.js";
 import { ModelTokenizer } from "../model/tokenizer.js";
-import type { FromEngine, ModelInfo, ToEngine } from "./protocol.js";
-import { Sequence } from "./sequence.js";
-
-type GenerateMsg = Extract<ToEngine, { type: "generate" }>;
+import { AsyncQueue } from "../util/async-queue.js";
+import { resolveModelDir } from "./models.js";
+import { PrefillSession } from "./prefill-session.js";
+import type { BlockSelection, FromEngine, ModelInfo, ToEngine } from "./protocol.js";
+import { Sequence, type Job } from "./sequence.js";
 
 /** Phrase that, with --test-engine-abort, makes the engine run an operation MLX aborts on. */
 export const TEST_ABORT_PHRASE = "__kvpark_abort__";
 
+/** Bytes that crossed IPC arrive as Uint8Array; the cache works on Buffers over the same memory. */
+function buf(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function selection(sel: BlockSelection): BlockSelection {
+  return "keys" in sel ? { keys: sel.keys.map(buf) } : sel;
+}
+
+/** Error codes of domain errors thrown below the engine, passed to the front end unchanged. */
+function errorOf(err: unknown): { code: ErrorCode; message: string } {
+  if (err instanceof KvparkError) return { code: err.code, message: err.message };
+  const e = err as Error & { code?: string };
+  if (e?.name === "AbortError") return { code: "CANCELLED", message: "cancelled" };
+  return { code: "INTERNAL", message: e?.message ?? String(err) };
+}
+
 /**
- * Runs every admitted request a step at a time, round robin: one prefill chunk or one decode token per
- * request per turn. Each request keeps its own KV cache, so interleaving never changes a result, and a
- * long prefill only delays other requests' tokens by one chunk at a time.
+ * Runs every admitted job a step at a time, round robin: one restore, prefill chunk or decode token
+ * per job per turn. Each request keeps its own KV, so interleaving never changes a result, and a long
+ * prefill delays other requests' tokens by one chunk at a time. Between steps the event loop runs, so
+ * cancellations, new requests and KVBlocks calls are taken in.
  */
 export class Engine {
-  private readonly active: Sequence[] = [];
+  private readonly active: Job[] = [];
+  private readonly sessions = new Map<number, PrefillSession>();
+  private readonly puts = new Map<number, AsyncQueue<KVBlockInput>>();
   private running = false;
   private stepsSinceGc = 0;
 
@@ -28,6 +49,7 @@ export class Engine {
     private readonly config: Config,
     private readonly model: LoadedModel,
     private readonly tokenizer: ModelTokenizer,
+    private readonly cache: PrefixCache | undefined,
     readonly info: ModelInfo,
     private readonly send: (msg: FromEngine) => void,
   ) {}
@@ -38,6 +60,8 @@ export class Engine {
     );
     let lastReport = 0;
     const model = await loadModel(dir, {
+      prefillChunkTokens: Math.max(config.prefillChunkTokens, 16),
+      fingerprintCacheFile: path.join(config.dataDir, "fingerprints.json"),
       onProgress: (loadedBytes: number, totalBytes: number) => {
         // One progress line per ~5% keeps the log readable for multi-gigabyte models.
         if (loadedBytes === totalBytes || loadedBytes - lastReport >= totalBytes / 20) {
@@ -47,10 +71,20 @@ export class Engine {
       },
     });
     const tokenizer = ModelTokenizer.fromDir(dir);
-    const weightBytes = fs
-      .readdirSync(dir)
-      .filter((f) => f.endsWith(".safetensors"))
-      .reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+    const cache = config.cache
+      ? await PrefixCache.open(model, {
+          blockTokens: config.blockTokens,
+          ramBytesMax: config.ramBytesMax,
+          ssdDir: config.ssdBytesMax > 0 ? path.join(config.dataDir, "cache") : null,
+          ssdBytesMax: config.ssdBytesMax > 0 ? config.ssdBytesMax : undefined,
+          ssdFsync: config.ssdFsync as "batch" | "none",
+          admission: config.cacheAdmission as "all" | "reused" | "pinned",
+          writeQueueBlocksMax: config.writeQueueBlocksMax,
+          hardPinQuotaBytes: config.hardPinQuotaBytes,
+          softPinTtlMsDefault: config.softPinTtlSeconds * 1000,
+          costModel: config.costModel,
+        })
+      : undefined;
     const info: ModelInfo = {
       name: config.modelName || path.basename(dir),
       dir,
@@ -61,34 +95,85 @@ export class Engine {
       numLayers: model.numLayers,
       kvHeads: model.kvHeads,
       headDim: model.headDim,
-      weightBytes,
+      weightBytes: model.weightBytes,
     };
-    return new Engine(config, model, tokenizer, info, send);
+    return new Engine(config, model, tokenizer, cache, info, send);
   }
 
   handle(msg: ToEngine): void {
     switch (msg.type) {
       case "generate":
-        this.admit(msg);
-        break;
-      case "cancel": {
-        const i = this.active.findIndex((s) => s.id === msg.id);
-        if (i >= 0) this.active.splice(i, 1);
-        break;
+        if (this.config.testEngineAbort && this.tokenizer.decode(msg.tokens).includes(TEST_ABORT_PHRASE)) {
+          // A half-precision matmul is unsupported on the CPU backend and aborts inside MLX, as a
+          // real engine failure would.
+          const a = mx.ones([4, 4], mx.float16);
+          mx.eval(mx.matmul(a, a));
+        }
+        this.schedule(
+          new Sequence(
+            msg,
+            this.model,
+            this.tokenizer,
+            this.info,
+            this.cache,
+            this.config.prefillChunkTokens,
+            this.send,
+          ),
+        );
+        return;
+      case "cancel":
+        this.drop(msg.id);
+        return;
+      case "prefill-open": {
+        const s = new PrefillSession(
+          msg.id,
+          msg.tenant,
+          msg.persist,
+          this.model,
+          this.cache,
+          this.config.prefillChunkTokens,
+          this.send,
+        );
+        s.append(msg.tokens);
+        this.sessions.set(msg.id, s);
+        this.schedule(s);
+        return;
+      }
+      case "prefill-append": {
+        const s = this.sessions.get(msg.id);
+        s?.append(msg.tokens);
+        if (s) this.schedule(s);
+        return;
+      }
+      case "prefill-close": {
+        const s = this.sessions.get(msg.id);
+        s?.close();
+        if (s) this.schedule(s);
+        return;
+      }
+      case "kv":
+        void this.kv(msg);
+        return;
+      case "kv-put": {
+        const q = this.puts.get(msg.id);
+        if (!q) return;
+        if (msg.block === undefined) q.end();
+        else q.push(msg.block as KVBlockInput);
+        return;
       }
     }
   }
 
-  private admit(msg: GenerateMsg): void {
-    if (this.config.testEngineAbort && this.tokenizer.decode(msg.tokens).includes(TEST_ABORT_PHRASE)) {
-      // A half-precision matmul is unsupported on the CPU backend and aborts inside MLX, as a real
-      // engine failure would.
-      const a = mx.ones([4, 4], mx.float16);
-      mx.eval(mx.matmul(a, a));
-    }
-    this.active.push(
-      new Sequence(msg, this.model, this.tokenizer, this.info, this.config.prefillChunkTokens, this.send),
-    );
+  private drop(id: number): void {
+    const i = this.active.findIndex((j) => j.id === id);
+    if (i >= 0) this.active.splice(i, 1)[0].abort();
+    this.sessions.get(id)?.abort();
+    this.sessions.delete(id);
+    this.puts.get(id)?.end();
+  }
+
+  private schedule(job: Job): void {
+    if (!this.active.includes(job)) this.active.push(job);
     if (!this.running) void this.loop();
   }
 
@@ -96,22 +181,29 @@ export class Engine {
     this.running = true;
     try {
       while (this.active.length > 0) {
-        for (const seq of [...this.active]) {
-          if (!this.active.includes(seq)) continue; // cancelled meanwhile
+        for (const job of [...this.active]) {
+          if (!this.active.includes(job)) continue; // cancelled meanwhile
+          if (job instanceof PrefillSession && !job.runnable) {
+            // Waiting for the next piece of context; appending reschedules it.
+            this.active.splice(this.active.indexOf(job), 1);
+            continue;
+          }
           let done: boolean;
           try {
-            done = seq.step();
+            done = await job.step();
           } catch (err) {
             done = true;
-            const e = err instanceof KvparkError ? err : new KvparkError("INTERNAL", (err as Error).message);
-            this.send({ type: "failed", id: seq.id, code: e.code, message: e.message });
+            if (this.active.includes(job)) this.send({ type: "failed", id: job.id, ...errorOf(err) });
           }
           if (done) {
-            this.active.splice(this.active.indexOf(seq), 1);
+            const i = this.active.indexOf(job);
+            if (i >= 0) this.active.splice(i, 1);
+            this.sessions.delete(job.id);
             this.collect(true);
           }
-          // Let IPC messages (cancellations, new requests) in between steps.
-          await new Promise((r) => setImmediate(r));
+          // MLX releases memory in finalizers that run once the event loop turns; this also lets
+          // IPC messages (cancellations, new requests, KV calls) in between steps.
+          await yieldToEventLoop();
         }
         this.collect(false);
       }
@@ -122,16 +214,80 @@ export class Engine {
 
   /**
    * MLX frees an array's memory only when its JS wrapper is garbage-collected, and V8 does not see
-   * that memory, so the engine collects explicitly: after each request and every few dozen steps.
+   * that memory, so the engine collects explicitly: after each request, every few dozen steps, and
+   * when the cache has dropped enough blocks.
    */
   private collect(force: boolean): void {
+    if (this.cache?.collectIfNeeded()) return;
     if (force || ++this.stepsSinceGc >= 32) {
       this.stepsSinceGc = 0;
       global.gc?.();
     }
   }
 
-  close(): void {
-    this.active.length = 0;
+  private noCache(): never {
+    throw new KvparkError("FAILED_PRECONDITION", "the prefix cache is off on this server (--cache=false)");
+  }
+
+  /** Answers a KVBlocks call; results cross IPC as plain objects with Buffers. */
+  private async kv(msg: Extract<ToEngine, { type: "kv" }>): Promise<void> {
+    const { id, tenant } = msg;
+    try {
+      const cache = this.cache ?? this.noCache();
+      switch (msg.op) {
+        case "lookup": {
+          const m = cache.lookup(tenant, msg.tokens);
+          const blocks = m.blocks.map((b) => ({
+            key: b.key,
+            tier: b.tier,
+            start: b.start,
+            tokens: b.tokens,
+          }));
+          this.send({
+            type: "kv-result",
+            id,
+            result: { tokens: m.tokens, ramTokens: m.ramTokens, ssdTokens: m.ssdTokens, blocks },
+          });
+          return;
+        }
+        case "getBlocks":
+          for await (const item of cache.getBlocks(tenant, msg.keys.map(buf)))
+            this.send({ type: "kv-item", id, item });
+          this.send({ type: "kv-result", id, result: null });
+          return;
+        case "putBlocks": {
+          const q = new AsyncQueue<KVBlockInput>();
+          this.puts.set(id, q);
+          try {
+            this.send({ type: "kv-result", id, result: await cache.putBlocks(tenant, q) });
+          } finally {
+            this.puts.delete(id);
+          }
+          return;
+        }
+        case "pin": {
+          const kind =
+            msg.kind.kind === "hard"
+              ? { kind: "hard" as const }
+              : { kind: "soft" as const, ttlMs: msg.kind.ttlMs };
+          this.send({ type: "kv-result", id, result: cache.pin(tenant, selection(msg.selection), kind) });
+          return;
+        }
+        case "unpin":
+          this.send({ type: "kv-result", id, result: cache.unpin(tenant, selection(msg.selection)) });
+          return;
+        case "stats":
+          this.send({ type: "kv-result", id, result: cache.stats() });
+          return;
+      }
+    } catch (err) {
+      this.send({ type: "failed", id, ...errorOf(err) });
+    }
+  }
+
+  /** Writes what the cache has queued and releases the SSD store. */
+  async close(): Promise<void> {
+    for (const job of this.active.splice(0)) job.abort();
+    await this.cache?.close();
   }
 }

@@ -6,18 +6,31 @@ import { KvparkError, type ErrorCode } from "../errors.js";
 import type { Logger } from "../log.js";
 import type { Readiness } from "../rpc/health.js";
 import { AsyncQueue } from "../util/async-queue.js";
-import type { FromEngine, ModelInfo, SamplingSettings } from "./protocol.js";
+import type { FromEngine, KvOp, ModelInfo, PinHint, SamplingSettings, ToEngine } from "./protocol.js";
 
 /** Per-request events the engine streams back to the front end. */
 export type EngineEvent = Extract<FromEngine, { id: number }>;
+
+/** Ends a request's event stream. */
+function isLast(ev: EngineEvent): boolean {
+  return ev.type === "finished" || ev.type === "kv-result" || (ev.type === "prefill-progress" && ev.done);
+}
 
 /** What a Generate call asks of the engine. */
 export interface EngineRequest {
   tokens: number[];
   sampling: SamplingSettings;
   persist: boolean;
+  pin?: PinHint;
   tenant: string;
   arrivedAt: number;
+}
+
+/** A call in flight in the engine: its events, and the means to send it more input. */
+export interface EngineCall {
+  id: number;
+  events: AsyncIterable<EngineEvent>;
+  send(msg: ToEngine): void;
 }
 
 function engineEntry(): string {
@@ -108,7 +121,7 @@ export class EngineHost {
         const q = this.pending.get(msg.id);
         if (!q) return;
         q.push(msg);
-        if (msg.type === "finished") {
+        if (isLast(msg)) {
           this.pending.delete(msg.id);
           q.end();
         }
@@ -138,26 +151,50 @@ export class EngineHost {
     this.restartTimer = setTimeout(() => this.start(), this.config.engineRestartDelayMs);
   }
 
-  /** Sends a request to the engine; the returned stream ends with a `finished` event or throws. */
-  generate(req: EngineRequest, signal: AbortSignal): AsyncIterable<EngineEvent> {
+  /**
+   * Starts a call in the engine with `first(id)` as its opening message. The events end with the
+   * call's last event (`finished`, `kv-result`, final `prefill-progress`) or throw its error; an
+   * aborted signal cancels the call in the engine.
+   */
+  call(first: (id: number) => ToEngine, signal: AbortSignal): EngineCall {
     if (!this.child || !this.info) {
       throw new KvparkError(
         "ENGINE_UNAVAILABLE",
         this.fatal ? `no model is served: ${this.fatal.message}` : "the engine is starting; retry shortly",
       );
     }
+    signal.throwIfAborted();
     const id = this.nextId++;
     const q = new AsyncQueue<EngineEvent>();
     this.pending.set(id, q);
     const child = this.child;
     const onAbort = () => {
       if (!this.pending.delete(id)) return;
-      child.send({ type: "cancel", id });
+      if (child.connected) child.send({ type: "cancel", id });
       q.fail(signal.reason);
     };
     signal.addEventListener("abort", onAbort, { once: true });
-    child.send({ type: "generate", id, ...req });
-    return q;
+    child.send(first(id));
+    return {
+      id,
+      events: q,
+      send: (msg) => {
+        if (this.pending.has(id) && child.connected) child.send(msg);
+      },
+    };
+  }
+
+  /** Sends a generation to the engine; the stream ends with a `finished` event or throws. */
+  generate(req: EngineRequest, signal: AbortSignal): AsyncIterable<EngineEvent> {
+    return this.call((id) => ({ type: "generate", id, ...req }), signal).events;
+  }
+
+  /** Runs a unary KVBlocks operation in the engine and returns its result. */
+  async kv<T>(tenant: string, op: KvOp, signal: AbortSignal): Promise<T> {
+    for await (const ev of this.call((id) => ({ type: "kv", id, tenant, ...op }), signal).events) {
+      if (ev.type === "kv-result") return ev.result as T;
+    }
+    throw new KvparkError("INTERNAL", "the engine ended a KV call without a result");
   }
 
   /** Requests in flight in the engine. */

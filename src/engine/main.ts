@@ -20,10 +20,12 @@ async function main(): Promise<void> {
   }
   process.on("message", (msg: ToEngine) => engine.handle(msg));
   // The front end going away (crash, kill -9) must not leave an orphan engine computing.
-  process.on("disconnect", () => process.exit(0));
+  process.on("disconnect", () => {
+    void engine.close().finally(() => process.exit(0));
+  });
+  // Stopping writes what the cache still has queued for SSD, so a clean restart finds it there.
   process.on("SIGTERM", () => {
-    engine.close();
-    process.exit(0);
+    void engine.close().finally(() => process.exit(0));
   });
   send({ type: "ready", info: engine.info });
 }

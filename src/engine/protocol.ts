@@ -52,6 +52,24 @@ export interface Usage {
   cachedTokens: number;
 }
 
+/** A pin the request asks for once its prompt is cached. */
+export interface PinHint {
+  kind: "soft" | "hard";
+  ttlMs?: number;
+}
+
+/** Blocks chosen by key or by the cached prefix of a prompt. */
+export type BlockSelection = { keys: Buffer[] } | { tokens: number[] };
+
+/** KVBlocks operations answered by the engine, which owns the cache. */
+export type KvOp =
+  | { op: "lookup"; tokens: number[] }
+  | { op: "getBlocks"; keys: Buffer[] }
+  | { op: "putBlocks" }
+  | { op: "pin"; selection: BlockSelection; kind: PinHint }
+  | { op: "unpin"; selection: BlockSelection }
+  | { op: "stats" };
+
 export type ToEngine =
   | {
       type: "generate";
@@ -59,10 +77,18 @@ export type ToEngine =
       tokens: number[];
       sampling: SamplingSettings;
       persist: boolean;
+      pin?: PinHint;
       tenant: string;
       arrivedAt: number;
     }
-  | { type: "cancel"; id: number };
+  | { type: "cancel"; id: number }
+  /** Opens a prefill session: context arrives in pieces, each prefilled into the cache. */
+  | { type: "prefill-open"; id: number; tenant: string; tokens: number[]; persist: boolean }
+  | { type: "prefill-append"; id: number; tokens: number[] }
+  | { type: "prefill-close"; id: number }
+  | ({ type: "kv"; id: number; tenant: string } & KvOp)
+  /** One block of a PutBlocks stream; `block` undefined ends the stream. */
+  | { type: "kv-put"; id: number; block?: unknown };
 
 export type FromEngine =
   | { type: "loading"; loadedBytes: number; totalBytes: number; what: string }
@@ -71,4 +97,16 @@ export type FromEngine =
   | { type: "started"; id: number; promptTokens: number; cache: CacheReport }
   | { type: "delta"; id: number; tokenIds: number[]; text: string }
   | { type: "finished"; id: number; reason: FinishReason; usage: Usage; timings: Timings }
-  | { type: "failed"; id: number; code: string; message: string };
+  | { type: "failed"; id: number; code: string; message: string }
+  | { type: "prefill-progress"; id: number; progress: PrefillProgress; done: boolean }
+  /** One item of a streamed KV answer (GetBlocks). */
+  | { type: "kv-item"; id: number; item: unknown }
+  /** The answer of a KV operation; ends the stream for GetBlocks. */
+  | { type: "kv-result"; id: number; result: unknown };
+
+export interface PrefillProgress {
+  tokensReceived: number;
+  tokensPrefilled: number;
+  tokensReused: number;
+  blocksPersisted: number;
+}

@@ -1,26 +1,41 @@
+import type { PrefixCache } from "../cache/index.js";
 import type { LoadedModel, ModelCache } from "../model/loader.js";
 import { Sampler } from "../model/sampler.js";
 import { IncrementalDetokenizer, type ModelTokenizer } from "../model/tokenizer.js";
-import type { FinishReason, FromEngine, ModelInfo, ToEngine } from "./protocol.js";
+import type { CacheReport, FinishReason, FromEngine, ModelInfo, ToEngine } from "./protocol.js";
 import { StopStringFilter } from "./stop-strings.js";
 
 type GenerateMsg = Extract<ToEngine, { type: "generate" }>;
 
 const now = () => performance.timeOrigin + performance.now();
 
-/**
- * One request's generation, advanced a step at a time by the engine's scheduler: each step computes
- * one prefill chunk or decodes one token, and streams what it produced.
- */
-export class Sequence {
+/** What a unit of engine work exposes to the scheduler. */
+export interface Job {
   readonly id: number;
-  private readonly cache: ModelCache;
+  /** Runs one step (a restore, a prefill chunk or a decode token); resolves true when finished. */
+  step(): Promise<boolean>;
+  /** Called when the job is dropped before finishing (cancelled, engine closing). */
+  abort(): void;
+}
+
+/**
+ * One request's generation, advanced a step at a time by the engine's scheduler: the first step looks
+ * the prompt up in the prefix cache and restores what it can, later steps compute one prefill chunk or
+ * decode one token, and the last one hands the sequence's KV (prompt and generated tokens) to the cache.
+ */
+export class Sequence implements Job {
+  readonly id: number;
+  private readonly kv: ModelCache;
   private readonly sampler: Sampler;
   private readonly detokenizer: IncrementalDetokenizer;
   private readonly stops: StopStringFilter;
+  private readonly abortController = new AbortController();
   private prefilled = 0;
   private readonly generated: number[] = [];
   private started = false;
+  private report: CacheReport;
+  private lookupMs = 0;
+  private restoreMs = 0;
   private prefillMs = 0;
   private startedAt = 0;
   private firstTokenAt = 0;
@@ -30,54 +45,74 @@ export class Sequence {
     private readonly model: LoadedModel,
     private readonly tokenizer: ModelTokenizer,
     private readonly info: ModelInfo,
+    private readonly cache: PrefixCache | undefined,
     private readonly chunkTokens: number,
     private readonly send: (msg: FromEngine) => void,
   ) {
     this.id = req.id;
-    this.cache = model.newCache(Math.min(req.tokens.length + req.sampling.maxTokens, info.contextTokens));
+    this.kv = model.newCache(Math.min(req.tokens.length + req.sampling.maxTokens, info.contextTokens));
     const { temperature, topP, topK, seed } = req.sampling;
     this.sampler = new Sampler({ temperature, topP, topK, seed, vocabLimit: tokenizer.vocabSize });
     this.detokenizer = new IncrementalDetokenizer(tokenizer, { skipSpecialTokens: true });
     this.stops = new StopStringFilter(req.sampling.stop);
+    const n = req.tokens.length;
+    this.report = {
+      ramTokens: 0,
+      ssdTokens: 0,
+      recomputedTokens: n,
+      recomputeChosenTokens: 0,
+      corruptBlocks: 0,
+    };
   }
 
-  /** Runs one step; returns true when the request is finished. */
-  step(): boolean {
+  async step(): Promise<boolean> {
     if (!this.started) {
-      this.started = true;
-      this.startedAt = now();
-      const n = this.req.tokens.length;
-      this.send({
-        type: "started",
-        id: this.id,
-        promptTokens: n,
-        cache: {
-          ramTokens: 0,
-          ssdTokens: 0,
-          recomputedTokens: n,
-          recomputeChosenTokens: 0,
-          corruptBlocks: 0,
-        },
-      });
+      await this.start();
+      return false;
     }
     const prompt = this.req.tokens;
     if (this.prefilled < prompt.length) {
       const t0 = performance.now();
       const chunk = prompt.slice(this.prefilled, this.prefilled + this.chunkTokens);
-      const logits = this.model.forward(chunk, this.cache);
+      const logits = this.model.forward(chunk, this.kv);
       this.prefilled += chunk.length;
       if (this.prefilled < prompt.length) {
-        this.model.materialize(this.cache);
+        this.model.materialize(this.kv);
         this.prefillMs += performance.now() - t0;
         return false;
       }
       const token = this.sampler.sample(logits);
       this.prefillMs += performance.now() - t0;
+      this.cache?.observePrefill(this.report.recomputedTokens, this.prefillMs);
       this.firstTokenAt = now();
       return this.accept(token);
     }
     const last = this.generated[this.generated.length - 1];
-    return this.accept(this.sampler.sample(this.model.forward([last], this.cache)));
+    return this.accept(this.sampler.sample(this.model.forward([last], this.kv)));
+  }
+
+  /** Looks the prompt up and restores its cached prefix; at least one token is always computed. */
+  private async start(): Promise<void> {
+    this.started = true;
+    this.startedAt = now();
+    const prompt = this.req.tokens;
+    if (this.cache) {
+      const match = this.cache.lookup(this.req.tenant, prompt, { tokensMax: prompt.length - 1 });
+      this.lookupMs = match.lookupMs;
+      if (match.tokens > 0) {
+        const r = await this.cache.restore(match, this.kv, { signal: this.abortController.signal });
+        this.restoreMs = r.restoreMs;
+        this.prefilled = r.restoredTokens;
+        this.report = {
+          ramTokens: r.ramTokens,
+          ssdTokens: r.ssdTokens,
+          recomputedTokens: prompt.length - r.restoredTokens,
+          recomputeChosenTokens: r.recomputeChosenTokens,
+          corruptBlocks: r.corruptBlocks,
+        };
+      }
+    }
+    this.send({ type: "started", id: this.id, promptTokens: prompt.length, cache: this.report });
   }
 
   private accept(token: number): boolean {
@@ -86,8 +121,9 @@ export class Sequence {
     const { text, stopped } = this.stops.push(this.detokenizer.push(token));
     if (stopped) return this.finish("stop_string", [token], text);
     if (this.generated.length >= this.req.sampling.maxTokens) return this.finish("max_tokens", [token], text);
-    if (this.req.tokens.length + this.generated.length >= this.info.contextTokens)
+    if (this.req.tokens.length + this.generated.length >= this.info.contextTokens) {
       return this.finish("context_limit", [token], text);
+    }
     this.send({ type: "delta", id: this.id, tokenIds: [token], text });
     return false;
   }
@@ -101,21 +137,50 @@ export class Sequence {
     const end = now();
     const completion = this.generated.length;
     const decodeMs = end - (this.firstTokenAt || end);
+    const cachedTokens = this.report.ramTokens + this.report.ssdTokens;
     this.send({
       type: "finished",
       id: this.id,
       reason,
-      usage: { promptTokens: this.req.tokens.length, completionTokens: completion, cachedTokens: 0 },
+      usage: { promptTokens: this.req.tokens.length, completionTokens: completion, cachedTokens },
       timings: {
         ttftMs: (this.firstTokenAt || end) - this.req.arrivedAt,
-        lookupMs: 0,
-        restoreMs: 0,
+        lookupMs: this.lookupMs,
+        restoreMs: this.restoreMs,
         prefillMs: this.prefillMs,
         decodeTokensPerSecond: completion > 1 && decodeMs > 0 ? ((completion - 1) * 1000) / decodeMs : 0,
         totalMs: end - this.req.arrivedAt,
         queueMs: this.startedAt - this.req.arrivedAt,
       },
     });
+    this.keep();
     return true;
+  }
+
+  /**
+   * Hands the KV of prompt and answer to the cache, so the next turn of a conversation, which carries
+   * this answer in its history, reuses it. With persist=false nothing new is stored.
+   */
+  private keep(): void {
+    if (!this.cache) return;
+    const tokens = [...this.req.tokens, ...this.generated];
+    this.cache.persist(this.req.tenant, tokens, this.kv, { persist: this.req.persist });
+    if (this.req.pin && this.req.persist) {
+      const { kind, ttlMs } = this.req.pin;
+      try {
+        this.cache.pin(
+          this.req.tenant,
+          { tokens: this.req.tokens },
+          kind === "hard" ? { kind } : { kind, ttlMs },
+        );
+      } catch {
+        // A pin over the tenant's quota does not fail a request that already succeeded; the pin is
+        // simply not taken (Pin reports the quota to callers that need to know).
+      }
+    }
+  }
+
+  abort(): void {
+    this.abortController.abort();
   }
 }

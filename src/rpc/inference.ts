@@ -1,8 +1,9 @@
-import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import { ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   FinishReason,
   GenerateResponseSchema,
+  PrefillStreamResponseSchema,
   InferenceService,
   type GenerateRequest,
   type GenerateResponse,
@@ -14,6 +15,10 @@ import type { EngineHost } from "../engine/host.js";
 import type { FinishReason as EngineFinishReason, SamplingSettings } from "../engine/protocol.js";
 import { invalidField, KvparkError, toConnectError } from "../errors.js";
 import type { ModelTokenizer } from "../model/tokenizer.js";
+import type { ModelInfo, PinHint } from "../engine/protocol.js";
+import { PinKind } from "../../gen/kvpark/v1/common_pb.js";
+import type { CacheOptions, PrefillStreamRequest } from "../../gen/kvpark/v1/inference_pb.js";
+import type { HandleTable } from "./handles.js";
 import { checkContext, promptTokens } from "./prompt.js";
 
 /** What the Inference handlers need. */
@@ -22,6 +27,7 @@ export interface InferenceDeps {
   engine: EngineHost;
   tokenizer: () => ModelTokenizer | undefined;
   admission: Admission;
+  handles: HandleTable;
 }
 
 /** Bounds the number of Generate/PrefillStream calls in flight. */
@@ -85,6 +91,39 @@ export function samplingSettings(p: SamplingParams | undefined, config: Config):
   return { maxTokens, temperature, topP, topK, seed, stop };
 }
 
+/** The served model and tokenizer, or UNAVAILABLE while the engine starts. */
+export function served(deps: Pick<InferenceDeps, "engine" | "tokenizer">): {
+  info: ModelInfo;
+  tokenizer: ModelTokenizer;
+} {
+  const info = deps.engine.info;
+  const tokenizer = deps.tokenizer();
+  if (!info || !tokenizer) {
+    throw new KvparkError(
+      "ENGINE_UNAVAILABLE",
+      deps.engine.fatal
+        ? `no model is served: ${deps.engine.fatal.message}`
+        : "the engine is starting; retry shortly",
+    );
+  }
+  return { info, tokenizer };
+}
+
+/** The pin a request asks for, validated; undefined when it asks for none. */
+export function pinHint(cache: CacheOptions | undefined, field: string, config: Config): PinHint | undefined {
+  if (!cache || cache.pin === PinKind.UNSPECIFIED) {
+    if (cache?.pinTtlSeconds)
+      throw invalidField(`${field}.pin_ttl_seconds`, "set only with pin = PIN_KIND_SOFT");
+    return undefined;
+  }
+  if (cache.pin === PinKind.HARD) {
+    if (cache.pinTtlSeconds) throw invalidField(`${field}.pin_ttl_seconds`, "a hard pin has no time to live");
+    return { kind: "hard" };
+  }
+  if (cache.pin !== PinKind.SOFT) throw invalidField(`${field}.pin`, `unknown pin kind ${cache.pin}`);
+  return { kind: "soft", ttlMs: (cache.pinTtlSeconds || config.softPinTtlSeconds) * 1000 };
+}
+
 function response(event: MessageInitShape<typeof GenerateResponseSchema>["event"]): GenerateResponse {
   return create(GenerateResponseSchema, { event });
 }
@@ -96,20 +135,20 @@ async function* generate(
 ): AsyncGenerator<GenerateResponse> {
   const arrivedAt = performance.now();
   const { engine, config } = deps;
-  const info = engine.info;
-  const tokenizer = deps.tokenizer();
-  if (!info || !tokenizer) {
-    throw new KvparkError(
-      "ENGINE_UNAVAILABLE",
-      engine.fatal ? `no model is served: ${engine.fatal.message}` : "the engine is starting; retry shortly",
-    );
-  }
+  const tenant = ctx.values.get(tenantKey);
+  const sampling = samplingSettings(req.sampling, config);
+  const pin = pinHint(req.cache, "cache", config);
+  const { info, tokenizer } = served(deps);
   if (req.model && req.model !== info.name) {
     throw invalidField("model", `unknown model "${req.model}"; this server serves "${info.name}"`);
   }
-  if (req.handle) throw new KvparkError("NOT_FOUND", `handle: unknown handle "${req.handle}"`);
-  const sampling = samplingSettings(req.sampling, config);
-  const tokens = promptTokens(req.prompt, "prompt", tokenizer, info);
+  let tokens: number[] = [];
+  if (req.handle) {
+    const context = deps.handles.get(req.handle, tenant);
+    if (!context) throw new KvparkError("NOT_FOUND", `handle: unknown or expired handle "${req.handle}"`);
+    tokens = context;
+  }
+  if (!req.handle || req.prompt) tokens = [...tokens, ...promptTokens(req.prompt, "prompt", tokenizer, info)];
   checkContext(tokens.length, 1, info, "prompt");
   const leave = deps.admission.enter();
   try {
@@ -118,7 +157,8 @@ async function* generate(
         tokens,
         sampling,
         persist: req.cache?.persist ?? true,
-        tenant: ctx.values.get(tenantKey),
+        pin,
+        tenant,
         arrivedAt: performance.timeOrigin + arrivedAt,
       },
       ctx.signal,
@@ -152,6 +192,93 @@ async function* generate(
   }
 }
 
+/** Tokens of one PrefillStream piece; text is tokenized on its own, special tokens only at the very start. */
+function pieceTokens(
+  req: PrefillStreamRequest,
+  index: number,
+  atStart: boolean,
+  tokenizer: ModelTokenizer,
+  info: ModelInfo,
+): number[] {
+  const chunk = req.chunk;
+  if (chunk.case === "text") return tokenizer.encode(chunk.value, { addSpecialTokens: atStart });
+  if (chunk.case === "tokens") {
+    const bad = chunk.value.ids.findIndex((id) => id >= info.vocabSize);
+    if (bad >= 0) {
+      throw invalidField(
+        `requests[${index}].tokens.ids[${bad}]`,
+        `token id ${chunk.value.ids[bad]} is outside the vocabulary (size ${info.vocabSize})`,
+      );
+    }
+    return chunk.value.ids;
+  }
+  if (index === 0 && req.handle) return [];
+  throw invalidField(`requests[${index}].chunk`, "required: set text or tokens");
+}
+
+async function* prefillStream(
+  deps: InferenceDeps,
+  requests: AsyncIterable<PrefillStreamRequest>,
+  ctx: HandlerContext,
+): AsyncGenerator<MessageInitShape<typeof PrefillStreamResponseSchema>> {
+  const tenant = ctx.values.get(tenantKey);
+  const { info, tokenizer } = served(deps);
+  const input = requests[Symbol.asyncIterator]();
+  const first = await input.next();
+  if (first.done) throw invalidField("requests", "send at least one message");
+  const head = first.value;
+  let context: number[] = [];
+  if (head.handle) {
+    const known = deps.handles.get(head.handle, tenant);
+    if (!known) throw new KvparkError("NOT_FOUND", `handle: unknown or expired handle "${head.handle}"`);
+    context = [...known];
+  }
+  if (pinHint(head.cache, "cache", deps.config))
+    throw invalidField("cache.pin", "pin prefilled context with KVBlocks.Pin");
+  context.push(...pieceTokens(head, 0, context.length === 0, tokenizer, info));
+  checkContext(context.length, 1, info, "context");
+  const leave = deps.admission.enter();
+  try {
+    // A bad piece from the client ends the call in the engine as a cancellation would.
+    const abort = new AbortController();
+    ctx.signal.addEventListener("abort", () => abort.abort(ctx.signal.reason), { once: true });
+    const call = deps.engine.call(
+      (id) => ({
+        type: "prefill-open",
+        id,
+        tenant,
+        tokens: [...context],
+        persist: head.cache?.persist ?? true,
+      }),
+      abort.signal,
+    );
+    // Pieces are read and sent to the engine while its progress streams back.
+    const pump = (async () => {
+      try {
+        for (let i = 1; ; i++) {
+          const next = await input.next();
+          if (next.done) break;
+          const piece = pieceTokens(next.value, i, false, tokenizer, info);
+          checkContext(context.length + piece.length, 1, info, "context");
+          context.push(...piece);
+          call.send({ type: "prefill-append", id: call.id, tokens: piece });
+        }
+        call.send({ type: "prefill-close", id: call.id });
+      } catch (err) {
+        abort.abort(err);
+      }
+    })();
+    for await (const ev of call.events) {
+      if (ev.type !== "prefill-progress") continue;
+      const done = ev.done;
+      yield { ...ev.progress, handle: done ? deps.handles.create(tenant, [...context]) : "" };
+    }
+    await pump;
+  } finally {
+    leave();
+  }
+}
+
 /** kvpark.v1.InferenceService. */
 export function registerInference(router: ConnectRouter, deps: InferenceDeps): void {
   router.service(InferenceService, {
@@ -163,12 +290,13 @@ export function registerInference(router: ConnectRouter, deps: InferenceDeps): v
         throw toConnectError(err);
       }
     },
-    // eslint-disable-next-line require-yield
-    async *prefillStream() {
-      throw new ConnectError(
-        "PrefillStream needs the prefix cache, which this server does not run yet",
-        Code.Unimplemented,
-      );
+    async *prefillStream(requests, ctx) {
+      try {
+        yield* prefillStream(deps, requests, ctx);
+      } catch (err) {
+        if (ctx.signal.aborted && ctx.signal.reason instanceof ConnectError) throw ctx.signal.reason;
+        throw toConnectError(err);
+      }
     },
   });
 }

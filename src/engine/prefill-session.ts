@@ -1,0 +1,103 @@
+import type { PrefixCache } from "../cache/index.js";
+import type { LoadedModel, ModelCache } from "../model/loader.js";
+import type { FromEngine, PrefillProgress } from "./protocol.js";
+import type { Job } from "./sequence.js";
+
+/**
+ * A PrefillStream call inside the engine: context arrives in pieces while, for example, a tool runs,
+ * and each piece is prefilled into the session's KV and handed to the prefix cache, so that a later
+ * Generate over the same context finds it cached. Idle between pieces; the scheduler wakes it.
+ */
+export class PrefillSession implements Job {
+  private readonly tokens: number[] = [];
+  private readonly kv: ModelCache;
+  private restored = false;
+  private closing = false;
+  private readonly progress: PrefillProgress = {
+    tokensReceived: 0,
+    tokensPrefilled: 0,
+    tokensReused: 0,
+    blocksPersisted: 0,
+  };
+  private readonly abortController = new AbortController();
+
+  constructor(
+    readonly id: number,
+    private readonly tenant: string,
+    private readonly persist: boolean,
+    private readonly model: LoadedModel,
+    private readonly cache: PrefixCache | undefined,
+    private readonly chunkTokens: number,
+    private readonly send: (msg: FromEngine) => void,
+  ) {
+    this.kv = model.newCache();
+  }
+
+  /** Whether the session has work to do now (so the scheduler should run it). */
+  get runnable(): boolean {
+    return !this.restored || this.kv.offset < this.tokens.length || this.closing;
+  }
+
+  append(tokens: number[]): void {
+    this.tokens.push(...tokens);
+    this.progress.tokensReceived = this.tokens.length;
+  }
+
+  close(): void {
+    this.closing = true;
+  }
+
+  async step(): Promise<boolean> {
+    if (!this.restored) {
+      this.restored = true;
+      // The first piece (with a handle's context before it) may already be cached.
+      if (this.cache && this.tokens.length > 0) {
+        const match = this.cache.lookup(this.tenant, this.tokens);
+        if (match.tokens > 0) {
+          const r = await this.cache.restore(match, this.kv, { signal: this.abortController.signal });
+          this.progress.tokensReused = r.restoredTokens;
+        }
+      }
+      this.report(false);
+      return false;
+    }
+    if (this.kv.offset < this.tokens.length) {
+      const t0 = performance.now();
+      const chunk = this.tokens.slice(this.kv.offset, this.kv.offset + this.chunkTokens);
+      this.model.forward(chunk, this.kv);
+      this.model.materialize(this.kv);
+      this.cache?.observePrefill(chunk.length, performance.now() - t0);
+      this.progress.tokensPrefilled += chunk.length;
+      // Full blocks go to the cache as soon as they exist; the partial tail waits for the end.
+      this.keep(false);
+      this.report(false);
+      return false;
+    }
+    if (!this.closing) return false;
+    this.keep(true);
+    this.report(true);
+    return true;
+  }
+
+  private keep(partialTail: boolean): void {
+    if (!this.cache) return;
+    const r = this.cache.persist(this.tenant, this.tokens.slice(0, this.kv.offset), this.kv, {
+      persist: this.persist,
+      partialTail,
+    });
+    this.progress.blocksPersisted += r.blocksAdded;
+  }
+
+  private report(done: boolean): void {
+    this.send({ type: "prefill-progress", id: this.id, progress: { ...this.progress }, done });
+  }
+
+  /** The context this session holds, for the handle the front end gives out. */
+  get context(): number[] {
+    return this.tokens;
+  }
+
+  abort(): void {
+    this.abortController.abort();
+  }
+}
