@@ -46,6 +46,28 @@ export interface Timings {
   queueMs: number;
 }
 
+/** Wall-clock instants (epoch ms) of a request's phases, for tracing; 0 when a phase did not happen. */
+export interface Phases {
+  arrivedAt: number;
+  startedAt: number;
+  lookupEndAt: number;
+  restoreEndAt: number;
+  firstTokenAt: number;
+  endAt: number;
+}
+
+/** What the cache did for a request, beyond the token counts of CacheReport. */
+export interface CacheActivity {
+  blocksRestored: number;
+  ssdBytes: number;
+  /** "restore": cached blocks were restored; "recompute": the cost model chose recomputing SSD blocks; "none": nothing cached. */
+  decision: "restore" | "recompute" | "none";
+  estimatedRestoreMs: number;
+  estimatedRecomputeMs: number;
+  /** Blocks handed to the SSD write queue when the request finished. */
+  blocksQueued: number;
+}
+
 export interface Usage {
   promptTokens: number;
   completionTokens: number;
@@ -96,7 +118,15 @@ export type FromEngine =
   | { type: "fatal"; code: string; message: string }
   | { type: "started"; id: number; promptTokens: number; cache: CacheReport }
   | { type: "delta"; id: number; tokenIds: number[]; text: string }
-  | { type: "finished"; id: number; reason: FinishReason; usage: Usage; timings: Timings }
+  | {
+      type: "finished";
+      id: number;
+      reason: FinishReason;
+      usage: Usage;
+      timings: Timings;
+      phases: Phases;
+      activity: CacheActivity;
+    }
   | { type: "failed"; id: number; code: string; message: string }
   | { type: "prefill-progress"; id: number; progress: PrefillProgress; done: boolean }
   /** One item of a streamed KV answer (GetBlocks). */

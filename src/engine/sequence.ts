@@ -2,7 +2,7 @@ import type { PrefixCache } from "../cache/index.js";
 import type { LoadedModel, ModelCache } from "../model/loader.js";
 import { Sampler } from "../model/sampler.js";
 import { IncrementalDetokenizer, type ModelTokenizer } from "../model/tokenizer.js";
-import type { CacheReport, FinishReason, FromEngine, ModelInfo, ToEngine } from "./protocol.js";
+import type { CacheActivity, CacheReport, FinishReason, FromEngine, ModelInfo, ToEngine } from "./protocol.js";
 import { StopStringFilter } from "./stop-strings.js";
 
 type GenerateMsg = Extract<ToEngine, { type: "generate" }>;
@@ -38,7 +38,17 @@ export class Sequence implements Job {
   private restoreMs = 0;
   private prefillMs = 0;
   private startedAt = 0;
+  private lookupEndAt = 0;
+  private restoreEndAt = 0;
   private firstTokenAt = 0;
+  private readonly activity: CacheActivity = {
+    blocksRestored: 0,
+    ssdBytes: 0,
+    decision: "none",
+    estimatedRestoreMs: 0,
+    estimatedRecomputeMs: 0,
+    blocksQueued: 0,
+  };
 
   constructor(
     private readonly req: GenerateMsg,
@@ -99,9 +109,18 @@ export class Sequence implements Job {
     if (this.cache) {
       const match = this.cache.lookup(this.req.tenant, prompt, { tokensMax: prompt.length - 1 });
       this.lookupMs = match.lookupMs;
+      this.lookupEndAt = now();
       if (match.tokens > 0) {
         const r = await this.cache.restore(match, this.kv, { signal: this.abortController.signal });
+        this.restoreEndAt = now();
         this.restoreMs = r.restoreMs;
+        Object.assign(this.activity, {
+          blocksRestored: match.blocks.length,
+          ssdBytes: r.ssdBytes,
+          decision: r.recomputeChosenTokens > 0 ? "recompute" : "restore",
+          estimatedRestoreMs: r.estimatedRestoreMs,
+          estimatedRecomputeMs: r.estimatedRecomputeMs,
+        });
         this.prefilled = r.restoredTokens;
         this.report = {
           ramTokens: r.ramTokens,
@@ -134,6 +153,7 @@ export class Sequence implements Job {
         ? text
         : text + this.stops.push(this.detokenizer.flush()).text + this.stops.flush();
     if (lastIds.length || tail) this.send({ type: "delta", id: this.id, tokenIds: lastIds, text: tail });
+    this.keep();
     const end = now();
     const completion = this.generated.length;
     const decodeMs = end - (this.firstTokenAt || end);
@@ -152,8 +172,16 @@ export class Sequence implements Job {
         totalMs: end - this.req.arrivedAt,
         queueMs: this.startedAt - this.req.arrivedAt,
       },
+      phases: {
+        arrivedAt: this.req.arrivedAt,
+        startedAt: this.startedAt,
+        lookupEndAt: this.lookupEndAt,
+        restoreEndAt: this.restoreEndAt,
+        firstTokenAt: this.firstTokenAt,
+        endAt: end,
+      },
+      activity: this.activity,
     });
-    this.keep();
     return true;
   }
 
@@ -164,7 +192,8 @@ export class Sequence implements Job {
   private keep(): void {
     if (!this.cache) return;
     const tokens = [...this.req.tokens, ...this.generated];
-    this.cache.persist(this.req.tenant, tokens, this.kv, { persist: this.req.persist });
+    const r = this.cache.persist(this.req.tenant, tokens, this.kv, { persist: this.req.persist });
+    this.activity.blocksQueued = r.queuedToSsd;
     if (this.req.pin && this.req.persist) {
       const { kind, ttlMs } = this.req.pin;
       try {

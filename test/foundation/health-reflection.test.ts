@@ -85,6 +85,8 @@ describe("health and reflection", () => {
         "kvpark.v1.InferenceService/Generate",
         "kvpark.v1.InferenceService/PrefillStream",
         "grpc.health.v1.Health/Check",
+        "kvpark.v1.KVBlocksService/GetBlocks",
+        "kvpark.v1.KVBlocksService/PutBlocks",
         "grpc.health.v1.Health/Watch",
       ]),
     );

@@ -11,6 +11,7 @@ import {
   HealthCheckResponse_ServingStatus as Status,
   type HealthCheckResponse,
 } from "../../gen/grpc/health/v1/health_pb";
+import { KVBlocksService } from "../../gen/kvpark/v1/kvblocks_pb";
 import { grpcJsClient, serverStream, unary } from "../helpers/grpcjs";
 import { makeCerts } from "../helpers/certs";
 import { startServer, type ServerProcess } from "../helpers/server";
@@ -141,7 +142,10 @@ describe("status codes through grpc-js", () => {
   });
 
   it("UNAUTHENTICATED without a token or with a wrong one; health needs none", async () => {
+    const kv = grpcJsClient(KVBlocksService, `127.0.0.1:${server.port}`);
     for (const md of [new grpc.Metadata(), bearer("wrong-token-wrong-token")]) {
+      const err = await unary(kv, "stats", {}, { metadata: md }).catch((e: grpc.ServiceError) => e);
+      expect((err as grpc.ServiceError).code).toBe(grpc.status.UNAUTHENTICATED);
       const gen = await serverStream(
         inference,
         "generate",
@@ -153,6 +157,7 @@ describe("status codes through grpc-js", () => {
     const health = grpcJsClient(Health, `127.0.0.1:${server.port}`);
     expect((await unary<HealthCheckResponse>(health, "check", { service: "" })).status).toBe(Status.SERVING);
     health.close();
+    kv.close();
   });
 });
 
