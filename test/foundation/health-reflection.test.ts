@@ -58,6 +58,7 @@ describe("health and reflection", () => {
       expect(names).toEqual(
         expect.arrayContaining([
           "kvpark.v1.InferenceService",
+          "kvpark.v1.KVBlocksService",
           "grpc.health.v1.Health",
           "grpc.reflection.v1.ServerReflection",
         ]),
