@@ -75,8 +75,9 @@ export class Engine {
       ? await PrefixCache.open(model, {
           blockTokens: config.blockTokens,
           ramBytesMax: config.ramBytesMax,
-          ssdDir: config.ssdBytesMax > 0 ? path.join(config.dataDir, "cache") : null,
-          ssdBytesMax: config.ssdBytesMax > 0 ? config.ssdBytesMax : undefined,
+          ...(config.ssdBytesMax > 0
+            ? { ssdDir: path.join(config.dataDir, "cache"), ssdBytesMax: config.ssdBytesMax }
+            : { ssdDir: null }),
           ssdFsync: config.ssdFsync as "batch" | "none",
           admission: config.cacheAdmission as "all" | "reused" | "pinned",
           writeQueueBlocksMax: config.writeQueueBlocksMax,
