@@ -51,11 +51,43 @@ export function invalidField(field: string, problem: string): KvparkError {
 }
 
 /**
+ * Stable codes of the errors kvpark's rooms throw (model loader, tokenizer, SSD store), as the
+ * domain code they surface as. Their messages are written for users, so they pass through.
+ */
+const roomCodes: Record<string, ErrorCode> = {
+  MODEL_FILE_MISSING: "FAILED_PRECONDITION",
+  MODEL_UNSUPPORTED: "FAILED_PRECONDITION",
+  MODEL_INVALID: "FAILED_PRECONDITION",
+  CHAT_TEMPLATE_MISSING: "FAILED_PRECONDITION",
+  CHAT_TEMPLATE_FAILED: "INVALID_ARGUMENT",
+  KV_NOT_FOUND: "NOT_FOUND",
+  KV_CORRUPT: "KV_CORRUPT",
+  KV_CAPACITY: "KV_CAPACITY",
+  KV_IO: "KV_IO",
+  KV_LOCKED: "FAILED_PRECONDITION",
+  KV_FORMAT: "FAILED_PRECONDITION",
+  KV_CLOSED: "ENGINE_UNAVAILABLE",
+};
+
+/** Turns any thrown value into a KvparkError: domain codes kept, anything unknown INTERNAL. */
+export function toKvparkError(err: unknown): KvparkError {
+  if (err instanceof KvparkError) return err;
+  const e = err as { code?: unknown; message?: unknown; name?: unknown };
+  if (typeof e?.code === "string" && e.code in roomCodes)
+    return new KvparkError(roomCodes[e.code], String(e.message));
+  if (e?.name === "AbortError") return new KvparkError("CANCELLED", "cancelled");
+  return new KvparkError("INTERNAL", typeof e?.message === "string" ? e.message : String(err));
+}
+
+/**
  * Maps any error to a ConnectError. Domain errors keep their message; anything else becomes INTERNAL
  * with a generic message so internals (paths, stack traces) never reach clients.
  */
 export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
-  if (err instanceof KvparkError) return new ConnectError(err.message, grpcCodes[err.code]);
-  return new ConnectError("internal error; see the server log", Code.Internal);
+  const e = err instanceof KvparkError || !(err as { code?: unknown })?.code ? err : toKvparkError(err);
+  if (e instanceof KvparkError && e.code !== "INTERNAL")
+    return new ConnectError(e.message, grpcCodes[e.code]);
+  // The cause stays on the error for the request log; the client sees only a generic message.
+  return new ConnectError("internal error; see the server log", Code.Internal, undefined, undefined, err);
 }

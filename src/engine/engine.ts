@@ -3,7 +3,7 @@ import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { core as mx } from "@frost-beta/mlx";
 import { PrefixCache, type KVBlockInput } from "../cache/index.js";
 import type { Config } from "../config.js";
-import { KvparkError, type ErrorCode } from "../errors.js";
+import { KvparkError, toKvparkError, type ErrorCode } from "../errors.js";
 import { loadModel, type LoadedModel } from "../model/loader.js";
 import { ModelTokenizer } from "../model/tokenizer.js";
 import { AsyncQueue } from "../util/async-queue.js";
@@ -24,12 +24,10 @@ function selection(sel: BlockSelection): BlockSelection {
   return "keys" in sel ? { keys: sel.keys.map(buf) } : sel;
 }
 
-/** Error codes of domain errors thrown below the engine, passed to the front end unchanged. */
+/** A failure as it crosses IPC: the stable code and the user-facing message. */
 function errorOf(err: unknown): { code: ErrorCode; message: string } {
-  if (err instanceof KvparkError) return { code: err.code, message: err.message };
-  const e = err as Error & { code?: string };
-  if (e?.name === "AbortError") return { code: "CANCELLED", message: "cancelled" };
-  return { code: "INTERNAL", message: e?.message ?? String(err) };
+  const e = toKvparkError(err);
+  return { code: e.code, message: e.message };
 }
 
 /**

@@ -6,7 +6,7 @@ import { KvparkError, type ErrorCode } from "../errors.js";
 import type { Logger } from "../log.js";
 import type { Readiness } from "../rpc/health.js";
 import { AsyncQueue } from "../util/async-queue.js";
-import type { FromEngine, KvOp, ModelInfo, PinHint, SamplingSettings, ToEngine } from "./protocol.js";
+import type { FromEngine, KvOp, ModelInfo, ToEngine } from "./protocol.js";
 
 /** Per-request events the engine streams back to the front end. */
 export type EngineEvent = Extract<FromEngine, { id: number }>;
@@ -17,14 +17,7 @@ function isLast(ev: EngineEvent): boolean {
 }
 
 /** What a Generate call asks of the engine. */
-export interface EngineRequest {
-  tokens: number[];
-  sampling: SamplingSettings;
-  persist: boolean;
-  pin?: PinHint;
-  tenant: string;
-  arrivedAt: number;
-}
+export type EngineRequest = Omit<Extract<ToEngine, { type: "generate" }>, "type" | "id">;
 
 /** A call in flight in the engine: its events, and the means to send it more input. */
 export interface EngineCall {

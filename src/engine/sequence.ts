@@ -2,7 +2,14 @@ import type { PrefixCache } from "../cache/index.js";
 import type { LoadedModel, ModelCache } from "../model/loader.js";
 import { Sampler } from "../model/sampler.js";
 import { IncrementalDetokenizer, type ModelTokenizer } from "../model/tokenizer.js";
-import type { CacheActivity, CacheReport, FinishReason, FromEngine, ModelInfo, ToEngine } from "./protocol.js";
+import type {
+  CacheActivity,
+  CacheReport,
+  FinishReason,
+  FromEngine,
+  ModelInfo,
+  ToEngine,
+} from "./protocol.js";
 import { StopStringFilter } from "./stop-strings.js";
 
 type GenerateMsg = Extract<ToEngine, { type: "generate" }>;

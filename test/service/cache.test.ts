@@ -188,12 +188,8 @@ describe("prefix cache through the service", () => {
     expect(lookup.blocks.at(-1)!.tokenCount).toBe(12);
     expect(blocks.map((b) => b.tokenIds.length)).toEqual([64, 64, 17]);
     expect(blocks[1].parentKey).toEqual(blocks[0].key);
-    await expect(
-      svc.kv
-        .getBlocks({ keys: [new Uint8Array(5)] })
-        [Symbol.asyncIterator]()
-        .next(),
-    ).rejects.toMatchObject({
+    const badKeys = svc.kv.getBlocks({ keys: [new Uint8Array(5)] });
+    await expect(badKeys[Symbol.asyncIterator]().next()).rejects.toMatchObject({
       code: Code.InvalidArgument,
       rawMessage: "keys[0]: a block key has 32 bytes, got 5",
     });
