@@ -34,6 +34,10 @@ export interface Config {
   costModel: boolean;
   handlesMax: number;
   handleTtlSeconds: number;
+  telemetry: string;
+  telemetryRecordContent: boolean;
+  metricsPort: number;
+  metricsHost: string;
 }
 
 type Kind = "string" | "int" | "bool" | "enum";
@@ -341,6 +345,41 @@ const options: Option<keyof Config>[] = [
     min: 1,
     max: 30 * 24 * 3600,
     help: "How long a PrefillStream handle stays usable.",
+  },
+  {
+    key: "telemetry",
+    flag: "--telemetry",
+    env: "KVPARK_TELEMETRY",
+    kind: "enum",
+    default: "auto",
+    choices: ["auto", "on", "off"],
+    help: "OpenTelemetry traces and metrics, configured by the standard OTEL_* variables. auto: on when an OTLP endpoint, OTEL_TRACES_EXPORTER or OTEL_METRICS_EXPORTER is set, or --metrics-port; on: export with the OTEL_* defaults (OTLP to localhost); off: never.",
+  },
+  {
+    key: "telemetryRecordContent",
+    flag: "--telemetry-record-content",
+    env: "KVPARK_TELEMETRY_RECORD_CONTENT",
+    kind: "bool",
+    default: false,
+    help: "Record prompt and output text in spans (gen_ai.input.messages, gen_ai.output.messages). Off: no text leaves the server in telemetry.",
+  },
+  {
+    key: "metricsPort",
+    flag: "--metrics-port",
+    env: "KVPARK_METRICS_PORT",
+    kind: "int",
+    default: 0,
+    min: 0,
+    max: 65535,
+    help: "Serve metrics for Prometheus to scrape at http://<metrics-host>:<port>/metrics (0: no endpoint).",
+  },
+  {
+    key: "metricsHost",
+    flag: "--metrics-host",
+    env: "KVPARK_METRICS_HOST",
+    kind: "string",
+    default: "",
+    help: "Address of the Prometheus endpoint (default: the --host address).",
   },
   {
     key: "testEngineAbort",

@@ -6,12 +6,16 @@ import { Readiness } from "./rpc/health.js";
 import { HandleTable } from "./rpc/handles.js";
 import { Admission } from "./rpc/inference.js";
 import { listen, SERVICE_NAMES } from "./server.js";
+import { startTelemetry } from "./telemetry/index.js";
 
 /** Runs the server until SIGTERM or SIGINT, then shuts down gracefully and exits 0. */
 export async function serve(config: Config): Promise<void> {
   const log = createLogger(config.logLevel);
   const readiness = new Readiness(SERVICE_NAMES.filter((s) => s.startsWith("kvpark.")));
   const engine = new EngineHost(config, log, readiness);
+  // Before listening, so that the first call is traced; undefined (and nothing loaded) when off.
+  const telemetry = await startTelemetry(config, log);
+  telemetry?.observeCache(engine);
   let tokenizer: ModelTokenizer | undefined;
   let tokenizerDir = "";
   // The front end tokenizes prompts itself so that validation and lookups never wait for the engine.
@@ -28,6 +32,7 @@ export async function serve(config: Config): Promise<void> {
     tokenizer: () => tokenizer,
     admission: new Admission(config.requestsMax),
     handles: new HandleTable(config.handlesMax, config.handleTtlSeconds * 1000),
+    telemetry,
   });
   log.info(
     {
@@ -47,6 +52,8 @@ export async function serve(config: Config): Promise<void> {
     stopping = true;
     log.info({ event: "shutdown", signal, inflight: engine.inflight }, "shutting down");
     await server.shutdown(config.shutdownGraceMs);
+    // Every call has ended, so its spans are complete: export them and the last metrics before exit.
+    await telemetry?.shutdown();
     await engine.stop();
     log.info({ event: "stopped" }, "stopped");
     log.flush();

@@ -61,7 +61,11 @@ function loggingInterceptor(log: Logger): Interceptor {
         tenant: req.contextValues.get(tenantKey) || undefined,
       };
       if (err === undefined) log.info(line, "request done");
-      else log.info({ ...line, error: ConnectError.from(err).rawMessage }, "request failed");
+      else {
+        const ce = ConnectError.from(err);
+        const cause = ce.cause instanceof Error ? ce.cause.message : undefined;
+        log.info({ ...line, error: ce.rawMessage, cause }, "request failed");
+      }
     };
     let res;
     try {
@@ -140,7 +144,11 @@ function withSpecGrpcMessages(handler: NodeHandler): NodeHandler {
 
 /** Builds the request handler (routes, interceptors, limits). Only `listen` opens sockets. */
 export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: AbortSignal) {
-  const interceptors: Interceptor[] = [loggingInterceptor(deps.log)];
+  // Tracing is outermost, so that its span covers (and records the status of) calls refused by auth.
+  const interceptors: Interceptor[] = [
+    ...(deps.telemetry ? [deps.telemetry.interceptor()] : []),
+    loggingInterceptor(deps.log),
+  ];
   const tokens = parseAuthTokens(config.authTokens);
   if (tokens.size > 0) {
     const auth = authInterceptor(tokens);

@@ -18,6 +18,7 @@ import type { ModelTokenizer } from "../model/tokenizer.js";
 import type { ModelInfo, PinHint } from "../engine/protocol.js";
 import { PinKind } from "../../gen/kvpark/v1/common_pb.js";
 import type { CacheOptions, PrefillStreamRequest } from "../../gen/kvpark/v1/inference_pb.js";
+import type { Telemetry } from "../telemetry/index.js";
 import type { HandleTable } from "./handles.js";
 import { checkContext, promptTokens } from "./prompt.js";
 
@@ -28,6 +29,8 @@ export interface InferenceDeps {
   tokenizer: () => ModelTokenizer | undefined;
   admission: Admission;
   handles: HandleTable;
+  /** Traces and metrics; undefined when telemetry is off. */
+  telemetry?: Telemetry;
 }
 
 /** Bounds the number of Generate/PrefillStream calls in flight. */
@@ -151,6 +154,14 @@ async function* generate(
   if (!req.handle || req.prompt) tokens = [...tokens, ...promptTokens(req.prompt, "prompt", tokenizer, info)];
   checkContext(tokens.length, 1, info, "prompt");
   const leave = deps.admission.enter();
+  const trace = deps.telemetry?.generation(ctx, {
+    prompt: req.prompt,
+    handle: req.handle,
+    requestModel: req.model,
+    sampling,
+    info,
+    arrivedAt: performance.timeOrigin + arrivedAt,
+  });
   try {
     const events = engine.generate(
       {
@@ -166,6 +177,7 @@ async function* generate(
     for await (const ev of events) {
       switch (ev.type) {
         case "started":
+          trace?.started(ev.cache);
           yield response({
             case: "started",
             value: {
@@ -177,9 +189,11 @@ async function* generate(
           });
           break;
         case "delta":
+          trace?.delta(ev.text);
           yield response({ case: "delta", value: { tokenIds: ev.tokenIds, text: ev.text } });
           break;
         case "finished":
+          trace?.finished(ev);
           yield response({
             case: "finished",
             value: { finishReason: finishReasons[ev.reason], usage: ev.usage, timings: ev.timings },
@@ -187,7 +201,11 @@ async function* generate(
           break;
       }
     }
+  } catch (err) {
+    trace?.failed(err);
+    throw err;
   } finally {
+    trace?.close();
     leave();
   }
 }
@@ -271,6 +289,7 @@ async function* prefillStream(
     for await (const ev of call.events) {
       if (ev.type !== "prefill-progress") continue;
       const done = ev.done;
+      if (done) deps.telemetry?.prefillProgress(ctx, ev.progress);
       yield { ...ev.progress, handle: done ? deps.handles.create(tenant, [...context]) : "" };
     }
     await pump;

@@ -12,6 +12,7 @@ import { tenantKey } from "../auth.js";
 import type { BlockErrorCode as CacheBlockErrorCode, CacheStats, KVBlockRecord } from "../cache/index.js";
 import type { BlockSelection, PinHint } from "../engine/protocol.js";
 import { invalidField, KvparkError, toConnectError, type ErrorCode } from "../errors.js";
+import { GetBlocksTrace, traceLookup, tracePin, tracePutBlocks, traceUnpin } from "../telemetry/index.js";
 import { served, type InferenceDeps } from "./inference.js";
 import { promptTokens } from "./prompt.js";
 
@@ -117,6 +118,7 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
           { op: "lookup", tokens },
           ctx.signal,
         );
+        traceLookup(ctx, tokens.length, r);
         return {
           promptTokens: tokens.length,
           cachedTokens: r.tokens,
@@ -135,6 +137,7 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
       try {
         checkKeys(req.keys, "keys");
         served(deps);
+        const trace = GetBlocksTrace.start(ctx, req.keys);
         const call = engine.call(
           (id) => ({
             type: "kv",
@@ -148,6 +151,7 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
         for await (const ev of call.events) {
           if (ev.type !== "kv-item") continue;
           const item = ev.item as GetItem;
+          trace?.item(item);
           const out: MessageInitShape<typeof GetBlocksResponseSchema> =
             "block" in item
               ? { key: item.key, result: { case: "block", value: item.block } }
@@ -160,6 +164,7 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
                 };
           yield out;
         }
+        trace?.end();
       } catch (err) {
         if (ctx.signal.aborted && ctx.signal.reason instanceof ConnectError) throw ctx.signal.reason;
         throw toConnectError(err);
@@ -177,6 +182,7 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
           abort.signal,
         );
         let index = 0;
+        let bytes = 0;
         for await (const req of requests) {
           if (!req.block) {
             const err = invalidField(`requests[${index}].block`, "required");
@@ -184,12 +190,14 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
             throw err;
           }
           call.send({ type: "kv-put", id: call.id, block: req.block });
+          bytes += req.block.payload.byteLength;
           index++;
         }
         call.send({ type: "kv-put", id: call.id });
         let result: PutResult | undefined;
         for await (const ev of call.events) if (ev.type === "kv-result") result = ev.result as PutResult;
         if (!result) throw new KvparkError("INTERNAL", "the engine ended PutBlocks without a result");
+        tracePutBlocks(ctx, { blocks: index, bytes }, result);
         if (index === 0) throw invalidField("requests", "send at least one block");
         // When nothing was stored, the call itself fails with the first reason, so that callers that
         // only look at the status learn why; partial success returns the per-block reasons.
@@ -226,6 +234,7 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
           { op: "pin", selection: sel, kind },
           ctx.signal,
         );
+        tracePin(ctx, kind.kind, r);
         return {
           pinnedBlocks: r.pinnedBlocks,
           missingKeys: r.missingKeys,
@@ -237,11 +246,13 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
     unpin: (req, ctx) =>
       guard(ctx, async () => {
         const sel = selection(deps, req.blocks, "blocks");
-        return engine.kv<{ unpinnedBlocks: number }>(
+        const r = await engine.kv<{ unpinnedBlocks: number }>(
           ctx.values.get(tenantKey),
           { op: "unpin", selection: sel },
           ctx.signal,
         );
+        traceUnpin(ctx, r.unpinnedBlocks);
+        return r;
       }),
 
     stats: (_req, ctx) =>
