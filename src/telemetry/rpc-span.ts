@@ -92,7 +92,9 @@ export function tracePutBlocks(
     [sc.ATTR_KVPARK_BLOCKS_ACCEPTED]: result.accepted,
     [sc.ATTR_KVPARK_BLOCKS_REJECTED]: result.rejected.length,
     [sc.ATTR_KVPARK_BLOCKS_REJECTION_CODES]: [...new Set(result.rejected.map((r) => r.code))].sort(),
-    [sc.ATTR_KVPARK_BLOCKS_CHECKSUM]: result.rejected.some((r) => r.code === "INVALID_PAYLOAD") ? "failed" : "ok",
+    [sc.ATTR_KVPARK_BLOCKS_CHECKSUM]: result.rejected.some((r) => r.code === "INVALID_PAYLOAD")
+      ? "failed"
+      : "ok",
   });
 }
 

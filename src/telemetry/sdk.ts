@@ -42,7 +42,8 @@ export function telemetryPlan(config: Config, env: NodeJS.ProcessEnv): Telemetry
   const on = config.telemetry === "on";
   const endpoint = Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT);
   const traceExporters =
-    list(env.OTEL_TRACES_EXPORTER) ?? (on || endpoint || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ? ["otlp"] : []);
+    list(env.OTEL_TRACES_EXPORTER) ??
+    (on || endpoint || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ? ["otlp"] : []);
   const metricExporters =
     list(env.OTEL_METRICS_EXPORTER) ??
     (on || endpoint || env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT ? ["otlp"] : []);

@@ -20,7 +20,13 @@ import { toConnectError } from "../errors.js";
 import type { Prompt } from "../../gen/kvpark/v1/common_pb.js";
 import type { CacheStats } from "../cache/index.js";
 import type { EngineHost } from "../engine/host.js";
-import type { CacheReport, FromEngine, ModelInfo, PrefillProgress, SamplingSettings } from "../engine/protocol.js";
+import type {
+  CacheReport,
+  FromEngine,
+  ModelInfo,
+  PrefillProgress,
+  SamplingSettings,
+} from "../engine/protocol.js";
 import * as sc from "./semconv.js";
 import { rpcSpanKey } from "./rpc-span.js";
 
@@ -288,7 +294,10 @@ export class Telemetry {
     i.ttft.record(timings.ttftMs / 1000, attrs);
     if (timings.decodeTokensPerSecond > 0) i.tpot.record(1 / timings.decodeTokensPerSecond, attrs);
     i.requestDuration.record(timings.totalMs / 1000, attrs);
-    i.tokenUsage.record(usage.promptTokens, { ...attrs, [sc.ATTR_GEN_AI_TOKEN_TYPE]: sc.GEN_AI_TOKEN_TYPE_INPUT });
+    i.tokenUsage.record(usage.promptTokens, {
+      ...attrs,
+      [sc.ATTR_GEN_AI_TOKEN_TYPE]: sc.GEN_AI_TOKEN_TYPE_INPUT,
+    });
     i.tokenUsage.record(usage.completionTokens, {
       ...attrs,
       [sc.ATTR_GEN_AI_TOKEN_TYPE]: sc.GEN_AI_TOKEN_TYPE_OUTPUT,
@@ -304,7 +313,8 @@ export class Telemetry {
       i.restoreDuration.record(timings.restoreMs / 1000, tier);
       if (activity.ssdBytes > 0) {
         i.restoreSsdSize.record(activity.ssdBytes, tier);
-        if (timings.restoreMs > 0) i.restoreThroughput.record(activity.ssdBytes / (timings.restoreMs / 1000), tier);
+        if (timings.restoreMs > 0)
+          i.restoreThroughput.record(activity.ssdBytes / (timings.restoreMs / 1000), tier);
       }
     }
   }
@@ -329,7 +339,11 @@ export class Telemetry {
     const sizeLimit = gauge(sc.METRIC_KVPARK_CACHE_SIZE_LIMIT, "By", "Byte budget of each cache tier.");
     const blocks = gauge(sc.METRIC_KVPARK_CACHE_BLOCKS, "{block}", "Blocks held by each cache tier.");
     const pinned = gauge(sc.METRIC_KVPARK_CACHE_PINNED_BLOCKS, "{block}", "Pinned blocks in each tier.");
-    const hits = counter(sc.METRIC_KVPARK_CACHE_BLOCK_HITS, "{block}", "Block lookups answered by each tier.");
+    const hits = counter(
+      sc.METRIC_KVPARK_CACHE_BLOCK_HITS,
+      "{block}",
+      "Block lookups answered by each tier.",
+    );
     const misses = counter(sc.METRIC_KVPARK_CACHE_BLOCK_MISSES, "{block}", "Block lookups each tier missed.");
     const evictions = counter(sc.METRIC_KVPARK_CACHE_EVICTIONS, "{block}", "Blocks evicted from each tier.");
     const corrupt = counter(
@@ -511,7 +525,9 @@ export class GenerationTrace {
     const child = (name: string, from: number, to: number, attributes: Attributes) =>
       this.telemetry.startSpan(name, span, hrTime(from), attributes).end(hrTime(to));
     if (phases.lookupEndAt > 0)
-      child(sc.SPAN_LOOKUP, phases.startedAt, phases.lookupEndAt, { [sc.ATTR_KVPARK_LOOKUP_MS]: timings.lookupMs });
+      child(sc.SPAN_LOOKUP, phases.startedAt, phases.lookupEndAt, {
+        [sc.ATTR_KVPARK_LOOKUP_MS]: timings.lookupMs,
+      });
     if (phases.restoreEndAt > 0) {
       child(sc.SPAN_RESTORE, phases.lookupEndAt, phases.restoreEndAt, {
         [sc.ATTR_KVPARK_RESTORE_TIER]: restoreTier(r),
@@ -534,7 +550,11 @@ export class GenerationTrace {
         [sc.ATTR_GEN_AI_USAGE_OUTPUT_TOKENS]: usage.completionTokens,
         [sc.ATTR_KVPARK_DECODE_TOKENS_PER_SECOND]: timings.decodeTokensPerSecond,
       });
-      span.addEvent(sc.EVENT_FIRST_TOKEN, { [sc.ATTR_KVPARK_TTFT_MS]: timings.ttftMs }, hrTime(phases.firstTokenAt));
+      span.addEvent(
+        sc.EVENT_FIRST_TOKEN,
+        { [sc.ATTR_KVPARK_TTFT_MS]: timings.ttftMs },
+        hrTime(phases.firstTokenAt),
+      );
     }
     span.end();
     this.telemetry.recordFinished(this.metricAttrs, r, ev);
