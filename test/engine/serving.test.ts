@@ -4,6 +4,8 @@ import { Health, HealthCheckResponse_ServingStatus as Status } from "../../gen/g
 import { InferenceService, FinishReason, type GenerateRequest } from "../../gen/kvpark/v1/inference_pb";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { GenerateRequestSchema } from "../../gen/kvpark/v1/inference_pb";
+import { createKvparkClient } from "../../src/client";
+import { KVBlocksService } from "../../gen/kvpark/v1/kvblocks_pb";
 import { startServer, type ServerProcess } from "../helpers/server";
 
 type Req = MessageInitShape<typeof GenerateRequestSchema>;
@@ -123,6 +125,14 @@ describe("engine serving", () => {
     const exit = await server.waitEvent("engine_exit");
     expect(exit.signal).toBe("SIGABRT");
     expect((await health.check({})).status).toBe(Status.NOT_SERVING);
+    // The typed client retries UNAVAILABLE by itself while the engine restarts.
+    const kv = createKvparkClient({ baseUrl: server.url, attempts: 30, backoffMs: 100 });
+    const direct = await createClient(KVBlocksService, createGrpcTransport({ baseUrl: server.url }))
+      .stats({})
+      .catch((e) => e);
+    expect(direct.code).toBe(Code.Unavailable);
+    const stats = await kv.kvBlocks.stats({});
+    expect(stats.blockTokens).toBe(64);
     await server.waitFor(
       (l) => l.event === "engine_ready" && server.logs.indexOf(l) > server.logs.indexOf(exit),
       120_000,
