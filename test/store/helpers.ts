@@ -24,21 +24,81 @@ export function sizedPayloadFor(key: Buffer, minBytes: number, maxBytes: number)
   return payloadFor(key, minBytes + (key.readUInt32LE(0) % (maxBytes - minBytes + 1)));
 }
 
-/** What the store's files occupy: apparent sizes rounded to 4 KiB, and allocated blocks. */
-export function dirBytes(dir: string): { roundedBytes: number; allocatedBytes: number } {
-  let roundedBytes = 0;
-  let allocatedBytes = 0;
-  for (const name of fs.readdirSync(dir)) {
-    let st: fs.Stats;
+export interface DirBytes {
+  /** Apparent sizes rounded up to 4 KiB, as the store accounts them. */
+  roundedBytes: number;
+  /** Blocks the filesystem allocated. */
+  allocatedBytes: number;
+}
+
+/** One readdir + stat pass: what each file looked like when it was stat-ed, or undefined if one vanished. */
+function statPass(
+  dir: string,
+  betweenStats?: (name: string) => void,
+): Map<string, fs.BigIntStats> | undefined {
+  const files = new Map<string, fs.BigIntStats>();
+  for (const name of fs.readdirSync(dir).sort()) {
     try {
-      st = fs.statSync(path.join(dir, name));
+      files.set(name, fs.lstatSync(path.join(dir, name), { bigint: true }));
     } catch {
-      continue; // deleted between readdir and stat
+      return undefined; // deleted between readdir and stat: the store moved on mid-pass
     }
-    roundedBytes += Math.ceil(st.size / 4096) * 4096;
-    allocatedBytes += st.blocks * 512;
+    betweenStats?.(name);
   }
-  return { roundedBytes, allocatedBytes };
+  return files;
+}
+
+function samePass(a: Map<string, fs.BigIntStats>, b: Map<string, fs.BigIntStats>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [name, x] of a) {
+    const y = b.get(name);
+    if (y === undefined) return false;
+    if (x.ino !== y.ino || x.size !== y.size || x.blocks !== y.blocks || x.ctimeNs !== y.ctimeNs)
+      return false;
+  }
+  return true;
+}
+
+/**
+ * What the directory's files occupied at one instant, or undefined if it never held still for
+ * two passes in a row within `passesMax`.
+ *
+ * A single pass is not a snapshot: its stats are taken one after another while the store keeps
+ * working, so a pass can count a compacted segment before its deletion and the segment that took
+ * its blocks after it grew, a total the directory never held. A pass is trusted only when the next
+ * one sees every file unchanged (inode, size, blocks, ctime): segments only grow and their names
+ * are never reused, and a new INDEX arrives by rename with a new inode and ctime, so at every moment
+ * between the two passes at least these files with these sizes were there. The result is therefore
+ * never more than what the directory really held.
+ * `betweenStats` runs after each stat (tests use it to move the directory on mid-pass).
+ */
+export function settledDirBytes(
+  dir: string,
+  passesMax = 8,
+  betweenStats?: (name: string) => void,
+): DirBytes | undefined {
+  let previous = statPass(dir, betweenStats);
+  for (let pass = 1; pass < passesMax; pass++) {
+    const current = statPass(dir, betweenStats);
+    if (previous !== undefined && current !== undefined && samePass(previous, current)) {
+      let roundedBytes = 0;
+      let allocatedBytes = 0;
+      for (const st of current.values()) {
+        roundedBytes += Math.ceil(Number(st.size) / 4096) * 4096;
+        allocatedBytes += Number(st.blocks) * 512;
+      }
+      return { roundedBytes, allocatedBytes };
+    }
+    previous = current;
+  }
+  return undefined;
+}
+
+/** What a directory no one is writing to occupies: apparent sizes rounded to 4 KiB, and allocated blocks. */
+export function dirBytes(dir: string): DirBytes {
+  const bytes = settledDirBytes(dir, 100);
+  if (bytes === undefined) throw new Error(`${dir} kept changing while it was measured`);
+  return bytes;
 }
 
 /** One record as FORMAT.md lays it out inside a segment file. */
