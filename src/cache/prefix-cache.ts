@@ -58,6 +58,13 @@ export interface PrefixMatch {
   tokens: number;
   ramTokens: number;
   ssdTokens: number;
+  /**
+   * Cached tokens that continued where the prompt left the cached sequence (the rest of the block
+   * it diverged from, and that block's longest line of descendants): reuse lost because the prompt
+   * differs there, for example when a chat template re-renders an earlier answer differently.
+   * 0 when the prompt ends inside cached context or nothing was cached past its match.
+   */
+  divergedTokens: number;
   lookupMs: number;
 }
 
@@ -386,8 +393,39 @@ export class PrefixCache {
       tokens: pos,
       ramTokens,
       ssdTokens,
+      // A walk that stopped before the limit stopped at a difference; one stopped by the limit did not.
+      divergedTokens: pos < limit ? this.divergedTokens(blocks, parentHex) : 0,
       lookupMs: now() - t0,
     };
+  }
+
+  /** See PrefixMatch.divergedTokens; walks at most a bounded number of blocks. */
+  private divergedTokens(blocks: MatchedBlock[], parentHex: string): number {
+    const last = blocks.at(-1);
+    let lost = 0;
+    let from: BlockEntry | undefined;
+    if (last && last.tokens < last.blockTokens) {
+      // The prompt left the chain inside this block.
+      from = this.entries.get(last.key.toString("hex"));
+      lost = last.blockTokens - last.tokens;
+    } else {
+      // The prompt left the chain at a block boundary: the longest cached continuation is lost.
+      from = this.longestChild(parentHex);
+      lost = from?.tokenIds.length ?? 0;
+    }
+    for (let steps = 0; from && steps < 1024; steps++) {
+      from = this.longestChild(from.keyHex);
+      lost += from?.tokenIds.length ?? 0;
+    }
+    return lost;
+  }
+
+  private longestChild(parentHex: string): BlockEntry | undefined {
+    let best: BlockEntry | undefined;
+    for (const child of this.children.get(parentHex)?.values() ?? []) {
+      if (this.tierOf(child) && (!best || child.tokenIds.length > best.tokenIds.length)) best = child;
+    }
+    return best;
   }
 
   // ---- Restore ----------------------------------------------------------------------------

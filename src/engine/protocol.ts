@@ -32,6 +32,7 @@ export interface CacheReport {
   recomputedTokens: number;
   recomputeChosenTokens: number;
   corruptBlocks: number;
+  divergedTokens: number;
 }
 
 export type FinishReason = "eos" | "stop_string" | "max_tokens" | "context_limit";

@@ -79,6 +79,7 @@ export class Sequence implements Job {
       recomputedTokens: n,
       recomputeChosenTokens: 0,
       corruptBlocks: 0,
+      divergedTokens: 0,
     };
   }
 
@@ -117,6 +118,7 @@ export class Sequence implements Job {
       const match = this.cache.lookup(this.req.tenant, prompt, { tokensMax: prompt.length - 1 });
       this.lookupMs = match.lookupMs;
       this.lookupEndAt = now();
+      this.report.divergedTokens = match.divergedTokens;
       if (match.tokens > 0) {
         const r = await this.cache.restore(match, this.kv, { signal: this.abortController.signal });
         this.restoreEndAt = now();
@@ -135,6 +137,7 @@ export class Sequence implements Job {
           recomputedTokens: prompt.length - r.restoredTokens,
           recomputeChosenTokens: r.recomputeChosenTokens,
           corruptBlocks: r.corruptBlocks,
+          divergedTokens: match.divergedTokens,
         };
       }
     }

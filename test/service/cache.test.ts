@@ -147,6 +147,9 @@ describe("prefix cache through the service", () => {
     const diverged = [...base.slice(0, 90), ...ids(30, 4)];
     const r = await expectSameAsReference(diverged);
     expect(r.cache?.ramTokens).toBe(90);
+    // Cached were 105 tokens (prompt and all but the last answer token): 41 in the second block,
+    // of which the prompt shares 26.
+    expect(r.cache?.divergedTokens).toBe(15);
   });
 
   it("reuses the previous answer's KV in a conversation's next turn", async () => {
@@ -156,6 +159,32 @@ describe("prefix cache through the service", () => {
     const r = await expectSameAsReference(turn2);
     // Everything but the last generated token (whose KV was never computed) and the new message.
     expect(r.cache?.ramTokens).toBe(turn1.length + a1.ids.length - 1);
+  });
+
+  it("reports the reuse a chat template loses when it re-renders the previous answer", async () => {
+    const system = { role: "system", content: "You are a careful coding agent. ".repeat(12) };
+    const user1 = { role: "user", content: "Read src/main.ts and tell me what it does." };
+    const chat = (messages: { role: string; content: string }[]): Req => ({
+      prompt: { kind: { case: "chat", value: { messages } } },
+      sampling: { maxTokens: 12, temperature: 0 },
+    });
+    const t1 = await generate(svc.inference, chat([system, user1]));
+    const t2 = await generate(
+      svc.inference,
+      chat([
+        system,
+        user1,
+        { role: "assistant", content: t1.text },
+        { role: "user", content: "Now fix it." },
+      ]),
+    );
+    // The first turn's prompt is reused (its last token, the newline opening the answer, may merge
+    // with the answer's first characters when the history is tokenized again); whatever of the
+    // cached answer the re-rendered history does not reproduce is reported, and the two add up to
+    // what was cached.
+    const reused = t2.cache!.ramTokens + t2.cache!.ssdTokens;
+    expect(reused).toBeGreaterThanOrEqual(t1.promptTokens - 1);
+    expect(reused + t2.cache!.divergedTokens).toBe(t1.promptTokens + t1.ids.length - 1);
   });
 
   it("keeps tenants apart", async () => {
