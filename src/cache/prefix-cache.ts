@@ -402,7 +402,7 @@ export class PrefixCache {
   /** See PrefixMatch.divergedTokens; walks at most a bounded number of blocks. */
   private divergedTokens(blocks: MatchedBlock[], parentHex: string): number {
     const last = blocks.at(-1);
-    let lost = 0;
+    let lost: number;
     let from: BlockEntry | undefined;
     if (last && last.tokens < last.blockTokens) {
       // The prompt left the chain inside this block.

@@ -19,7 +19,7 @@ export function grpcJsClient(
   address: string,
   credentials = grpc.credentials.createInsecure(),
 ) {
-  const definition: grpc.ServiceDefinition = {};
+  const definition: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const m of service.methods as Method[]) {
     definition[m.localName] = {
       path: `/${service.typeName}/${m.name}`,
