@@ -60,6 +60,8 @@ export const ATTR_KVPARK_CACHE_SSD_TOKENS = "kvpark.cache.ssd_tokens";
 export const ATTR_KVPARK_CACHE_RECOMPUTED_TOKENS = "kvpark.cache.recomputed_tokens";
 export const ATTR_KVPARK_CACHE_RECOMPUTE_CHOSEN_TOKENS = "kvpark.cache.recompute_chosen_tokens";
 export const ATTR_KVPARK_CACHE_CORRUPT_BLOCKS = "kvpark.cache.corrupt_blocks";
+/** Cached tokens lost where the prompt left the cached sequence (e.g. a re-rendered chat history). */
+export const ATTR_KVPARK_CACHE_DIVERGED_TOKENS = "kvpark.cache.diverged_tokens";
 /** restore | recompute | none: what the cost model did with the cached prefix. */
 export const ATTR_KVPARK_CACHE_DECISION = "kvpark.cache.decision";
 export const ATTR_KVPARK_CACHE_BLOCKS_QUEUED = "kvpark.cache.blocks_queued";

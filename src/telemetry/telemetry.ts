@@ -420,6 +420,7 @@ export class GenerationTrace {
     recomputedTokens: 0,
     recomputeChosenTokens: 0,
     corruptBlocks: 0,
+    divergedTokens: 0,
   };
   private output: string[] = [];
   private done = false;
@@ -497,6 +498,7 @@ export class GenerationTrace {
       [sc.ATTR_KVPARK_CACHE_RECOMPUTED_TOKENS]: r.recomputedTokens,
       [sc.ATTR_KVPARK_CACHE_RECOMPUTE_CHOSEN_TOKENS]: r.recomputeChosenTokens,
       [sc.ATTR_KVPARK_CACHE_CORRUPT_BLOCKS]: r.corruptBlocks,
+      [sc.ATTR_KVPARK_CACHE_DIVERGED_TOKENS]: r.divergedTokens,
       [sc.ATTR_KVPARK_CACHE_DECISION]: activity.decision,
       [sc.ATTR_KVPARK_CACHE_BLOCKS_QUEUED]: activity.blocksQueued,
       [sc.ATTR_KVPARK_RESTORE_BLOCKS]: activity.blocksRestored,

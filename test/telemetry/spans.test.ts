@@ -93,6 +93,7 @@ function generationAttributes(
     "kvpark.cache.recomputed_tokens": c.recomputedTokens,
     "kvpark.cache.recompute_chosen_tokens": 0,
     "kvpark.cache.corrupt_blocks": 0,
+    "kvpark.cache.diverged_tokens": c.divergedTokens,
     "kvpark.cache.decision": engine.decision,
     "kvpark.cache.blocks_queued": engine.blocksQueued,
     "kvpark.restore.blocks": engine.blocksRestored,
