@@ -41,6 +41,8 @@ export class Engine {
   private readonly sessions = new Map<number, PrefillSession>();
   private readonly puts = new Map<number, AsyncQueue<KVBlockInput>>();
   private running = false;
+  /** Resolves the scheduler's sleep when new work arrives while every job waits for I/O. */
+  private wake?: () => void;
   private stepsSinceGc = 0;
 
   private constructor(
@@ -173,6 +175,7 @@ export class Engine {
 
   private schedule(job: Job): void {
     if (!this.active.includes(job)) this.active.push(job);
+    this.wake?.();
     if (!this.running) void this.loop();
   }
 
@@ -180,8 +183,11 @@ export class Engine {
     this.running = true;
     try {
       while (this.active.length > 0) {
+        let stepped = false;
         for (const job of [...this.active]) {
           if (!this.active.includes(job)) continue; // cancelled meanwhile
+          if (job.waiting) continue; // its I/O is in flight; others run meanwhile
+          stepped = true;
           if (job instanceof PrefillSession && !job.runnable) {
             // Waiting for the next piece of context; appending reschedules it.
             this.active.splice(this.active.indexOf(job), 1);
@@ -205,6 +211,14 @@ export class Engine {
           await yieldToEventLoop();
         }
         this.collect(false);
+        if (!stepped) {
+          // Every job waits for I/O: sleep until one of them can go on (or new work arrives).
+          const waits = this.active
+            .map((j) => j.waiting)
+            .filter((w): w is Promise<unknown> => w !== undefined);
+          if (waits.length) await Promise.race([...waits, new Promise<void>((r) => (this.wake = r))]);
+          this.wake = undefined;
+        }
       }
     } finally {
       this.running = false;

@@ -23,6 +23,11 @@ export interface Job {
   step(): Promise<boolean>;
   /** Called when the job is dropped before finishing (cancelled, engine closing). */
   abort(): void;
+  /**
+   * Set while the job waits for I/O (an SSD restore): the scheduler runs other jobs meanwhile and
+   * sleeps on this promise only when every job is waiting.
+   */
+  readonly waiting?: Promise<unknown>;
 }
 
 /**
@@ -83,11 +88,24 @@ export class Sequence implements Job {
     };
   }
 
+  /** The restore in flight, if any; see Job.waiting. */
+  waiting?: Promise<unknown>;
+  private restoreError: unknown;
+
   async step(): Promise<boolean> {
     if (!this.started) {
-      await this.start();
+      // The restore runs while other requests keep computing: its disk reads happen on the store's
+      // threads, and its MLX work interleaves with other jobs' steps on this thread.
+      this.waiting = this.start().then(
+        () => (this.waiting = undefined),
+        (err) => {
+          this.restoreError = err;
+          this.waiting = undefined;
+        },
+      );
       return false;
     }
+    if (this.restoreError !== undefined) throw this.restoreError;
     const prompt = this.req.tokens;
     if (this.prefilled < prompt.length) {
       const t0 = performance.now();
