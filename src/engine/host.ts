@@ -50,6 +50,8 @@ export class EngineHost {
   /** Set when the engine failed in a way restarting cannot fix (bad model path, ...). */
   fatal?: { code: string; message: string };
   restarts = 0;
+  /** Called when the engine cannot start at all (a model that does not load). */
+  onFatal?: (fatal: { code: string; message: string }) => void;
 
   constructor(
     private readonly config: Config,
@@ -132,8 +134,9 @@ export class EngineHost {
     this.pending.clear();
     if (this.stopping) return;
     if (this.fatal) {
-      // Restarting cannot fix a model that does not load; keep answering NOT_SERVING and say why.
+      // Restarting cannot fix a model that does not load.
       this.log.error({ event: "engine_exit", code, signal }, `engine cannot start: ${this.fatal.message}`);
+      this.onFatal?.(this.fatal);
       return;
     }
     this.restarts++;
