@@ -2,7 +2,17 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/**", "gen/**", "node_modules/**", "native/build/**", "coverage/**", "bench/results/**"] },
+  {
+    ignores: [
+      "dist/**",
+      "gen/**",
+      "node_modules/**",
+      "native/build/**",
+      "coverage/**",
+      "bench/results/**",
+      "test/telemetry/otlp/gen/**",
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -44,10 +44,8 @@ export async function serve(config: Config): Promise<void> {
     },
     `listening on ${config.host}:${server.port}`,
   );
-  engine.start();
-
   let stopping = false;
-  const stop = async (signal: string) => {
+  const stop = async (signal: string, exitCode = 0) => {
     if (stopping) return;
     stopping = true;
     log.info({ event: "shutdown", signal, inflight: engine.inflight }, "shutting down");
@@ -57,8 +55,15 @@ export async function serve(config: Config): Promise<void> {
     await engine.stop();
     log.info({ event: "stopped" }, "stopped");
     log.flush();
-    process.exit(0);
+    process.exit(exitCode);
+  };
+  // A model that cannot load will not load on a restart either: say why and exit non-zero, so a
+  // supervisor or the person at the terminal sees it, instead of serving NOT_SERVING forever.
+  engine.onFatal = (fatal) => {
+    console.error(`kvpark: the model cannot be served: ${fatal.message}`);
+    void stop("engine_fatal", 1);
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+  engine.start();
 }
