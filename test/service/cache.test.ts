@@ -187,6 +187,30 @@ describe("prefix cache through the service", () => {
     expect(reused + t2.cache!.divergedTokens).toBe(t1.promptTokens + t1.ids.length - 1);
   });
 
+  it("keeps a request with persist=false out of the cache, and pins one that asks for it", async () => {
+    const p = ids(90, 17);
+    const optOut = { ...greedy(p), cache: { persist: false } };
+    await generate(svc.inference, optOut);
+    expect((await generate(svc.inference, optOut)).cache?.ramTokens).toBe(0);
+    const before = Number((await svc.kv.stats({})).ram!.pinnedBlocks);
+    await generate(svc.inference, { ...greedy(p), cache: { pin: PinKind.SOFT, pinTtlSeconds: 60 } });
+    // 90 prompt tokens: one full block and a partial one.
+    expect(Number((await svc.kv.stats({})).ram!.pinnedBlocks)).toBe(before + 2);
+    await expect(
+      generate(svc.inference, { ...greedy(p), cache: { pin: PinKind.HARD, pinTtlSeconds: 5 } }),
+    ).rejects.toMatchObject({
+      code: Code.InvalidArgument,
+      rawMessage: "cache.pin_ttl_seconds: a hard pin has no time to live",
+    });
+    expect(
+      (
+        await svc.kv.unpin({
+          blocks: { target: { case: "prompt", value: { kind: { case: "tokens", value: { ids: p } } } } },
+        })
+      ).unpinnedBlocks,
+    ).toBe(2);
+  });
+
   it("keeps tenants apart", async () => {
     const p = ids(150, 7);
     await generate(svc.inference, greedy(p));
