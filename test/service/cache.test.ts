@@ -97,8 +97,8 @@ function forge(
 
 const ids = (n: number, seed: number) =>
   Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729) % 500);
-const greedy = (prompt: number[], maxTokens = 6): Req => ({
-  prompt: { kind: { case: "tokens", value: { ids: prompt } } },
+const greedy = (prompt: number[], maxTokens = 6) => ({
+  prompt: { kind: { case: "tokens" as const, value: { ids: prompt } } },
   sampling: { maxTokens, temperature: 0 },
 });
 
