@@ -10,6 +10,7 @@
 // 24 layers x {K,V} x [1, 2, 64, 64] x 4 bytes = 1,572,864 bytes.
 //
 // Usage: npx tsc -p tsconfig.json && node dist/bench/store/restore.js [--runs 5] [--dir DIR] [--read-threads 8]
+// `npm run bench` runs the same measurement through runStoreRestore().
 import { execFileSync, spawnSync } from "node:child_process";
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
@@ -18,7 +19,7 @@ import * as path from "node:path";
 
 import { openStore } from "../../src/store";
 
-interface Scenario {
+export interface Scenario {
   name: string;
   blockBytes: number;
   blocks: number;
@@ -78,14 +79,14 @@ function fsyncFile(file: string, data: Buffer): void {
   fs.closeSync(fd);
 }
 
-interface Timings {
+export interface Timings {
   storeMs: number;
   ddMs: number;
   filesParallelMs: number;
   filesSequentialMs: number;
 }
 
-interface ScenarioResult {
+export interface ScenarioResult {
   scenario: Scenario;
   totalBytes: number;
   storeWriteMs: number;
@@ -189,16 +190,37 @@ function mbPerS(bytes: number, ms: number): string {
   return (bytes / 1e6 / (ms / 1e3)).toFixed(0);
 }
 
-async function main(): Promise<void> {
-  const runs = Number(argument("runs", "5"));
-  const root = argument("dir", os.tmpdir());
-  const readThreads = Number(argument("read-threads", "8"));
-  const results: ScenarioResult[] = [];
-  for (const scenario of SCENARIOS) results.push(await runScenario(root, scenario, runs, readThreads));
+/** What runStoreRestore() measured. */
+export interface StoreRestoreResult {
+  coldCache: boolean;
+  runs: number;
+  readThreads: number;
+  results: ScenarioResult[];
+  /** The Markdown table of the results. */
+  table: string;
+}
 
+export interface StoreRestoreOptions {
+  runs: number;
+  /** A directory on the disk to measure (not a tmpfs). */
+  dir: string;
+  readThreads: number;
+  /** Bytes per scenario (default about 100 MB). */
+  targetBytes?: number;
+  log?: (message: string) => void;
+}
+
+export async function runStoreRestore(o: StoreRestoreOptions): Promise<StoreRestoreResult> {
+  const results: ScenarioResult[] = [];
+  const target = o.targetBytes ?? TARGET_BYTES;
+  for (const base of SCENARIOS) {
+    const scenario = { ...base, blocks: Math.max(1, Math.round((base.blocks * target) / TARGET_BYTES)) };
+    o.log?.(
+      `store: ${scenario.blocks} blocks of ${(scenario.blockBytes / 1024).toFixed(0)} KiB (${scenario.name})`,
+    );
+    results.push(await runScenario(o.dir, scenario, o.runs, o.readThreads));
+  }
   const lines = [
-    `Cold restore (${coldCache ? "page cache dropped before every read" : "WARM cache: not root"}), median of ${runs} runs, ${os.cpus().length} cores, store readThreads ${readThreads}`,
-    "",
     "| blocks | bytes | store getMany | dd iflag=direct | fs files, parallel | fs files, sequential | store / dd time | store write | files write |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
@@ -216,12 +238,27 @@ async function main(): Promise<void> {
         `${ratio.toFixed(2)} | ${mbPerS(r.totalBytes, r.storeWriteMs)} MB/s | ${mbPerS(r.totalBytes, r.filesWriteMs)} MB/s |`,
     );
   }
-  console.log(lines.join("\n"));
-  console.log();
-  console.log(JSON.stringify({ coldCache, runs, readThreads, results }, null, 2));
+  return { coldCache, runs: o.runs, readThreads: o.readThreads, results, table: lines.join("\n") };
 }
 
-main().catch((error: unknown) => {
-  console.error(error);
-  process.exit(1);
-});
+async function main(): Promise<void> {
+  const runs = Number(argument("runs", "5"));
+  const root = argument("dir", os.tmpdir());
+  const readThreads = Number(argument("read-threads", "8"));
+  const r = await runStoreRestore({ runs, dir: root, readThreads });
+  console.log(
+    `Cold restore (${r.coldCache ? "page cache dropped before every read" : "WARM cache: not root"}), median of ${runs} runs, ${os.cpus().length} cores, store readThreads ${readThreads}`,
+  );
+  console.log();
+  console.log(r.table);
+  console.log();
+  const { table: _table, ...json } = r;
+  console.log(JSON.stringify(json, null, 2));
+}
+
+if (require.main === module) {
+  main().catch((error: unknown) => {
+    console.error(error);
+    process.exit(1);
+  });
+}

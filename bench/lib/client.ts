@@ -1,0 +1,152 @@
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { create } from "@bufbuild/protobuf";
+import {
+  GenerateRequestSchema,
+  InferenceService,
+  type CacheReport,
+  type Timings,
+} from "../../gen/kvpark/v1/inference_pb";
+import { KVBlocksService, type StatsResponse } from "../../gen/kvpark/v1/kvblocks_pb";
+import { sleep } from "./util";
+
+export interface Clients {
+  inference: Client<typeof InferenceService>;
+  kv: Client<typeof KVBlocksService>;
+}
+
+export function connect(url: string): Clients {
+  // No deadline: a cold 8k-token prefill on two cores takes minutes.
+  const transport = createGrpcTransport({ baseUrl: url });
+  return {
+    inference: createClient(InferenceService, transport),
+    kv: createClient(KVBlocksService, transport),
+  };
+}
+
+/** A prompt as token ids or as chat messages. */
+export type BenchPrompt = { tokens: number[] } | { chat: Array<{ role: string; content: string }> };
+
+export interface GenerateOptions {
+  maxTokens: number;
+  persist?: boolean;
+  signal?: AbortSignal;
+}
+
+/** One Generate call as the client saw it, with the server's own report. */
+export interface GenerateResult {
+  promptTokens: number;
+  cache: Pick<
+    CacheReport,
+    "ramTokens" | "ssdTokens" | "recomputedTokens" | "recomputeChosenTokens" | "corruptBlocks"
+  >;
+  completionIds: number[];
+  finishReason: number;
+  /** Server-side timings (from the request's arrival at the server). */
+  timings: Pick<
+    Timings,
+    "ttftMs" | "lookupMs" | "restoreMs" | "prefillMs" | "decodeTokensPerSecond" | "totalMs" | "queueMs"
+  >;
+  /** Client-side: from the call to the first generated token received, and to the stream's end. */
+  clientTtftMs: number;
+  clientTotalMs: number;
+  /** performance.now() of the first and of every later token received (for concurrency windows). */
+  tokenTimes: number[];
+}
+
+/** Greedy generation (temperature 0), streamed; times measured on the client too. */
+export async function generate(
+  c: Clients,
+  prompt: BenchPrompt,
+  options: GenerateOptions,
+): Promise<GenerateResult> {
+  const req = create(GenerateRequestSchema, {
+    prompt:
+      "tokens" in prompt
+        ? { kind: { case: "tokens", value: { ids: prompt.tokens } } }
+        : { kind: { case: "chat", value: { messages: prompt.chat } } },
+    sampling: { maxTokens: options.maxTokens, temperature: 0 },
+    cache: { persist: options.persist ?? true },
+  });
+  const t0 = performance.now();
+  const out: GenerateResult = {
+    promptTokens: 0,
+    cache: { ramTokens: 0, ssdTokens: 0, recomputedTokens: 0, recomputeChosenTokens: 0, corruptBlocks: 0 },
+    completionIds: [],
+    finishReason: 0,
+    timings: {
+      ttftMs: 0,
+      lookupMs: 0,
+      restoreMs: 0,
+      prefillMs: 0,
+      decodeTokensPerSecond: 0,
+      totalMs: 0,
+      queueMs: 0,
+    },
+    clientTtftMs: Number.NaN,
+    clientTotalMs: 0,
+    tokenTimes: [],
+  };
+  for await (const res of c.inference.generate(req, { signal: options.signal })) {
+    const ev = res.event;
+    if (ev.case === "started") {
+      out.promptTokens = ev.value.promptTokens;
+      const cache = ev.value.cache;
+      if (cache) {
+        out.cache = {
+          ramTokens: cache.ramTokens,
+          ssdTokens: cache.ssdTokens,
+          recomputedTokens: cache.recomputedTokens,
+          recomputeChosenTokens: cache.recomputeChosenTokens,
+          corruptBlocks: cache.corruptBlocks,
+        };
+      }
+    } else if (ev.case === "delta") {
+      const now = performance.now();
+      for (let i = 0; i < ev.value.tokenIds.length; i++) out.tokenTimes.push(now);
+      if (ev.value.tokenIds.length > 0 && Number.isNaN(out.clientTtftMs)) out.clientTtftMs = now - t0;
+      out.completionIds.push(...ev.value.tokenIds);
+    } else if (ev.case === "finished") {
+      out.finishReason = ev.value.finishReason;
+      const t = ev.value.timings;
+      if (t) {
+        out.timings = {
+          ttftMs: t.ttftMs,
+          lookupMs: t.lookupMs,
+          restoreMs: t.restoreMs,
+          prefillMs: t.prefillMs,
+          decodeTokensPerSecond: t.decodeTokensPerSecond,
+          totalMs: t.totalMs,
+          queueMs: t.queueMs,
+        };
+      }
+    }
+  }
+  out.clientTotalMs = performance.now() - t0;
+  // A first token that is end-of-sequence arrives with no delta: count the stream's end instead.
+  if (Number.isNaN(out.clientTtftMs)) out.clientTtftMs = out.clientTotalMs;
+  return out;
+}
+
+export async function stats(c: Clients): Promise<StatsResponse> {
+  return c.kv.stats({});
+}
+
+/**
+ * Waits until the SSD tier holds at least `blocks` blocks and nothing is queued (the queue empties
+ * when the last batch is taken, before it is written, so the block count is what tells that the
+ * writes are durable); returns the milliseconds waited.
+ */
+export async function waitWritten(c: Clients, blocks: number, timeoutMs = 180_000): Promise<number> {
+  const t0 = performance.now();
+  for (;;) {
+    const s = await stats(c);
+    if (s.writeQueueDepth === 0 && Number(s.ssd?.blocks ?? 0) >= blocks) return performance.now() - t0;
+    if (performance.now() - t0 > timeoutMs) {
+      throw new Error(
+        `SSD tier holds ${s.ssd?.blocks ?? 0} of ${blocks} blocks, ${s.writeQueueDepth} queued, after ${timeoutMs} ms`,
+      );
+    }
+    await sleep(10);
+  }
+}

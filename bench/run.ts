@@ -1,0 +1,355 @@
+/**
+ * kvpark's benchmark: one command for the performance table.
+ *
+ *   npm run bench -- --quick     small preset, 1k and 2k contexts (a couple of minutes; CI runs it)
+ *   npm run bench -- --full      qwen2.5-0.5b shape, 1k/2k/4k/8k contexts (about 40 minutes on 2 cores)
+ *
+ * Options: --out DIR, --model DIR (a model directory; default .kvpark/models/<preset>, generated if
+ * missing), --preset NAME, --contexts 1024,2048, --cold-runs N, --sections store,ttft,concurrency,replay
+ * (add `engine` for the in-process prefill/decode microbenchmark), --work-dir DIR (on the disk to
+ * measure, not a tmpfs), --seed N, --keep (leave the work directory). Progress goes to stderr; results
+ * to <out>/<mode>.json, <out>/<mode>.md and <out>/<mode>-ttft.svg.
+ */
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { runStoreRestore, type StoreRestoreResult } from "./store/restore";
+import { describeMachine } from "./lib/machine";
+import { ensureModel, readModel } from "./lib/model";
+import {
+  markdown,
+  summarizeConcurrency,
+  summarizeContext,
+  ttftChart,
+  type ContextSummary,
+} from "./lib/report";
+import { dropPageCache, pageCacheDropWorks, Progress } from "./lib/util";
+import { runConcurrency, type ConcurrencyResult } from "./sections/concurrency";
+import { runReplay, type ReplayResult } from "./sections/replay";
+import { runTtft, type ContextResult } from "./sections/ttft";
+
+const REPO = path.resolve(__dirname, "../..");
+
+interface Plan {
+  mode: "quick" | "full";
+  preset: string;
+  contexts: number[];
+  coldRuns: Record<number, number> | number;
+  ramRuns: number;
+  ssdRuns: number;
+  restartRuns: number;
+  decodeTokens: number;
+  concurrency: { streams: number[]; runs: number; prefixTokens: number; decodeTokens: number };
+  replay: { scale: number; rounds: number; answerTokens: number; ramTokens: number };
+  store: { runs: number; targetBytes: number };
+}
+
+const PLANS: Record<"quick" | "full", Plan> = {
+  quick: {
+    mode: "quick",
+    preset: "small",
+    contexts: [1024, 2048],
+    coldRuns: 3,
+    ramRuns: 3,
+    ssdRuns: 3,
+    restartRuns: 2,
+    decodeTokens: 16,
+    concurrency: { streams: [1, 4, 8], runs: 1, prefixTokens: 256, decodeTokens: 16 },
+    replay: { scale: 0.3, rounds: 6, answerTokens: 8, ramTokens: 3072 },
+    store: { runs: 1, targetBytes: 25e6 },
+  },
+  full: {
+    mode: "full",
+    preset: "qwen2.5-0.5b",
+    contexts: [1024, 2048, 4096, 8192],
+    // A cold 8k-token prefill takes about four minutes here: two runs each with the cache on and off.
+    coldRuns: { 1024: 3, 2048: 3, 4096: 2, 8192: 2 },
+    ramRuns: 3,
+    ssdRuns: 3,
+    restartRuns: 2,
+    decodeTokens: 16,
+    concurrency: { streams: [1, 4, 8], runs: 2, prefixTokens: 512, decodeTokens: 24 },
+    replay: { scale: 0.5, rounds: 6, answerTokens: 12, ramTokens: 6144 },
+    store: { runs: 3, targetBytes: 100e6 },
+  },
+};
+
+const ALL_SECTIONS = ["store", "ttft", "concurrency", "replay", "engine"];
+const DEFAULT_SECTIONS = ["store", "ttft", "concurrency", "replay"];
+
+function usage(): never {
+  process.stderr.write(
+    (fs.readFileSync(__filename, "utf8").match(/\/\*\*([\s\S]*?)\*\//)?.[1] ?? "")
+      .replace(/^ \* ?/gm, "")
+      .trim() + "\n",
+  );
+  process.exit(2);
+}
+
+interface Args {
+  mode: "quick" | "full";
+  out?: string;
+  model?: string;
+  preset?: string;
+  contexts?: number[];
+  coldRuns?: number;
+  sections: string[];
+  workDir?: string;
+  seed: number;
+  keep: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { mode: "full", sections: DEFAULT_SECTIONS, seed: 7, keep: false };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const value = () => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${arg} needs a value`);
+      return v;
+    };
+    switch (arg) {
+      case "--quick":
+        a.mode = "quick";
+        break;
+      case "--full":
+        a.mode = "full";
+        break;
+      case "--out":
+        a.out = value();
+        break;
+      case "--model":
+        a.model = value();
+        break;
+      case "--preset":
+        a.preset = value();
+        break;
+      case "--contexts":
+        a.contexts = value().split(",").map(Number);
+        if (a.contexts.some((n) => !Number.isInteger(n) || n < 2))
+          throw new Error("--contexts: integers >= 2");
+        break;
+      case "--cold-runs":
+        a.coldRuns = Number(value());
+        if (!Number.isInteger(a.coldRuns) || a.coldRuns < 2) throw new Error("--cold-runs: an integer >= 2");
+        break;
+      case "--sections":
+        a.sections = value().split(",");
+        for (const s of a.sections) if (!ALL_SECTIONS.includes(s)) throw new Error(`unknown section ${s}`);
+        break;
+      case "--work-dir":
+        a.workDir = value();
+        break;
+      case "--seed":
+        a.seed = Number(value());
+        break;
+      case "--keep":
+        a.keep = true;
+        break;
+      case "--help":
+      case "-h":
+        usage();
+        break;
+      default:
+        throw new Error(`unknown option ${arg} (see --help)`);
+    }
+  }
+  return a;
+}
+
+function fsType(dir: string): string {
+  const r = spawnSync("df", ["--output=fstype", dir], { encoding: "utf8" });
+  return r.stdout.split("\n")[1]?.trim() ?? "";
+}
+
+/** The in-process prefill/decode microbenchmark (bench/model/prefill-decode.ts) in a child process. */
+function runEngine(
+  modelDir: string,
+  preset: string,
+  contexts: number[],
+  out: string,
+  progress: Progress,
+): unknown {
+  progress.log(`engine: in-process prefill/decode at ${contexts.join(", ")} tokens`);
+  const r = spawnSync(
+    process.execPath,
+    [
+      "--expose-gc",
+      path.join(__dirname, "model/prefill-decode.js"),
+      "--preset",
+      preset,
+      "--dir",
+      modelDir,
+      "--contexts",
+      contexts.join(","),
+      "--out",
+      out,
+    ],
+    { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] },
+  );
+  if (r.status !== 0) throw new Error("prefill-decode benchmark failed");
+  return JSON.parse(fs.readFileSync(out, "utf8"));
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  const plan = { ...PLANS[args.mode] };
+  if (args.preset) plan.preset = args.preset;
+  if (args.contexts) plan.contexts = args.contexts;
+  if (args.coldRuns) plan.coldRuns = args.coldRuns;
+  const progress = new Progress();
+  const started = new Date();
+  const outDir = path.resolve(
+    args.out ?? path.join(REPO, "bench/results", args.mode === "quick" ? "tmp" : ""),
+  );
+  fs.mkdirSync(outDir, { recursive: true });
+  const workDir = path.resolve(args.workDir ?? fs.mkdtempSync(path.join(os.tmpdir(), "kvpark-bench-")));
+  fs.mkdirSync(workDir, { recursive: true });
+  const modelDir = path.resolve(args.model ?? path.join(REPO, ".kvpark/models", plan.preset));
+  ensureModel(plan.preset, modelDir, (m) => progress.log(m));
+  const model = readModel(plan.preset, modelDir);
+  const tokenLimit = Math.min(8000, model.tokenizerVocab - 16);
+  const machine = describeMachine(REPO, workDir);
+  const command = ["npm run bench --", ...process.argv.slice(2)].join(" ");
+  const coldRuns = (L: number) =>
+    typeof plan.coldRuns === "number"
+      ? plan.coldRuns
+      : (plan.coldRuns[L] ?? Math.min(...Object.values(plan.coldRuns)));
+
+  progress.log(
+    `kvpark bench (${args.mode}): model ${plan.preset} at ${modelDir}, contexts ${plan.contexts.join(", ")}, ` +
+      `sections ${args.sections.join(", ")}; work dir ${workDir} (${fsType(workDir)}); results in ${outDir}`,
+  );
+  const notes: string[] = [];
+  if (fsType(workDir) === "tmpfs")
+    notes.push(`The work directory ${workDir} is a tmpfs: SSD numbers are RAM numbers.`);
+  dropPageCache();
+  machine.pageCacheDrop = pageCacheDropWorks()
+    ? "sync; echo 3 > /proc/sys/vm/drop_caches before every cold read"
+    : "NOT available (not root): 'page cache dropped' numbers are warm-cache numbers";
+
+  let store: StoreRestoreResult | undefined;
+  let ttft: ContextResult[] = [];
+  let concurrency: ConcurrencyResult | undefined;
+  let replay: ReplayResult | undefined;
+  let engine: unknown;
+  try {
+    if (args.sections.includes("store")) {
+      store = await runStoreRestore({
+        runs: plan.store.runs,
+        dir: workDir,
+        readThreads: 8,
+        targetBytes: plan.store.targetBytes,
+        log: (m) => progress.log(m),
+      });
+    }
+    if (args.sections.includes("ttft")) {
+      ttft = await runTtft({
+        model,
+        contexts: plan.contexts,
+        coldRuns,
+        ramRuns: plan.ramRuns,
+        ssdRuns: plan.ssdRuns,
+        restartRuns: plan.restartRuns,
+        decodeTokens: plan.decodeTokens,
+        workDir,
+        progress,
+        tokenLimit,
+      });
+    }
+    if (args.sections.includes("concurrency")) {
+      concurrency = await runConcurrency({ model, ...plan.concurrency, workDir, progress, tokenLimit });
+    }
+    if (args.sections.includes("replay")) {
+      replay = await runReplay({ model, seed: args.seed, ...plan.replay, workDir, progress });
+    }
+    if (args.sections.includes("engine")) {
+      engine = runEngine(modelDir, plan.preset, plan.contexts, path.join(workDir, "engine.json"), progress);
+    }
+  } finally {
+    if (!args.keep) fs.rmSync(workDir, { recursive: true, force: true });
+  }
+
+  machine.loadAverageAtEnd = os.loadavg().map((x) => Math.round(x * 100) / 100);
+  const wallSeconds = progress.elapsedSeconds();
+  const contexts: ContextSummary[] = ttft.map((r) => summarizeContext(r, model));
+  const cold = ttft.flatMap((r) =>
+    [...r.cold, ...r.coldCacheOff].map((s) => s.prefillMs / s.recomputedTokens),
+  );
+  const spread = cold.length > 1 ? Math.max(...cold) / Math.min(...cold) : Number.NaN;
+  notes.push(
+    `Each context length runs on its own server whose RAM tier holds exactly one such prompt, so persisting the next prompt ` +
+      `pushes the previous one out of RAM; SSD samples restore a prompt found on SSD only. Cold runs per context: ` +
+      `${plan.contexts.map((L) => `${L}: ${coldRuns(L)}`).join(", ")} with the cache on and as many with it off; ` +
+      `${plan.ramRuns} RAM hits per cold run; ${plan.ssdRuns} SSD restores; ${plan.restartRuns} restarts. Medians.`,
+    `Page cache: ${machine.pageCacheDrop}. SSD writes: --ssd-fsync batch (the default: a block counts as persisted after fdatasync).`,
+    `TTFT always includes computing the prompt's last token (its logits give the first generated token) and, ` +
+      `for every path, the lookup; prompts are random token ids, one generated token per TTFT request.`,
+    `Noise: 2 shared cores; other work ran on this machine during the run (load average above; ` +
+      `the engine got a median ${Number.isFinite(contexts[0]?.coldEngineCpuPercent) ? contexts.map((c) => `${c.coldEngineCpuPercent.toFixed(0)}%`).join("/") : "n/a"} ` +
+      `of one core during cold prefills, out of 200%). Per-token prefill time of cold runs varied by ${Number.isFinite(spread) ? spread.toFixed(1) : "n/a"}x ` +
+      `between the fastest and the slowest run. Ratios come from requests made side by side in the same run.`,
+  );
+  const storeNote = store
+    ? `About ${((store.results[0]?.totalBytes ?? 0) / 1e6).toFixed(0)} MB of KV blocks of the qwen2.5-0.5b shape (64 tokens, float32; ` +
+      `whole blocks, and the same bytes as per-layer blocks), written and read back ` +
+      `with the page cache ${store.coldCache ? "dropped" : "WARM (not root)"} before every read; median of ${store.runs} run(s); ` +
+      `the store reads with ${store.readThreads} threads (bench/store/restore.ts).`
+    : undefined;
+  const report = {
+    mode: args.mode,
+    command,
+    machine,
+    model,
+    wallSeconds,
+    notes,
+    contexts,
+    concurrency: concurrency
+      ? {
+          summary: summarizeConcurrency(concurrency),
+          contextTokens: concurrency.contextTokens,
+          decodeTokens: concurrency.decodeTokens,
+        }
+      : undefined,
+    replay,
+    storeTable: store?.table,
+    storeNote,
+  };
+  const md = markdown(report);
+  const json = {
+    schema: "kvpark-bench/1",
+    startedAt: started.toISOString(),
+    finishedAt: new Date().toISOString(),
+    plan,
+    ...report,
+    model: { ...model, dir: path.relative(REPO, model.dir) || model.dir },
+    raw: {
+      ttft,
+      concurrency,
+      store: store ? { ...store, table: undefined } : undefined,
+      engine,
+    },
+  };
+  const base = path.join(outDir, args.mode);
+  fs.writeFileSync(`${base}.json`, JSON.stringify(json, null, 2) + "\n");
+  fs.writeFileSync(`${base}.md`, md + "\n");
+  if (contexts.length > 0) {
+    fs.writeFileSync(
+      `${base}-ttft.svg`,
+      ttftChart(
+        contexts,
+        `kvpark TTFT by context length: ${plan.preset} shape, ${machine.cores} cores (${args.mode} run)`,
+      ),
+    );
+  }
+  progress.log(
+    `done in ${(wallSeconds / 60).toFixed(1)} min: ${base}.json, ${base}.md${contexts.length ? `, ${base}-ttft.svg` : ""}`,
+  );
+  process.stdout.write(md + "\n");
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,99 @@
+/**
+ * Aggregate decode throughput with 1, 4 and 8 concurrent Generate streams. Every stream's prompt is
+ * a shared prefix (cached by a warm-up request) plus a few tokens of its own, so prefill is short and
+ * the measured window is decoding: from the moment every stream has its first token to the moment the
+ * first stream finishes, tokens received by all streams divided by the window's length.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { connect, generate, type GenerateResult } from "../lib/client";
+import type { ModelShape } from "../lib/model";
+import { BenchServer } from "../lib/server";
+import { randomTokens, type Progress } from "../lib/util";
+
+export interface ConcurrencyOptions {
+  model: ModelShape;
+  streams: number[];
+  runs: number;
+  prefixTokens: number;
+  decodeTokens: number;
+  workDir: string;
+  progress: Progress;
+  tokenLimit: number;
+}
+
+export interface ConcurrencyRun {
+  streams: number;
+  /** Tokens per second, all streams together, in the window where all of them decode. */
+  aggregateTokensPerSecond: number;
+  /** Mean of the streams' own decode rates as the server reports them. */
+  perStreamTokensPerSecond: number;
+  windowMs: number;
+  tokensInWindow: number;
+  completionTokens: number[];
+}
+
+export interface ConcurrencyResult {
+  contextTokens: number;
+  decodeTokens: number;
+  runs: ConcurrencyRun[];
+}
+
+function measure(results: GenerateResult[]): Omit<ConcurrencyRun, "streams"> {
+  const firsts = results.map((r) => r.tokenTimes[0] ?? Number.POSITIVE_INFINITY);
+  const lasts = results.map((r) => r.tokenTimes.at(-1) ?? Number.NEGATIVE_INFINITY);
+  const from = Math.max(...firsts);
+  const to = Math.min(...lasts);
+  let tokens = 0;
+  for (const r of results) tokens += r.tokenTimes.filter((t) => t > from && t <= to).length;
+  const windowMs = to - from;
+  const rates = results.map((r) => r.timings.decodeTokensPerSecond);
+  return {
+    aggregateTokensPerSecond: windowMs > 0 ? (tokens * 1000) / windowMs : Number.NaN,
+    perStreamTokensPerSecond: rates.reduce((a, b) => a + b, 0) / rates.length,
+    windowMs,
+    tokensInWindow: tokens,
+    completionTokens: results.map((r) => r.completionIds.length),
+  };
+}
+
+export async function runConcurrency(o: ConcurrencyOptions): Promise<ConcurrencyResult> {
+  const dataDir = path.join(o.workDir, "concurrency");
+  fs.rmSync(dataDir, { recursive: true, force: true });
+  fs.mkdirSync(dataDir, { recursive: true });
+  const server = await BenchServer.start({ dataDir, model: o.model.dir, args: ["--ssd-fsync", "none"] });
+  const c = connect(server.url);
+  const prefix = randomTokens(424242, o.prefixTokens, o.tokenLimit);
+  const suffixTokens = 8;
+  const out: ConcurrencyResult = {
+    contextTokens: o.prefixTokens + suffixTokens,
+    decodeTokens: o.decodeTokens,
+    runs: [],
+  };
+  try {
+    o.progress.log(`concurrency: caching the ${o.prefixTokens}-token shared prefix`);
+    await generate(c, { tokens: prefix }, { maxTokens: 1 });
+    let seed = 1;
+    for (let run = 0; run < o.runs; run++) {
+      for (const n of o.streams) {
+        const prompts = Array.from({ length: n }, () => [
+          ...prefix,
+          ...randomTokens(seed++, suffixTokens, o.tokenLimit),
+        ]);
+        const results = await Promise.all(
+          prompts.map((tokens) => generate(c, { tokens }, { maxTokens: o.decodeTokens, persist: false })),
+        );
+        const m = { streams: n, ...measure(results) };
+        out.runs.push(m);
+        o.progress.log(
+          `concurrency: ${n} stream(s), run ${run + 1}/${o.runs}: ${m.aggregateTokensPerSecond.toFixed(2)} tok/s aggregate ` +
+            `(${m.tokensInWindow} tokens in ${(m.windowMs / 1000).toFixed(1)} s)`,
+        );
+      }
+    }
+  } finally {
+    await server.stop();
+  }
+  fs.rmSync(dataDir, { recursive: true, force: true });
+  return out;
+}

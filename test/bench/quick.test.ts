@@ -1,0 +1,131 @@
+/**
+ * Runs `npm run bench -- --quick` (the compiled bench/run.ts) end to end, so the benchmark code cannot
+ * rot: its JSON, Markdown and SVG outputs must exist, be well formed and hold positive numbers.
+ */
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+
+const ROOT = path.resolve(__dirname, "../..");
+const RUN = path.join(ROOT, "dist/bench/run.js");
+
+interface Summary {
+  median: number;
+  n: number;
+}
+
+interface BenchJson {
+  schema: string;
+  mode: string;
+  machine: { cpu: string; cores: number; ramGiB: number; node: string; kvparkCommit: string; disk: string };
+  contexts: Array<{
+    contextTokens: number;
+    ttftMs: Record<"cold" | "coldCacheOff" | "ram" | "ssd" | "restart", Summary>;
+    clientTtftMs: Record<"cold" | "coldCacheOff" | "ram" | "ssd" | "restart", Summary>;
+    restoreMBps: number;
+    ddMBps: number;
+    restoreOverDd: number;
+    persistTtftRatio: number;
+    persistRequestRatio: number;
+    prefillTokensPerSecond: number;
+    decodeTokensPerSecond: number;
+    ssdBytesPerToken: number;
+    warnings: string[];
+  }>;
+  concurrency: { summary: Array<{ streams: number; aggregateTokensPerSecond: number }> };
+  replay: {
+    turns: Array<{
+      promptTokens: number;
+      idealTokens: number;
+      ramTokens: number;
+      ssdTokens: number;
+      serverTtftMs: number;
+    }>;
+    totals: { idealTokens: number; reusedTokens: number; reuseShareOfIdeal: number };
+  };
+}
+
+/** Checks that every element is closed in order: enough to catch a broken hand-written SVG. */
+function checkXml(text: string): void {
+  const stack: string[] = [];
+  for (const m of text.matchAll(/<(\/?)([a-zA-Z][\w:-]*)[^>]*?(\/?)>/g)) {
+    const [, closing, name, selfClosing] = m;
+    if (selfClosing) continue;
+    if (!closing) stack.push(name);
+    else if (stack.pop() !== name) throw new Error(`SVG: </${name}> does not close the open element`);
+  }
+  expect(stack).toEqual([]);
+}
+
+describe("npm run bench -- --quick", () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), "kvpark-bench-test-"));
+  afterAll(() => fs.rmSync(out, { recursive: true, force: true }));
+
+  it("writes JSON, Markdown and an SVG chart with positive numbers", () => {
+    expect(fs.existsSync(RUN)).toBe(true); // built by `npm test`'s pretest (npx tsc -p tsconfig.json)
+    const r = spawnSync(process.execPath, [RUN, "--quick", "--out", out], {
+      encoding: "utf8",
+      timeout: 280_000,
+    });
+    if (r.status !== 0) throw new Error(`bench exited with ${r.status}: ${r.stderr.slice(-4000)}`);
+    expect(r.stderr).toMatch(/ttft 1024: cold run 1\/3/); // progress while it runs
+
+    const json = JSON.parse(fs.readFileSync(path.join(out, "quick.json"), "utf8")) as BenchJson;
+    expect(json.schema).toBe("kvpark-bench/1");
+    expect(json.machine.cores).toBeGreaterThan(0);
+    expect(json.machine.ramGiB).toBeGreaterThan(0);
+    for (const field of ["cpu", "node", "kvparkCommit", "disk"] as const)
+      expect(json.machine[field]).not.toBe("");
+
+    expect(json.contexts.map((c) => c.contextTokens)).toEqual([1024, 2048]);
+    for (const c of json.contexts) {
+      for (const path of ["cold", "coldCacheOff", "ram", "ssd", "restart"] as const) {
+        expect(c.ttftMs[path].n).toBeGreaterThan(0);
+        expect(c.ttftMs[path].median).toBeGreaterThan(0);
+        expect(c.clientTtftMs[path].median).toBeGreaterThan(0);
+      }
+      // Reuse must beat recomputing even for the small model.
+      expect(c.ttftMs.ram.median).toBeLessThan(c.ttftMs.coldCacheOff.median);
+      expect(c.ttftMs.ssd.median).toBeLessThan(c.ttftMs.coldCacheOff.median);
+      for (const v of [
+        c.restoreMBps,
+        c.ddMBps,
+        c.restoreOverDd,
+        c.persistTtftRatio,
+        c.persistRequestRatio,
+        c.prefillTokensPerSecond,
+        c.decodeTokensPerSecond,
+        c.ssdBytesPerToken,
+      ]) {
+        expect(v).toBeGreaterThan(0);
+      }
+      expect(c.warnings).toEqual([]);
+    }
+    expect(json.concurrency.summary.map((s) => s.streams)).toEqual([1, 4, 8]);
+    for (const s of json.concurrency.summary) expect(s.aggregateTokensPerSecond).toBeGreaterThan(0);
+
+    const { turns, totals } = json.replay;
+    expect(turns.length).toBeGreaterThan(5);
+    for (const t of turns) {
+      expect(t.promptTokens).toBeGreaterThan(0);
+      expect(t.serverTtftMs).toBeGreaterThan(0);
+      expect(t.ramTokens + t.ssdTokens).toBeLessThanOrEqual(t.promptTokens - 1);
+    }
+    expect(turns.some((t) => t.ssdTokens > 0)).toBe(true); // the restart makes the SSD tier serve
+    expect(totals.idealTokens).toBeGreaterThan(0);
+    expect(totals.reuseShareOfIdeal).toBeGreaterThan(0);
+    expect(totals.reuseShareOfIdeal).toBeLessThanOrEqual(1);
+
+    const md = fs.readFileSync(path.join(out, "quick.md"), "utf8");
+    expect(md).toContain("npm run bench -- --quick");
+    expect(md).toMatch(/\| 1k \(1,024\) \| [\d,.]+ m?s \|/);
+    expect(md).toContain("### Agent-session replay");
+    expect(md).toContain(`Machine: ${json.machine.cpu}, ${json.machine.cores} cores`);
+
+    const svg = fs.readFileSync(path.join(out, "quick-ttft.svg"), "utf8");
+    expect(svg.startsWith("<svg")).toBe(true);
+    checkXml(svg);
+    expect((svg.match(/<polyline /g) ?? []).length).toBe(5);
+  }, 300_000);
+});
