@@ -109,6 +109,18 @@ export interface RestoreReport {
   /** The cost model's estimates for the SSD part, in ms (0 when there was none). */
   estimatedRestoreMs: number;
   estimatedRecomputeMs: number;
+  /** Each import into the sequence, in order: a run of RAM blocks, or one batch read from SSD. */
+  batches: RestoreBatch[];
+}
+
+/** One import of a restore, for tracing; times are performance.now() milliseconds. */
+export interface RestoreBatch {
+  tier: Tier;
+  blocks: number;
+  tokens: number;
+  bytes: number;
+  startMs: number;
+  endMs: number;
 }
 
 /** Options of persist(). */
@@ -457,6 +469,7 @@ export class PrefixCache {
       ssdBytes: 0,
       restoreMs: 0,
       stages: { ramMs: 0, ssdReadWaitMs: 0, verifyMs: 0, stageMs: 0, importMs: 0 },
+      batches: [],
       estimatedRestoreMs: 0,
       estimatedRecomputeMs: 0,
     };
@@ -558,9 +571,11 @@ export class PrefixCache {
     kv.import(at, ranges);
     const bytes = blockDataBytes(this.model, tokens);
     if (run.length > 1) this.droppedBytes += bytes;
-    const ms = now() - t0;
+    const end = now();
+    const ms = end - t0;
     report.stages.ramMs += ms;
     report.ramTokens += tokens;
+    report.batches.push({ tier: "ram", blocks: run.length, tokens, bytes, startMs: t0, endMs: end });
     this.ramBytesPerMs = ewma(this.ramBytesPerMs, bytes / Math.max(ms, 0.01));
     return tokens;
   }
@@ -622,6 +637,14 @@ export class PrefixCache {
           const loaded = this.loadBlocks(valid, kv, at + tokens, report);
           tokens += loaded.tokens;
           restoredBytes += loaded.bytes;
+          report.batches.push({
+            tier: "ssd",
+            blocks: valid.length,
+            tokens: loaded.tokens,
+            bytes: loaded.bytes,
+            startMs: tWait,
+            endMs: now(),
+          });
         }
         if (failed) return { tokens, stopped: true };
       }

@@ -67,6 +67,15 @@ export interface CacheActivity {
   estimatedRecomputeMs: number;
   /** Blocks handed to the SSD write queue when the request finished. */
   blocksQueued: number;
+  /** Each import of the restore (a run of RAM blocks or one SSD batch), with epoch-ms instants. */
+  restoreBatches: {
+    tier: "ram" | "ssd";
+    blocks: number;
+    tokens: number;
+    bytes: number;
+    startAt: number;
+    endAt: number;
+  }[];
 }
 
 export interface Usage {

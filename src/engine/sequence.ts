@@ -60,6 +60,7 @@ export class Sequence implements Job {
     estimatedRestoreMs: 0,
     estimatedRecomputeMs: 0,
     blocksQueued: 0,
+    restoreBatches: [],
   };
 
   constructor(
@@ -147,6 +148,11 @@ export class Sequence implements Job {
           decision: r.recomputeChosenTokens > 0 ? "recompute" : "restore",
           estimatedRestoreMs: r.estimatedRestoreMs,
           estimatedRecomputeMs: r.estimatedRecomputeMs,
+          restoreBatches: r.batches.map(({ startMs, endMs, ...b }) => ({
+            ...b,
+            startAt: performance.timeOrigin + startMs,
+            endAt: performance.timeOrigin + endMs,
+          })),
         });
         this.prefilled = r.restoredTokens;
         this.report = {

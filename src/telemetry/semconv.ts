@@ -72,6 +72,9 @@ export const ATTR_KVPARK_RESTORE_ESTIMATED_MS = "kvpark.restore.estimated_ms";
 export const ATTR_KVPARK_RECOMPUTE_ESTIMATED_MS = "kvpark.recompute.estimated_ms";
 /** Which tiers a restore read: ram, ssd, or mixed. */
 export const ATTR_KVPARK_RESTORE_TIER = "kvpark.restore.tier";
+export const ATTR_KVPARK_RESTORE_BATCH_BYTES = "kvpark.restore.batch.bytes";
+export const ATTR_KVPARK_RESTORE_BATCH_TOKENS = "kvpark.restore.batch.tokens";
+export const ATTR_KVPARK_RESTORE_BATCH_MS = "kvpark.restore.batch.ms";
 export const ATTR_KVPARK_LOOKUP_MS = "kvpark.lookup.ms";
 export const ATTR_KVPARK_PREFILL_MS = "kvpark.prefill.ms";
 export const ATTR_KVPARK_PREFILL_TOKENS = "kvpark.prefill.tokens";
@@ -122,6 +125,8 @@ export const ATTR_KVPARK_CACHE_TIER = "kvpark.cache.tier";
 
 export const SPAN_LOOKUP = "kvpark.lookup";
 export const SPAN_RESTORE = "kvpark.restore";
+/** One import of a restore: a run of RAM blocks or one batch read from SSD. */
+export const SPAN_RESTORE_BATCH = "kvpark.restore.batch";
 export const SPAN_PREFILL = "kvpark.prefill";
 export const SPAN_DECODE = "kvpark.decode";
 /** Event on the generation span at the instant the first token was sampled. */

@@ -524,14 +524,17 @@ export class GenerationTrace {
     }
     span.setAttributes(attrs);
 
-    const child = (name: string, from: number, to: number, attributes: Attributes) =>
-      this.telemetry.startSpan(name, span, hrTime(from), attributes).end(hrTime(to));
+    const child = (name: string, from: number, to: number, attributes: Attributes, parent = span) => {
+      const c = this.telemetry.startSpan(name, parent, hrTime(from), attributes);
+      c.end(hrTime(to));
+      return c;
+    };
     if (phases.lookupEndAt > 0)
       child(sc.SPAN_LOOKUP, phases.startedAt, phases.lookupEndAt, {
         [sc.ATTR_KVPARK_LOOKUP_MS]: timings.lookupMs,
       });
     if (phases.restoreEndAt > 0) {
-      child(sc.SPAN_RESTORE, phases.lookupEndAt, phases.restoreEndAt, {
+      const restore = child(sc.SPAN_RESTORE, phases.lookupEndAt, phases.restoreEndAt, {
         [sc.ATTR_KVPARK_RESTORE_TIER]: restoreTier(r),
         [sc.ATTR_KVPARK_CACHE_RAM_TOKENS]: r.ramTokens,
         [sc.ATTR_KVPARK_CACHE_SSD_TOKENS]: r.ssdTokens,
@@ -541,6 +544,21 @@ export class GenerationTrace {
         [sc.ATTR_KVPARK_CACHE_DECISION]: activity.decision,
         [sc.ATTR_KVPARK_CACHE_CORRUPT_BLOCKS]: r.corruptBlocks,
       });
+      for (const b of activity.restoreBatches) {
+        child(
+          sc.SPAN_RESTORE_BATCH,
+          b.startAt,
+          b.endAt,
+          {
+            [sc.ATTR_KVPARK_RESTORE_TIER]: b.tier,
+            [sc.ATTR_KVPARK_RESTORE_BLOCKS]: b.blocks,
+            [sc.ATTR_KVPARK_RESTORE_BATCH_TOKENS]: b.tokens,
+            [sc.ATTR_KVPARK_RESTORE_BATCH_BYTES]: b.bytes,
+            [sc.ATTR_KVPARK_RESTORE_BATCH_MS]: b.endAt - b.startAt,
+          },
+          restore,
+        );
+      }
     }
     if (phases.firstTokenAt > 0) {
       const prefillFrom = phases.restoreEndAt || phases.lookupEndAt || phases.startedAt;

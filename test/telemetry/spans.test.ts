@@ -121,7 +121,9 @@ function tree(spans: ReadableSpan[], phases: string[]): Record<string, ReadableS
   expect(gen.kind).toBe(SpanKind.INTERNAL);
   expect(gen.parentSpanContext?.spanId).toBe(rpc.spanContext().spanId);
   for (const name of phases) {
-    expect(byName[name].parentSpanContext?.spanId).toBe(gen.spanContext().spanId);
+    // A restore's batches sit under the restore span; every phase sits under the generation.
+    const parent = name === "kvpark.restore.batch" ? byName["kvpark.restore"] : gen;
+    expect(byName[name].parentSpanContext?.spanId).toBe(parent.spanContext().spanId);
     expect(byName[name].spanContext().traceId).toBe(rpc.spanContext().traceId);
   }
   return byName;
@@ -190,10 +192,22 @@ describe("spans and metrics (in-memory exporter)", () => {
     const spans = tree(await takeSpans(s, GENERATE_RPC), [
       "kvpark.lookup",
       "kvpark.restore",
+      "kvpark.restore.batch",
       "kvpark.prefill",
       "kvpark.decode",
     ]);
     const t = out.finished.timings!;
+    const batch = spans["kvpark.restore.batch"];
+    // One run of 4 RAM blocks: 199 tokens x 2 layers x (K, V) x 2 KV heads x 16 dims x 4 bytes.
+    expect(batch.attributes).toEqual({
+      "kvpark.restore.tier": "ram",
+      "kvpark.restore.blocks": 4,
+      "kvpark.restore.batch.tokens": 199,
+      "kvpark.restore.batch.bytes": 199 * 2 * 2 * 2 * 16 * 4,
+      "kvpark.restore.batch.ms": batch.attributes["kvpark.restore.batch.ms"],
+    });
+    expect(batch.attributes["kvpark.restore.batch.ms"]).toBeGreaterThan(0);
+    expect(batch.attributes["kvpark.restore.batch.ms"]).toBeLessThanOrEqual(t.restoreMs);
     // Every block was already in RAM, so nothing new is queued for the SSD.
     expect(spans["text_completion tiny"].attributes).toEqual(
       generationAttributes(out, {
@@ -378,6 +392,7 @@ describe("spans and metrics (in-memory exporter)", () => {
     const spans = tree(await takeSpans(s, GENERATE_RPC), [
       "kvpark.lookup",
       "kvpark.restore",
+      "kvpark.restore.batch",
       "kvpark.prefill",
       "kvpark.decode",
     ]);
@@ -407,6 +422,15 @@ describe("spans and metrics (in-memory exporter)", () => {
       "kvpark.restore.ms": t.restoreMs,
       "kvpark.cache.decision": "restore",
       "kvpark.cache.corrupt_blocks": 0,
+    });
+    // The 4 blocks fit one SSD read batch; its bytes are what the restore read.
+    const batch = spans["kvpark.restore.batch"];
+    expect(batch.attributes).toEqual({
+      "kvpark.restore.tier": "ssd",
+      "kvpark.restore.blocks": 4,
+      "kvpark.restore.batch.tokens": 199,
+      "kvpark.restore.batch.bytes": ssdBytes,
+      "kvpark.restore.batch.ms": batch.attributes["kvpark.restore.batch.ms"],
     });
     const rm = await s.collect();
     const metric = (name: string) =>
