@@ -152,7 +152,8 @@ export interface PersistReport {
 
 /** A block or the reason it is not served, for GetBlocks. */
 export type GetBlockResult =
-  { key: Buffer; block: KVBlockRecord } | { key: Buffer; error: { code: BlockErrorCode; message: string } };
+  | { key: Buffer; block: KVBlockRecord; tier: Tier }
+  | { key: Buffer; error: { code: BlockErrorCode; message: string } };
 
 /** A refused block of a putBlocks() call. */
 export interface BlockRejection {
@@ -934,7 +935,7 @@ export class PrefixCache {
             wireParent(this.chainRecord(entry)),
             Array.from(entry.tokenIds),
           );
-          results[j] = { key: batch[j], block: toRecord(header, payloads[k]) };
+          results[j] = { key: batch[j], block: toRecord(header, payloads[k]), tier: "ram" };
         });
       }
       if (fromSsd.length > 0) {
@@ -952,7 +953,7 @@ export class PrefixCache {
               results[j] = { key: batch[j], error: { code: "CORRUPT", message: checked.message } };
             }
           } else {
-            results[j] = { key: batch[j], block: toRecord(checked.header, checked.payload) };
+            results[j] = { key: batch[j], block: toRecord(checked.header, checked.payload), tier: "ssd" };
           }
         }
       }

@@ -26,7 +26,7 @@ type LookupResult = {
   blocks: { key: Uint8Array; tier: "ram" | "ssd"; start: number; tokens: number }[];
 };
 type GetItem =
-  | { key: Uint8Array; block: KVBlockRecord }
+  | { key: Uint8Array; block: KVBlockRecord; tier: "ram" | "ssd" }
   | { key: Uint8Array; error: { code: CacheBlockErrorCode; message: string } };
 type PutResult = {
   accepted: number;

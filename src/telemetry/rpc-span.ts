@@ -47,6 +47,8 @@ export function traceLookup(
 /** Counts what a GetBlocks stream served; `end` writes the totals on the RPC span. */
 export class GetBlocksTrace {
   private found = 0;
+  private fromRam = 0;
+  private fromSsd = 0;
   private missing = 0;
   private corrupt = 0;
   private bytes = 0;
@@ -61,9 +63,11 @@ export class GetBlocksTrace {
     return new GetBlocksTrace(span);
   }
 
-  item(item: { block: { payload: Uint8Array } } | { error: { code: string } }): void {
+  item(item: { block: { payload: Uint8Array }; tier: "ram" | "ssd" } | { error: { code: string } }): void {
     if ("block" in item) {
       this.found++;
+      if (item.tier === "ram") this.fromRam++;
+      else this.fromSsd++;
       this.bytes += item.block.payload.byteLength;
     } else if (item.error.code === "CORRUPT") this.corrupt++;
     else this.missing++;
@@ -72,6 +76,8 @@ export class GetBlocksTrace {
   end(): void {
     this.span.setAttributes({
       [sc.ATTR_KVPARK_BLOCKS_FOUND]: this.found,
+      [sc.ATTR_KVPARK_BLOCKS_RAM]: this.fromRam,
+      [sc.ATTR_KVPARK_BLOCKS_SSD]: this.fromSsd,
       [sc.ATTR_KVPARK_BLOCKS_MISSING]: this.missing,
       [sc.ATTR_KVPARK_BLOCKS_CORRUPT]: this.corrupt,
       [sc.ATTR_KVPARK_BLOCKS_CHECKSUM]: this.corrupt > 0 ? "failed" : "ok",

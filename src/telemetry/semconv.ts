@@ -90,6 +90,9 @@ export const ATTR_KVPARK_BLOCKS_REQUESTED = "kvpark.blocks.requested";
 /** The first KEYS_RECORDED_MAX requested keys, hex. */
 export const ATTR_KVPARK_BLOCKS_KEYS = "kvpark.blocks.keys";
 export const ATTR_KVPARK_BLOCKS_FOUND = "kvpark.blocks.found";
+/** Blocks of a GetBlocks call served from the RAM tier and from the SSD tier. */
+export const ATTR_KVPARK_BLOCKS_RAM = "kvpark.blocks.ram";
+export const ATTR_KVPARK_BLOCKS_SSD = "kvpark.blocks.ssd";
 export const ATTR_KVPARK_BLOCKS_MISSING = "kvpark.blocks.missing";
 /** Blocks whose stored checksum or envelope failed verification. */
 export const ATTR_KVPARK_BLOCKS_CORRUPT = "kvpark.blocks.corrupt";

@@ -277,6 +277,9 @@ describe("spans and metrics (in-memory exporter)", () => {
           "kvpark.blocks.keys": keys.map((k) => Buffer.from(k).toString("hex")),
           "kvpark.blocks.found": 4,
           "kvpark.blocks.missing": 1,
+          // Blocks stored on SSD are served from there (no MLX work), though they are in RAM too.
+          "kvpark.blocks.ram": 0,
+          "kvpark.blocks.ssd": 4,
           "kvpark.blocks.corrupt": 0,
           "kvpark.blocks.checksum": "ok",
           "kvpark.blocks.bytes": bytes,
