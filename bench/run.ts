@@ -23,6 +23,7 @@ import {
   summarizeContext,
   ttftChart,
   type ContextSummary,
+  type EngineResult,
 } from "./lib/report";
 import { dropPageCache, pageCacheDropWorks, Progress } from "./lib/util";
 import { runConcurrency, type ConcurrencyResult } from "./sections/concurrency";
@@ -64,7 +65,7 @@ const PLANS: Record<"quick" | "full", Plan> = {
     preset: "qwen2.5-0.5b",
     contexts: [1024, 2048, 4096, 8192],
     // A cold 8k-token prefill takes about four minutes here: two runs each with the cache on and off.
-    coldRuns: { 1024: 3, 2048: 3, 4096: 2, 8192: 2 },
+    coldRuns: { 1024: 3, 2048: 3, 4096: 3, 8192: 2 },
     ramRuns: 3,
     ssdRuns: 3,
     restartRuns: 2,
@@ -158,6 +159,13 @@ function parseArgs(argv: string[]): Args {
   return a;
 }
 
+/** Numbers of several context lengths, e.g. "191% / 193%". */
+function list(values: number[], unit = "%"): string {
+  return values.length > 0 && values.every(Number.isFinite)
+    ? values.map((v) => `${v.toFixed(0)}${unit}`).join(" / ")
+    : "n/a";
+}
+
 function fsType(dir: string): string {
   const r = spawnSync("df", ["--output=fstype", dir], { encoding: "utf8" });
   return r.stdout.split("\n")[1]?.trim() ?? "";
@@ -170,7 +178,7 @@ function runEngine(
   contexts: number[],
   out: string,
   progress: Progress,
-): unknown {
+): EngineResult {
   progress.log(`engine: in-process prefill/decode at ${contexts.join(", ")} tokens`);
   const r = spawnSync(
     process.execPath,
@@ -189,7 +197,7 @@ function runEngine(
     { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] },
   );
   if (r.status !== 0) throw new Error("prefill-decode benchmark failed");
-  return JSON.parse(fs.readFileSync(out, "utf8"));
+  return JSON.parse(fs.readFileSync(out, "utf8")) as EngineResult;
 }
 
 async function main(): Promise<void> {
@@ -233,7 +241,7 @@ async function main(): Promise<void> {
   let ttft: ContextResult[] = [];
   let concurrency: ConcurrencyResult | undefined;
   let replay: ReplayResult | undefined;
-  let engine: unknown;
+  let engine: EngineResult | undefined;
   try {
     if (args.sections.includes("store")) {
       store = await runStoreRestore({
@@ -274,22 +282,37 @@ async function main(): Promise<void> {
   machine.loadAverageAtEnd = os.loadavg().map((x) => Math.round(x * 100) / 100);
   const wallSeconds = progress.elapsedSeconds();
   const contexts: ContextSummary[] = ttft.map((r) => summarizeContext(r, model));
-  const cold = ttft.flatMap((r) =>
-    [...r.cold, ...r.coldCacheOff].map((s) => s.prefillMs / s.recomputedTokens),
-  );
-  const spread = cold.length > 1 ? Math.max(...cold) / Math.min(...cold) : Number.NaN;
+  // Spread of per-token prefill time between the fastest and slowest cold run, per context length.
+  const spreads = ttft.map((r) => {
+    const perToken = [...r.cold, ...r.coldCacheOff].map((s) => s.prefillMs / s.recomputedTokens);
+    return Math.max(...perToken) / Math.min(...perToken);
+  });
   notes.push(
-    `Each context length runs on its own server whose RAM tier holds exactly one such prompt, so persisting the next prompt ` +
+    `Each context length runs on two fresh servers, warmed up alike with a short request: one with the cache off, and one ` +
+      `whose RAM tier holds exactly one prompt of that length, so persisting the next prompt ` +
       `pushes the previous one out of RAM; SSD samples restore a prompt found on SSD only. Cold runs per context: ` +
       `${plan.contexts.map((L) => `${L}: ${coldRuns(L)}`).join(", ")} with the cache on and as many with it off; ` +
       `${plan.ramRuns} RAM hits per cold run; ${plan.ssdRuns} SSD restores; ${plan.restartRuns} restarts. Medians.`,
     `Page cache: ${machine.pageCacheDrop}. SSD writes: --ssd-fsync batch (the default: a block counts as persisted after fdatasync).`,
     `TTFT always includes computing the prompt's last token (its logits give the first generated token) and, ` +
       `for every path, the lookup; prompts are random token ids, one generated token per TTFT request.`,
-    `Noise: 2 shared cores; other work ran on this machine during the run (load average above; ` +
-      `the engine got a median ${Number.isFinite(contexts[0]?.coldEngineCpuPercent) ? contexts.map((c) => `${c.coldEngineCpuPercent.toFixed(0)}%`).join("/") : "n/a"} ` +
-      `of one core during cold prefills, out of 200%). Per-token prefill time of cold runs varied by ${Number.isFinite(spread) ? spread.toFixed(1) : "n/a"}x ` +
-      `between the fastest and the slowest run. Ratios come from requests made side by side in the same run.`,
+    `Noise: ${machine.cores} shared cores; other work ran on this machine during the run (load average above). ` +
+      `During cold prefills the engine process got a median ${list(contexts.map((c) => c.coldEngineCpuPercent))} ` +
+      `and at worst ${list(contexts.map((c) => c.coldEngineCpuPercentMin))} of one core (per context length; ` +
+      `${machine.cores * 100}% = all cores); the slowest cold run of a context length took ` +
+      `${spreads.length ? spreads.map((x) => `${x.toFixed(2)}x`).join(" / ") : "n/a"} as long per token as the fastest. ` +
+      `Ratios come from requests made side by side, alternating which side goes first; the persist cost is also given ` +
+      `in engine CPU time, which other work on the machine barely moves. "After restart" is the first request of a new ` +
+      `server process, so it includes that process's one-time costs.`,
+    `Control: a RAM hit right after dropping the page cache took ${list(
+      contexts.map((c) => c.ramAfterDropMs),
+      " ms",
+    )} ` +
+      `against ${list(
+        contexts.map((c) => c.ttftMs.ram.median),
+        " ms",
+      )} for RAM hits in general: dropping the page cache costs ` +
+      `the server nothing besides the KV reads (the weights are in its own memory).`,
   );
   const storeNote = store
     ? `About ${((store.results[0]?.totalBytes ?? 0) / 1e6).toFixed(0)} MB of KV blocks of the qwen2.5-0.5b shape (64 tokens, float32; ` +
@@ -315,6 +338,7 @@ async function main(): Promise<void> {
     replay,
     storeTable: store?.table,
     storeNote,
+    engine,
   };
   const md = markdown(report);
   const json = {
@@ -328,7 +352,6 @@ async function main(): Promise<void> {
       ttft,
       concurrency,
       store: store ? { ...store, table: undefined } : undefined,
-      engine,
     },
   };
   const base = path.join(outDir, args.mode);

@@ -23,6 +23,11 @@ export interface ContextSummary {
   /** Cache on / cache off, cold requests: TTFT, and request time (last message; persist included). */
   persistTtftRatio: number;
   persistRequestRatio: number;
+  /**
+   * The same for the engine's CPU time, the cache-on side including the SSD writes after the request:
+   * insensitive to other work on the machine.
+   */
+  persistCpuRatio: number;
   /** Milliseconds after a cold request's end until its blocks were durable on SSD. */
   persistDrainMs: number;
   restartReadyMs: number;
@@ -32,6 +37,9 @@ export interface ContextSummary {
   kvBytesPerToken: number;
   /** Engine CPU time over wall time during cold prefills, in % of one core (200% = both cores). */
   coldEngineCpuPercent: number;
+  coldEngineCpuPercentMin: number;
+  /** Control: RAM hit TTFT right after dropping the page cache, against the RAM hit median. */
+  ramAfterDropMs: number;
   warnings: string[];
 }
 
@@ -42,9 +50,11 @@ export function summarizeContext(r: ContextResult, model: ModelShape): ContextSu
   const pairs = Math.min(r.cold.length, r.coldCacheOff.length);
   const ttftRatios: number[] = [];
   const requestRatios: number[] = [];
+  const cpuRatios: number[] = [];
   for (let i = 0; i < pairs; i++) {
     ttftRatios.push(r.cold[i].serverTtftMs / r.coldCacheOff[i].serverTtftMs);
     requestRatios.push(r.cold[i].serverTotalMs / r.coldCacheOff[i].serverTotalMs);
+    cpuRatios.push(r.coldCpuUntilDurableMs[i] / r.coldCacheOff[i].engineCpuMs);
   }
   const restoreMBps = r.restoreVsDd.map((x) => x.bytes / 1e3 / x.restoreMs);
   const ddMBps = r.restoreVsDd.map((x) => x.bytes / 1e3 / x.ddMs);
@@ -84,6 +94,7 @@ export function summarizeContext(r: ContextResult, model: ModelShape): ContextSu
     restoreOverDd: median(r.restoreVsDd.map((x) => x.ddMs / x.restoreMs)),
     persistTtftRatio: median(ttftRatios),
     persistRequestRatio: median(requestRatios),
+    persistCpuRatio: median(cpuRatios),
     persistDrainMs: median(r.persistDrainMs),
     restartReadyMs: median(r.restartReadyMs),
     prefillTokensPerSecond: median(allCold.map((s) => (s.recomputedTokens * 1000) / s.prefillMs)),
@@ -91,6 +102,8 @@ export function summarizeContext(r: ContextResult, model: ModelShape): ContextSu
     ssdBytesPerToken: r.ssdCachedTokens > 0 ? r.ssdBytes / r.ssdCachedTokens : Number.NaN,
     kvBytesPerToken: model.kvBytesPerToken,
     coldEngineCpuPercent: median(allCold.map((s) => (100 * s.engineCpuMs) / s.clientTotalMs)),
+    coldEngineCpuPercentMin: Math.min(...allCold.map((s) => (100 * s.engineCpuMs) / s.clientTotalMs)),
+    ramAfterDropMs: median(r.ramAfterDrop.map((s) => s.serverTtftMs)),
     warnings: r.warnings,
   };
 }
@@ -135,6 +148,15 @@ export interface ReportInput {
   replay?: ReplayResult;
   storeTable?: string;
   storeNote?: string;
+  /** bench/model/prefill-decode.ts's JSON, when the engine section ran. */
+  engine?: EngineResult;
+}
+
+export interface EngineResult {
+  preset: string;
+  chunkTokens: number;
+  decodeTokens: number;
+  results: Array<{ contextTokens: number; prefillTokensPerSecond: number; decodeTokensPerSecond: number }>;
 }
 
 export function markdown(r: ReportInput): string {
@@ -186,13 +208,13 @@ export function markdown(r: ReportInput): string {
 
   out.push("### Restore, persistence, SSD footprint", "");
   out.push(
-    "| context | SSD restore stage | restore MB/s | `dd iflag=direct` MB/s, same bytes | restore / dd (throughput) | persist cost: cold TTFT on / off | request time on / off | SSD write after the request | SSD bytes per cached token (raw KV) | restart to ready |",
+    "| context | SSD restore stage | restore MB/s | `dd iflag=direct` MB/s, same bytes | restore / dd (throughput) | persist cost, cache on / off: cold TTFT | request time | engine CPU time incl. SSD writes | SSD write after the request | SSD bytes per cached token (raw KV) | restart to ready |",
   );
-  out.push("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+  out.push("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
   for (const c of r.contexts) {
     out.push(
       `| ${ctx(c.contextTokens)} | ${ms(c.ssdRestoreMs.median)} | ${fmt(c.restoreMBps)} | ${fmt(c.ddMBps)} | ${fmt(c.restoreOverDd, 2)} | ` +
-        `${fmt(c.persistTtftRatio, 3)} | ${fmt(c.persistRequestRatio, 3)} | ${ms(c.persistDrainMs)} | ` +
+        `${fmt(c.persistTtftRatio, 3)} | ${fmt(c.persistRequestRatio, 3)} | ${fmt(c.persistCpuRatio, 3)} | ${ms(c.persistDrainMs)} | ` +
         `${fmt(c.ssdBytesPerToken)} (${fmt(c.kvBytesPerToken)}) | ${ms(c.restartReadyMs)} |`,
     );
   }
@@ -224,12 +246,28 @@ export function markdown(r: ReportInput): string {
     out.push("");
   }
 
+  if (r.engine) {
+    out.push(
+      `The model's forward pass in-process, without the server (bench/model/prefill-decode.ts: prefill in chunks of ${r.engine.chunkTokens}, ` +
+        `${r.engine.decodeTokens} greedy decode steps):`,
+      "",
+    );
+    out.push("| context | prefill tok/s | decode tok/s |");
+    out.push("| ---: | ---: | ---: |");
+    for (const e of r.engine.results) {
+      out.push(
+        `| ${ctx(e.contextTokens)} | ${fmt(e.prefillTokensPerSecond, 1)} | ${fmt(e.decodeTokensPerSecond, 2)} |`,
+      );
+    }
+    out.push("");
+  }
+
   if (r.replay) {
     const t = r.replay.totals;
     out.push("### Agent-session replay", "");
     out.push(
       `Two seeded coding-agent sessions (seed ${r.replay.seed}) over Generate as chat messages, ${r.replay.turns.length} turns, ` +
-        `answers of up to ${r.replay.answerTokens} tokens, RAM tier ${fmt(r.replay.ramBytesMax / 2 ** 20)} MiB. ` +
+        `answers of up to ${r.replay.answerTokens} tokens, RAM tier ${fmt(r.replay.ramBytesMax / 2 ** 20)} MiB, page cache dropped at the restart. ` +
         `**Reused ${fmt(t.reusedTokens)} of ${fmt(t.idealTokens)} ideal tokens: ${fmt(100 * t.reuseShareOfIdeal, 1)}%** ` +
         `(RAM ${fmt(t.ramTokens)}, SSD ${fmt(t.ssdTokens)}; ${fmt(t.recomputedTokens)} of ${fmt(t.promptTokens)} prompt tokens computed). ` +
         `Ideal: per turn, the longest prefix of the prompt that an earlier request's prompt and answer began with, less the prompt's last token. ` +
@@ -290,10 +328,10 @@ export function ttftChart(contexts: ContextSummary[], title: string): string {
     },
     { name: "RAM hit", color: "#1e8449", values: contexts.map((c) => c.ttftMs.ram.median) },
   ];
-  const W = 760;
+  const W = 860;
   const H = 460;
   const left = 80;
-  const right = 250;
+  const right = 310;
   const top = 50;
   const bottom = 60;
   const xs = contexts.map((c) => c.contextTokens);

@@ -178,7 +178,10 @@ function toolResult(rng: Rng, scale: number): { content: string; what: string } 
   if (r < 0.45) return { content: sourceFile(rng, n(30, 90)), what: "file read" };
   if (r < 0.65) return { content: testOutput(rng, n(15, 45)), what: "test run" };
   if (r < 0.85) return { content: searchResults(rng, n(8, 30)), what: "search" };
-  return { content: `Edited ${camel(rng, 1)}/${camel(rng, 2)}.ts: replaced 1 occurrence.`, what: "edit" };
+  return {
+    content: `Edited ${camel(rng, 1)}/${camel(rng, 2)}.ts: replaced 1 occurrence.`,
+    what: "edit confirmation",
+  };
 }
 
 /**

@@ -13,7 +13,7 @@ import { connect, generate, type Clients } from "../lib/client";
 import type { ModelShape } from "../lib/model";
 import { agentScript, type ChatMessage } from "../replay/sessions";
 import { BenchServer } from "../lib/server";
-import type { Progress } from "../lib/util";
+import { dropPageCache, type Progress } from "../lib/util";
 
 export interface ReplayOptions {
   model: ModelShape;
@@ -110,8 +110,9 @@ export async function runReplay(o: ReplayOptions): Promise<ReplayResult> {
   try {
     for (const step of steps) {
       if (step.kind === "restart") {
-        o.progress.log("replay: restarting the server");
+        o.progress.log("replay: restarting the server (page cache dropped)");
         await server.stop();
+        dropPageCache();
         server = await BenchServer.start({ dataDir, model: o.model.dir, args });
         c = connect(server.url);
         out.restartReadyMs.push(server.readyMs);

@@ -70,6 +70,8 @@ export interface ContextResult {
   coldCacheOff: Sample[];
   /** Milliseconds from a cold request's last message until its blocks were durable on SSD. */
   persistDrainMs: number[];
+  /** Engine CPU time of a cold request (cache on) and of writing its blocks to SSD after it. */
+  coldCpuUntilDurableMs: number[];
   ram: Sample[];
   /** Control: a RAM hit right after the page cache was dropped (what dropping costs besides KV). */
   ramAfterDrop: Sample[];
@@ -115,10 +117,19 @@ async function request(
   c: Clients,
   tokens: number[],
   maxTokens: number,
+  persist = true,
 ): Promise<Sample> {
   const cpu0 = server.engineCpuMs();
-  const r = await generate(c, { tokens }, { maxTokens });
+  const r = await generate(c, { tokens }, { maxTokens, persist });
   return sample(r, server.engineCpuMs() - cpu0);
+}
+
+/**
+ * A fresh server's first request pays one-time costs (first touch of memory, compiling); a short
+ * request that stores nothing takes them before anything is measured.
+ */
+async function warmUp(server: BenchServer, c: Clients, tokenLimit: number): Promise<void> {
+  await request(server, c, randomTokens(99, 320, tokenLimit), 2, false);
 }
 
 /** The store's segment files under a server's data directory, oldest first. */
@@ -136,26 +147,12 @@ function segmentFiles(dataDir: string): string[] {
 }
 
 export async function runTtft(o: TtftOptions): Promise<ContextResult[]> {
-  const { model, progress } = o;
-  const offDir = path.join(o.workDir, "ttft-cache-off");
-  fs.mkdirSync(offDir, { recursive: true });
-  progress.log(`ttft: starting the --cache=false server`);
-  const off = await BenchServer.start({ dataDir: offDir, model: model.dir, args: ["--cache=false"] });
-  const offServer = { server: off, client: connect(off.url) };
   const results: ContextResult[] = [];
-  try {
-    for (const L of o.contexts) results.push(await runContext(o, L, offServer));
-  } finally {
-    await off.stop();
-  }
+  for (const L of o.contexts) results.push(await runContext(o, L));
   return results;
 }
 
-async function runContext(
-  o: TtftOptions,
-  L: number,
-  off: { server: BenchServer; client: Clients },
-): Promise<ContextResult> {
+async function runContext(o: TtftOptions, L: number): Promise<ContextResult> {
   const { model, progress } = o;
   const runs = Math.max(2, o.coldRuns(L));
   // A request persists the KV it computed: the prompt and every generated token but the last. The
@@ -172,6 +169,7 @@ async function runContext(
     cold: [],
     coldCacheOff: [],
     persistDrainMs: [],
+    coldCpuUntilDurableMs: [],
     ram: [],
     ramAfterDrop: [],
     ssd: [],
@@ -191,8 +189,23 @@ async function runContext(
   const prompts = Array.from({ length: runs }, (_, r) => randomTokens(1000 * L + r + 1, L, o.tokenLimit));
   // Token counts of the sequences persisted (prompt + generated), by prompt index.
   const persisted = new Map<number, number>();
-  let server = await BenchServer.start({ dataDir, model: model.dir, args });
+  // Both servers are fresh for each context length and warmed up the same way, so one-time costs
+  // (such as compiling for new shapes) fall on both sides of the cache on / off comparison alike.
+  const offDir = path.join(o.workDir, `ttft-${L}-cache-off`);
+  fs.mkdirSync(offDir, { recursive: true });
+  progress.log(`ttft ${L}: starting a server with the cache on and one with --cache=false`);
+  const offServer = await BenchServer.start({ dataDir: offDir, model: model.dir, args: ["--cache=false"] });
+  const off = { server: offServer, client: connect(offServer.url) };
+  let server: BenchServer;
+  try {
+    server = await BenchServer.start({ dataDir, model: model.dir, args });
+  } catch (err) {
+    await offServer.stop();
+    throw err;
+  }
   let c = connect(server.url);
+  await warmUp(off.server, off.client, o.tokenLimit);
+  await warmUp(server, c, o.tokenLimit);
   const blockTokens = (await stats(c)).blockTokens;
   const expectedBlocks = () => {
     let blocks = 0;
@@ -223,23 +236,30 @@ async function runContext(
 
   try {
     for (let r = 0; r < runs; r++) {
+      // Cache on first in even runs, cache off first in odd ones, so drift in the machine's load
+      // does not favour one side of the ratio.
+      const coldOff = async () => {
+        progress.log(`ttft ${L}: cold run ${r + 1}/${runs} (--cache=false)`);
+        const offRun = await request(off.server, off.client, prompts[r], 1);
+        res.coldCacheOff.push(offRun);
+        progress.log(`ttft ${L}: cold, cache off ${offRun.serverTtftMs.toFixed(0)} ms`);
+      };
+      if (r % 2 === 1) await coldOff();
       progress.log(`ttft ${L}: cold run ${r + 1}/${runs} (cache on)`);
+      const cpu0 = server.engineCpuMs();
       const s = await request(server, c, prompts[r], 1);
       const t0 = performance.now();
       persisted.set(r, L + Math.max(0, s.completionTokens - 1));
       await waitWritten(c, expectedBlocks());
       res.persistDrainMs.push(performance.now() - t0);
+      res.coldCpuUntilDurableMs.push(server.engineCpuMs() - cpu0);
       if (s.recomputedTokens !== L) warn(`cold run ${r}: ${s.recomputedTokens} of ${L} tokens computed`);
       res.cold.push(s);
       inRam = r;
       progress.log(
         `ttft ${L}: cold ${s.serverTtftMs.toFixed(0)} ms (prefill ${((L / s.prefillMs) * 1000).toFixed(1)} tok/s), durable after ${res.persistDrainMs.at(-1)!.toFixed(0)} ms more`,
       );
-
-      progress.log(`ttft ${L}: cold run ${r + 1}/${runs} (--cache=false)`);
-      const offRun = await request(off.server, off.client, prompts[r], 1);
-      res.coldCacheOff.push(offRun);
-      progress.log(`ttft ${L}: cold, cache off ${offRun.serverTtftMs.toFixed(0)} ms`);
+      if (r % 2 === 0) await coldOff();
 
       for (let k = 0; k < o.ramRuns; k++) {
         const ram = await request(server, c, prompts[r], 1);
@@ -288,7 +308,9 @@ async function runContext(
     }
   } finally {
     await server.stop();
+    await offServer.stop();
   }
   fs.rmSync(dataDir, { recursive: true, force: true });
+  fs.rmSync(offDir, { recursive: true, force: true });
   return res;
 }
