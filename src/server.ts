@@ -16,6 +16,7 @@ import type { Config } from "./config.js";
 import type { Logger } from "./log.js";
 import { registerHealth, type Readiness } from "./rpc/health.js";
 import { registerInference, type InferenceDeps } from "./rpc/inference.js";
+import { observeCallEnd } from "./rpc/call-end.js";
 import { registerKVBlocks } from "./rpc/kvblocks.js";
 import { ReflectionIndex, registerReflection } from "./rpc/reflection.js";
 
@@ -67,30 +68,7 @@ function loggingInterceptor(log: Logger): Interceptor {
         log.info({ ...line, error: ce.rawMessage, cause }, "request failed");
       }
     };
-    let res;
-    try {
-      res = await next(req);
-    } catch (err) {
-      done(err);
-      throw err;
-    }
-    if (!res.stream) {
-      done();
-      return res;
-    }
-    const inner = res.message;
-    return {
-      ...res,
-      message: (async function* () {
-        try {
-          yield* inner;
-          done();
-        } catch (err) {
-          done(err);
-          throw err;
-        }
-      })(),
-    };
+    return observeCallEnd(() => next(req), done);
   };
 }
 

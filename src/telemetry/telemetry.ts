@@ -15,6 +15,7 @@ import {
   type Tracer,
 } from "@opentelemetry/api";
 import { Code, ConnectError, type HandlerContext, type Interceptor } from "@connectrpc/connect";
+import { observeCallEnd } from "../rpc/call-end.js";
 import { tenantKey } from "../auth.js";
 import { toConnectError } from "../errors.js";
 import type { Prompt } from "../../gen/kvpark/v1/common_pb.js";
@@ -212,10 +213,7 @@ export class Telemetry {
       );
       req.contextValues.set(rpcSpanKey, span);
       const started = performance.now();
-      let ended = false;
       const end = (err?: unknown) => {
-        if (ended) return;
-        ended = true;
         // 0 is OK, which connect's Code enum leaves out.
         const code: number = err === undefined ? 0 : ConnectError.from(err).code;
         const attributes: Attributes = {
@@ -236,33 +234,7 @@ export class Telemetry {
         }
         span.end();
       };
-      let res;
-      try {
-        res = await next(req);
-      } catch (err) {
-        end(err);
-        throw err;
-      }
-      if (!res.stream) {
-        end();
-        return res;
-      }
-      const inner = res.message;
-      return {
-        ...res,
-        message: (async function* () {
-          try {
-            yield* inner;
-            end();
-          } catch (err) {
-            end(err);
-            throw err;
-          } finally {
-            // The client went away mid-stream: the iterator was closed without an error.
-            end(new ConnectError("the client cancelled the call", Code.Canceled));
-          }
-        })(),
-      };
+      return observeCallEnd(() => next(req), end);
     };
   }
 
