@@ -1,20 +1,21 @@
 import type { Config } from "./config.js";
 import { EngineHost } from "./engine/host.js";
-import { createLogger } from "./log.js";
+import { createLogger, type Logger } from "./log.js";
 import { ModelTokenizer } from "./model/tokenizer.js";
 import { Readiness } from "./rpc/health.js";
 import { HandleTable } from "./rpc/handles.js";
 import { Admission } from "./rpc/inference.js";
-import { listen, SERVICE_NAMES } from "./server.js";
-import { startTelemetry } from "./telemetry/index.js";
+import { listen, SERVICE_NAMES, type ServerDeps } from "./server.js";
+import { startTelemetry, type Telemetry } from "./telemetry/index.js";
 
-/** Runs the server until SIGTERM or SIGINT, then shuts down gracefully and exits 0. */
-export async function serve(config: Config): Promise<void> {
-  const log = createLogger(config.logLevel);
+/** The front end's parts: the engine host, serving state, and what the RPC handlers depend on. */
+export function frontEnd(
+  config: Config,
+  log: Logger,
+  telemetry?: Telemetry,
+): { engine: EngineHost; deps: ServerDeps } {
   const readiness = new Readiness(SERVICE_NAMES.filter((s) => s.startsWith("kvpark.")));
   const engine = new EngineHost(config, log, readiness);
-  // Before listening, so that the first call is traced; undefined (and nothing loaded) when off.
-  const telemetry = await startTelemetry(config, log);
   telemetry?.observeCache(engine);
   let tokenizer: ModelTokenizer | undefined;
   let tokenizerDir = "";
@@ -24,7 +25,7 @@ export async function serve(config: Config): Promise<void> {
     tokenizer = ModelTokenizer.fromDir(engine.info.dir);
     tokenizerDir = engine.info.dir;
   });
-  const server = await listen(config, {
+  const deps: ServerDeps = {
     config,
     log,
     readiness,
@@ -33,7 +34,17 @@ export async function serve(config: Config): Promise<void> {
     admission: new Admission(config.requestsMax),
     handles: new HandleTable(config.handlesMax, config.handleTtlSeconds * 1000),
     telemetry,
-  });
+  };
+  return { engine, deps };
+}
+
+/** Runs the server until SIGTERM or SIGINT, then shuts down gracefully and exits 0. */
+export async function serve(config: Config): Promise<void> {
+  const log = createLogger(config.logLevel);
+  // Before listening, so that the first call is traced; undefined (and nothing loaded) when off.
+  const telemetry = await startTelemetry(config, log);
+  const { engine, deps } = frontEnd(config, log, telemetry);
+  const server = await listen(config, deps);
   log.info(
     {
       event: "listening",

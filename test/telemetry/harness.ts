@@ -9,13 +9,9 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { InferenceService } from "../../gen/kvpark/v1/inference_pb";
 import { KVBlocksService } from "../../gen/kvpark/v1/kvblocks_pb";
 import { loadConfig } from "../../src/config";
-import { EngineHost } from "../../src/engine/host";
 import { createLogger } from "../../src/log";
-import { ModelTokenizer } from "../../src/model/tokenizer";
-import { HandleTable } from "../../src/rpc/handles";
-import { Readiness } from "../../src/rpc/health";
-import { Admission } from "../../src/rpc/inference";
-import { listen, SERVICE_NAMES } from "../../src/server";
+import { frontEnd } from "../../src/serve";
+import { listen } from "../../src/server";
 import { startTelemetry } from "../../src/telemetry";
 import { testModel } from "../helpers/server";
 
@@ -51,12 +47,6 @@ export async function startInProcess(
     {},
   );
   const log = createLogger("silent");
-  const readiness = new Readiness(SERVICE_NAMES.filter((s) => s.startsWith("kvpark.")));
-  const engine = new EngineHost(config, log, readiness);
-  let tokenizer: ModelTokenizer | undefined;
-  readiness.on("change", (serving: boolean) => {
-    if (serving && engine.info && !tokenizer) tokenizer = ModelTokenizer.fromDir(engine.info.dir);
-  });
   const spans = new InMemorySpanExporter();
   const reader = new PullReader();
   const telemetry = await startTelemetry(
@@ -65,17 +55,8 @@ export async function startInProcess(
     { spanProcessors: [new SimpleSpanProcessor(spans)], metricReaders: [reader] },
     {},
   );
-  telemetry!.observeCache(engine);
-  const server = await listen(config, {
-    config,
-    log,
-    readiness,
-    engine,
-    tokenizer: () => tokenizer,
-    admission: new Admission(config.requestsMax),
-    handles: new HandleTable(config.handlesMax, config.handleTtlSeconds * 1000),
-    telemetry,
-  });
+  const { engine, deps } = frontEnd(config, log, telemetry);
+  const server = await listen(config, deps);
   engine.start();
   await engine.ready();
   const url = `http://127.0.0.1:${server.port}`;
