@@ -16,7 +16,7 @@ import type { Config } from "./config.js";
 import type { Logger } from "./log.js";
 import { registerHealth, type Readiness } from "./rpc/health.js";
 import { registerInference, type InferenceDeps } from "./rpc/inference.js";
-import { observeCallEnd } from "./rpc/call-end.js";
+import { errorInterceptor, observeCallEnd } from "./rpc/call-end.js";
 import { registerKVBlocks } from "./rpc/kvblocks.js";
 import { ReflectionIndex, registerReflection } from "./rpc/reflection.js";
 
@@ -135,6 +135,8 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
       return (req) => (UNAUTHENTICATED_SERVICES.has(req.service.typeName) ? next(req) : authed(req));
     });
   }
+  // Innermost, so that logging and tracing see the status the client gets.
+  interceptors.push(errorInterceptor());
   const reflection = new ReflectionIndex(DESCRIPTOR_FILES, SERVICE_NAMES);
   const adapter = connectNodeAdapter({
     routes: (router) => {

@@ -1,4 +1,11 @@
-import { Code, ConnectError, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  type Interceptor,
+  type StreamResponse,
+  type UnaryResponse,
+} from "@connectrpc/connect";
+import { toConnectError } from "../errors.js";
 
 /**
  * Runs an interceptor's `next` and calls `done` exactly once when the call ends: with the error of a
@@ -40,5 +47,37 @@ export async function observeCallEnd<T extends UnaryResponse | StreamResponse>(
         end(new ConnectError("the client cancelled the call", Code.Canceled));
       }
     })(),
+  };
+}
+
+/**
+ * The one place handler errors become gRPC statuses: domain errors keep their code and message,
+ * anything else is INTERNAL without internals, and a call whose deadline passed (or that the server
+ * cancelled) reports that reason rather than whatever the aborted work threw.
+ */
+export function errorInterceptor(): Interceptor {
+  return (next) => async (req) => {
+    const map = (err: unknown) =>
+      req.signal.aborted && req.signal.reason instanceof ConnectError
+        ? req.signal.reason
+        : toConnectError(err);
+    let res;
+    try {
+      res = await next(req);
+    } catch (err) {
+      throw map(err);
+    }
+    if (!res.stream) return res;
+    const inner = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        try {
+          yield* inner;
+        } catch (err) {
+          throw map(err);
+        }
+      })(),
+    };
   };
 }

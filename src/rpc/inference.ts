@@ -1,4 +1,4 @@
-import { ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   FinishReason,
@@ -13,7 +13,7 @@ import { tenantKey } from "../auth.js";
 import type { Config } from "../config.js";
 import type { EngineHost } from "../engine/host.js";
 import type { FinishReason as EngineFinishReason, SamplingSettings } from "../engine/protocol.js";
-import { invalidField, KvparkError, toConnectError } from "../errors.js";
+import { invalidField, KvparkError } from "../errors.js";
 import type { ModelTokenizer } from "../model/tokenizer.js";
 import type { ModelInfo, PinHint } from "../engine/protocol.js";
 import { PinKind } from "../../gen/kvpark/v1/common_pb.js";
@@ -301,21 +301,7 @@ async function* prefillStream(
 /** kvpark.v1.InferenceService. */
 export function registerInference(router: ConnectRouter, deps: InferenceDeps): void {
   router.service(InferenceService, {
-    async *generate(req, ctx) {
-      try {
-        yield* generate(deps, req, ctx);
-      } catch (err) {
-        if (ctx.signal.aborted && ctx.signal.reason instanceof ConnectError) throw ctx.signal.reason;
-        throw toConnectError(err);
-      }
-    },
-    async *prefillStream(requests, ctx) {
-      try {
-        yield* prefillStream(deps, requests, ctx);
-      } catch (err) {
-        if (ctx.signal.aborted && ctx.signal.reason instanceof ConnectError) throw ctx.signal.reason;
-        throw toConnectError(err);
-      }
-    },
+    generate: (req, ctx) => generate(deps, req, ctx),
+    prefillStream: (requests, ctx) => prefillStream(deps, requests, ctx),
   });
 }

@@ -1,4 +1,4 @@
-import { ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import type { ConnectRouter } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { PinKind, Tier } from "../../gen/kvpark/v1/common_pb.js";
 import {
@@ -11,7 +11,7 @@ import {
 import { tenantKey } from "../auth.js";
 import type { BlockErrorCode as CacheBlockErrorCode, CacheStats, KVBlockRecord } from "../cache/index.js";
 import type { BlockSelection, PinHint } from "../engine/protocol.js";
-import { invalidField, KvparkError, toConnectError, type ErrorCode } from "../errors.js";
+import { invalidField, KvparkError, type ErrorCode } from "../errors.js";
 import { GetBlocksTrace, traceLookup, tracePin, tracePutBlocks, traceUnpin } from "../telemetry/index.js";
 import { served, type InferenceDeps } from "./inference.js";
 import { promptTokens } from "./prompt.js";
@@ -95,170 +95,150 @@ function stats(s: CacheStats) {
   };
 }
 
-/** Wraps a handler so domain errors become gRPC statuses, and a passed deadline stays DEADLINE_EXCEEDED. */
-async function guard<T>(ctx: HandlerContext, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (err) {
-    if (ctx.signal.aborted && ctx.signal.reason instanceof ConnectError) throw ctx.signal.reason;
-    throw toConnectError(err);
-  }
-}
-
 /** kvpark.v1.KVBlocksService: thin translation to the engine's prefix cache. */
 export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): void {
   const { engine } = deps;
   router.service(KVBlocksService, {
-    lookup: (req, ctx) =>
-      guard(ctx, async () => {
-        const { info, tokenizer } = served(deps);
-        const tokens = promptTokens(req.prompt, "prompt", tokenizer, info);
-        const r = await engine.kv<LookupResult>(
-          ctx.values.get(tenantKey),
-          { op: "lookup", tokens },
-          ctx.signal,
-        );
-        traceLookup(ctx, tokens.length, r);
-        return {
-          promptTokens: tokens.length,
-          cachedTokens: r.tokens,
-          ramTokens: r.ramTokens,
-          ssdTokens: r.ssdTokens,
-          blocks: r.blocks.map((b) => ({
-            key: b.key,
-            tier: tier(b.tier),
-            startToken: b.start,
-            tokenCount: b.tokens,
-          })),
-        };
-      }),
-
-    async *getBlocks(req, ctx) {
-      try {
-        checkKeys(req.keys, "keys");
-        served(deps);
-        const trace = GetBlocksTrace.start(ctx, req.keys);
-        const call = engine.call(
-          (id) => ({
-            type: "kv",
-            id,
-            tenant: ctx.values.get(tenantKey),
-            op: "getBlocks",
-            keys: req.keys.map((k) => Buffer.from(k)),
-          }),
-          ctx.signal,
-        );
-        for await (const ev of call.events) {
-          if (ev.type !== "kv-item") continue;
-          const item = ev.item as GetItem;
-          trace?.item(item);
-          const out: MessageInitShape<typeof GetBlocksResponseSchema> =
-            "block" in item
-              ? { key: item.key, result: { case: "block", value: item.block } }
-              : {
-                  key: item.key,
-                  result: {
-                    case: "error",
-                    value: { code: blockErrorCode(item.error.code), message: item.error.message },
-                  },
-                };
-          yield out;
-        }
-        trace?.end();
-      } catch (err) {
-        if (ctx.signal.aborted && ctx.signal.reason instanceof ConnectError) throw ctx.signal.reason;
-        throw toConnectError(err);
-      }
+    lookup: async (req, ctx) => {
+      const { info, tokenizer } = served(deps);
+      const tokens = promptTokens(req.prompt, "prompt", tokenizer, info);
+      const r = await engine.kv<LookupResult>(
+        ctx.values.get(tenantKey),
+        { op: "lookup", tokens },
+        ctx.signal,
+      );
+      traceLookup(ctx, tokens.length, r);
+      return {
+        promptTokens: tokens.length,
+        cachedTokens: r.tokens,
+        ramTokens: r.ramTokens,
+        ssdTokens: r.ssdTokens,
+        blocks: r.blocks.map((b) => ({
+          key: b.key,
+          tier: tier(b.tier),
+          startToken: b.start,
+          tokenCount: b.tokens,
+        })),
+      };
     },
 
-    putBlocks: (requests: AsyncIterable<PutBlocksRequest>, ctx) =>
-      guard(ctx, async () => {
-        served(deps);
-        // A malformed message cancels the call in the engine, which then stops reading blocks.
-        const abort = new AbortController();
-        ctx.signal.addEventListener("abort", () => abort.abort(ctx.signal.reason), { once: true });
-        const call = engine.call(
-          (id) => ({ type: "kv", id, tenant: ctx.values.get(tenantKey), op: "putBlocks" }),
-          abort.signal,
-        );
-        let index = 0;
-        let bytes = 0;
-        for await (const req of requests) {
-          if (!req.block) {
-            const err = invalidField(`requests[${index}].block`, "required");
-            abort.abort(err);
-            throw err;
-          }
-          call.send({ type: "kv-put", id: call.id, block: req.block });
-          bytes += req.block.payload.byteLength;
-          index++;
+    async *getBlocks(req, ctx) {
+      checkKeys(req.keys, "keys");
+      served(deps);
+      const trace = GetBlocksTrace.start(ctx, req.keys);
+      const call = engine.call(
+        (id) => ({
+          type: "kv",
+          id,
+          tenant: ctx.values.get(tenantKey),
+          op: "getBlocks",
+          keys: req.keys.map((k) => Buffer.from(k)),
+        }),
+        ctx.signal,
+      );
+      for await (const ev of call.events) {
+        if (ev.type !== "kv-item") continue;
+        const item = ev.item as GetItem;
+        trace?.item(item);
+        const out: MessageInitShape<typeof GetBlocksResponseSchema> =
+          "block" in item
+            ? { key: item.key, result: { case: "block", value: item.block } }
+            : {
+                key: item.key,
+                result: {
+                  case: "error",
+                  value: { code: blockErrorCode(item.error.code), message: item.error.message },
+                },
+              };
+        yield out;
+      }
+      trace?.end();
+    },
+
+    putBlocks: async (requests: AsyncIterable<PutBlocksRequest>, ctx) => {
+      served(deps);
+      // A malformed message cancels the call in the engine, which then stops reading blocks.
+      const abort = new AbortController();
+      ctx.signal.addEventListener("abort", () => abort.abort(ctx.signal.reason), { once: true });
+      const call = engine.call(
+        (id) => ({ type: "kv", id, tenant: ctx.values.get(tenantKey), op: "putBlocks" }),
+        abort.signal,
+      );
+      let index = 0;
+      let bytes = 0;
+      for await (const req of requests) {
+        if (!req.block) {
+          const err = invalidField(`requests[${index}].block`, "required");
+          abort.abort(err);
+          throw err;
         }
-        call.send({ type: "kv-put", id: call.id });
-        let result: PutResult | undefined;
-        for await (const ev of call.events) if (ev.type === "kv-result") result = ev.result as PutResult;
-        if (!result) throw new KvparkError("INTERNAL", "the engine ended PutBlocks without a result");
-        tracePutBlocks(ctx, { blocks: index, bytes }, result);
-        if (index === 0) throw invalidField("requests", "send at least one block");
-        // When nothing was stored, the call itself fails with the first reason, so that callers that
-        // only look at the status learn why; partial success returns the per-block reasons.
-        if (result.accepted === 0 && result.rejected.length > 0) {
-          const first = result.rejected[0];
-          throw new KvparkError(
-            rejectionStatus[first.code] ?? "INVALID_ARGUMENT",
-            `block ${first.index}: ${first.code}: ${first.message}` +
-              (result.rejected.length > 1 ? ` (and ${result.rejected.length - 1} more refused)` : ""),
-          );
-        }
-        return {
-          accepted: result.accepted,
-          rejected: result.rejected.map((r) => ({
-            index: r.index,
-            key: r.key,
-            error: { code: blockErrorCode(r.code), message: r.message },
-          })),
-        };
-      }),
-
-    pin: (req, ctx) =>
-      guard(ctx, async () => {
-        const sel = selection(deps, req.blocks, "blocks");
-        let kind: PinHint;
-        if (req.kind === PinKind.HARD) {
-          if (req.ttlSeconds) throw invalidField("ttl_seconds", "a hard pin has no time to live");
-          kind = { kind: "hard" };
-        } else if (req.kind === PinKind.SOFT) {
-          kind = { kind: "soft", ttlMs: (req.ttlSeconds || deps.config.softPinTtlSeconds) * 1000 };
-        } else throw invalidField("kind", "required: PIN_KIND_SOFT or PIN_KIND_HARD");
-        const r = await engine.kv<PinResult>(
-          ctx.values.get(tenantKey),
-          { op: "pin", selection: sel, kind },
-          ctx.signal,
+        call.send({ type: "kv-put", id: call.id, block: req.block });
+        bytes += req.block.payload.byteLength;
+        index++;
+      }
+      call.send({ type: "kv-put", id: call.id });
+      let result: PutResult | undefined;
+      for await (const ev of call.events) if (ev.type === "kv-result") result = ev.result as PutResult;
+      if (!result) throw new KvparkError("INTERNAL", "the engine ended PutBlocks without a result");
+      tracePutBlocks(ctx, { blocks: index, bytes }, result);
+      if (index === 0) throw invalidField("requests", "send at least one block");
+      // When nothing was stored, the call itself fails with the first reason, so that callers that
+      // only look at the status learn why; partial success returns the per-block reasons.
+      if (result.accepted === 0 && result.rejected.length > 0) {
+        const first = result.rejected[0];
+        throw new KvparkError(
+          rejectionStatus[first.code] ?? "INVALID_ARGUMENT",
+          `block ${first.index}: ${first.code}: ${first.message}` +
+            (result.rejected.length > 1 ? ` (and ${result.rejected.length - 1} more refused)` : ""),
         );
-        tracePin(ctx, kind.kind, r);
-        return {
-          pinnedBlocks: r.pinnedBlocks,
-          missingKeys: r.missingKeys,
-          hardPinnedBytes: BigInt(r.hardPinnedBytes),
-          hardPinQuotaBytes: BigInt(r.hardPinQuotaBytes),
-        };
-      }),
+      }
+      return {
+        accepted: result.accepted,
+        rejected: result.rejected.map((r) => ({
+          index: r.index,
+          key: r.key,
+          error: { code: blockErrorCode(r.code), message: r.message },
+        })),
+      };
+    },
 
-    unpin: (req, ctx) =>
-      guard(ctx, async () => {
-        const sel = selection(deps, req.blocks, "blocks");
-        const r = await engine.kv<{ unpinnedBlocks: number }>(
-          ctx.values.get(tenantKey),
-          { op: "unpin", selection: sel },
-          ctx.signal,
-        );
-        traceUnpin(ctx, r.unpinnedBlocks);
-        return r;
-      }),
+    pin: async (req, ctx) => {
+      const sel = selection(deps, req.blocks, "blocks");
+      let kind: PinHint;
+      if (req.kind === PinKind.HARD) {
+        if (req.ttlSeconds) throw invalidField("ttl_seconds", "a hard pin has no time to live");
+        kind = { kind: "hard" };
+      } else if (req.kind === PinKind.SOFT) {
+        kind = { kind: "soft", ttlMs: (req.ttlSeconds || deps.config.softPinTtlSeconds) * 1000 };
+      } else throw invalidField("kind", "required: PIN_KIND_SOFT or PIN_KIND_HARD");
+      const r = await engine.kv<PinResult>(
+        ctx.values.get(tenantKey),
+        { op: "pin", selection: sel, kind },
+        ctx.signal,
+      );
+      tracePin(ctx, kind.kind, r);
+      return {
+        pinnedBlocks: r.pinnedBlocks,
+        missingKeys: r.missingKeys,
+        hardPinnedBytes: BigInt(r.hardPinnedBytes),
+        hardPinQuotaBytes: BigInt(r.hardPinQuotaBytes),
+      };
+    },
 
-    stats: (_req, ctx) =>
-      guard(ctx, async () => {
-        served(deps);
-        return stats(await engine.kv<CacheStats>(ctx.values.get(tenantKey), { op: "stats" }, ctx.signal));
-      }),
+    unpin: async (req, ctx) => {
+      const sel = selection(deps, req.blocks, "blocks");
+      const r = await engine.kv<{ unpinnedBlocks: number }>(
+        ctx.values.get(tenantKey),
+        { op: "unpin", selection: sel },
+        ctx.signal,
+      );
+      traceUnpin(ctx, r.unpinnedBlocks);
+      return r;
+    },
+
+    stats: async (_req, ctx) => {
+      served(deps);
+      return stats(await engine.kv<CacheStats>(ctx.values.get(tenantKey), { op: "stats" }, ctx.signal));
+    },
   });
 }
