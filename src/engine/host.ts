@@ -60,8 +60,8 @@ export class EngineHost {
   ) {}
 
   start(): void {
-    const args = ["--model", this.config.model, "--data-dir", this.config.dataDir];
-    const child = fork(engineEntry(), args, {
+    // The engine reads the whole validated configuration from its environment.
+    const child = fork(engineEntry(), [], {
       serialization: "advanced",
       execArgv: ["--expose-gc"],
       env: { ...process.env, KVPARK_ENGINE_CONFIG: JSON.stringify(this.config) },
