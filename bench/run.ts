@@ -5,7 +5,7 @@
  *   npm run bench -- --full      qwen2.5-0.5b shape, 1k/2k/4k/8k contexts (about 40 minutes on 2 cores)
  *
  * Options: --out DIR, --model DIR (a model directory; default .kvpark/models/<preset>, generated if
- * missing), --preset NAME, --contexts 1024,2048, --cold-runs N, --sections store,ttft,concurrency,replay
+ * missing), --preset NAME, --contexts 1024,2048, --cold-runs N, --sections tokenizer,store,ttft,concurrency,replay
  * (add `engine` for the in-process prefill/decode microbenchmark), --work-dir DIR (on the disk to
  * measure, not a tmpfs), --seed N, --keep (leave the work directory). Progress goes to stderr; results
  * to <out>/<mode>.json, <out>/<mode>.md and <out>/<mode>-ttft.svg.
@@ -28,6 +28,7 @@ import {
 import { dropPageCache, pageCacheDropWorks, Progress } from "./lib/util";
 import { runConcurrency, type ConcurrencyResult } from "./sections/concurrency";
 import { runReplay, type ReplayResult } from "./sections/replay";
+import { runTokenizer, type TokenizerResult } from "./sections/tokenizer";
 import { runTtft, type ContextResult } from "./sections/ttft";
 
 const REPO = path.resolve(__dirname, "../..");
@@ -41,9 +42,16 @@ interface Plan {
   ssdRuns: number;
   restartRuns: number;
   decodeTokens: number;
-  concurrency: { streams: number[]; runs: number; prefixTokens: number; decodeTokens: number };
+  concurrency: {
+    streams: number[];
+    runs: number;
+    prefixTokens: number;
+    decodeTokens: number;
+    busyPromptTokens: number;
+  };
   replay: { scale: number; rounds: number; answerTokens: number; ramTokens: number };
   store: { runs: number; targetBytes: number };
+  tokenizer: { vocabSizes: number[]; runs: number };
 }
 
 const PLANS: Record<"quick" | "full", Plan> = {
@@ -56,9 +64,10 @@ const PLANS: Record<"quick" | "full", Plan> = {
     ssdRuns: 3,
     restartRuns: 2,
     decodeTokens: 16,
-    concurrency: { streams: [1, 4, 8], runs: 1, prefixTokens: 256, decodeTokens: 16 },
+    concurrency: { streams: [1, 4, 8], runs: 1, prefixTokens: 256, decodeTokens: 16, busyPromptTokens: 2048 },
     replay: { scale: 0.3, rounds: 6, answerTokens: 8, ramTokens: 3072 },
     store: { runs: 1, targetBytes: 25e6 },
+    tokenizer: { vocabSizes: [512, 4000, 8192], runs: 3 },
   },
   full: {
     mode: "full",
@@ -70,14 +79,15 @@ const PLANS: Record<"quick" | "full", Plan> = {
     ssdRuns: 3,
     restartRuns: 2,
     decodeTokens: 16,
-    concurrency: { streams: [1, 4, 8], runs: 2, prefixTokens: 512, decodeTokens: 24 },
+    concurrency: { streams: [1, 4, 8], runs: 2, prefixTokens: 512, decodeTokens: 24, busyPromptTokens: 2048 },
     replay: { scale: 0.5, rounds: 6, answerTokens: 12, ramTokens: 6144 },
     store: { runs: 3, targetBytes: 100e6 },
+    tokenizer: { vocabSizes: [512, 4000, 8192], runs: 5 },
   },
 };
 
-const ALL_SECTIONS = ["store", "ttft", "concurrency", "replay", "engine"];
-const DEFAULT_SECTIONS = ["store", "ttft", "concurrency", "replay"];
+const ALL_SECTIONS = ["tokenizer", "store", "ttft", "concurrency", "replay", "engine"];
+const DEFAULT_SECTIONS = ["tokenizer", "store", "ttft", "concurrency", "replay"];
 
 function usage(): never {
   process.stderr.write(
@@ -242,7 +252,11 @@ async function main(): Promise<void> {
   let concurrency: ConcurrencyResult | undefined;
   let replay: ReplayResult | undefined;
   let engine: EngineResult | undefined;
+  let tokenizer: TokenizerResult | undefined;
   try {
+    if (args.sections.includes("tokenizer")) {
+      tokenizer = runTokenizer({ ...plan.tokenizer, progress });
+    }
     if (args.sections.includes("store")) {
       store = await runStoreRestore({
         runs: plan.store.runs,
@@ -333,12 +347,14 @@ async function main(): Promise<void> {
           summary: summarizeConcurrency(concurrency),
           contextTokens: concurrency.contextTokens,
           decodeTokens: concurrency.decodeTokens,
+          busy: concurrency.busy,
         }
       : undefined,
     replay,
     storeTable: store?.table,
     storeNote,
     engine,
+    tokenizer,
   };
   const md = markdown(report);
   const json = {

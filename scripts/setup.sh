@@ -60,5 +60,6 @@ if [[ ! -f $types/lib/nn/index.d.ts || $mlx/package.json -nt $types/lib/nn/index
   test -f "$types/lib/nn/index.d.ts"
 fi
 
+# tsc, plus the data files it does not copy into dist/ (npm run build).
 echo "kvpark setup: compiling TypeScript"
-npx tsc -p tsconfig.json
+npm run --silent build

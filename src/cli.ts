@@ -30,7 +30,7 @@ async function main(argv: string[]): Promise<number> {
         return EXIT.ok;
       }
       const config = loadConfig(rest);
-      const { serve } = await import("./serve.js");
+      const { serve } = await import("./frontend/serve.js");
       await serve(config);
       return -1; // keeps running until a signal
     }

@@ -1,5 +1,16 @@
 import { ConfigError, loadConfig } from "./config";
 
+/** The problems loadConfig reports for these arguments and variables. */
+function problems(argv: string[], env: NodeJS.ProcessEnv = {}): string[] | undefined {
+  try {
+    loadConfig(argv, env);
+  } catch (e) {
+    if (e instanceof ConfigError) return e.problems;
+    throw e;
+  }
+  return undefined;
+}
+
 describe("loadConfig", () => {
   it("takes defaults, then KVPARK_* variables, then flags", () => {
     const c = loadConfig(["--port", "6000", "--log-level=debug"], {
@@ -13,15 +24,10 @@ describe("loadConfig", () => {
   });
 
   it("names every problem and the flag that fixes it", () => {
-    let err: ConfigError | undefined;
-    try {
-      loadConfig(["--port", "70000", "--log-level", "loud", "--tls-cert", "a.pem", "--bogus"], {
-        KVPARK_TEST_ENGINE_ABORT: "maybe",
-      });
-    } catch (e) {
-      err = e as ConfigError;
-    }
-    expect(err?.problems).toEqual([
+    const env = { KVPARK_TEST_ENGINE_ABORT: "maybe" };
+    expect(
+      problems(["--port", "70000", "--log-level", "loud", "--tls-cert", "a.pem", "--bogus"], env),
+    ).toEqual([
       'KVPARK_TEST_ENGINE_ABORT: expected true or false, got "maybe" (set --test-engine-abort=true|false)',
       "--port: 70000 is outside 0..65535 (set --port)",
       '--log-level: "loud" is not one of trace, debug, info, warn, error, fatal, silent (set --log-level)',
@@ -34,5 +40,18 @@ describe("loadConfig", () => {
     expect(() => loadConfig(["--max-tokens-default", "100", "--max-tokens-limit", "50"], {})).toThrow(
       "--max-tokens-default (100) exceeds --max-tokens-limit (50)",
     );
+  });
+
+  it("reads booleans bare or with a value, and names a flag that lacks its value", () => {
+    expect(loadConfig(["--cache=false", "--cost-model"], {})).toMatchObject({
+      cache: false,
+      costModel: true,
+    });
+    expect(problems(["--ssd-fsync=sometimes", "stray", "--bogus=1", "--port"])).toEqual([
+      '--ssd-fsync: "sometimes" is not one of batch, none (set --ssd-fsync)',
+      "unknown option stray (see --help)",
+      "unknown option --bogus=1 (see --help)",
+      "--port needs a value",
+    ]);
   });
 });

@@ -1,4 +1,15 @@
 import * as path from "node:path";
+import { parseArgs } from "node:util";
+import { KvparkError } from "./errors";
+
+/** Levels of --log-level (pino's). */
+export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
+/** Modes of --ssd-fsync. */
+export const FSYNC_MODES = ["batch", "none"] as const;
+/** Policies of --cache-admission; see AdmissionPolicy in src/cache/config.ts. */
+export const ADMISSION_POLICIES = ["all", "reused", "pinned"] as const;
+/** Modes of --telemetry. */
+export const TELEMETRY_MODES = ["auto", "on", "off"] as const;
 
 /** Every limit and default of the server, in one place. */
 export interface Config {
@@ -15,7 +26,7 @@ export interface Config {
   keepaliveMs: number;
   keepaliveTimeoutMs: number;
   shutdownGraceMs: number;
-  logLevel: string;
+  logLevel: (typeof LOG_LEVELS)[number];
   maxTokensDefault: number;
   maxTokensLimit: number;
   requestsMax: number;
@@ -26,15 +37,15 @@ export interface Config {
   blockTokens: number;
   ramBytesMax: number;
   ssdBytesMax: number;
-  ssdFsync: string;
-  cacheAdmission: string;
+  ssdFsync: (typeof FSYNC_MODES)[number];
+  cacheAdmission: (typeof ADMISSION_POLICIES)[number];
   writeQueueBlocksMax: number;
   hardPinQuotaBytes: number;
   softPinTtlSeconds: number;
   costModel: boolean;
   handlesMax: number;
   handleTtlSeconds: number;
-  telemetry: string;
+  telemetry: (typeof TELEMETRY_MODES)[number];
   telemetryRecordContent: boolean;
   metricsPort: number;
   metricsHost: string;
@@ -42,27 +53,25 @@ export interface Config {
 
 type Kind = "string" | "int" | "bool" | "enum";
 
-interface Option<K extends keyof Config> {
+interface OptionSpec<K extends keyof Config> {
   key: K;
   flag: string;
-  env: string;
   kind: Kind;
   default: Config[K];
   help: string;
   min?: number;
   max?: number;
-  choices?: string[];
+  choices?: readonly string[];
 }
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
 // The table drives parsing, validation, `--help` and the README's configuration table.
-const options: Option<keyof Config>[] = [
+const specs: OptionSpec<keyof Config>[] = [
   {
     key: "host",
     flag: "--host",
-    env: "KVPARK_HOST",
     kind: "string",
     default: "127.0.0.1",
     help: "Address to listen on.",
@@ -70,7 +79,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "port",
     flag: "--port",
-    env: "KVPARK_PORT",
     kind: "int",
     default: 50051,
     min: 0,
@@ -80,7 +88,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "model",
     flag: "--model",
-    env: "KVPARK_MODEL",
     kind: "string",
     default: "small",
     help: "Model directory (Hugging Face layout) or a preset name (tiny, small, qwen2.5-0.5b, with -4bit or -sharded) generated under the data directory on first use.",
@@ -88,7 +95,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "modelName",
     flag: "--model-name",
-    env: "KVPARK_MODEL_NAME",
     kind: "string",
     default: "",
     help: "Name clients use for the model (default: the directory's name).",
@@ -96,7 +102,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "dataDir",
     flag: "--data-dir",
-    env: "KVPARK_DATA_DIR",
     kind: "string",
     default: ".kvpark",
     help: "Directory for generated models and the SSD cache.",
@@ -104,7 +109,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "tlsCert",
     flag: "--tls-cert",
-    env: "KVPARK_TLS_CERT",
     kind: "string",
     default: "",
     help: "PEM certificate chain; with --tls-key enables TLS.",
@@ -112,7 +116,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "tlsKey",
     flag: "--tls-key",
-    env: "KVPARK_TLS_KEY",
     kind: "string",
     default: "",
     help: "PEM private key for --tls-cert.",
@@ -120,7 +123,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "tlsCa",
     flag: "--tls-ca",
-    env: "KVPARK_TLS_CA",
     kind: "string",
     default: "",
     help: "PEM CA bundle; when set, clients must present a certificate it signed (mTLS).",
@@ -128,7 +130,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "authTokens",
     flag: "--auth-tokens",
-    env: "KVPARK_AUTH_TOKENS",
     kind: "string",
     default: "",
     help: "Bearer tokens as tenant=token pairs separated by commas, or @file with one pair per line. When set, every RPC needs `authorization: Bearer <token>`; the tenant salts cache keys.",
@@ -136,7 +137,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "messageBytesMax",
     flag: "--message-bytes-max",
-    env: "KVPARK_MESSAGE_BYTES_MAX",
     kind: "int",
     default: 32 * MiB,
     min: 1024,
@@ -146,7 +146,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "keepaliveMs",
     flag: "--keepalive-ms",
-    env: "KVPARK_KEEPALIVE_MS",
     kind: "int",
     default: 30000,
     min: 0,
@@ -156,7 +155,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "keepaliveTimeoutMs",
     flag: "--keepalive-timeout-ms",
-    env: "KVPARK_KEEPALIVE_TIMEOUT_MS",
     kind: "int",
     default: 10000,
     min: 1,
@@ -166,7 +164,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "shutdownGraceMs",
     flag: "--shutdown-grace-ms",
-    env: "KVPARK_SHUTDOWN_GRACE_MS",
     kind: "int",
     default: 15000,
     min: 0,
@@ -176,16 +173,14 @@ const options: Option<keyof Config>[] = [
   {
     key: "logLevel",
     flag: "--log-level",
-    env: "KVPARK_LOG_LEVEL",
     kind: "enum",
     default: "info",
-    choices: ["trace", "debug", "info", "warn", "error", "fatal", "silent"],
+    choices: LOG_LEVELS,
     help: "Log level of the JSON logs on stdout.",
   },
   {
     key: "maxTokensDefault",
     flag: "--max-tokens-default",
-    env: "KVPARK_MAX_TOKENS_DEFAULT",
     kind: "int",
     default: 256,
     min: 1,
@@ -195,7 +190,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "maxTokensLimit",
     flag: "--max-tokens-limit",
-    env: "KVPARK_MAX_TOKENS_LIMIT",
     kind: "int",
     default: 8192,
     min: 1,
@@ -205,7 +199,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "requestsMax",
     flag: "--requests-max",
-    env: "KVPARK_REQUESTS_MAX",
     kind: "int",
     default: 64,
     min: 1,
@@ -215,7 +208,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "prefillChunkTokens",
     flag: "--prefill-chunk-tokens",
-    env: "KVPARK_PREFILL_CHUNK_TOKENS",
     kind: "int",
     default: 256,
     min: 16,
@@ -225,7 +217,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "engineRestartDelayMs",
     flag: "--engine-restart-delay-ms",
-    env: "KVPARK_ENGINE_RESTART_DELAY_MS",
     kind: "int",
     default: 500,
     min: 0,
@@ -235,7 +226,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "cache",
     flag: "--cache",
-    env: "KVPARK_CACHE",
     kind: "bool",
     default: true,
     help: "Keep prompts' KV in the prefix cache (RAM and SSD tiers); --cache=false computes every prompt from scratch.",
@@ -243,7 +233,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "blockTokens",
     flag: "--block-tokens",
-    env: "KVPARK_BLOCK_TOKENS",
     kind: "int",
     default: 64,
     min: 1,
@@ -253,7 +242,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "ramBytesMax",
     flag: "--ram-bytes-max",
-    env: "KVPARK_RAM_BYTES_MAX",
     kind: "int",
     default: 2 * GiB,
     min: 0,
@@ -263,7 +251,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "ssdBytesMax",
     flag: "--ssd-bytes-max",
-    env: "KVPARK_SSD_BYTES_MAX",
     kind: "int",
     default: 32 * GiB,
     min: 0,
@@ -273,25 +260,22 @@ const options: Option<keyof Config>[] = [
   {
     key: "ssdFsync",
     flag: "--ssd-fsync",
-    env: "KVPARK_SSD_FSYNC",
     kind: "enum",
     default: "batch",
-    choices: ["batch", "none"],
+    choices: FSYNC_MODES,
     help: "batch: one fdatasync per write batch before blocks count as persisted; none: leave it to the page cache.",
   },
   {
     key: "cacheAdmission",
     flag: "--cache-admission",
-    env: "KVPARK_CACHE_ADMISSION",
     kind: "enum",
     default: "all",
-    choices: ["all", "reused", "pinned"],
+    choices: ADMISSION_POLICIES,
     help: "Which blocks are written to SSD: all, those seen twice (saves SSD wear), or pinned ones only.",
   },
   {
     key: "writeQueueBlocksMax",
     flag: "--write-queue-blocks-max",
-    env: "KVPARK_WRITE_QUEUE_BLOCKS_MAX",
     kind: "int",
     default: 4096,
     min: 0,
@@ -301,7 +285,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "hardPinQuotaBytes",
     flag: "--hard-pin-quota-bytes",
-    env: "KVPARK_HARD_PIN_QUOTA_BYTES",
     kind: "int",
     default: 1 * GiB,
     min: 0,
@@ -311,7 +294,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "softPinTtlSeconds",
     flag: "--soft-pin-ttl-seconds",
-    env: "KVPARK_SOFT_PIN_TTL_SECONDS",
     kind: "int",
     default: 600,
     min: 1,
@@ -321,7 +303,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "costModel",
     flag: "--cost-model",
-    env: "KVPARK_COST_MODEL",
     kind: "bool",
     default: true,
     help: "Estimate SSD restore time against recompute time per request and recompute when that is faster.",
@@ -329,7 +310,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "handlesMax",
     flag: "--handles-max",
-    env: "KVPARK_HANDLES_MAX",
     kind: "int",
     default: 10000,
     min: 1,
@@ -339,7 +319,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "handleTtlSeconds",
     flag: "--handle-ttl-seconds",
-    env: "KVPARK_HANDLE_TTL_SECONDS",
     kind: "int",
     default: 3600,
     min: 1,
@@ -349,16 +328,14 @@ const options: Option<keyof Config>[] = [
   {
     key: "telemetry",
     flag: "--telemetry",
-    env: "KVPARK_TELEMETRY",
     kind: "enum",
     default: "auto",
-    choices: ["auto", "on", "off"],
+    choices: TELEMETRY_MODES,
     help: "OpenTelemetry traces and metrics, configured by the standard OTEL_* variables. auto: on when an OTLP endpoint, OTEL_TRACES_EXPORTER or OTEL_METRICS_EXPORTER is set, or --metrics-port; on: export with the OTEL_* defaults (OTLP to localhost); off: never.",
   },
   {
     key: "telemetryRecordContent",
     flag: "--telemetry-record-content",
-    env: "KVPARK_TELEMETRY_RECORD_CONTENT",
     kind: "bool",
     default: false,
     help: "Record prompt and output text in spans (gen_ai.input.messages, gen_ai.output.messages). Off: no text leaves the server in telemetry.",
@@ -366,7 +343,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "metricsPort",
     flag: "--metrics-port",
-    env: "KVPARK_METRICS_PORT",
     kind: "int",
     default: 0,
     min: 0,
@@ -376,7 +352,6 @@ const options: Option<keyof Config>[] = [
   {
     key: "metricsHost",
     flag: "--metrics-host",
-    env: "KVPARK_METRICS_HOST",
     kind: "string",
     default: "",
     help: "Address of the Prometheus endpoint (default: the --host address).",
@@ -384,17 +359,24 @@ const options: Option<keyof Config>[] = [
   {
     key: "testEngineAbort",
     flag: "--test-engine-abort",
-    env: "KVPARK_TEST_ENGINE_ABORT",
     kind: "bool",
     default: false,
     help: "Testing only: a request whose text is `__kvpark_abort__` aborts the engine process.",
   },
 ];
 
+/** An option of the table with its environment variable, KVPARK_ and the flag's name in capitals. */
+type Option<K extends keyof Config> = OptionSpec<K> & { env: string };
+
+const options: Option<keyof Config>[] = specs.map((o) => ({
+  ...o,
+  env: `KVPARK_${o.flag.slice(2).toUpperCase().replace(/-/g, "_")}`,
+}));
+
 /** A configuration that could not be used; the message says what is wrong and which flag fixes it. */
-export class ConfigError extends Error {
+export class ConfigError extends KvparkError<"CONFIG_INVALID"> {
   constructor(readonly problems: string[]) {
-    super(problems.join("\n"));
+    super("CONFIG_INVALID", problems.join("\n"));
     this.name = "ConfigError";
   }
 }
@@ -429,30 +411,51 @@ function parseValue(opt: Option<keyof Config>, raw: string, source: string, prob
   }
 }
 
+/** Every option's default, straight from the table. */
+export const CONFIG_DEFAULTS: Readonly<Config> = Object.freeze(
+  Object.fromEntries(options.map((o) => [o.key, o.default])) as unknown as Config,
+);
+
+/** The bounds the table gives an integer option. */
+export function optionRange(key: keyof Config): { min: number; max: number } {
+  const opt = options.find((o) => o.key === key);
+  if (opt?.kind !== "int") throw new Error(`${key} is not an integer option`);
+  return { min: opt.min ?? Number.MIN_SAFE_INTEGER, max: opt.max ?? Number.MAX_SAFE_INTEGER };
+}
+
 /** Parses flags and KVPARK_* variables (flags win) into a validated Config. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): Config {
   const problems: string[] = [];
-  const config = Object.fromEntries(options.map((o) => [o.key, o.default])) as unknown as Config;
+  const config = { ...CONFIG_DEFAULTS };
   const set = (opt: Option<keyof Config>, raw: string, source: string) => {
-    (config as unknown as Record<string, unknown>)[opt.key] = parseValue(opt, raw, source, problems);
+    (config as Record<string, unknown>)[opt.key] = parseValue(opt, raw, source, problems);
   };
   for (const opt of options) {
     const raw = env[opt.env];
     if (raw !== undefined) set(opt, raw, opt.env);
   }
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    const [name, inline] = arg.includes("=")
-      ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)]
-      : [arg, undefined];
-    const opt = options.find((o) => o.flag === name);
-    if (!opt) {
-      problems.push(`unknown option ${arg} (see --help)`);
+  // Non-strict parsing hands back every token, so that all problems are reported at once, each in
+  // the table's own words, instead of parseArgs stopping at the first.
+  const { tokens } = parseArgs({
+    args: argv,
+    options: Object.fromEntries(
+      options.map((o) => [o.flag.slice(2), { type: o.kind === "bool" ? "boolean" : "string" } as const]),
+    ),
+    strict: false,
+    allowPositionals: true,
+    tokens: true,
+  });
+  for (const token of tokens) {
+    if (token.kind === "option-terminator") continue;
+    if (token.kind === "positional") {
+      problems.push(`unknown option ${token.value} (see --help)`);
       continue;
     }
-    if (inline !== undefined) set(opt, inline, opt.flag);
+    const opt = options.find((o) => o.flag === token.rawName);
+    const arg = token.inlineValue ? `${token.rawName}=${token.value}` : token.rawName;
+    if (!opt) problems.push(`unknown option ${arg} (see --help)`);
+    else if (token.value !== undefined) set(opt, token.value, opt.flag);
     else if (opt.kind === "bool") set(opt, "true", opt.flag);
-    else if (i + 1 < argv.length) set(opt, argv[++i], opt.flag);
     else problems.push(`${opt.flag} needs a value`);
   }
   if (Boolean(config.tlsCert) !== Boolean(config.tlsKey))

@@ -1,23 +1,12 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 
-/** Stable error codes of kvpark's domain; one place (toConnectError) maps them to gRPC status codes. */
-export type ErrorCode =
-  | "INVALID_ARGUMENT"
-  | "OUT_OF_RANGE"
-  | "NOT_FOUND"
-  | "FAILED_PRECONDITION"
-  | "RESOURCE_EXHAUSTED"
-  | "UNAUTHENTICATED"
-  | "ENGINE_UNAVAILABLE"
-  | "CANCELLED"
-  | "DEADLINE_EXCEEDED"
-  | "MODEL_MISMATCH"
-  | "KV_CORRUPT"
-  | "KV_CAPACITY"
-  | "KV_IO"
-  | "INTERNAL";
-
-const grpcCodes: Record<ErrorCode, Code> = {
+/**
+ * Every stable error code kvpark's rooms throw, with the gRPC status it surfaces as. The code is the
+ * contract (tests, logs and clients match on it); the message is for people. Each room throws a
+ * subclass of KvparkError narrowed to its own codes.
+ */
+export const ERROR_CODES = {
+  // A request and its serving
   INVALID_ARGUMENT: Code.InvalidArgument,
   OUT_OF_RANGE: Code.OutOfRange,
   NOT_FOUND: Code.NotFound,
@@ -27,20 +16,52 @@ const grpcCodes: Record<ErrorCode, Code> = {
   ENGINE_UNAVAILABLE: Code.Unavailable,
   CANCELLED: Code.Canceled,
   DEADLINE_EXCEEDED: Code.DeadlineExceeded,
-  MODEL_MISMATCH: Code.FailedPrecondition,
+  INTERNAL: Code.Internal,
+  // The model directory and its tokenizer (ModelError, TokenizerError, SafetensorsError)
+  MODEL_FILE_MISSING: Code.FailedPrecondition,
+  MODEL_UNSUPPORTED: Code.FailedPrecondition,
+  MODEL_INVALID: Code.FailedPrecondition,
+  SAFETENSORS_INVALID: Code.FailedPrecondition,
+  CHAT_TEMPLATE_MISSING: Code.FailedPrecondition,
+  CHAT_TEMPLATE_FAILED: Code.InvalidArgument,
+  // The SSD block store (StoreError)
+  KV_NOT_FOUND: Code.NotFound,
   KV_CORRUPT: Code.DataLoss,
   KV_CAPACITY: Code.ResourceExhausted,
   KV_IO: Code.Unavailable,
-  INTERNAL: Code.Internal,
-};
+  KV_LOCKED: Code.FailedPrecondition,
+  KV_FORMAT: Code.FailedPrecondition,
+  KV_CLOSED: Code.Unavailable,
+  // One block refused (BlockError; named after the proto enum BlockErrorCode). The status is the
+  // one a PutBlocks call fails with when every block it sent was refused for this reason.
+  CORRUPT: Code.InvalidArgument,
+  UNSUPPORTED_VERSION: Code.InvalidArgument,
+  MODEL_MISMATCH: Code.FailedPrecondition,
+  KEY_MISMATCH: Code.InvalidArgument,
+  SHAPE_MISMATCH: Code.InvalidArgument,
+  INVALID_PAYLOAD: Code.InvalidArgument,
+  PARENT_MISSING: Code.FailedPrecondition,
+  CAPACITY: Code.ResourceExhausted,
+  // The server's configuration (ConfigError; reported at start, never over gRPC)
+  CONFIG_INVALID: Code.InvalidArgument,
+} as const satisfies Record<string, Code>;
 
-/** An error with a stable code, safe to show to a client. */
-export class KvparkError extends Error {
+/** One of ERROR_CODES. */
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** True for the codes of ERROR_CODES (for codes that crossed a process boundary as strings). */
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === "string" && Object.hasOwn(ERROR_CODES, value);
+}
+
+/** The base of every error kvpark throws on purpose: a stable code and a message safe to show a client. */
+export class KvparkError<C extends ErrorCode = ErrorCode> extends Error {
   constructor(
-    readonly code: ErrorCode,
+    readonly code: C,
     message: string,
+    options?: { cause?: unknown },
   ) {
-    super(message);
+    super(message, options);
     this.name = "KvparkError";
   }
 }
@@ -50,44 +71,26 @@ export function invalidField(field: string, problem: string): KvparkError {
   return new KvparkError("INVALID_ARGUMENT", `${field}: ${problem}`);
 }
 
-/**
- * Stable codes of the errors kvpark's rooms throw (model loader, tokenizer, SSD store), as the
- * domain code they surface as. Their messages are written for users, so they pass through.
- */
-const roomCodes: Record<string, ErrorCode> = {
-  MODEL_FILE_MISSING: "FAILED_PRECONDITION",
-  MODEL_UNSUPPORTED: "FAILED_PRECONDITION",
-  MODEL_INVALID: "FAILED_PRECONDITION",
-  CHAT_TEMPLATE_MISSING: "FAILED_PRECONDITION",
-  CHAT_TEMPLATE_FAILED: "INVALID_ARGUMENT",
-  KV_NOT_FOUND: "NOT_FOUND",
-  KV_CORRUPT: "KV_CORRUPT",
-  KV_CAPACITY: "KV_CAPACITY",
-  KV_IO: "KV_IO",
-  KV_LOCKED: "FAILED_PRECONDITION",
-  KV_FORMAT: "FAILED_PRECONDITION",
-  KV_CLOSED: "ENGINE_UNAVAILABLE",
-};
-
-/** Turns any thrown value into a KvparkError: domain codes kept, anything unknown INTERNAL. */
+/** Turns any thrown value into a KvparkError: kvpark's own kept, an abort CANCELLED, anything else INTERNAL. */
 export function toKvparkError(err: unknown): KvparkError {
   if (err instanceof KvparkError) return err;
-  const e = err as { code?: unknown; message?: unknown; name?: unknown };
-  if (typeof e?.code === "string" && e.code in roomCodes)
-    return new KvparkError(roomCodes[e.code], String(e.message));
+  const e = err as { message?: unknown; name?: unknown };
   if (e?.name === "AbortError") return new KvparkError("CANCELLED", "cancelled");
-  return new KvparkError("INTERNAL", typeof e?.message === "string" ? e.message : String(err));
+  return new KvparkError("INTERNAL", typeof e?.message === "string" ? e.message : String(err), {
+    cause: err,
+  });
 }
 
 /**
- * Maps any error to a ConnectError. Domain errors keep their message; anything else becomes INTERNAL
- * with a generic message so internals (paths, stack traces) never reach clients.
+ * Maps any error to a ConnectError by ERROR_CODES. kvpark's errors keep their message; anything else
+ * becomes INTERNAL with a generic message so internals (paths, stack traces) never reach clients.
  */
 export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
-  const e = err instanceof KvparkError || !(err as { code?: unknown })?.code ? err : toKvparkError(err);
-  if (e instanceof KvparkError && e.code !== "INTERNAL")
-    return new ConnectError(e.message, grpcCodes[e.code]);
+  if (err instanceof KvparkError) {
+    const code: ErrorCode = err.code;
+    if (code !== "INTERNAL") return new ConnectError(err.message, ERROR_CODES[code]);
+  }
   // The cause stays on the error for the request log; the client sees only a generic message.
   return new ConnectError("internal error; see the server log", Code.Internal, undefined, undefined, err);
 }

@@ -1,6 +1,7 @@
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { create } from "@bufbuild/protobuf";
+import { Health } from "../../gen/grpc/health/v1/health_pb";
 import {
   GenerateRequestSchema,
   InferenceService,
@@ -13,6 +14,7 @@ import { sleep } from "./util";
 export interface Clients {
   inference: Client<typeof InferenceService>;
   kv: Client<typeof KVBlocksService>;
+  health: Client<typeof Health>;
 }
 
 export function connect(url: string): Clients {
@@ -21,6 +23,7 @@ export function connect(url: string): Clients {
   return {
     inference: createClient(InferenceService, transport),
     kv: createClient(KVBlocksService, transport),
+    health: createClient(Health, transport),
   };
 }
 

@@ -1,5 +1,6 @@
-import type { ConcurrencyResult } from "../sections/concurrency";
+import type { BusyResult, ConcurrencyResult } from "../sections/concurrency";
 import type { ReplayResult } from "../sections/replay";
+import type { TokenizerResult } from "../sections/tokenizer";
 import type { ContextResult, Sample } from "../sections/ttft";
 import type { Machine } from "./machine";
 import type { ModelShape } from "./model";
@@ -133,6 +134,8 @@ const ms = (x: number) => {
   if (x >= 10_000) return `${fmt(x / 1000, 1)} s`;
   return `${fmt(x, 0)} ms`;
 };
+/** Milliseconds with one decimal below 10 ms (health checks, small builds). */
+const msFine = (x: number) => (Number.isFinite(x) && x < 10 ? `${fmt(x, 1)} ms` : ms(x));
 const times = (x: number) => (Number.isFinite(x) ? `${fmt(x, x >= 100 ? 0 : 1)}x` : "n/a");
 const ctx = (n: number) => (n % 1024 === 0 ? `${n / 1024}k (${fmt(n)})` : fmt(n));
 
@@ -144,12 +147,18 @@ export interface ReportInput {
   wallSeconds: number;
   notes: string[];
   contexts: ContextSummary[];
-  concurrency?: { summary: ConcurrencySummary[]; contextTokens: number; decodeTokens: number };
+  concurrency?: {
+    summary: ConcurrencySummary[];
+    contextTokens: number;
+    decodeTokens: number;
+    busy?: BusyResult;
+  };
   replay?: ReplayResult;
   storeTable?: string;
   storeNote?: string;
   /** bench/model/prefill-decode.ts's JSON, when the engine section ran. */
   engine?: EngineResult;
+  tokenizer?: TokenizerResult;
 }
 
 export interface EngineResult {
@@ -244,6 +253,16 @@ export function markdown(r: ReportInput): string {
       );
     }
     out.push("");
+    const b = r.concurrency.busy;
+    if (b) {
+      out.push(
+        `While the engine prefilled a cold ${fmt(b.promptTokens)}-token prompt (first token after ${ms(b.longTtftMs)}): ` +
+          `health checks (\`grpc.health.v1.Health/Check\`, answered by the front end) took ${msFine(b.healthMs.median)} median and ` +
+          `${msFine(b.healthMs.max)} at worst over ${b.healthMs.n} checks; a short prompt (${b.shortPromptTokens} tokens) sent meanwhile ` +
+          `got its first token after ${ms(b.shortTtftMs)}, ${b.shortFirst ? "before" : "after"} the long prompt's.`,
+        "",
+      );
+    }
   }
 
   if (r.engine) {
@@ -257,6 +276,23 @@ export function markdown(r: ReportInput): string {
     for (const e of r.engine.results) {
       out.push(
         `| ${ctx(e.contextTokens)} | ${fmt(e.prefillTokensPerSecond, 1)} | ${fmt(e.decodeTokensPerSecond, 2)} |`,
+      );
+    }
+    out.push("");
+  }
+
+  if (r.tokenizer) {
+    out.push("### Tokenizer generation", "");
+    out.push(
+      `Learning the byte-level BPE tokenizer a generated model gets (\`buildTokenizerFiles\`, once per model directory), ` +
+        `in the bench process, median of ${r.tokenizer.runs} runs:`,
+      "",
+    );
+    out.push("| vocabulary | build time | fastest / slowest |");
+    out.push("| ---: | ---: | ---: |");
+    for (const t of r.tokenizer.builds) {
+      out.push(
+        `| ${fmt(t.vocabSize)} tokens | ${msFine(t.buildMs.median)} | ${msFine(t.buildMs.min)} / ${msFine(t.buildMs.max)} |`,
       );
     }
     out.push("");

@@ -12,7 +12,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
-import { writeRandomCheckpoint } from "../../src/model/checkpoint";
+import { writeRandomCheckpoint } from "../../src/model-gen/checkpoint";
 import { loadModel } from "../../src/model/loader";
 import { Sampler } from "../../src/model/sampler";
 

@@ -1,7 +1,7 @@
 // Source of the dashboards in deploy/grafana/dashboards/*.json, typed against Grafana's dashboard schema
 // (@grafana/schema) and built from the names in src/telemetry/semconv.ts, so a renamed attribute or
 // metric cannot leave a stale query behind. `npm run dashboards` rewrites the JSON files;
-// test/deploy/grafana.test.ts fails when they differ from this file.
+// test/deploy/grafana.spec.ts fails when they differ from this file.
 import type { DataSourceRef, Dashboard, Panel } from "@grafana/schema";
 import * as sc from "../../src/telemetry/semconv";
 

@@ -7,7 +7,7 @@ import {
   parseSafetensors,
   type SafetensorsFile,
   type TensorSpec,
-} from "./safetensors";
+} from "../util/safetensors";
 
 /** Version of the block format (proto KVBlock.format_version) this build writes and reads. */
 export const BLOCK_FORMAT_VERSION = 1;

@@ -1,15 +1,14 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { ADMISSION_POLICIES, CONFIG_DEFAULTS, FSYNC_MODES, optionRange, type Config } from "../config";
 
-/** Which blocks the SSD tier accepts from the RAM tier. */
-export type AdmissionPolicy =
-  /** Every new block is written. */
-  | "all"
-  /** A block is written when it is seen a second time (reused by a lookup or persisted again), sparing SSD wear. */
-  | "reused"
-  /** Only pinned blocks are written. */
-  | "pinned";
+/**
+ * Which blocks the SSD tier accepts from the RAM tier. "all": every new block is written; "reused":
+ * a block is written when it is seen a second time (reused by a lookup or persisted again), sparing
+ * SSD wear; "pinned": only pinned blocks are written.
+ */
+export type AdmissionPolicy = (typeof ADMISSION_POLICIES)[number];
 
 /** Every limit of the prefix cache, units last. */
 export interface CacheOptions {
@@ -24,7 +23,7 @@ export interface CacheOptions {
   /** Segment file size of the SSD store; the store needs ssdBytesMax >= 4 segments. */
   ssdSegmentBytes: number;
   /** "batch": the SSD store fdatasyncs each write batch; "none": page cache only (tests, benchmarks). */
-  ssdFsync: "batch" | "none";
+  ssdFsync: (typeof FSYNC_MODES)[number];
   /** Which blocks are written to SSD. */
   admission: AdmissionPolicy;
   /** Blocks waiting for their SSD write; a block that finds the queue full is skipped and counted. */
@@ -54,35 +53,51 @@ export interface CacheOptions {
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
-/** Defaults; see docs in CacheOptions and the measurement behind blockTokens in src/cache/README.md. */
+/**
+ * Defaults: those the server's configuration table sets (src/config.ts) come from it, the rest are
+ * the cache's own. See docs in CacheOptions and the measurement behind blockTokens in src/cache/README.md.
+ */
 export const CACHE_DEFAULTS: Readonly<CacheOptions> = {
-  blockTokens: 64,
-  ramBytesMax: 2 * GiB,
+  blockTokens: CONFIG_DEFAULTS.blockTokens,
+  ramBytesMax: CONFIG_DEFAULTS.ramBytesMax,
   ssdDir: null,
-  ssdBytesMax: 32 * GiB,
+  ssdBytesMax: CONFIG_DEFAULTS.ssdBytesMax,
   ssdSegmentBytes: 64 * MiB,
-  ssdFsync: "batch",
-  admission: "all",
-  writeQueueBlocksMax: 4096,
+  ssdFsync: CONFIG_DEFAULTS.ssdFsync,
+  admission: CONFIG_DEFAULTS.cacheAdmission,
+  writeQueueBlocksMax: CONFIG_DEFAULTS.writeQueueBlocksMax,
   writeQueueBytesMax: 1 * GiB,
   writeBatchBytesMax: 32 * MiB,
   restoreBatchBytesMax: 64 * MiB,
-  hardPinQuotaBytes: 1 * GiB,
-  softPinTtlMsDefault: 10 * 60 * 1000,
+  hardPinQuotaBytes: CONFIG_DEFAULTS.hardPinQuotaBytes,
+  softPinTtlMsDefault: CONFIG_DEFAULTS.softPinTtlSeconds * 1000,
   gcFreedBytesThreshold: 256 * MiB,
-  costModel: true,
+  costModel: CONFIG_DEFAULTS.costModel,
   prefillTokensPerSecondPrior: 50,
   ssdRestoreBytesPerSecondPrior: 400 * 1e6,
   stagingDir: defaultStagingDir(),
 };
+
+/** The cache options the server's configuration sets; the rest keep their defaults. */
+export function cacheOptionsFrom(config: Config, ssdDir: string): Partial<CacheOptions> {
+  return {
+    blockTokens: config.blockTokens,
+    ramBytesMax: config.ramBytesMax,
+    ...(config.ssdBytesMax > 0 ? { ssdDir, ssdBytesMax: config.ssdBytesMax } : { ssdDir: null }),
+    ssdFsync: config.ssdFsync,
+    admission: config.cacheAdmission,
+    writeQueueBlocksMax: config.writeQueueBlocksMax,
+    hardPinQuotaBytes: config.hardPinQuotaBytes,
+    softPinTtlMsDefault: config.softPinTtlSeconds * 1000,
+    costModel: config.costModel,
+  };
+}
 
 /** A tmpfs directory private to this process: /dev/shm when present, else the OS temp dir. */
 export function defaultStagingDir(): string {
   const base = fs.existsSync("/dev/shm") ? "/dev/shm" : os.tmpdir();
   return path.join(base, `kvpark-${process.pid}`);
 }
-
-const ADMISSION_POLICIES: readonly AdmissionPolicy[] = ["all", "reused", "pinned"];
 
 /** Merges options over the defaults and checks every limit; throws RangeError naming the field. */
 export function resolveCacheOptions(options: Partial<CacheOptions> = {}): CacheOptions {
@@ -99,25 +114,29 @@ export function resolveCacheOptions(options: Partial<CacheOptions> = {}): CacheO
       throw new RangeError(`cache option ${field} must be a positive number, got ${String(v)}`);
     }
   };
-  // A block's token ids travel in its header; 4096 keeps headers small and blocks under the
-  // store's payload limit for any model kvpark runs.
-  int("blockTokens", 1, 4096);
-  int("ramBytesMax", 0);
+  // Limits the server's options also set are the table's (src/config.ts).
+  const range = (key: keyof Config, scale = 1): [number, number] => {
+    const { min, max } = optionRange(key);
+    return [min * scale, max * scale];
+  };
+  int("blockTokens", ...range("blockTokens"));
+  int("ramBytesMax", ...range("ramBytesMax"));
   int("ssdSegmentBytes", 64 * 1024);
-  int("ssdBytesMax", 4 * o.ssdSegmentBytes);
-  int("writeQueueBlocksMax", 0);
+  // The store needs room for four segments (with the default segments, the table's 256 MiB).
+  int("ssdBytesMax", 4 * o.ssdSegmentBytes, optionRange("ssdBytesMax").max);
+  int("writeQueueBlocksMax", ...range("writeQueueBlocksMax"));
   int("writeQueueBytesMax", 0);
   int("writeBatchBytesMax", 1);
   int("restoreBatchBytesMax", 1);
-  int("hardPinQuotaBytes", 0);
-  int("softPinTtlMsDefault", 1);
+  int("hardPinQuotaBytes", ...range("hardPinQuotaBytes"));
+  int("softPinTtlMsDefault", ...range("softPinTtlSeconds", 1000));
   int("gcFreedBytesThreshold", 0);
   positive("prefillTokensPerSecondPrior");
   positive("ssdRestoreBytesPerSecondPrior");
   if (o.ssdDir !== null && (typeof o.ssdDir !== "string" || o.ssdDir === "")) {
     throw new RangeError("cache option ssdDir must be a directory path or null");
   }
-  if (o.ssdFsync !== "batch" && o.ssdFsync !== "none") {
+  if (!FSYNC_MODES.includes(o.ssdFsync)) {
     throw new RangeError(`cache option ssdFsync must be "batch" or "none", got ${String(o.ssdFsync)}`);
   }
   if (!ADMISSION_POLICIES.includes(o.admission)) {

@@ -1,3 +1,5 @@
+import { KvparkError } from "../errors";
+
 /**
  * Stable reasons for a block-level failure, named after the proto enum BlockErrorCode
  * (kvpark.v1, without its BLOCK_ERROR_CODE_ prefix), so the RPC layer maps them one to one.
@@ -18,12 +20,9 @@ export const BLOCK_ERROR_CODES = [
 export type BlockErrorCode = (typeof BLOCK_ERROR_CODES)[number];
 
 /** Why one block was not served, stored or restored: a stable code and a message for people. */
-export class BlockError extends Error {
-  readonly code: BlockErrorCode;
-
+export class BlockError extends KvparkError<BlockErrorCode> {
   constructor(code: BlockErrorCode, message: string) {
-    super(message);
+    super(code, message);
     this.name = "BlockError";
-    this.code = code;
   }
 }

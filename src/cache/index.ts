@@ -1,13 +1,14 @@
 /**
  * The prefix cache: block identity (block-key), the block format shared by SSD and wire
  * (block-codec), the RAM block pool (ram-tier), the SSD tier over the native store (ssd-tier)
- * and the policy that ties them together (prefix-cache). See src/cache/README.md.
+ * and the policy that ties them together (prefix-cache, a facade over block-index, restore,
+ * persist, transfer and pins; its types are in reports). See src/cache/README.md.
  */
 export { BLOCK_KEY_BYTES, KV_LAYOUT_VERSION, blockKey, chainKeys, rootKey } from "./block-key";
 export type { BlockKey, ChainLink } from "./block-key";
 export { BLOCK_DTYPE, BLOCK_FORMAT_VERSION, verifyRecord } from "./block-codec";
 export type { BlockHeader, KVBlockInput, KVBlockRecord, ModelShape } from "./block-codec";
-export { CACHE_DEFAULTS, resolveCacheOptions } from "./config";
+export { CACHE_DEFAULTS, cacheOptionsFrom, resolveCacheOptions } from "./config";
 export type { AdmissionPolicy, CacheOptions } from "./config";
 export { BLOCK_ERROR_CODES, BlockError } from "./errors";
 export type { BlockErrorCode } from "./errors";
@@ -30,4 +31,4 @@ export type {
   SequenceKV,
   Tier,
   TierStats,
-} from "./prefix-cache";
+} from "./reports";

@@ -1,8 +1,5 @@
 import type { LayerKV } from "../model/kv-cache";
 
-/** A hard pin lasts until unpinned; a soft pin protects a block for ttlMs. */
-export type PinKind = "hard" | { ttlMs: number };
-
 /** One block held in RAM as MLX arrays, one LayerKV [1, kvHeads, tokens, headDim] per layer. */
 export interface RamBlock {
   readonly keyHex: string;
@@ -11,9 +8,6 @@ export interface RamBlock {
   readonly bytes: number;
   /** Requests using the block right now; a referenced block is never evicted. */
   refs: number;
-  hardPinned: boolean;
-  /** Epoch ms until which a soft pin protects the block; 0 for none. */
-  softPinUntilMs: number;
 }
 
 /** Gauges and counters of the RAM tier. */
@@ -30,9 +24,10 @@ export interface RamTierStats {
 }
 
 /**
- * The block pool (after vLLM v1's block_pool.py): blocks under a byte budget in LRU order,
- * reference counts while a request restores from them, hard pins and soft pins with a time to
- * live. Eviction takes the least recently used block that is neither referenced nor pinned.
+ * The block pool (after vLLM v1's block_pool.py): blocks under a byte budget in LRU order and
+ * reference counts while a request restores from them. Eviction takes the least recently used
+ * block that is neither referenced nor pinned; whether a block is pinned is not the tier's to
+ * decide: it asks `isPinned` (the cache's Pins) each time.
  *
  * Dropping a block only drops the JS wrappers of its arrays; MLX frees the memory when they are
  * garbage-collected (PLATFORM.md), so the tier counts the bytes it drops and the owner decides
@@ -51,7 +46,8 @@ export class RamTier {
     readonly bytesMax: number,
     /** Told about every block that leaves the tier, evicted or removed. */
     private readonly onDrop: (keyHex: string) => void = () => {},
-    private readonly nowMs: () => number = Date.now,
+    /** Whether a pin protects the block now. */
+    private readonly isPinned: (keyHex: string) => boolean = () => false,
   ) {}
 
   has(keyHex: string): boolean {
@@ -77,7 +73,7 @@ export class RamTier {
       this.insertRejects++;
       return false;
     }
-    this.blocks.set(keyHex, { keyHex, layers, tokens, bytes, refs: 0, hardPinned: false, softPinUntilMs: 0 });
+    this.blocks.set(keyHex, { keyHex, layers, tokens, bytes, refs: 0 });
     this.bytesUsed += bytes;
     return true;
   }
@@ -105,24 +101,6 @@ export class RamTier {
     this.blocks.set(keyHex, block);
   }
 
-  /** Pins a block held here; false when it is not. */
-  pin(keyHex: string, kind: PinKind): boolean {
-    const block = this.blocks.get(keyHex);
-    if (!block) return false;
-    if (kind === "hard") block.hardPinned = true;
-    else block.softPinUntilMs = Math.max(block.softPinUntilMs, this.nowMs() + kind.ttlMs);
-    return true;
-  }
-
-  /** Removes hard and soft pins; false when the block is not held here. */
-  unpin(keyHex: string): boolean {
-    const block = this.blocks.get(keyHex);
-    if (!block) return false;
-    block.hardPinned = false;
-    block.softPinUntilMs = 0;
-    return true;
-  }
-
   /** Drops an unreferenced block (e.g. one found bad); false when absent or in use. */
   remove(keyHex: string): boolean {
     const block = this.blocks.get(keyHex);
@@ -140,7 +118,7 @@ export class RamTier {
 
   stats(): RamTierStats {
     let pinnedBlocks = 0;
-    for (const block of this.blocks.values()) if (this.isPinned(block)) pinnedBlocks++;
+    for (const block of this.blocks.values()) if (this.isPinned(block.keyHex)) pinnedBlocks++;
     return {
       bytes: this.bytesUsed,
       bytesMax: this.bytesMax,
@@ -152,18 +130,13 @@ export class RamTier {
     };
   }
 
-  /** Whether a hard pin or an unexpired soft pin protects the block. */
-  isPinned(block: RamBlock): boolean {
-    return block.hardPinned || block.softPinUntilMs > this.nowMs();
-  }
-
   private makeRoom(bytes: number): boolean {
     if (bytes > this.bytesMax) return false;
     let needed = this.bytesUsed + bytes - this.bytesMax;
     if (needed <= 0) return true;
     const victims: RamBlock[] = [];
     for (const block of this.blocks.values()) {
-      if (block.refs > 0 || this.isPinned(block)) continue;
+      if (block.refs > 0 || this.isPinned(block.keyHex)) continue;
       victims.push(block);
       needed -= block.bytes;
       if (needed <= 0) break;

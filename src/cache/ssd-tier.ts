@@ -14,7 +14,7 @@ import type { LayerKV } from "../model/kv-cache";
 import { openEnvelope } from "./block-codec";
 import { ChainLog, type ChainRecord } from "./chain-log";
 import type { AdmissionPolicy } from "./config";
-import { parseSafetensors } from "./safetensors";
+import { parseSafetensors } from "../util/safetensors";
 
 /** A block waiting for its SSD write. */
 export interface PendingWrite {

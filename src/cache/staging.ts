@@ -1,7 +1,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
-import { parseSafetensors, type SafetensorsFile } from "./safetensors";
+import { parseSafetensors, type SafetensorsFile } from "../util/safetensors";
 
 /**
  * The only way bytes enter and leave MLX in these bindings (no constructor from a buffer, no

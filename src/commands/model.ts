@@ -1,5 +1,5 @@
 import * as path from "node:path";
-import { generateModel, presetNames } from "../engine/models.js";
+import { generateModel, presetNames } from "../model-gen/generate.js";
 
 const USAGE = `Usage: kvpark model generate <preset> [--out DIR]
 

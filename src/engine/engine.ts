@@ -1,15 +1,15 @@
 import * as path from "node:path";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { core as mx } from "@frost-beta/mlx";
-import { PrefixCache, type KVBlockInput } from "../cache/index.js";
+import { cacheOptionsFrom, PrefixCache, type CacheOptions, type KVBlockInput } from "../cache/index.js";
 import type { Config } from "../config.js";
 import { KvparkError, toKvparkError, type ErrorCode } from "../errors.js";
 import { loadModel, type LoadedModel } from "../model/loader.js";
 import { ModelTokenizer } from "../model/tokenizer.js";
 import { AsyncQueue } from "../util/async-queue.js";
-import { resolveModelDir } from "./models.js";
+import { resolveModelDir } from "../model-gen/generate.js";
 import { PrefillSession } from "./prefill-session.js";
-import type { BlockSelection, FromEngine, ModelInfo, ToEngine } from "./protocol.js";
+import type { BlockSelection, FromEngine, ModelInfo, ToEngine } from "../engine-ipc.js";
 import { Sequence, type Job } from "./sequence.js";
 
 /** Phrase that, with --test-engine-abort, makes the engine run an operation MLX aborts on. */
@@ -25,6 +25,25 @@ function selection(sel: BlockSelection): BlockSelection {
 }
 
 /** A failure as it crosses IPC: the stable code and the user-facing message. */
+/** How long a new engine waits for the SSD store's lock, held by a previous engine still exiting. */
+const STORE_LOCK_WAIT_MS = 5000;
+
+/**
+ * Opens the prefix cache. A previous engine whose front end died ends itself within a few tens of
+ * milliseconds (see parent-watch.ts), but a restart can be quicker; its lock is waited for, briefly.
+ */
+async function openCache(model: LoadedModel, options: Partial<CacheOptions>): Promise<PrefixCache> {
+  const deadline = Date.now() + STORE_LOCK_WAIT_MS;
+  for (;;) {
+    try {
+      return await PrefixCache.open(model, options);
+    } catch (err) {
+      if (!(err instanceof KvparkError && err.code === "KV_LOCKED") || Date.now() >= deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+}
+
 function errorOf(err: unknown): { code: ErrorCode; message: string } {
   const e = toKvparkError(err);
   return { code: e.code, message: e.message };
@@ -72,19 +91,7 @@ export class Engine {
     });
     const tokenizer = ModelTokenizer.fromDir(dir);
     const cache = config.cache
-      ? await PrefixCache.open(model, {
-          blockTokens: config.blockTokens,
-          ramBytesMax: config.ramBytesMax,
-          ...(config.ssdBytesMax > 0
-            ? { ssdDir: path.join(config.dataDir, "cache"), ssdBytesMax: config.ssdBytesMax }
-            : { ssdDir: null }),
-          ssdFsync: config.ssdFsync as "batch" | "none",
-          admission: config.cacheAdmission as "all" | "reused" | "pinned",
-          writeQueueBlocksMax: config.writeQueueBlocksMax,
-          hardPinQuotaBytes: config.hardPinQuotaBytes,
-          softPinTtlMsDefault: config.softPinTtlSeconds * 1000,
-          costModel: config.costModel,
-        })
+      ? await openCache(model, cacheOptionsFrom(config, path.join(config.dataDir, "cache")))
       : undefined;
     const info: ModelInfo = {
       name: config.modelName || path.basename(dir),
@@ -159,7 +166,7 @@ export class Engine {
         const q = this.puts.get(msg.id);
         if (!q) return;
         if (msg.block === undefined) q.end();
-        else q.push(msg.block as KVBlockInput);
+        else q.push(msg.block);
         return;
       }
     }
@@ -256,23 +263,21 @@ export class Engine {
             start: b.start,
             tokens: b.tokens,
           }));
-          this.send({
-            type: "kv-result",
-            id,
-            result: { tokens: m.tokens, ramTokens: m.ramTokens, ssdTokens: m.ssdTokens, blocks },
-          });
+          const value = { tokens: m.tokens, ramTokens: m.ramTokens, ssdTokens: m.ssdTokens, blocks };
+          this.send({ type: "kv-result", id, result: { op: "lookup", value } });
           return;
         }
         case "getBlocks":
           for await (const item of cache.getBlocks(tenant, msg.keys.map(buf)))
             this.send({ type: "kv-item", id, item });
-          this.send({ type: "kv-result", id, result: null });
+          this.send({ type: "kv-result", id, result: { op: "getBlocks", value: null } });
           return;
         case "putBlocks": {
           const q = new AsyncQueue<KVBlockInput>();
           this.puts.set(id, q);
           try {
-            this.send({ type: "kv-result", id, result: await cache.putBlocks(tenant, q) });
+            const value = await cache.putBlocks(tenant, q);
+            this.send({ type: "kv-result", id, result: { op: "putBlocks", value } });
           } finally {
             this.puts.delete(id);
           }
@@ -283,14 +288,17 @@ export class Engine {
             msg.kind.kind === "hard"
               ? { kind: "hard" as const }
               : { kind: "soft" as const, ttlMs: msg.kind.ttlMs };
-          this.send({ type: "kv-result", id, result: cache.pin(tenant, selection(msg.selection), kind) });
+          const value = cache.pin(tenant, selection(msg.selection), kind);
+          this.send({ type: "kv-result", id, result: { op: "pin", value } });
           return;
         }
-        case "unpin":
-          this.send({ type: "kv-result", id, result: cache.unpin(tenant, selection(msg.selection)) });
+        case "unpin": {
+          const value = cache.unpin(tenant, selection(msg.selection));
+          this.send({ type: "kv-result", id, result: { op: "unpin", value } });
           return;
+        }
         case "stats":
-          this.send({ type: "kv-result", id, result: cache.stats() });
+          this.send({ type: "kv-result", id, result: { op: "stats", value: cache.stats() } });
           return;
       }
     } catch (err) {

@@ -1,21 +1,24 @@
 // The engine process: loads the model, runs generation steps for every admitted request, and talks
 // to the front end over IPC. It is the only process that touches MLX.
 import type { Config } from "../config.js";
+import { toKvparkError } from "../errors.js";
 import { Engine } from "./engine.js";
-import type { FromEngine, ToEngine } from "./protocol.js";
+import { exitWithParent } from "./parent-watch.js";
+import type { FromEngine, ToEngine } from "../engine-ipc.js";
 
 function send(msg: FromEngine): void {
   process.send!(msg);
 }
 
 async function main(): Promise<void> {
+  exitWithParent();
   const config = JSON.parse(process.env.KVPARK_ENGINE_CONFIG ?? "{}") as Config;
   let engine: Engine;
   try {
     engine = await Engine.open(config, send);
   } catch (err) {
-    const e = err as Error & { code?: string };
-    send({ type: "fatal", code: e.code ?? "MODEL_INVALID", message: e.message });
+    const e = toKvparkError(err);
+    send({ type: "fatal", code: e.code, message: e.message });
     process.exit(3);
   }
   process.on("message", (msg: ToEngine) => engine.handle(msg));

@@ -1,6 +1,6 @@
 import type { PrefixCache } from "../cache/index.js";
 import type { LoadedModel, ModelCache } from "../model/loader.js";
-import type { FromEngine, PrefillProgress } from "./protocol.js";
+import type { FromEngine, PrefillProgress } from "../engine-ipc.js";
 import type { Job } from "./sequence.js";
 
 /**

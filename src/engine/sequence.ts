@@ -9,7 +9,7 @@ import type {
   FromEngine,
   ModelInfo,
   ToEngine,
-} from "./protocol.js";
+} from "../engine-ipc.js";
 import { StopStringFilter } from "./stop-strings.js";
 
 type GenerateMsg = Extract<ToEngine, { type: "generate" }>;

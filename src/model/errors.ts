@@ -1,3 +1,5 @@
+import { KvparkError } from "../errors";
+
 /**
  * Stable codes for every way a model directory can be unusable. The engine maps them to gRPC
  * statuses in one place; the code is the contract, the message is for people.
@@ -11,12 +13,9 @@ export type ModelErrorCode =
   | "MODEL_INVALID";
 
 /** An error in a model directory, carrying a stable `code` and a message naming the file, field and fix. */
-export class ModelError extends Error {
-  readonly code: ModelErrorCode;
-
+export class ModelError extends KvparkError<ModelErrorCode> {
   constructor(code: ModelErrorCode, message: string) {
-    super(message);
+    super(code, message);
     this.name = "ModelError";
-    this.code = code;
   }
 }

@@ -7,7 +7,7 @@ import { ModelError } from "./errors";
 import { modelFingerprint } from "./fingerprint";
 import { ModelCache } from "./kv-cache";
 import { ARCHITECTURES, type CausalLM, type LogitsFor, SUPPORTED_MODEL_TYPES } from "./models";
-import { type TensorInfo, readSafetensorsHeader } from "./safetensors";
+import { SafetensorsError, type TensorInfo, readSafetensorsHeader } from "../util/safetensors";
 
 export { ModelCache, type LayerKV, KVCache } from "./kv-cache";
 export type { LogitsFor } from "./models";
@@ -264,7 +264,7 @@ function listWeightFiles(dir: string): WeightFile[] {
   }
   const files = names.map((name) => {
     const file = path.join(dir, name);
-    return { name, path: file, bytes: fs.statSync(file).size, tensors: readSafetensorsHeader(file, name) };
+    return { name, path: file, bytes: fs.statSync(file).size, tensors: readWeightHeader(file, name) };
   });
   if (weightMap) {
     for (const [tensorName, fileName] of Object.entries(weightMap)) {
@@ -277,6 +277,16 @@ function listWeightFiles(dir: string): WeightFile[] {
     }
   }
   return files;
+}
+
+/** A weight file's tensors; a damaged header is MODEL_INVALID, refused before MLX reads the file. */
+function readWeightHeader(file: string, name: string): Map<string, TensorInfo> {
+  try {
+    return readSafetensorsHeader(file);
+  } catch (err) {
+    if (!(err instanceof SafetensorsError)) throw err;
+    throw new ModelError("MODEL_INVALID", `${name}: ${err.message}; the file is damaged or not safetensors`);
+  }
 }
 
 type LoadStep =
@@ -314,7 +324,7 @@ function planWeights(model: CausalLM, config: ModelConfig, files: WeightFile[]):
   const info = (name: string): TensorInfo => where.get(name)!.tensors.get(name)!;
   const bytesOf = (name: string): number => {
     const t = info(name);
-    return t.dataOffsets[1] - t.dataOffsets[0];
+    return t.end - t.begin;
   };
   const used = new Set<string>();
   const steps: LoadStep[] = [];

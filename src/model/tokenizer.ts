@@ -6,22 +6,23 @@ import { existsSync, readFileSync } from "node:fs";
 import * as path from "node:path";
 import { Template } from "@huggingface/jinja";
 import { Tokenizer } from "@huggingface/tokenizers";
+import { KvparkError } from "../errors";
 
 /** Stable codes of {@link TokenizerError}. */
 export type TokenizerErrorCode =
   "MODEL_FILE_MISSING" | "MODEL_INVALID" | "CHAT_TEMPLATE_MISSING" | "CHAT_TEMPLATE_FAILED";
 
 /** A tokenizer that cannot be loaded or a chat that cannot be rendered; `file` names the culprit. */
-export class TokenizerError extends Error {
+export class TokenizerError extends KvparkError<TokenizerErrorCode> {
   override readonly name = "TokenizerError";
 
   constructor(
-    readonly code: TokenizerErrorCode,
+    code: TokenizerErrorCode,
     message: string,
     readonly file?: string,
     options?: { cause?: unknown },
   ) {
-    super(message, options);
+    super(code, message, options);
   }
 }
 

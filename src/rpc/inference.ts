@@ -7,54 +7,16 @@ import {
   InferenceService,
   type GenerateRequest,
   type GenerateResponse,
-  type SamplingParams,
 } from "../../gen/kvpark/v1/inference_pb.js";
-import { tenantKey } from "../auth.js";
-import type { Config } from "../config.js";
-import type { EngineHost } from "../engine/host.js";
-import type { FinishReason as EngineFinishReason, SamplingSettings } from "../engine/protocol.js";
-import { invalidField, KvparkError } from "../errors.js";
-import type { ModelTokenizer } from "../model/tokenizer.js";
-import type { ModelInfo, PinHint } from "../engine/protocol.js";
 import { PinKind } from "../../gen/kvpark/v1/common_pb.js";
 import type { CacheOptions, PrefillStreamRequest } from "../../gen/kvpark/v1/inference_pb.js";
-import type { Telemetry } from "../telemetry/index.js";
-import type { HandleTable } from "./handles.js";
-import { checkContext, promptTokens } from "./prompt.js";
-
-/** What the Inference handlers need. */
-export interface InferenceDeps {
-  config: Config;
-  engine: EngineHost;
-  tokenizer: () => ModelTokenizer | undefined;
-  admission: Admission;
-  handles: HandleTable;
-  /** Traces and metrics; undefined when telemetry is off. */
-  telemetry?: Telemetry;
-}
-
-/** Bounds the number of Generate/PrefillStream calls in flight. */
-export class Admission {
-  active = 0;
-  constructor(private readonly max: number) {}
-  enter(): () => void {
-    if (this.active >= this.max) {
-      throw new KvparkError(
-        "RESOURCE_EXHAUSTED",
-        `server busy: ${this.max} generation requests in flight (--requests-max); retry later`,
-      );
-    }
-    this.active++;
-    let left = false;
-    return () => {
-      if (!left) this.active--;
-      left = true;
-    };
-  }
-}
-
-const STOP_STRINGS_MAX = 16;
-const STOP_STRING_CHARS_MAX = 256;
+import type { Config } from "../config.js";
+import type { FinishReason as EngineFinishReason, ModelInfo, PinHint } from "../engine-ipc.js";
+import { invalidField, KvparkError } from "../errors.js";
+import { tenantKey } from "../frontend/auth.js";
+import type { ModelTokenizer } from "../model/tokenizer.js";
+import { served, type RpcDeps } from "./deps.js";
+import { checkContext, pinHint, promptTokens, samplingSettings } from "./validation.js";
 
 const finishReasons: Record<EngineFinishReason, FinishReason> = {
   eos: FinishReason.EOS,
@@ -63,68 +25,14 @@ const finishReasons: Record<EngineFinishReason, FinishReason> = {
   context_limit: FinishReason.CONTEXT_LIMIT,
 };
 
-/** Validates sampling parameters and fills defaults. */
-export function samplingSettings(p: SamplingParams | undefined, config: Config): SamplingSettings {
-  const maxTokens = p?.maxTokens ?? config.maxTokensDefault;
-  if (maxTokens < 1 || maxTokens > config.maxTokensLimit) {
-    throw invalidField(
-      "sampling.max_tokens",
-      `must be between 1 and ${config.maxTokensLimit}, got ${maxTokens}`,
-    );
-  }
-  const temperature = p?.temperature ?? 0;
-  if (!Number.isFinite(temperature) || temperature < 0 || temperature > 10) {
-    throw invalidField("sampling.temperature", `must be between 0 and 10, got ${temperature}`);
-  }
-  const topP = p?.topP ?? 1;
-  if (!Number.isFinite(topP) || topP <= 0 || topP > 1)
-    throw invalidField("sampling.top_p", `must be in (0, 1], got ${topP}`);
-  const topK = p?.topK ?? 0;
-  if (topK < 0) throw invalidField("sampling.top_k", `must not be negative, got ${topK}`);
-  const stop = p?.stop ?? [];
-  if (stop.length > STOP_STRINGS_MAX)
-    throw invalidField("sampling.stop", `at most ${STOP_STRINGS_MAX} stop strings`);
-  stop.forEach((s, i) => {
-    if (s.length === 0 || s.length > STOP_STRING_CHARS_MAX) {
-      throw invalidField(`sampling.stop[${i}]`, `must have 1 to ${STOP_STRING_CHARS_MAX} characters`);
-    }
-  });
-  // The seed is kept below 2^53 so it crosses the IPC boundary as an exact number.
-  const seed = p?.seed !== undefined ? Number(p.seed % (1n << 53n)) : Math.floor(Math.random() * 2 ** 32);
-  return { maxTokens, temperature, topP, topK, seed, stop };
-}
-
-/** The served model and tokenizer, or UNAVAILABLE while the engine starts. */
-export function served(deps: Pick<InferenceDeps, "engine" | "tokenizer">): {
-  info: ModelInfo;
-  tokenizer: ModelTokenizer;
-} {
-  const info = deps.engine.info;
-  const tokenizer = deps.tokenizer();
-  if (!info || !tokenizer) {
-    throw new KvparkError(
-      "ENGINE_UNAVAILABLE",
-      deps.engine.fatal
-        ? `no model is served: ${deps.engine.fatal.message}`
-        : "the engine is starting; retry shortly",
-    );
-  }
-  return { info, tokenizer };
-}
-
-/** The pin a request asks for, validated; undefined when it asks for none. */
-export function pinHint(cache: CacheOptions | undefined, field: string, config: Config): PinHint | undefined {
+/** The pin a Generate or PrefillStream asks for in its cache options. */
+function cachePin(cache: CacheOptions | undefined, config: Config): PinHint | undefined {
+  const fields = { kind: "cache.pin", ttl: "cache.pin_ttl_seconds" };
   if (!cache || cache.pin === PinKind.UNSPECIFIED) {
-    if (cache?.pinTtlSeconds)
-      throw invalidField(`${field}.pin_ttl_seconds`, "set only with pin = PIN_KIND_SOFT");
+    if (cache?.pinTtlSeconds) throw invalidField(fields.ttl, "set only with pin = PIN_KIND_SOFT");
     return undefined;
   }
-  if (cache.pin === PinKind.HARD) {
-    if (cache.pinTtlSeconds) throw invalidField(`${field}.pin_ttl_seconds`, "a hard pin has no time to live");
-    return { kind: "hard" };
-  }
-  if (cache.pin !== PinKind.SOFT) throw invalidField(`${field}.pin`, `unknown pin kind ${cache.pin}`);
-  return { kind: "soft", ttlMs: (cache.pinTtlSeconds || config.softPinTtlSeconds) * 1000 };
+  return pinHint(cache.pin, cache.pinTtlSeconds, fields, config);
 }
 
 function response(event: MessageInitShape<typeof GenerateResponseSchema>["event"]): GenerateResponse {
@@ -132,7 +40,7 @@ function response(event: MessageInitShape<typeof GenerateResponseSchema>["event"
 }
 
 async function* generate(
-  deps: InferenceDeps,
+  deps: RpcDeps,
   req: GenerateRequest,
   ctx: HandlerContext,
 ): AsyncGenerator<GenerateResponse> {
@@ -140,7 +48,7 @@ async function* generate(
   const { engine, config } = deps;
   const tenant = ctx.values.get(tenantKey);
   const sampling = samplingSettings(req.sampling, config);
-  const pin = pinHint(req.cache, "cache", config);
+  const pin = cachePin(req.cache, config);
   const { info, tokenizer } = served(deps);
   if (req.model && req.model !== info.name) {
     throw invalidField("model", `unknown model "${req.model}"; this server serves "${info.name}"`);
@@ -235,7 +143,7 @@ function pieceTokens(
 }
 
 async function* prefillStream(
-  deps: InferenceDeps,
+  deps: RpcDeps,
   requests: AsyncIterable<PrefillStreamRequest>,
   ctx: HandlerContext,
 ): AsyncGenerator<MessageInitShape<typeof PrefillStreamResponseSchema>> {
@@ -251,7 +159,7 @@ async function* prefillStream(
     if (!known) throw new KvparkError("NOT_FOUND", `handle: unknown or expired handle "${head.handle}"`);
     context = [...known];
   }
-  if (pinHint(head.cache, "cache", deps.config))
+  if (cachePin(head.cache, deps.config))
     throw invalidField("cache.pin", "pin prefilled context with KVBlocks.Pin");
   context.push(...pieceTokens(head, 0, context.length === 0, tokenizer, info));
   checkContext(context.length, 1, info, "context");
@@ -259,7 +167,6 @@ async function* prefillStream(
   try {
     // A bad piece from the client ends the call in the engine as a cancellation would.
     const abort = new AbortController();
-    ctx.signal.addEventListener("abort", () => abort.abort(ctx.signal.reason), { once: true });
     const call = deps.engine.call(
       (id) => ({
         type: "prefill-open",
@@ -268,7 +175,7 @@ async function* prefillStream(
         tokens: [...context],
         persist: head.cache?.persist ?? true,
       }),
-      abort.signal,
+      AbortSignal.any([ctx.signal, abort.signal]),
     );
     // Pieces are read and sent to the engine while its progress streams back.
     const pump = (async () => {
@@ -299,7 +206,7 @@ async function* prefillStream(
 }
 
 /** kvpark.v1.InferenceService. */
-export function registerInference(router: ConnectRouter, deps: InferenceDeps): void {
+export function registerInference(router: ConnectRouter, deps: RpcDeps): void {
   router.service(InferenceService, {
     generate: (req, ctx) => generate(deps, req, ctx),
     prefillStream: (requests, ctx) => prefillStream(deps, requests, ctx),

@@ -1,73 +1,21 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { PinKind, Tier } from "../../gen/kvpark/v1/common_pb.js";
+import { Tier } from "../../gen/kvpark/v1/common_pb.js";
 import {
   BlockErrorCode,
   KVBlocksService,
-  type BlockSelector,
   type GetBlocksResponseSchema,
   type PutBlocksRequest,
 } from "../../gen/kvpark/v1/kvblocks_pb.js";
-import { tenantKey } from "../auth.js";
-import type { BlockErrorCode as CacheBlockErrorCode, CacheStats, KVBlockRecord } from "../cache/index.js";
-import type { BlockSelection, PinHint } from "../engine/protocol.js";
-import { invalidField, KvparkError, type ErrorCode } from "../errors.js";
+import type { BlockErrorCode as CacheBlockErrorCode, CacheStats, PutBlocksReport } from "../engine-ipc.js";
+import { invalidField, KvparkError } from "../errors.js";
+import { tenantKey } from "../frontend/auth.js";
 import { GetBlocksTrace, traceLookup, tracePin, tracePutBlocks, traceUnpin } from "../telemetry/index.js";
-import { served, type InferenceDeps } from "./inference.js";
-import { promptTokens } from "./prompt.js";
-
-const KEY_BYTES = 32;
-const KEYS_MAX = 4096;
-
-type LookupResult = {
-  tokens: number;
-  ramTokens: number;
-  ssdTokens: number;
-  blocks: { key: Uint8Array; tier: "ram" | "ssd"; start: number; tokens: number }[];
-};
-type GetItem =
-  | { key: Uint8Array; block: KVBlockRecord; tier: "ram" | "ssd" }
-  | { key: Uint8Array; error: { code: CacheBlockErrorCode; message: string } };
-type PutResult = {
-  accepted: number;
-  rejected: { index: number; key: Uint8Array; code: CacheBlockErrorCode; message: string }[];
-};
-type PinResult = {
-  pinnedBlocks: number;
-  missingKeys: Uint8Array[];
-  hardPinnedBytes: number;
-  hardPinQuotaBytes: number;
-};
-
-/** The status a refused block maps to when a whole PutBlocks call is refused. */
-const rejectionStatus: Partial<Record<CacheBlockErrorCode, ErrorCode>> = {
-  MODEL_MISMATCH: "FAILED_PRECONDITION",
-  PARENT_MISSING: "FAILED_PRECONDITION",
-  CAPACITY: "RESOURCE_EXHAUSTED",
-};
+import { served, type RpcDeps } from "./deps.js";
+import { blockSelection, checkKeys, pinHint, promptTokens } from "./validation.js";
 
 function blockErrorCode(code: CacheBlockErrorCode): BlockErrorCode {
   return BlockErrorCode[code as keyof typeof BlockErrorCode] ?? BlockErrorCode.UNSPECIFIED;
-}
-
-function checkKeys(keys: readonly Uint8Array[], field: string): void {
-  if (keys.length === 0) throw invalidField(field, "must hold at least one key");
-  if (keys.length > KEYS_MAX)
-    throw invalidField(field, `at most ${KEYS_MAX} keys per call, got ${keys.length}`);
-  const bad = keys.findIndex((k) => k.length !== KEY_BYTES);
-  if (bad >= 0)
-    throw invalidField(`${field}[${bad}]`, `a block key has ${KEY_BYTES} bytes, got ${keys[bad].length}`);
-}
-
-function selection(deps: InferenceDeps, sel: BlockSelector | undefined, field: string): BlockSelection {
-  const target = sel?.target;
-  if (!target || target.case === undefined) throw invalidField(field, "required: set keys or prompt");
-  if (target.case === "keys") {
-    checkKeys(target.value.keys, `${field}.keys.keys`);
-    return { keys: target.value.keys.map((k) => Buffer.from(k)) };
-  }
-  const { info, tokenizer } = served(deps);
-  return { tokens: promptTokens(target.value, `${field}.prompt`, tokenizer, info) };
 }
 
 function tier(t: "ram" | "ssd"): Tier {
@@ -96,17 +44,13 @@ function stats(s: CacheStats) {
 }
 
 /** kvpark.v1.KVBlocksService: thin translation to the engine's prefix cache. */
-export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): void {
+export function registerKVBlocks(router: ConnectRouter, deps: RpcDeps): void {
   const { engine } = deps;
   router.service(KVBlocksService, {
     lookup: async (req, ctx) => {
       const { info, tokenizer } = served(deps);
       const tokens = promptTokens(req.prompt, "prompt", tokenizer, info);
-      const r = await engine.kv<LookupResult>(
-        ctx.values.get(tenantKey),
-        { op: "lookup", tokens },
-        ctx.signal,
-      );
+      const r = await engine.lookup(ctx.values.get(tenantKey), tokens, ctx.signal);
       traceLookup(ctx, tokens.length, r);
       return {
         promptTokens: tokens.length,
@@ -138,7 +82,7 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
       );
       for await (const ev of call.events) {
         if (ev.type !== "kv-item") continue;
-        const item = ev.item as GetItem;
+        const item = ev.item;
         trace?.item(item);
         const out: MessageInitShape<typeof GetBlocksResponseSchema> =
           "block" in item
@@ -159,10 +103,9 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
       served(deps);
       // A malformed message cancels the call in the engine, which then stops reading blocks.
       const abort = new AbortController();
-      ctx.signal.addEventListener("abort", () => abort.abort(ctx.signal.reason), { once: true });
       const call = engine.call(
         (id) => ({ type: "kv", id, tenant: ctx.values.get(tenantKey), op: "putBlocks" }),
-        abort.signal,
+        AbortSignal.any([ctx.signal, abort.signal]),
       );
       let index = 0;
       let bytes = 0;
@@ -177,8 +120,9 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
         index++;
       }
       call.send({ type: "kv-put", id: call.id });
-      let result: PutResult | undefined;
-      for await (const ev of call.events) if (ev.type === "kv-result") result = ev.result as PutResult;
+      let result: PutBlocksReport | undefined;
+      for await (const ev of call.events)
+        if (ev.type === "kv-result" && ev.result.op === "putBlocks") result = ev.result.value;
       if (!result) throw new KvparkError("INTERNAL", "the engine ended PutBlocks without a result");
       tracePutBlocks(ctx, { blocks: index, bytes }, result);
       if (index === 0) throw invalidField("requests", "send at least one block");
@@ -187,7 +131,7 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
       if (result.accepted === 0 && result.rejected.length > 0) {
         const first = result.rejected[0];
         throw new KvparkError(
-          rejectionStatus[first.code] ?? "INVALID_ARGUMENT",
+          first.code,
           `block ${first.index}: ${first.code}: ${first.message}` +
             (result.rejected.length > 1 ? ` (and ${result.rejected.length - 1} more refused)` : ""),
         );
@@ -203,19 +147,9 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
     },
 
     pin: async (req, ctx) => {
-      const sel = selection(deps, req.blocks, "blocks");
-      let kind: PinHint;
-      if (req.kind === PinKind.HARD) {
-        if (req.ttlSeconds) throw invalidField("ttl_seconds", "a hard pin has no time to live");
-        kind = { kind: "hard" };
-      } else if (req.kind === PinKind.SOFT) {
-        kind = { kind: "soft", ttlMs: (req.ttlSeconds || deps.config.softPinTtlSeconds) * 1000 };
-      } else throw invalidField("kind", "required: PIN_KIND_SOFT or PIN_KIND_HARD");
-      const r = await engine.kv<PinResult>(
-        ctx.values.get(tenantKey),
-        { op: "pin", selection: sel, kind },
-        ctx.signal,
-      );
+      const sel = blockSelection(req.blocks, "blocks", () => served(deps));
+      const kind = pinHint(req.kind, req.ttlSeconds, { kind: "kind", ttl: "ttl_seconds" }, deps.config);
+      const r = await engine.pin(ctx.values.get(tenantKey), sel, kind, ctx.signal);
       tracePin(ctx, kind.kind, r);
       return {
         pinnedBlocks: r.pinnedBlocks,
@@ -226,19 +160,15 @@ export function registerKVBlocks(router: ConnectRouter, deps: InferenceDeps): vo
     },
 
     unpin: async (req, ctx) => {
-      const sel = selection(deps, req.blocks, "blocks");
-      const r = await engine.kv<{ unpinnedBlocks: number }>(
-        ctx.values.get(tenantKey),
-        { op: "unpin", selection: sel },
-        ctx.signal,
-      );
+      const sel = blockSelection(req.blocks, "blocks", () => served(deps));
+      const r = await engine.unpin(ctx.values.get(tenantKey), sel, ctx.signal);
       traceUnpin(ctx, r.unpinnedBlocks);
       return r;
     },
 
     stats: async (_req, ctx) => {
       served(deps);
-      return stats(await engine.kv<CacheStats>(ctx.values.get(tenantKey), { op: "stats" }, ctx.signal));
+      return stats(await engine.stats(ctx.values.get(tenantKey), ctx.signal));
     },
   });
 }

@@ -1,3 +1,5 @@
+import { KvparkError } from "../errors";
+
 /** Stable error codes of the block store; the gRPC layer maps these, never messages. */
 export const STORE_ERROR_CODES = [
   "KV_NOT_FOUND",
@@ -13,13 +15,10 @@ export const STORE_ERROR_CODES = [
 export type StoreErrorCode = (typeof STORE_ERROR_CODES)[number];
 
 /** The one error type the store throws for operating errors; `code` is stable. */
-export class StoreError extends Error {
-  readonly code: StoreErrorCode;
-
+export class StoreError extends KvparkError<StoreErrorCode> {
   constructor(code: StoreErrorCode, message: string) {
-    super(message);
+    super(code, message);
     this.name = "StoreError";
-    this.code = code;
   }
 }
 

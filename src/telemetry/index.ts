@@ -1,3 +1,12 @@
 export { startTelemetry, telemetryPlan, type TelemetryOverrides, type TelemetryPlan } from "./sdk.js";
-export { Telemetry, GenerationTrace, type GenerationStart } from "./telemetry.js";
-export { rpcSpanKey, GetBlocksTrace, traceLookup, tracePutBlocks, tracePin, traceUnpin } from "./rpc-span.js";
+export { Telemetry } from "./telemetry.js";
+export { rpcSpanKey } from "./rpc-span.js";
+export {
+  GenerationTrace,
+  type GenerationStart,
+  GetBlocksTrace,
+  traceLookup,
+  tracePutBlocks,
+  tracePin,
+  traceUnpin,
+} from "./traces.js";

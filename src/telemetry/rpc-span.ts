@@ -1,5 +1,17 @@
-import { createContextKey, type HandlerContext } from "@connectrpc/connect";
-import type { Span } from "@opentelemetry/api";
+import {
+  propagation,
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  type Attributes,
+  type Histogram,
+  type Span,
+  type TextMapGetter,
+  type Tracer,
+} from "@opentelemetry/api";
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { observeCallEnd } from "../rpc/call-end.js";
+import { tenantKey } from "../frontend/auth.js";
 import * as sc from "./semconv.js";
 
 /**
@@ -9,116 +21,71 @@ import * as sc from "./semconv.js";
  */
 export const rpcSpanKey = createContextKey<Span | undefined>(undefined, { description: "RPC server span" });
 
-function hex(key: Uint8Array): string {
-  return Buffer.from(key.buffer, key.byteOffset, key.byteLength).toString("hex");
+const headerGetter: TextMapGetter<Headers> = {
+  get: (carrier, key) => carrier.get(key) ?? undefined,
+  keys: (carrier) => [...carrier.keys()],
+};
+
+/** gRPC's canonical status name, e.g. INVALID_ARGUMENT, for error.type. */
+export function grpcCodeName(code: number): string {
+  return Code[code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
 }
 
-/** Key count and the first keys (hex) of a KVBlocks call. */
-function keyAttributes(keys: readonly Uint8Array[]) {
-  return {
-    [sc.ATTR_KVPARK_BLOCKS_REQUESTED]: keys.length,
-    [sc.ATTR_KVPARK_BLOCKS_KEYS]: keys.slice(0, sc.KEYS_RECORDED_MAX).map(hex),
+// Server errors in the sense of the RPC conventions: the span is marked failed only for these; a
+// client's bad argument or missing permission is the client's error, recorded by the status code.
+export const SERVER_FAULTS = new Set<number>([
+  Code.Unknown,
+  Code.DeadlineExceeded,
+  Code.Unimplemented,
+  Code.Internal,
+  Code.Unavailable,
+  Code.DataLoss,
+]);
+
+/**
+ * Outermost interceptor: a SERVER span per RPC, continuing the caller's W3C trace context, and its
+ * duration on the `rpc.server.call.duration` histogram.
+ */
+export function rpcInterceptor(tracer: Tracer, callDuration: Histogram): Interceptor {
+  return (next) => async (req) => {
+    const service = req.service.typeName;
+    const method = req.method.name;
+    const parent = propagation.extract(ROOT_CONTEXT, req.header, headerGetter);
+    const span = tracer.startSpan(
+      `${service}/${method}`,
+      {
+        kind: SpanKind.SERVER,
+        attributes: {
+          [sc.ATTR_RPC_SYSTEM]: sc.RPC_SYSTEM_GRPC,
+          [sc.ATTR_RPC_SERVICE]: service,
+          [sc.ATTR_RPC_METHOD]: method,
+        },
+      },
+      parent,
+    );
+    req.contextValues.set(rpcSpanKey, span);
+    const started = performance.now();
+    const end = (err?: unknown) => {
+      // 0 is OK, which connect's Code enum leaves out.
+      const code: number = err === undefined ? 0 : ConnectError.from(err).code;
+      const attributes: Attributes = {
+        [sc.ATTR_RPC_SYSTEM]: sc.RPC_SYSTEM_GRPC,
+        [sc.ATTR_RPC_SERVICE]: service,
+        [sc.ATTR_RPC_METHOD]: method,
+        [sc.ATTR_RPC_GRPC_STATUS_CODE]: code,
+      };
+      if (code !== 0) attributes[sc.ATTR_ERROR_TYPE] = grpcCodeName(code);
+      callDuration.record((performance.now() - started) / 1000, attributes);
+      const tenant = req.contextValues.get(tenantKey);
+      span.setAttribute(sc.ATTR_RPC_GRPC_STATUS_CODE, code);
+      if (tenant) span.setAttribute(sc.ATTR_KVPARK_TENANT, tenant);
+      if (code !== 0) {
+        span.setAttribute(sc.ATTR_ERROR_TYPE, grpcCodeName(code));
+        if (SERVER_FAULTS.has(code))
+          span.setStatus({ code: SpanStatusCode.ERROR, message: ConnectError.from(err).rawMessage });
+      }
+      span.end();
+    };
+    return observeCallEnd(() => next(req), end);
   };
-}
-
-function tierOf(ram: number, ssd: number): string {
-  if (ram > 0 && ssd > 0) return "mixed";
-  if (ssd > 0) return "ssd";
-  return ram > 0 ? "ram" : "none";
-}
-
-/** Records a Lookup's outcome on its RPC span. */
-export function traceLookup(
-  ctx: HandlerContext,
-  promptTokens: number,
-  r: { tokens: number; ramTokens: number; ssdTokens: number; blocks: unknown[] },
-): void {
-  ctx.values.get(rpcSpanKey)?.setAttributes({
-    [sc.ATTR_KVPARK_LOOKUP_RESULT]: r.tokens > 0 ? "hit" : "miss",
-    [sc.ATTR_KVPARK_LOOKUP_PROMPT_TOKENS]: promptTokens,
-    [sc.ATTR_KVPARK_LOOKUP_CACHED_TOKENS]: r.tokens,
-    [sc.ATTR_KVPARK_CACHE_RAM_TOKENS]: r.ramTokens,
-    [sc.ATTR_KVPARK_CACHE_SSD_TOKENS]: r.ssdTokens,
-    [sc.ATTR_KVPARK_LOOKUP_TIER]: tierOf(r.ramTokens, r.ssdTokens),
-    [sc.ATTR_KVPARK_BLOCKS_FOUND]: r.blocks.length,
-  });
-}
-
-/** Counts what a GetBlocks stream served; `end` writes the totals on the RPC span. */
-export class GetBlocksTrace {
-  private found = 0;
-  private fromRam = 0;
-  private fromSsd = 0;
-  private missing = 0;
-  private corrupt = 0;
-  private bytes = 0;
-
-  private constructor(private readonly span: Span) {}
-
-  /** Undefined when the call is not traced, so the handler's per-block hook costs one `?.`. */
-  static start(ctx: HandlerContext, keys: readonly Uint8Array[]): GetBlocksTrace | undefined {
-    const span = ctx.values.get(rpcSpanKey);
-    if (!span?.isRecording()) return undefined;
-    span.setAttributes(keyAttributes(keys));
-    return new GetBlocksTrace(span);
-  }
-
-  item(item: { block: { payload: Uint8Array }; tier: "ram" | "ssd" } | { error: { code: string } }): void {
-    if ("block" in item) {
-      this.found++;
-      if (item.tier === "ram") this.fromRam++;
-      else this.fromSsd++;
-      this.bytes += item.block.payload.byteLength;
-    } else if (item.error.code === "CORRUPT") this.corrupt++;
-    else this.missing++;
-  }
-
-  end(): void {
-    this.span.setAttributes({
-      [sc.ATTR_KVPARK_BLOCKS_FOUND]: this.found,
-      [sc.ATTR_KVPARK_BLOCKS_RAM]: this.fromRam,
-      [sc.ATTR_KVPARK_BLOCKS_SSD]: this.fromSsd,
-      [sc.ATTR_KVPARK_BLOCKS_MISSING]: this.missing,
-      [sc.ATTR_KVPARK_BLOCKS_CORRUPT]: this.corrupt,
-      [sc.ATTR_KVPARK_BLOCKS_CHECKSUM]: this.corrupt > 0 ? "failed" : "ok",
-      [sc.ATTR_KVPARK_BLOCKS_BYTES]: this.bytes,
-    });
-  }
-}
-
-/** Records a PutBlocks call's outcome: blocks and bytes received, accepted, refused and why. */
-export function tracePutBlocks(
-  ctx: HandlerContext,
-  received: { blocks: number; bytes: number },
-  result: { accepted: number; rejected: { code: string }[] },
-): void {
-  ctx.values.get(rpcSpanKey)?.setAttributes({
-    [sc.ATTR_KVPARK_BLOCKS_REQUESTED]: received.blocks,
-    [sc.ATTR_KVPARK_BLOCKS_BYTES]: received.bytes,
-    [sc.ATTR_KVPARK_BLOCKS_ACCEPTED]: result.accepted,
-    [sc.ATTR_KVPARK_BLOCKS_REJECTED]: result.rejected.length,
-    [sc.ATTR_KVPARK_BLOCKS_REJECTION_CODES]: [...new Set(result.rejected.map((r) => r.code))].sort(),
-    [sc.ATTR_KVPARK_BLOCKS_CHECKSUM]: result.rejected.some((r) => r.code === "INVALID_PAYLOAD")
-      ? "failed"
-      : "ok",
-  });
-}
-
-/** Records a Pin call's outcome. */
-export function tracePin(
-  ctx: HandlerContext,
-  kind: string,
-  r: { pinnedBlocks: number; missingKeys: unknown[]; hardPinnedBytes: number },
-): void {
-  ctx.values.get(rpcSpanKey)?.setAttributes({
-    [sc.ATTR_KVPARK_PIN_KIND]: kind,
-    [sc.ATTR_KVPARK_BLOCKS_PINNED]: r.pinnedBlocks,
-    [sc.ATTR_KVPARK_BLOCKS_MISSING]: r.missingKeys.length,
-    [sc.ATTR_KVPARK_PIN_HARD_BYTES]: r.hardPinnedBytes,
-  });
-}
-
-/** Records an Unpin call's outcome. */
-export function traceUnpin(ctx: HandlerContext, unpinnedBlocks: number): void {
-  ctx.values.get(rpcSpanKey)?.setAttribute(sc.ATTR_KVPARK_BLOCKS_UNPINNED, unpinnedBlocks);
 }

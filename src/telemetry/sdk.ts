@@ -5,6 +5,7 @@ import type { MetricReader } from "@opentelemetry/sdk-metrics";
 import type { SpanProcessor } from "@opentelemetry/sdk-trace-base";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
+import * as sc from "./semconv.js";
 import { Telemetry } from "./telemetry.js";
 
 /** Which signals go where, decided from the options and the standard OTEL_* variables. */
@@ -143,7 +144,10 @@ export async function startTelemetry(
     // service.name and service.version are defaults: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES,
     // read by the environment detector, override them.
     resource: defaultResource().merge(
-      resourceFromAttributes({ "service.name": "kvpark", "service.version": packageVersion() }),
+      resourceFromAttributes({
+        [sc.ATTR_SERVICE_NAME]: "kvpark",
+        [sc.ATTR_SERVICE_VERSION]: packageVersion(),
+      }),
     ),
     // Undefined lets the SDK build span processors from OTEL_TRACES_EXPORTER and the OTLP variables.
     spanProcessors: overrides.spanProcessors ?? (plan.traces ? undefined : []),

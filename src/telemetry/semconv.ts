@@ -46,6 +46,9 @@ export const ATTR_RPC_GRPC_STATUS_CODE = "rpc.grpc.status_code";
 export const ATTR_ERROR_TYPE = "error.type";
 export const RPC_SYSTEM_GRPC = "grpc";
 export const METRIC_RPC_SERVER_CALL_DURATION = "rpc.server.call.duration";
+/** Resource attributes; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override kvpark's defaults. */
+export const ATTR_SERVICE_NAME = "service.name";
+export const ATTR_SERVICE_VERSION = "service.version";
 
 // ---- kvpark: per request ----------------------------------------------------------------------
 
@@ -78,6 +81,10 @@ export const ATTR_KVPARK_RESTORE_BATCH_MS = "kvpark.restore.batch.ms";
 export const ATTR_KVPARK_LOOKUP_MS = "kvpark.lookup.ms";
 export const ATTR_KVPARK_PREFILL_MS = "kvpark.prefill.ms";
 export const ATTR_KVPARK_PREFILL_TOKENS = "kvpark.prefill.tokens";
+/** Progress of a PrefillStream call: prompt tokens received, reused from the cache, blocks persisted. */
+export const ATTR_KVPARK_PREFILL_TOKENS_RECEIVED = "kvpark.prefill.tokens_received";
+export const ATTR_KVPARK_PREFILL_TOKENS_REUSED = "kvpark.prefill.tokens_reused";
+export const ATTR_KVPARK_PREFILL_BLOCKS_PERSISTED = "kvpark.prefill.blocks_persisted";
 export const ATTR_KVPARK_TTFT_MS = "kvpark.ttft.ms";
 export const ATTR_KVPARK_QUEUE_MS = "kvpark.queue.ms";
 export const ATTR_KVPARK_TOTAL_MS = "kvpark.total.ms";

@@ -1,6 +1,7 @@
 /**
  * Runs `npm run bench -- --quick` (the compiled bench/run.ts) end to end, so the benchmark code cannot
- * rot: its JSON, Markdown and SVG outputs must exist, be well formed and hold positive numbers.
+ * rot: its JSON, Markdown and SVG outputs must exist, be well formed and hold positive numbers. How fast
+ * anything was is the benchmark's output, not an assertion here (test/README.md).
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -33,7 +34,11 @@ interface BenchJson {
     ssdBytesPerToken: number;
     warnings: string[];
   }>;
-  concurrency: { summary: Array<{ streams: number; aggregateTokensPerSecond: number }> };
+  concurrency: {
+    summary: Array<{ streams: number; aggregateTokensPerSecond: number }>;
+    busy: { promptTokens: number; longTtftMs: number; shortTtftMs: number; healthMs: { n: number } };
+  };
+  tokenizer: { builds: Array<{ vocabSize: number; buildMs: { median: number; n: number } }> };
   replay: {
     turns: Array<{
       promptTokens: number;
@@ -85,9 +90,6 @@ describe("npm run bench -- --quick", () => {
         expect(c.ttftMs[path].median).toBeGreaterThan(0);
         expect(c.clientTtftMs[path].median).toBeGreaterThan(0);
       }
-      // Reuse must beat recomputing even for the small model.
-      expect(c.ttftMs.ram.median).toBeLessThan(c.ttftMs.coldCacheOff.median);
-      expect(c.ttftMs.ssd.median).toBeLessThan(c.ttftMs.coldCacheOff.median);
       for (const v of [
         c.restoreMBps,
         c.ddMBps,
@@ -104,6 +106,17 @@ describe("npm run bench -- --quick", () => {
     }
     expect(json.concurrency.summary.map((s) => s.streams)).toEqual([1, 4, 8]);
     for (const s of json.concurrency.summary) expect(s.aggregateTokensPerSecond).toBeGreaterThan(0);
+    const busy = json.concurrency.busy;
+    expect(busy.promptTokens).toBe(2048);
+    expect(busy.longTtftMs).toBeGreaterThan(0);
+    expect(busy.shortTtftMs).toBeGreaterThan(0);
+    expect(Number.isInteger(busy.healthMs.n)).toBe(true);
+
+    expect(json.tokenizer.builds.map((b) => b.vocabSize)).toEqual([512, 4000, 8192]);
+    for (const b of json.tokenizer.builds) {
+      expect(b.buildMs.n).toBe(3);
+      expect(b.buildMs.median).toBeGreaterThan(0);
+    }
 
     const { turns, totals } = json.replay;
     expect(turns.length).toBeGreaterThan(5);
@@ -121,6 +134,9 @@ describe("npm run bench -- --quick", () => {
     expect(md).toContain("npm run bench -- --quick");
     expect(md).toMatch(/\| 1k \(1,024\) \| [\d,.]+ m?s \|/);
     expect(md).toContain("### Agent-session replay");
+    expect(md).toContain("### Tokenizer generation");
+    expect(md).toMatch(/\| 4,000 tokens \| [\d,.]+ m?s \|/);
+    expect(md).toMatch(/While the engine prefilled a cold 2,048-token prompt .*: health checks/);
     expect(md).toContain(`Machine: ${json.machine.cpu}, ${json.machine.cores} cores`);
 
     const svg = fs.readFileSync(path.join(out, "quick-ttft.svg"), "utf8");

@@ -2,7 +2,12 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
-import { encodeSafetensors, parseSafetensors, SafetensorsError } from "../../src/cache/safetensors";
+import {
+  encodeSafetensors,
+  parseSafetensors,
+  readSafetensorsHeader,
+  SafetensorsError,
+} from "../../src/util/safetensors";
 import { Staging, removeStaleStagingDirs } from "../../src/cache/staging";
 import { ChainLog, type ChainRecord } from "../../src/cache/chain-log";
 import { removeTempDirs, tempDir } from "./helpers";
@@ -95,6 +100,25 @@ describe("safetensors", () => {
       ),
     ).toBe("tensor y starts at 0, expected 4 (gap or overlap)");
     expect(reason(withHeader('{"__metadata__":{"a":1}}'))).toBe("__metadata__.a is not a string");
+  });
+
+  it("reads a checkpoint's header of any dtype from its file; kvpark's own files refuse other dtypes", () => {
+    const json = Buffer.from(
+      '{"__metadata__":{"format":"pt"},"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}}',
+    );
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(json.length));
+    const bytes = Buffer.concat([length, json, Buffer.alloc(16)]);
+    const file = path.join(tempDir("checkpoint"), "model.safetensors");
+    fs.writeFileSync(file, bytes);
+    expect([...readSafetensorsHeader(file)]).toEqual([
+      ["a", { dtype: "F64", shape: [2], begin: 0, end: 16 }],
+    ]);
+    expect(() => parseSafetensors(bytes)).toThrow(new SafetensorsError('tensor a: unknown dtype "F64"'));
+    fs.truncateSync(file, bytes.length - 1);
+    expect(() => readSafetensorsHeader(file)).toThrow(
+      new SafetensorsError("tensor a ends at byte 16 of a 15-byte data section (truncated?)"),
+    );
   });
 });
 

@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
 import * as ts from "typescript";
 import { PrefixCache, type CacheOptions, type RestoreReport } from "../../src/cache";
-import { writeRandomCheckpoint } from "../../src/model/checkpoint";
+import { writeRandomCheckpoint } from "../../src/model-gen/checkpoint";
 import { type LoadedModel, type ModelCache, loadModel } from "../../src/model/loader";
 
 const dirs: string[] = [];
@@ -143,11 +143,12 @@ const ROOT = path.resolve(__dirname, "..", "..");
  * scripts into outDir with the same layout, and returns the path of child script `name`.
  */
 export function transpileForChild(outDir: string, name: string): string {
-  const dirs = ["src/cache", "src/store", "test/cache/children"];
+  const dirs = ["src/cache", "src/store", "src/util", "test/cache/children"];
   const files = [
     ...dirs.flatMap((dir) => fs.readdirSync(path.join(ROOT, dir)).map((file) => path.join(dir, file))),
     "src/model/kv-cache.ts",
     "src/errors.ts",
+    "src/config.ts",
   ].filter((file) => file.endsWith(".ts") && !file.endsWith(".spec.ts"));
   for (const file of files) {
     const output = ts.transpileModule(fs.readFileSync(path.join(ROOT, file), "utf8"), {

@@ -1,16 +1,13 @@
+import { Pins } from "../../src/cache/pins";
 import { RamTier } from "../../src/cache/ram-tier";
 
 // The tier never looks inside a block's arrays, so these tests hold none.
 const NO_LAYERS: never[] = [];
 
-function tier(bytesMax: number, clock = { ms: 1000 }) {
+function tier(bytesMax: number, isPinned?: (keyHex: string) => boolean) {
   const dropped: string[] = [];
-  const ram = new RamTier(
-    bytesMax,
-    (key) => dropped.push(key),
-    () => clock.ms,
-  );
-  return { ram, dropped, clock };
+  const ram = new RamTier(bytesMax, (key) => dropped.push(key), isPinned);
+  return { ram, dropped };
 }
 
 describe("RAM tier (block pool)", () => {
@@ -55,22 +52,36 @@ describe("RAM tier (block pool)", () => {
   });
 
   it("hard pins hold until unpinned; soft pins until their time to live runs out", () => {
+    // The tier holds no pin state: it asks the cache's pins, which decide.
     const clock = { ms: 1000 };
-    const { ram, dropped } = tier(200, clock);
+    const pins = new Pins({ hardPinQuotaBytes: 1000, softPinTtlMsDefault: 1 }, null, () => clock.ms);
+    const block = (keyHex: string) => ({
+      key: Buffer.alloc(32),
+      keyHex,
+      rootHex: "r",
+      bytes: 100,
+      ssd: "none" as const,
+    });
+    const { ram, dropped } = tier(200, (keyHex) => pins.isPinned(keyHex));
     ram.insert("hard", NO_LAYERS, 1, 100);
     ram.insert("soft", NO_LAYERS, 1, 100);
-    expect(ram.pin("hard", "hard")).toBe(true);
-    expect(ram.pin("soft", { ttlMs: 500 })).toBe(true);
-    expect(ram.pin("absent", "hard")).toBe(false);
+    pins.pin("r", [block("hard")], { kind: "hard" });
+    pins.pin("r", [block("soft")], { kind: "soft", ttlMs: 500 });
+    pins.pin("r", [block("absent")], { kind: "hard" });
     expect(ram.stats().pinnedBlocks).toBe(2);
     expect(ram.insert("x", NO_LAYERS, 1, 100)).toBe(false);
     clock.ms = 1500; // the soft pin ends at 1500
     expect(ram.stats().pinnedBlocks).toBe(1);
     expect(ram.insert("x", NO_LAYERS, 1, 100)).toBe(true);
     expect(dropped).toEqual(["soft"]);
-    expect(ram.unpin("hard")).toBe(true);
+    expect(pins.unpin([block("hard")])).toBe(1);
     expect(ram.insert("y", NO_LAYERS, 1, 100)).toBe(true);
     expect(dropped).toEqual(["soft", "hard"]);
+    // A block pinned while the tier did not hold it is protected once it arrives.
+    expect(ram.insert("absent", NO_LAYERS, 1, 100)).toBe(true);
+    expect(ram.insert("z", NO_LAYERS, 1, 100)).toBe(true);
+    expect(dropped).toEqual(["soft", "hard", "x", "y"]);
+    expect(ram.stats().pinnedBlocks).toBe(1);
   });
 
   it("inserting a block already held only marks it used", () => {

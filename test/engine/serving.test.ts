@@ -65,14 +65,15 @@ describe("engine serving", () => {
   it("keeps decoding other streams and answering health during a long prefill", async () => {
     const health = createClient(Health, createGrpcTransport({ baseUrl: server.url }));
     const ids = Array.from({ length: 6000 }, (_, i) => (i * 31) % 500);
+    let longDone = false;
     const long = run(client, {
       prompt: { kind: { case: "tokens", value: { ids } } },
       sampling: { maxTokens: 1 },
-    });
+    }).finally(() => (longDone = true));
     await new Promise((r) => setTimeout(r, 50));
-    const t0 = performance.now();
     expect((await health.check({})).status).toBe(Status.SERVING);
-    const healthMs = performance.now() - t0;
+    // Answered while the prefill was still running (how fast: `npm run bench`, section concurrency).
+    expect(longDone).toBe(false);
     const short = await run(client, {
       prompt: { kind: { case: "text", value: "hi" } },
       sampling: { maxTokens: 3 },
@@ -81,7 +82,6 @@ describe("engine serving", () => {
     expect(longRun.promptTokens).toBe(6000);
     // The short request arrived later but got its first token before the long prompt was done.
     expect(short.firstDeltaAt!).toBeLessThan(longRun.firstDeltaAt!);
-    expect(healthMs).toBeLessThan(1000);
   });
 
   it("cancelling a stream frees the engine for the next request", async () => {

@@ -1,8 +1,8 @@
 import { core as mx } from "@frost-beta/mlx";
-import { writeRandomCheckpoint } from "../../src/model/checkpoint";
+import { writeRandomCheckpoint } from "../../src/model-gen/checkpoint";
 import { ModelCache } from "../../src/model/kv-cache";
 import { type LoadedModel, loadModel } from "../../src/model/loader";
-import { referenceForward } from "../../src/model/reference";
+import { referenceForward } from "./reference";
 import { ARCHITECTURE_CASES, TINY } from "./architectures";
 import { maxAbsDiff, referenceWeights, removeTempDirs, rows, tempDir } from "./helpers";
 

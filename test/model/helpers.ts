@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
-import type { ReferenceTensor } from "../../src/model/reference";
+import type { ReferenceTensor } from "./reference";
 
 const dirs: string[] = [];
 

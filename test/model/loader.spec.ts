@@ -2,11 +2,11 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
-import { writeRandomCheckpoint } from "../../src/model/checkpoint";
+import { writeRandomCheckpoint } from "../../src/model-gen/checkpoint";
 import { ModelError } from "../../src/model/errors";
 import { modelFingerprint } from "../../src/model/fingerprint";
 import { type LoadedModel, loadModel } from "../../src/model/loader";
-import { PRESETS } from "../../src/model/presets";
+import { PRESETS } from "../../src/model-gen/presets";
 import { maxAbsDiff, removeTempDirs, tempDir, writeDequantizedTwin } from "./helpers";
 
 const TOKENS = [3, 141, 59, 265, 358, 97, 93, 238, 46, 264, 338, 327];

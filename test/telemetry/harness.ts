@@ -10,8 +10,8 @@ import { InferenceService } from "../../gen/kvpark/v1/inference_pb";
 import { KVBlocksService } from "../../gen/kvpark/v1/kvblocks_pb";
 import { loadConfig } from "../../src/config";
 import { createLogger } from "../../src/log";
-import { frontEnd } from "../../src/serve";
-import { listen } from "../../src/server";
+import { frontEnd } from "../../src/frontend/serve";
+import { listen } from "../../src/frontend/server";
 import { startTelemetry } from "../../src/telemetry";
 import { testModel } from "../helpers/server";
 

@@ -249,7 +249,9 @@ export const GenerateStartedSchema: GenMessage<GenerateStarted> = /*@__PURE__*/
  */
 export type CacheReport = Message<"kvpark.v1.CacheReport"> & {
   /**
-   * Leading prompt tokens whose KV was found in RAM.
+   * Leading prompt tokens whose KV was found in RAM. Reuse stops at the prompt's last token, which
+   * is always computed (its logits give the first new token), so ram_tokens + ssd_tokens is at most
+   * the prompt's length minus one; KVBlocks.Lookup counts that last token too.
    *
    * @generated from field: uint32 ram_tokens = 1;
    */

@@ -134,7 +134,10 @@ export type LookupResponse = Message<"kvpark.v1.LookupResponse"> & {
   promptTokens: number;
 
   /**
-   * Leading tokens found in any tier.
+   * Leading tokens found in any tier. Lookup counts every cached token of the prompt, its last one
+   * included; Generate reuses at most all but the prompt's last token, whose logits it must compute
+   * to sample the first new token, so a fully cached prompt reports cached_tokens = prompt_tokens
+   * here and CacheReport ram_tokens + ssd_tokens = prompt_tokens - 1 on Generate.
    *
    * @generated from field: uint32 cached_tokens = 2;
    */

@@ -6,19 +6,20 @@ import * as tls from "node:tls";
 import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { DescFile } from "@bufbuild/protobuf";
-import { file_grpc_health_v1_health } from "../gen/grpc/health/v1/health_pb.js";
-import { file_grpc_reflection_v1_reflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
-import { file_grpc_reflection_v1alpha_reflection } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
-import { file_kvpark_v1_inference } from "../gen/kvpark/v1/inference_pb.js";
-import { file_kvpark_v1_kvblocks } from "../gen/kvpark/v1/kvblocks_pb.js";
+import { file_grpc_health_v1_health } from "../../gen/grpc/health/v1/health_pb.js";
+import { file_grpc_reflection_v1_reflection } from "../../gen/grpc/reflection/v1/reflection_pb.js";
+import { file_grpc_reflection_v1alpha_reflection } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { file_kvpark_v1_inference } from "../../gen/kvpark/v1/inference_pb.js";
+import { file_kvpark_v1_kvblocks } from "../../gen/kvpark/v1/kvblocks_pb.js";
 import { authInterceptor, parseAuthTokens, tenantKey } from "./auth.js";
-import type { Config } from "./config.js";
-import type { Logger } from "./log.js";
-import { registerHealth, type Readiness } from "./rpc/health.js";
-import { registerInference, type InferenceDeps } from "./rpc/inference.js";
-import { errorInterceptor, observeCallEnd } from "./rpc/call-end.js";
-import { registerKVBlocks } from "./rpc/kvblocks.js";
-import { ReflectionIndex, registerReflection } from "./rpc/reflection.js";
+import type { Config } from "../config.js";
+import type { Logger } from "../log.js";
+import { errorInterceptor, observeCallEnd } from "../rpc/call-end.js";
+import type { RpcDeps } from "../rpc/deps.js";
+import { registerHealth, type Readiness } from "../rpc/health.js";
+import { registerInference } from "../rpc/inference.js";
+import { registerKVBlocks } from "../rpc/kvblocks.js";
+import { ReflectionIndex, registerReflection } from "../rpc/reflection.js";
 
 /** Fully qualified names of the services this server exposes. */
 export const SERVICE_NAMES = [
@@ -38,7 +39,7 @@ const DESCRIPTOR_FILES: DescFile[] = [
 ];
 
 /** Everything the RPC handlers depend on. */
-export interface ServerDeps extends InferenceDeps {
+export interface ServerDeps extends RpcDeps {
   log: Logger;
   readiness: Readiness;
   registerExtra?: (router: ConnectRouter) => void;

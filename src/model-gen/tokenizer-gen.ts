@@ -1,6 +1,6 @@
 /**
  * Generates the tokenizer files of the embedded default model: a byte-level BPE in the layout Qwen2.5
- * ships (tokenizer.json + tokenizer_config.json), with merges learned from the embedded corpus.
+ * ships (tokenizer.json + tokenizer_config.json), with merges learned from the training corpus (corpus.txt).
  *
  * Everything here is deterministic: model fingerprints hash the written files, so the same options
  * must always produce the same bytes.
@@ -8,7 +8,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
-import { TRAINING_CORPUS } from "./corpus";
+import { trainingCorpus } from "./corpus";
 
 /** Options of {@link buildTokenizerFiles}. */
 export interface TokenizerGenOptions {
@@ -178,7 +178,7 @@ function countWords(byteVocab: Record<string, number>): Map<string, number> {
   const preTokenize = splitter.pre_tokenizer;
   if (normalize === null || preTokenize === null) throw new Error("tokenizer skeleton lost its normalizer");
   const counts = new Map<string, number>();
-  for (const document of TRAINING_CORPUS) {
+  for (const document of trainingCorpus()) {
     for (const word of preTokenize(normalize(document))) counts.set(word, (counts.get(word) ?? 0) + 1);
   }
   return counts;

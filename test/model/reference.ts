@@ -1,4 +1,4 @@
-import type { ModelConfig } from "./config";
+import type { ModelConfig } from "../../src/model/config";
 
 /**
  * An independent forward pass in plain TypeScript and float64, written from the Hugging Face

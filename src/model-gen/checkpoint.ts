@@ -2,9 +2,9 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { core as mx } from "@frost-beta/mlx";
-import { parseModelConfig } from "./config";
-import { ModelError } from "./errors";
-import { ARCHITECTURES, SUPPORTED_MODEL_TYPES } from "./models";
+import { parseModelConfig } from "../model/config";
+import { ModelError } from "../model/errors";
+import { ARCHITECTURES, SUPPORTED_MODEL_TYPES } from "../model/models";
 import { PRESETS } from "./presets";
 import { writeTokenizerFiles } from "./tokenizer-gen";
 

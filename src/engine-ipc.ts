@@ -1,5 +1,20 @@
-// Messages between the front end and the engine process. They cross an IPC channel with the
-// structured-clone ("advanced") serialization, so plain objects, arrays and Buffers travel as they are.
+// The IPC protocol between the front end (src/frontend, src/rpc) and the engine process (src/engine):
+// the one module both processes import. Messages cross an IPC channel with the structured-clone
+// ("advanced") serialization, so plain objects, arrays and Buffers travel as they are. Every
+// operation has its request and result types here; results of the prefix cache are the cache's own
+// types, imported as types only (the front end never loads the cache's code).
+import type * as cache from "./cache/index.js";
+import type { ErrorCode } from "./errors.js";
+
+export type {
+  BlockErrorCode,
+  CacheStats,
+  GetBlockResult,
+  KVBlockInput,
+  PinReport,
+  PutBlocksReport,
+  Tier,
+} from "./cache/index.js";
 
 /** Sampling settings after validation and defaults. */
 export interface SamplingSettings {
@@ -93,14 +108,45 @@ export interface PinHint {
 /** Blocks chosen by key or by the cached prefix of a prompt. */
 export type BlockSelection = { keys: Buffer[] } | { tokens: number[] };
 
-/** KVBlocks operations answered by the engine, which owns the cache. */
-export type KvOp =
-  | { op: "lookup"; tokens: number[] }
-  | { op: "getBlocks"; keys: Buffer[] }
-  | { op: "putBlocks" }
-  | { op: "pin"; selection: BlockSelection; kind: PinHint }
-  | { op: "unpin"; selection: BlockSelection }
-  | { op: "stats" };
+/** A cached block of a Lookup answer. */
+export interface LookupBlock {
+  key: Buffer;
+  tier: cache.Tier;
+  /** Index of the block's first token in the prompt. */
+  start: number;
+  tokens: number;
+}
+
+/** How much of a prompt is cached, and where. */
+export interface LookupResult {
+  tokens: number;
+  ramTokens: number;
+  ssdTokens: number;
+  blocks: LookupBlock[];
+}
+
+/**
+ * Every KVBlocks operation the engine answers (it owns the cache): what the front end sends
+ * (`request`), what streams back before the answer (`item`, GetBlocks only) and the answer (`result`).
+ * PutBlocks streams its blocks to the engine as `kv-put` messages.
+ */
+export interface KvOps {
+  lookup: { request: { tokens: number[] }; result: LookupResult };
+  getBlocks: { request: { keys: Buffer[] }; result: null };
+  putBlocks: { request: object; result: cache.PutBlocksReport };
+  pin: { request: { selection: BlockSelection; kind: PinHint }; result: cache.PinReport };
+  unpin: { request: { selection: BlockSelection }; result: { unpinnedBlocks: number } };
+  stats: { request: object; result: cache.CacheStats };
+}
+
+/** The name of a KVBlocks operation. */
+export type KvOpName = keyof KvOps;
+
+/** A KVBlocks operation as sent: its name and its request fields. */
+export type KvOp = { [N in KvOpName]: { op: N } & KvOps[N]["request"] }[KvOpName];
+
+/** A KVBlocks answer, tagged with the operation it answers. */
+export type KvResult = { [N in KvOpName]: { op: N; value: KvOps[N]["result"] } }[KvOpName];
 
 export type ToEngine =
   | {
@@ -120,12 +166,12 @@ export type ToEngine =
   | { type: "prefill-close"; id: number }
   | ({ type: "kv"; id: number; tenant: string } & KvOp)
   /** One block of a PutBlocks stream; `block` undefined ends the stream. */
-  | { type: "kv-put"; id: number; block?: unknown };
+  | { type: "kv-put"; id: number; block?: cache.KVBlockInput };
 
 export type FromEngine =
   | { type: "loading"; loadedBytes: number; totalBytes: number; what: string }
   | { type: "ready"; info: ModelInfo }
-  | { type: "fatal"; code: string; message: string }
+  | { type: "fatal"; code: ErrorCode; message: string }
   | { type: "started"; id: number; promptTokens: number; cache: CacheReport }
   | { type: "delta"; id: number; tokenIds: number[]; text: string }
   | {
@@ -137,12 +183,12 @@ export type FromEngine =
       phases: Phases;
       activity: CacheActivity;
     }
-  | { type: "failed"; id: number; code: string; message: string }
+  | { type: "failed"; id: number; code: ErrorCode; message: string }
   | { type: "prefill-progress"; id: number; progress: PrefillProgress; done: boolean }
-  /** One item of a streamed KV answer (GetBlocks). */
-  | { type: "kv-item"; id: number; item: unknown }
+  /** One block (or the reason it is not served) of a GetBlocks answer. */
+  | { type: "kv-item"; id: number; item: cache.GetBlockResult }
   /** The answer of a KV operation; ends the stream for GetBlocks. */
-  | { type: "kv-result"; id: number; result: unknown };
+  | { type: "kv-result"; id: number; result: KvResult };
 
 export interface PrefillProgress {
   tokensReceived: number;

@@ -1,39 +1,38 @@
 import { randomBytes } from "node:crypto";
+import { LRUCache } from "lru-cache";
 
 interface Entry {
   tenant: string;
   tokens: number[];
-  expiresAt: number;
 }
 
 /**
  * Handles given out by PrefillStream: an opaque name for a tenant's prefilled context (its token ids;
- * the KV itself lives in the prefix cache). Bounded in count and time; the oldest go first.
+ * the KV itself lives in the prefix cache). Bounded in count and time; the least recently used go first.
  */
 export class HandleTable {
-  private readonly entries = new Map<string, Entry>();
+  private readonly entries: LRUCache<string, Entry>;
 
-  constructor(
-    private readonly handlesMax: number,
-    private readonly ttlMs: number,
-  ) {}
+  /** @param now the clock expiry is measured on, in ms (tests pass their own). */
+  constructor(handlesMax: number, ttlMs: number, now: () => number = () => performance.now()) {
+    this.entries = new LRUCache<string, Entry>({
+      max: handlesMax,
+      ttl: ttlMs,
+      ttlResolution: 0,
+      perf: { now },
+    });
+  }
 
   create(tenant: string, tokens: number[]): string {
     const handle = `ph_${randomBytes(16).toString("hex")}`;
-    this.entries.set(handle, { tenant, tokens, expiresAt: Date.now() + this.ttlMs });
-    while (this.entries.size > this.handlesMax) this.entries.delete(this.entries.keys().next().value!);
+    this.entries.set(handle, { tenant, tokens });
     return handle;
   }
 
   /** The context of a handle, or undefined when it is unknown, expired or another tenant's. */
   get(handle: string, tenant: string): number[] | undefined {
     const e = this.entries.get(handle);
-    if (!e) return undefined;
-    if (e.expiresAt < Date.now()) {
-      this.entries.delete(handle);
-      return undefined;
-    }
     // Another tenant's handle is reported exactly like an unknown one.
-    return e.tenant === tenant ? e.tokens : undefined;
+    return e?.tenant === tenant ? e.tokens : undefined;
   }
 }

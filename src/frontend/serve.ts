@@ -1,21 +1,21 @@
-import type { Config } from "./config.js";
-import { EngineHost } from "./engine/host.js";
-import { createLogger, type Logger } from "./log.js";
-import { ModelTokenizer } from "./model/tokenizer.js";
-import { Readiness } from "./rpc/health.js";
-import { HandleTable } from "./rpc/handles.js";
-import { Admission } from "./rpc/inference.js";
+import type { Config } from "../config.js";
+import { createLogger, type Logger } from "../log.js";
+import { ModelTokenizer } from "../model/tokenizer.js";
+import { Readiness } from "../rpc/health.js";
+import { startTelemetry, type Telemetry } from "../telemetry/index.js";
+import { Admission } from "./admission.js";
+import { EngineClient } from "./engine-client.js";
+import { HandleTable } from "./handles.js";
 import { listen, SERVICE_NAMES, type ServerDeps } from "./server.js";
-import { startTelemetry, type Telemetry } from "./telemetry/index.js";
 
-/** The front end's parts: the engine host, serving state, and what the RPC handlers depend on. */
+/** The front end's parts: the engine client, serving state, and what the RPC handlers depend on. */
 export function frontEnd(
   config: Config,
   log: Logger,
   telemetry?: Telemetry,
-): { engine: EngineHost; deps: ServerDeps } {
+): { engine: EngineClient; deps: ServerDeps } {
   const readiness = new Readiness(SERVICE_NAMES.filter((s) => s.startsWith("kvpark.")));
-  const engine = new EngineHost(config, log, readiness);
+  const engine = new EngineClient(config, log, (serving) => readiness.set(serving));
   telemetry?.observeCache(engine);
   let tokenizer: ModelTokenizer | undefined;
   let tokenizerDir = "";

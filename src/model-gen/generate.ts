@@ -1,8 +1,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { KvparkError } from "../errors.js";
-import { writeRandomCheckpoint } from "../model/checkpoint.js";
-import { PRESETS } from "../model/presets.js";
+import { writeRandomCheckpoint } from "./checkpoint.js";
+import { PRESETS } from "./presets.js";
 
 /** Names of the models kvpark can generate itself: every preset, plain, 4-bit and sharded. */
 export function presetNames(): string[] {

@@ -2,11 +2,21 @@ import { fork, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Config } from "../config.js";
+import type {
+  BlockSelection,
+  CacheStats,
+  FromEngine,
+  KvOp,
+  KvResult,
+  LookupResult,
+  ModelInfo,
+  PinHint,
+  PinReport,
+  ToEngine,
+} from "../engine-ipc.js";
 import { KvparkError, type ErrorCode } from "../errors.js";
 import type { Logger } from "../log.js";
-import type { Readiness } from "../rpc/health.js";
 import { AsyncQueue } from "../util/async-queue.js";
-import type { FromEngine, KvOp, ModelInfo, ToEngine } from "./protocol.js";
 
 /** Per-request events the engine streams back to the front end. */
 export type EngineEvent = Extract<FromEngine, { id: number }>;
@@ -26,9 +36,13 @@ export interface EngineCall {
   send(msg: ToEngine): void;
 }
 
+function mismatch(op: string, r: KvResult): KvparkError {
+  return new KvparkError("INTERNAL", `the engine answered ${op} with a ${r.op} result`);
+}
+
 function engineEntry(): string {
   // Under ts-jest this file runs from source; the engine process always runs the compiled code.
-  const compiled = path.join(__dirname, "main.js");
+  const compiled = path.join(__dirname, "../engine/main.js");
   if (fs.existsSync(compiled)) return compiled;
   return path.resolve(__dirname, "../../dist/src/engine/main.js");
 }
@@ -38,7 +52,7 @@ function engineEntry(): string {
  * an internal error, so keeping it out of the front end is what lets the server survive one: in-flight
  * requests fail with UNAVAILABLE (retryable), health reports NOT_SERVING, and a new engine starts.
  */
-export class EngineHost {
+export class EngineClient {
   private child?: ChildProcess;
   private nextId = 1;
   private readonly pending = new Map<number, AsyncQueue<EngineEvent>>();
@@ -48,15 +62,19 @@ export class EngineHost {
   /** The model served by the running engine; undefined until it is ready. */
   info?: ModelInfo;
   /** Set when the engine failed in a way restarting cannot fix (bad model path, ...). */
-  fatal?: { code: string; message: string };
+  fatal?: { code: ErrorCode; message: string };
   restarts = 0;
   /** Called when the engine cannot start at all (a model that does not load). */
-  onFatal?: (fatal: { code: string; message: string }) => void;
+  onFatal?: (fatal: { code: ErrorCode; message: string }) => void;
 
+  /**
+   * @param onReadiness told `true` when an engine is ready to serve and `false` when it stops
+   *   (the health service's serving state follows it).
+   */
   constructor(
     private readonly config: Config,
     private readonly log: Logger,
-    private readonly readiness: Readiness,
+    private readonly onReadiness: (serving: boolean) => void,
   ) {}
 
   start(): void {
@@ -99,7 +117,7 @@ export class EngineHost {
           { event: "engine_ready", model: msg.info.name, fingerprint: msg.info.fingerprint },
           "engine ready",
         );
-        this.readiness.set(true);
+        this.onReadiness(true);
         for (const w of this.readyWaiters.splice(0)) w(msg.info);
         return;
       case "fatal":
@@ -109,7 +127,7 @@ export class EngineHost {
       case "failed": {
         const q = this.pending.get(msg.id);
         this.pending.delete(msg.id);
-        q?.fail(new KvparkError(msg.code as ErrorCode, msg.message));
+        q?.fail(new KvparkError(msg.code, msg.message));
         return;
       }
       default: {
@@ -128,7 +146,7 @@ export class EngineHost {
     if (this.child !== child) return;
     this.child = undefined;
     this.info = undefined;
-    this.readiness.set(false);
+    this.onReadiness(false);
     const err = new KvparkError("ENGINE_UNAVAILABLE", "the engine stopped while serving this request; retry");
     for (const q of this.pending.values()) q.fail(err);
     this.pending.clear();
@@ -185,10 +203,47 @@ export class EngineHost {
     return this.call((id) => ({ type: "generate", id, ...req }), signal).events;
   }
 
-  /** Runs a unary KVBlocks operation in the engine and returns its result. */
-  async kv<T>(tenant: string, op: KvOp, signal: AbortSignal): Promise<T> {
+  /** How much of a prompt the tenant has cached, and where. */
+  async lookup(tenant: string, tokens: number[], signal: AbortSignal): Promise<LookupResult> {
+    const r = await this.kv(tenant, { op: "lookup", tokens }, signal);
+    if (r.op === "lookup") return r.value;
+    throw mismatch("lookup", r);
+  }
+
+  /** Pins the selected blocks. */
+  async pin(
+    tenant: string,
+    selection: BlockSelection,
+    kind: PinHint,
+    signal: AbortSignal,
+  ): Promise<PinReport> {
+    const r = await this.kv(tenant, { op: "pin", selection, kind }, signal);
+    if (r.op === "pin") return r.value;
+    throw mismatch("pin", r);
+  }
+
+  /** Unpins the selected blocks. */
+  async unpin(
+    tenant: string,
+    selection: BlockSelection,
+    signal: AbortSignal,
+  ): Promise<{ unpinnedBlocks: number }> {
+    const r = await this.kv(tenant, { op: "unpin", selection }, signal);
+    if (r.op === "unpin") return r.value;
+    throw mismatch("unpin", r);
+  }
+
+  /** The cache's numbers. */
+  async stats(tenant: string, signal: AbortSignal): Promise<CacheStats> {
+    const r = await this.kv(tenant, { op: "stats" }, signal);
+    if (r.op === "stats") return r.value;
+    throw mismatch("stats", r);
+  }
+
+  /** Runs a unary KVBlocks operation in the engine and returns its answer. */
+  private async kv(tenant: string, op: KvOp, signal: AbortSignal): Promise<KvResult> {
     for await (const ev of this.call((id) => ({ type: "kv", id, tenant, ...op }), signal).events) {
-      if (ev.type === "kv-result") return ev.result as T;
+      if (ev.type === "kv-result") return ev.result;
     }
     throw new KvparkError("INTERNAL", "the engine ended a KV call without a result");
   }

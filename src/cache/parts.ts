@@ -1,0 +1,55 @@
+import type { ModelShape } from "./block-codec";
+import type { BlockIndex } from "./block-index";
+import type { CacheOptions } from "./config";
+import type { BlockPayloads } from "./payloads";
+import type { Pins } from "./pins";
+import type { RamTier } from "./ram-tier";
+import type { SsdTier } from "./ssd-tier";
+import type { Staging } from "./staging";
+
+/** What the parts of the cache work on, built once by PrefixCache.open. */
+export interface CacheParts {
+  readonly model: ModelShape;
+  readonly options: CacheOptions;
+  readonly index: BlockIndex;
+  readonly pins: Pins;
+  readonly ram: RamTier;
+  readonly ssd: SsdTier | null;
+  readonly staging: Staging;
+  readonly payloads: BlockPayloads;
+}
+
+/**
+ * Base of restore, persist and transfer: the parts they share, under the names their code uses.
+ * They share the index and the tiers, never each other.
+ */
+export abstract class CachePart {
+  protected readonly model: ModelShape;
+  protected readonly options: CacheOptions;
+  protected readonly index: BlockIndex;
+  protected readonly pins: Pins;
+  protected readonly ram: RamTier;
+  protected readonly ssd: SsdTier | null;
+  protected readonly staging: Staging;
+  protected readonly payloads: BlockPayloads;
+  /** MLX bytes the part dropped (temporaries, exports the RAM tier refused), for collectIfNeeded. */
+  protected droppedBytes = 0;
+
+  constructor(parts: CacheParts) {
+    this.model = parts.model;
+    this.options = parts.options;
+    this.index = parts.index;
+    this.pins = parts.pins;
+    this.ram = parts.ram;
+    this.ssd = parts.ssd;
+    this.staging = parts.staging;
+    this.payloads = parts.payloads;
+  }
+
+  /** MLX bytes dropped since the previous call. */
+  takeDroppedBytes(): number {
+    const bytes = this.droppedBytes;
+    this.droppedBytes = 0;
+    return bytes;
+  }
+}

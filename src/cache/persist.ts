@@ -1,0 +1,118 @@
+import type { LayerKV } from "../model/kv-cache";
+import { blockDataBytes } from "./block-codec";
+import { chainKeys } from "./block-key";
+import type { BlockEntry } from "./block-index";
+import { CachePart } from "./parts";
+import type { PersistOptions, PersistReport, SequenceKV } from "./reports";
+
+/**
+ * Persist: the KV of a sequence into the RAM tier, block by block along its chain, and the blocks
+ * the admission policy lets through onto the SSD tier's write queue.
+ */
+export class Persister extends CachePart {
+  /**
+   * Stores the KV of `tokens` (the sequence's tokens; those beyond its offset are ignored):
+   * every block not in RAM is exported from the sequence into RAM (new blocks, and blocks
+   * restored from SSD, which are promoted), the trailing partial block included, and queued for
+   * SSD as the admission policy allows. Call it when a request ends (with prompt and generated
+   * tokens) or at checkpoints of a long prefill. Synchronous; the SSD writes happen behind it.
+   */
+  persist(
+    tenant: string,
+    tokens: readonly number[],
+    kv: SequenceKV,
+    options: PersistOptions = {},
+  ): PersistReport {
+    const report: PersistReport = {
+      blocksAdded: 0,
+      blocksPromoted: 0,
+      blocksPresent: 0,
+      bytesAdded: 0,
+      queuedToSsd: 0,
+      ssdSkips: 0,
+      ramRejects: 0,
+    };
+    if (options.persist === false) return report;
+    const B = this.options.blockTokens;
+    const n = kv.offset;
+    if (tokens.length < n) throw new RangeError(`persist: ${tokens.length} tokens for a sequence of ${n}`);
+    const end = options.partialTail === false ? Math.floor(n / B) * B : n;
+    const fromTokens = options.fromTokens ?? 0;
+    const root = this.index.rootOf(tenant);
+    const rootHex = root.toString("hex");
+    const used: string[] = [];
+    for (const link of chainKeys(root, tokens, B, this.model.fingerprint, end)) {
+      if (link.end <= fromTokens) continue;
+      const keyHex = link.key.toString("hex");
+      let entry = this.index.get(keyHex);
+      const blockTokens = link.end - link.start;
+      const ramBlock = this.ram.get(keyHex);
+      if (entry && ramBlock) {
+        entry.sightings++;
+        report.blocksPresent++;
+        used.push(keyHex);
+        this.admit(entry, ramBlock.layers, report);
+        continue;
+      }
+      const layers = kv.export(link.start, link.end);
+      const bytes = blockDataBytes(this.model, blockTokens);
+      const isNew = !entry;
+      entry ??= {
+        key: link.key,
+        keyHex,
+        parentHex: link.parent.toString("hex"),
+        rootHex,
+        tokenIds: Uint32Array.from(tokens.slice(link.start, link.end)),
+        bytes,
+        ssd: "none",
+        sightings: 0,
+      };
+      entry.sightings++;
+      if (!this.ram.insert(keyHex, layers, blockTokens, bytes)) {
+        report.ramRejects++;
+        this.droppedBytes += bytes;
+        // Without room in RAM the rest of the chain cannot be held either.
+        if (isNew) break;
+        continue;
+      }
+      this.index.addEntry(entry);
+      used.push(keyHex);
+      if (isNew) report.blocksAdded++;
+      else report.blocksPromoted++;
+      report.bytesAdded += bytes;
+      this.admit(entry, layers, report);
+    }
+    for (const keyHex of used.reverse()) this.ram.touch(keyHex);
+    return report;
+  }
+
+  /** Queues a RAM block for SSD when the tier exists, does not have it, and the policy admits it. */
+  private admit(entry: BlockEntry, layers: LayerKV[], report?: PersistReport): void {
+    const pinned = this.pins.isPinned(entry.keyHex);
+    if (!this.ssd || entry.ssd !== "none" || !this.ssd.admits(entry.sightings, pinned)) return;
+    const queued = this.ssd.enqueue({
+      keyHex: entry.keyHex,
+      record: this.index.chainRecord(entry),
+      bytes: this.index.storedBytesEstimate(entry.tokenIds.length),
+      source: { layers },
+      done: (result) => this.index.onWritten(entry, result),
+    });
+    if (queued) {
+      entry.ssd = "queued";
+      if (report) report.queuedToSsd++;
+    } else if (report) {
+      report.ssdSkips++;
+    }
+  }
+
+  /**
+   * Queues the RAM copies of just pinned blocks for SSD, whatever the admission policy, so the
+   * pins outlive RAM pressure.
+   */
+  admitPinned(entries: readonly BlockEntry[]): void {
+    for (const entry of entries) {
+      const ramBlock = this.ram.get(entry.keyHex);
+      if (ramBlock) this.admit(entry, ramBlock.layers);
+    }
+  }
+}

@@ -1,0 +1,203 @@
+import type { ModelCache } from "../model/kv-cache";
+import type { KVBlockRecord } from "./block-codec";
+import type { BlockErrorCode } from "./errors";
+
+// The types PrefixCache's methods take and return; src/cache/index.ts exports them.
+
+/** The part of a sequence's ModelCache the prefix cache reads (persist) and writes (restore). */
+export type SequenceKV = Pick<ModelCache, "offset" | "export" | "import">;
+
+/** Where a cached block is served from. */
+export type Tier = "ram" | "ssd";
+
+/** One block of a prefix match. */
+export interface MatchedBlock {
+  key: Buffer;
+  /** Index in the prompt of the block's first token. */
+  start: number;
+  /** Tokens of the block the match uses: all of them, or the leading ones where the prompt diverges or ends. */
+  tokens: number;
+  /** Tokens the block holds. */
+  blockTokens: number;
+  /** The fastest tier holding it at lookup time. */
+  tier: Tier;
+}
+
+/** The longest cached prefix of a prompt, found by lookup(). */
+export interface PrefixMatch {
+  tenant: string;
+  promptTokens: number;
+  blocks: MatchedBlock[];
+  /** Leading prompt tokens covered by the blocks. */
+  tokens: number;
+  ramTokens: number;
+  ssdTokens: number;
+  /**
+   * Cached tokens the prompt matched into and then left: reuse lost because the prompt differs
+   * from what was cached, for example when a chat template re-renders an earlier answer
+   * differently. Precisely, when lookup matched at least one token and stopped before tokensMax
+   * (and the prompt's end), with `last` the last matched block:
+   *
+   *   (last.blockTokens - last.tokens) + tokens of the longest line of cached blocks below `last`
+   *
+   * that is, the cached tokens past the match point on the path lookup followed (the rest of the
+   * block the prompt left mid-way, or at a block boundary nothing of it, then the longest chain of
+   * descendants any tier holds; the search stops after 4,096 blocks). Otherwise 0: a prompt
+   * sharing no token with the tenant's cache followed no path, and one that ends inside cached
+   * context left none. Also 0 when the match ends on a block used whole that nothing cached
+   * continues: a trailing partial block (it ends its chain, so the prompt extends the cached
+   * sequence) or a full block without cached children.
+   */
+  divergedTokens: number;
+  lookupMs: number;
+}
+
+/** Options of lookup(). */
+export interface LookupOptions {
+  /**
+   * Match at most this many tokens. The engine passes promptTokens - 1: the last prompt token
+   * must be computed to get the logits the first generated token is sampled from.
+   */
+  tokensMax?: number;
+}
+
+/** Time spent in each stage of a restore. */
+export interface RestoreStages {
+  /** Concatenating RAM blocks and importing them. */
+  ramMs: number;
+  /** Waiting for SSD reads that were not hidden behind other work. */
+  ssdReadWaitMs: number;
+  /** Checking stored blocks (envelope, header, tokens). */
+  verifyMs: number;
+  /** Writing the staging file and loading it into MLX. */
+  stageMs: number;
+  /** Importing loaded SSD blocks into the sequence. */
+  importMs: number;
+}
+
+/** What restore() put into the sequence and what it cost. */
+export interface RestoreReport {
+  /** Tokens now in the sequence (its offset). */
+  restoredTokens: number;
+  ramTokens: number;
+  ssdTokens: number;
+  /** Tokens cached on SSD (and RAM blocks after them) left to recompute because that was estimated faster. */
+  recomputeChosenTokens: number;
+  /** Blocks that failed verification; the match was cut before the first of them. */
+  corruptBlocks: number;
+  /** Tokens of the match lost because a block vanished or failed (not counting recomputeChosenTokens). */
+  lostTokens: number;
+  ssdBytes: number;
+  restoreMs: number;
+  stages: RestoreStages;
+  /** The cost model's estimates for the SSD part, in ms (0 when there was none). */
+  estimatedRestoreMs: number;
+  estimatedRecomputeMs: number;
+  /** Each import into the sequence, in order: a run of RAM blocks, or one batch read from SSD. */
+  batches: RestoreBatch[];
+}
+
+/** One import of a restore, for tracing; times are performance.now() milliseconds. */
+export interface RestoreBatch {
+  tier: Tier;
+  blocks: number;
+  tokens: number;
+  bytes: number;
+  startMs: number;
+  endMs: number;
+}
+
+/** Options of persist(). */
+export interface PersistOptions {
+  /** False: store nothing (the request opted out); cached blocks were still used. Default true. */
+  persist?: boolean;
+  /** Also store the trailing block shorter than blockTokens. Default true. */
+  partialTail?: boolean;
+  /** Blocks that ends at or before this many tokens are neither exported nor promoted. Default 0. */
+  fromTokens?: number;
+}
+
+/** What persist() did. */
+export interface PersistReport {
+  /** New blocks put into RAM. */
+  blocksAdded: number;
+  /** Blocks found on SSD only and copied into RAM. */
+  blocksPromoted: number;
+  /** Blocks already in RAM. */
+  blocksPresent: number;
+  bytesAdded: number;
+  /** Blocks queued for SSD. */
+  queuedToSsd: number;
+  /** Blocks the SSD queue had no room for (counted in stats as writeSkips). */
+  ssdSkips: number;
+  /** Blocks the RAM tier could not take (everything evictable referenced or pinned). */
+  ramRejects: number;
+}
+
+/** A block or the reason it is not served, for GetBlocks. */
+export type GetBlockResult =
+  | { key: Buffer; block: KVBlockRecord; tier: Tier }
+  | { key: Buffer; error: { code: BlockErrorCode; message: string } };
+
+/** A refused block of a putBlocks() call. */
+export interface BlockRejection {
+  index: number;
+  key: Buffer;
+  code: BlockErrorCode;
+  message: string;
+}
+
+/** The outcome of putBlocks(). */
+export interface PutBlocksReport {
+  accepted: number;
+  rejected: BlockRejection[];
+}
+
+/** Blocks to pin or unpin: explicit keys, or the cached blocks of a prompt's matched prefix. */
+export type BlockSelector = { keys: readonly Uint8Array[] } | { tokens: readonly number[] };
+
+/** Pin kind as the RPC gives it; ttlMs of a soft pin 0 or absent selects the default. */
+export type PinRequestKind = { kind: "hard" } | { kind: "soft"; ttlMs?: number };
+
+/** The outcome of pin(). */
+export interface PinReport {
+  pinnedBlocks: number;
+  missingKeys: Buffer[];
+  hardPinnedBytes: number;
+  hardPinQuotaBytes: number;
+}
+
+/** One tier's numbers, shaped like the proto's TierStats. */
+export interface TierStats {
+  bytes: number;
+  bytesMax: number;
+  blocks: number;
+  hits: number;
+  misses: number;
+  evictions: number;
+  pinnedBlocks: number;
+}
+
+/** Everything the Stats RPC and the metrics report. */
+export interface CacheStats {
+  blockTokens: number;
+  modelFingerprint: string;
+  ram: TierStats;
+  ssd: TierStats;
+  writeQueueDepth: number;
+  writeQueueBytes: number;
+  writeSkips: number;
+  writeErrors: number;
+  corruptBlocks: number;
+  recomputeChosenTokens: number;
+  /** Blocks known to the chain index (any tier). */
+  indexedBlocks: number;
+  /** Where the SSD tier's chain index came from at open ("none" without an SSD tier). */
+  ssdIndexSource: "log" | "scan" | "empty" | "none";
+  /** Measured rates the cost model uses. */
+  rates: {
+    ssdRestoreBytesPerSecond: number;
+    ramRestoreBytesPerSecond: number;
+    prefillTokensPerSecond: number;
+  };
+}
