@@ -22,6 +22,7 @@ export interface Config {
   tlsKey: string;
   tlsCa: string;
   authTokens: string;
+  adminTokens: string;
   messageBytesMax: number;
   keepaliveMs: number;
   keepaliveTimeoutMs: number;
@@ -133,6 +134,13 @@ const specs: OptionSpec<keyof Config>[] = [
     kind: "string",
     default: "",
     help: "Bearer tokens as tenant=token pairs separated by commas, or @file with one pair per line. When set, every RPC needs `authorization: Bearer <token>`; the tenant salts cache keys.",
+  },
+  {
+    key: "adminTokens",
+    flag: "--admin-tokens",
+    kind: "string",
+    default: "",
+    help: "Bearer tokens of operators, as --auth-tokens (tenant=token pairs or @file): they authenticate as that tenant and also see server-wide cache numbers in Stats, where other tenants see only their own. Setting them turns authentication on.",
   },
   {
     key: "messageBytesMax",

@@ -136,7 +136,8 @@ export interface KvOps {
   putBlocks: { request: object; result: cache.PutBlocksReport };
   pin: { request: { selection: BlockSelection; kind: PinHint }; result: cache.PinReport };
   unpin: { request: { selection: BlockSelection }; result: { unpinnedBlocks: number } };
-  stats: { request: object; result: cache.CacheStats };
+  /** `all`: server-wide numbers (an admin's call); otherwise the calling tenant's own blocks only. */
+  stats: { request: { all: boolean }; result: cache.CacheStats };
 }
 
 /** The name of a KVBlocks operation. */

@@ -5,11 +5,17 @@ import { Code, ConnectError, createContextKey, type Interceptor } from "@connect
 /** The tenant of a request, derived from its bearer token (never from the request body). */
 export const tenantKey = createContextKey<string>("", { description: "tenant of the request" });
 
+/** Whether the caller holds an operator's token (--admin-tokens), or authentication is off. */
+export const adminKey = createContextKey<boolean>(true, { description: "the caller is an operator" });
+
 /** The tenant name used when authentication is off. */
 export const DEFAULT_TENANT = "";
 
-/** Parses --auth-tokens: `tenant=token,tenant2=token2` or `@file` with one `tenant=token` per line. */
-export function parseAuthTokens(spec: string): Map<string, string> {
+/**
+ * Parses --auth-tokens (or --admin-tokens, named by `flag`): `tenant=token,tenant2=token2` or `@file`
+ * with one `tenant=token` per line.
+ */
+export function parseAuthTokens(spec: string, flag = "--auth-tokens"): Map<string, string> {
   const tokens = new Map<string, string>();
   if (!spec) return tokens;
   const text = spec.startsWith("@") ? fs.readFileSync(spec.slice(1), "utf8") : spec.replace(/,/g, "\n");
@@ -19,11 +25,9 @@ export function parseAuthTokens(spec: string): Map<string, string> {
     const eq = line.indexOf("=");
     const tenant = line.slice(0, eq).trim();
     const token = line.slice(eq + 1).trim();
-    if (eq <= 0 || !token || !tenant) throw new Error(`--auth-tokens entry ${i + 1}: expected tenant=token`);
+    if (eq <= 0 || !token || !tenant) throw new Error(`${flag} entry ${i + 1}: expected tenant=token`);
     if (token.length < 16)
-      throw new Error(
-        `--auth-tokens entry ${i + 1} (tenant ${tenant}): token must have at least 16 characters`,
-      );
+      throw new Error(`${flag} entry ${i + 1} (tenant ${tenant}): token must have at least 16 characters`);
     tokens.set(token, tenant);
   }
   return tokens;
@@ -36,10 +40,16 @@ function digest(s: string): Buffer {
 
 /**
  * Requires `authorization: Bearer <token>` on every call when tokens are configured, and records the
- * token's tenant in the call's context.
+ * token's tenant in the call's context, and whether it is one of the operators' `adminTokens`.
  */
-export function authInterceptor(tokens: Map<string, string>): Interceptor {
-  const known = [...tokens.entries()].map(([token, tenant]) => ({ digest: digest(token), tenant }));
+export function authInterceptor(
+  tokens: Map<string, string>,
+  adminTokens: Map<string, string> = new Map(),
+): Interceptor {
+  const entry =
+    (admin: boolean) =>
+    ([token, tenant]: [string, string]) => ({ digest: digest(token), tenant, admin });
+  const known = [...[...tokens].map(entry(false)), ...[...adminTokens].map(entry(true))];
   return (next) => async (req) => {
     const header = req.header.get("authorization") ?? "";
     const match = /^Bearer\s+(\S+)$/i.exec(header);
@@ -52,6 +62,7 @@ export function authInterceptor(tokens: Map<string, string>): Interceptor {
     const entry = known.find((k) => timingSafeEqual(k.digest, d));
     if (!entry) throw new ConnectError("invalid bearer token", Code.Unauthenticated);
     req.contextValues.set(tenantKey, entry.tenant);
+    req.contextValues.set(adminKey, entry.admin);
     return next(req);
   };
 }

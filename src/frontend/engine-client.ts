@@ -233,9 +233,9 @@ export class EngineClient {
     throw mismatch("unpin", r);
   }
 
-  /** The cache's numbers. */
-  async stats(tenant: string, signal: AbortSignal): Promise<CacheStats> {
-    const r = await this.kv(tenant, { op: "stats" }, signal);
+  /** The cache's numbers: the tenant's own blocks, or server-wide with `all`. */
+  async stats(tenant: string, all: boolean, signal: AbortSignal): Promise<CacheStats> {
+    const r = await this.kv(tenant, { op: "stats", all }, signal);
     if (r.op === "stats") return r.value;
     throw mismatch("stats", r);
   }

@@ -129,8 +129,9 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
     loggingInterceptor(deps.log),
   ];
   const tokens = parseAuthTokens(config.authTokens);
-  if (tokens.size > 0) {
-    const auth = authInterceptor(tokens);
+  const adminTokens = parseAuthTokens(config.adminTokens, "--admin-tokens");
+  if (tokens.size + adminTokens.size > 0) {
+    const auth = authInterceptor(tokens, adminTokens);
     interceptors.push((next) => {
       const authed = auth(next);
       return (req) => (UNAUTHENTICATED_SERVICES.has(req.service.typeName) ? next(req) : authed(req));

@@ -5,7 +5,21 @@ import {
   type StreamResponse,
   type UnaryResponse,
 } from "@connectrpc/connect";
-import { toConnectError } from "../errors.js";
+import { ERROR_CODES, KvparkError, type ErrorCode } from "../errors.js";
+
+/**
+ * Maps any error to a ConnectError by ERROR_CODES. kvpark's errors keep their message; anything else
+ * becomes INTERNAL with a generic message so internals (paths, stack traces) never reach clients.
+ */
+export function toConnectError(err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  if (err instanceof KvparkError) {
+    const code: ErrorCode = err.code;
+    if (code !== "INTERNAL") return new ConnectError(err.message, Code[ERROR_CODES[code]]);
+  }
+  // The cause stays on the error for the request log; the client sees only a generic message.
+  return new ConnectError("internal error; see the server log", Code.Internal, undefined, undefined, err);
+}
 
 /**
  * Runs an interceptor's `next` and calls `done` exactly once when the call ends: with the error of a

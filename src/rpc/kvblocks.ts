@@ -9,7 +9,7 @@ import {
 } from "../../gen/kvpark/v1/kvblocks_pb.js";
 import type { BlockErrorCode as CacheBlockErrorCode, CacheStats, PutBlocksReport } from "../engine-ipc.js";
 import { invalidField, KvparkError } from "../errors.js";
-import { tenantKey } from "../frontend/auth.js";
+import { adminKey, tenantKey } from "../frontend/auth.js";
 import { GetBlocksTrace, traceLookup, tracePin, tracePutBlocks, traceUnpin } from "../telemetry/index.js";
 import { served, type RpcDeps } from "./deps.js";
 import { blockSelection, checkKeys, pinHint, promptTokens } from "./validation.js";
@@ -168,7 +168,8 @@ export function registerKVBlocks(router: ConnectRouter, deps: RpcDeps): void {
 
     stats: async (_req, ctx) => {
       served(deps);
-      return stats(await engine.stats(ctx.values.get(tenantKey), ctx.signal));
+      const all = ctx.values.get(adminKey);
+      return stats(await engine.stats(ctx.values.get(tenantKey), all, ctx.signal));
     },
   });
 }

@@ -125,7 +125,7 @@ export class Telemetry {
       if (!engine.info) return;
       let s: CacheStats;
       try {
-        s = await engine.stats("", AbortSignal.timeout(5000));
+        s = await engine.stats("", true, AbortSignal.timeout(5000));
       } catch {
         return; // the cache is off, or the engine is restarting
       }

@@ -4,7 +4,7 @@
 
 import { SpanStatusCode, type Attributes, type HrTime, type Span } from "@opentelemetry/api";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
-import { toConnectError } from "../errors.js";
+import { toConnectError } from "../rpc/call-end.js";
 import type { Prompt } from "../../gen/kvpark/v1/common_pb.js";
 import type { CacheReport, FromEngine, ModelInfo, PrefillProgress, SamplingSettings } from "../engine-ipc.js";
 import * as sc from "./semconv.js";

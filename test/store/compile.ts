@@ -4,19 +4,34 @@ import * as ts from "typescript";
 
 const ROOT = path.resolve(__dirname, "..", "..");
 
+/** Relative imports of a TypeScript file, resolved to repository-relative .ts paths. */
+function localImports(file: string): string[] {
+  const info = ts.preProcessFile(fs.readFileSync(path.join(ROOT, file), "utf8"), true, true);
+  return info.importedFiles
+    .map((ref) => ref.fileName)
+    .filter((name) => name.startsWith("."))
+    .map((name) => path.join(path.dirname(file), name.replace(/\.js$/, "")))
+    .flatMap((base) => [`${base}.ts`, path.join(base, "index.ts")])
+    .filter((candidate) => fs.existsSync(path.join(ROOT, candidate)));
+}
+
 /**
- * Child processes and worker threads cannot load TypeScript, so the store facade
- * and the scripts under test/store/children are transpiled into `outDir` with the
- * same relative layout; imports between them keep working.
+ * Child processes and worker threads cannot load TypeScript, so the scripts under
+ * test/store/children and every module they reach by relative import (the store facade,
+ * and what it imports, e.g. src/errors.ts) are transpiled into `outDir` with the same
+ * relative layout; imports between them keep working.
  */
 export function transpileForChildren(outDir: string): { script: (name: string) => string } {
-  const sources = [
-    ...fs.readdirSync(path.join(ROOT, "src", "store")).map((name) => path.join("src", "store", name)),
-    ...fs
-      .readdirSync(path.join(ROOT, "test", "store", "children"))
-      .map((name) => path.join("test", "store", "children", name)),
-  ].filter((file) => file.endsWith(".ts") && !file.endsWith(".spec.ts"));
-  for (const file of sources) {
+  const pending = fs
+    .readdirSync(path.join(ROOT, "test", "store", "children"))
+    .filter((name) => name.endsWith(".ts"))
+    .map((name) => path.join("test", "store", "children", name));
+  const done = new Set<string>();
+  while (pending.length > 0) {
+    const file = pending.pop() as string;
+    if (done.has(file)) continue;
+    done.add(file);
+    pending.push(...localImports(file));
     const output = ts.transpileModule(fs.readFileSync(path.join(ROOT, file), "utf8"), {
       compilerOptions: {
         module: ts.ModuleKind.CommonJS,
