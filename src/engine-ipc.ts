@@ -47,6 +47,7 @@ export interface CacheReport {
   recomputedTokens: number;
   recomputeChosenTokens: number;
   corruptBlocks: number;
+  /** Cached tokens past the point where the prompt left them (see PrefixMatch.divergedTokens). */
   divergedTokens: number;
 }
 

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvpark/v1/common.proto.
  */
 export const file_kvpark_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChZrdnBhcmsvdjEvY29tbW9uLnByb3RvEglrdnBhcmsudjEibgoGUHJvbXB0Eg4KBHRleHQYASABKAlIABIlCgRjaGF0GAIgASgLMhUua3ZwYXJrLnYxLkNoYXRQcm9tcHRIABIlCgZ0b2tlbnMYAyABKAsyEy5rdnBhcmsudjEuVG9rZW5JZHNIAEIGCgRraW5kInQKCkNoYXRQcm9tcHQSKAoIbWVzc2FnZXMYASADKAsyFi5rdnBhcmsudjEuQ2hhdE1lc3NhZ2USIgoVYWRkX2dlbmVyYXRpb25fcHJvbXB0GAIgASgISACIAQFCGAoWX2FkZF9nZW5lcmF0aW9uX3Byb21wdCIsCgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkiFwoIVG9rZW5JZHMSCwoDaWRzGAEgAygNKjgKBFRpZXISFAoQVElFUl9VTlNQRUNJRklFRBAAEgwKCFRJRVJfUkFNEAESDAoIVElFUl9TU0QQAipJCgdQaW5LaW5kEhgKFFBJTl9LSU5EX1VOU1BFQ0lGSUVEEAASEQoNUElOX0tJTkRfU09GVBABEhEKDVBJTl9LSU5EX0hBUkQQAmIGcHJvdG8z");
+  fileDesc("ChZrdnBhcmsvdjEvY29tbW9uLnByb3RvEglrdnBhcmsudjEibgoGUHJvbXB0Eg4KBHRleHQYASABKAlIABIlCgRjaGF0GAIgASgLMhUua3ZwYXJrLnYxLkNoYXRQcm9tcHRIABIlCgZ0b2tlbnMYAyABKAsyEy5rdnBhcmsudjEuVG9rZW5JZHNIAEIGCgRraW5kIsABCgpDaGF0UHJvbXB0EigKCG1lc3NhZ2VzGAEgAygLMhYua3ZwYXJrLnYxLkNoYXRNZXNzYWdlEiIKFWFkZF9nZW5lcmF0aW9uX3Byb21wdBgCIAEoCEgAiAEBEh4KBXRvb2xzGAMgAygLMg8ua3ZwYXJrLnYxLlRvb2wSKgoLdG9vbF9jaG9pY2UYBCABKAsyFS5rdnBhcmsudjEuVG9vbENob2ljZUIYChZfYWRkX2dlbmVyYXRpb25fcHJvbXB0IkIKBFRvb2wSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIXCg9wYXJhbWV0ZXJzX2pzb24YAyABKAkiVgoKVG9vbENob2ljZRIpCgRtb2RlGAEgASgOMhkua3ZwYXJrLnYxLlRvb2xDaG9pY2VNb2RlSAASEwoJdG9vbF9uYW1lGAIgASgJSABCCAoGY2hvaWNlIjwKCFRvb2xDYWxsEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSFgoOYXJndW1lbnRzX2pzb24YAyABKAkijAEKC0NoYXRNZXNzYWdlEgwKBHJvbGUYASABKAkSDwoHY29udGVudBgCIAEoCRInCgp0b29sX2NhbGxzGAMgAygLMhMua3ZwYXJrLnYxLlRvb2xDYWxsEhQKDHRvb2xfY2FsbF9pZBgEIAEoCRIMCgRuYW1lGAUgASgJEhEKCXJlYXNvbmluZxgGIAEoCSIXCghUb2tlbklkcxILCgNpZHMYASADKA0qhwEKDlRvb2xDaG9pY2VNb2RlEiAKHFRPT0xfQ0hPSUNFX01PREVfVU5TUEVDSUZJRUQQABIZChVUT09MX0NIT0lDRV9NT0RFX0FVVE8QARIZChVUT09MX0NIT0lDRV9NT0RFX05PTkUQAhIdChlUT09MX0NIT0lDRV9NT0RFX1JFUVVJUkVEEAMqOAoEVGllchIUChBUSUVSX1VOU1BFQ0lGSUVEEAASDAoIVElFUl9SQU0QARIMCghUSUVSX1NTRBACKkkKB1BpbktpbmQSGAoUUElOX0tJTkRfVU5TUEVDSUZJRUQQABIRCg1QSU5fS0lORF9TT0ZUEAESEQoNUElOX0tJTkRfSEFSRBACYgZwcm90bzM");
 
 /**
  * A prompt in one of the three forms kvpark accepts. Every form is turned into token ids by the
@@ -77,6 +77,21 @@ export type ChatPrompt = Message<"kvpark.v1.ChatPrompt"> & {
    * @generated from field: optional bool add_generation_prompt = 2;
    */
   addGenerationPrompt?: boolean | undefined;
+
+  /**
+   * Tools the model may call, passed to the chat template as Hugging Face's
+   * apply_chat_template(tools=...) passes them. At most 128.
+   *
+   * @generated from field: repeated kvpark.v1.Tool tools = 3;
+   */
+  tools: Tool[];
+
+  /**
+   * Whether and which tool the model must call. Unset means auto when tools are given.
+   *
+   * @generated from field: kvpark.v1.ToolChoice tool_choice = 4;
+   */
+  toolChoice?: ToolChoice | undefined;
 };
 
 /**
@@ -85,6 +100,114 @@ export type ChatPrompt = Message<"kvpark.v1.ChatPrompt"> & {
  */
 export const ChatPromptSchema: GenMessage<ChatPrompt> = /*@__PURE__*/
   messageDesc(file_kvpark_v1_common, 1);
+
+/**
+ * A tool (function) the model may call.
+ *
+ * @generated from message kvpark.v1.Tool
+ */
+export type Tool = Message<"kvpark.v1.Tool"> & {
+  /**
+   * The function's name: 1 to 64 characters of a-z, A-Z, 0-9, "_", "-" and ".".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What the function does, for the model.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * The function's parameters as a JSON Schema (JSON text of an object schema). Empty means no
+   * parameters.
+   *
+   * @generated from field: string parameters_json = 3;
+   */
+  parametersJson: string;
+};
+
+/**
+ * Describes the message kvpark.v1.Tool.
+ * Use `create(ToolSchema)` to create a new message.
+ */
+export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_common, 2);
+
+/**
+ * Which tool calls the model may or must make.
+ *
+ * @generated from message kvpark.v1.ToolChoice
+ */
+export type ToolChoice = Message<"kvpark.v1.ToolChoice"> & {
+  /**
+   * The mode.
+   *
+   * @generated from oneof kvpark.v1.ToolChoice.choice
+   */
+  choice: {
+    /**
+     * AUTO, NONE or REQUIRED.
+     *
+     * @generated from field: kvpark.v1.ToolChoiceMode mode = 1;
+     */
+    value: ToolChoiceMode;
+    case: "mode";
+  } | {
+    /**
+     * The name of the one tool the model must call.
+     *
+     * @generated from field: string tool_name = 2;
+     */
+    value: string;
+    case: "toolName";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message kvpark.v1.ToolChoice.
+ * Use `create(ToolChoiceSchema)` to create a new message.
+ */
+export const ToolChoiceSchema: GenMessage<ToolChoice> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_common, 3);
+
+/**
+ * A tool call the model made.
+ *
+ * @generated from message kvpark.v1.ToolCall
+ */
+export type ToolCall = Message<"kvpark.v1.ToolCall"> & {
+  /**
+   * An identifier, unique within the conversation, that the tool's result refers to.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The tool's name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The arguments as JSON text (an object).
+   *
+   * @generated from field: string arguments_json = 3;
+   */
+  argumentsJson: string;
+};
+
+/**
+ * Describes the message kvpark.v1.ToolCall.
+ * Use `create(ToolCallSchema)` to create a new message.
+ */
+export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_common, 4);
 
 /**
  * One message of a conversation.
@@ -105,6 +228,34 @@ export type ChatMessage = Message<"kvpark.v1.ChatMessage"> & {
    * @generated from field: string content = 2;
    */
   content: string;
+
+  /**
+   * An assistant message's tool calls.
+   *
+   * @generated from field: repeated kvpark.v1.ToolCall tool_calls = 3;
+   */
+  toolCalls: ToolCall[];
+
+  /**
+   * A tool message: the id of the call this is the result of.
+   *
+   * @generated from field: string tool_call_id = 4;
+   */
+  toolCallId: string;
+
+  /**
+   * A tool message: the name of the tool that produced it.
+   *
+   * @generated from field: string name = 5;
+   */
+  name: string;
+
+  /**
+   * An assistant message's reasoning (thinking) text, for templates that render it.
+   *
+   * @generated from field: string reasoning = 6;
+   */
+  reasoning: string;
 };
 
 /**
@@ -112,7 +263,7 @@ export type ChatMessage = Message<"kvpark.v1.ChatMessage"> & {
  * Use `create(ChatMessageSchema)` to create a new message.
  */
 export const ChatMessageSchema: GenMessage<ChatMessage> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_common, 2);
+  messageDesc(file_kvpark_v1_common, 5);
 
 /**
  * A sequence of token ids.
@@ -133,7 +284,48 @@ export type TokenIds = Message<"kvpark.v1.TokenIds"> & {
  * Use `create(TokenIdsSchema)` to create a new message.
  */
 export const TokenIdsSchema: GenMessage<TokenIds> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_common, 3);
+  messageDesc(file_kvpark_v1_common, 6);
+
+/**
+ * How the model chooses tools.
+ *
+ * @generated from enum kvpark.v1.ToolChoiceMode
+ */
+export enum ToolChoiceMode {
+  /**
+   * Not set: auto when tools are given.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The model decides whether to call tools.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_AUTO = 1;
+   */
+  AUTO = 1,
+
+  /**
+   * The model must not call tools (the tools are still shown to it).
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_NONE = 2;
+   */
+  NONE = 2,
+
+  /**
+   * The model must call at least one tool; its arguments are constrained by the tool's schema.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_REQUIRED = 3;
+   */
+  REQUIRED = 3,
+}
+
+/**
+ * Describes the enum kvpark.v1.ToolChoiceMode.
+ */
+export const ToolChoiceModeSchema: GenEnum<ToolChoiceMode> = /*@__PURE__*/
+  enumDesc(file_kvpark_v1_common, 0);
 
 /**
  * Where a cached block lives.
@@ -167,7 +359,7 @@ export enum Tier {
  * Describes the enum kvpark.v1.Tier.
  */
 export const TierSchema: GenEnum<Tier> = /*@__PURE__*/
-  enumDesc(file_kvpark_v1_common, 0);
+  enumDesc(file_kvpark_v1_common, 1);
 
 /**
  * How strongly a pinned block is protected from eviction.
@@ -202,5 +394,5 @@ export enum PinKind {
  * Describes the enum kvpark.v1.PinKind.
  */
 export const PinKindSchema: GenEnum<PinKind> = /*@__PURE__*/
-  enumDesc(file_kvpark_v1_common, 1);
+  enumDesc(file_kvpark_v1_common, 2);
 

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { PinKind, Prompt, TokenIds } from "./common_pb.js";
+import type { PinKind, Prompt, TokenIds, ToolCall } from "./common_pb.js";
 import { file_kvpark_v1_common } from "./common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvpark/v1/inference.proto.
  */
 export const file_kvpark_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("ChlrdnBhcmsvdjEvaW5mZXJlbmNlLnByb3RvEglrdnBhcmsudjEiqAEKD0dlbmVyYXRlUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIhCgZwcm9tcHQYAiABKAsyES5rdnBhcmsudjEuUHJvbXB0Eg4KBmhhbmRsZRgDIAEoCRIrCghzYW1wbGluZxgEIAEoCzIZLmt2cGFyay52MS5TYW1wbGluZ1BhcmFtcxImCgVjYWNoZRgFIAEoCzIXLmt2cGFyay52MS5DYWNoZU9wdGlvbnMiyAEKDlNhbXBsaW5nUGFyYW1zEhcKCm1heF90b2tlbnMYASABKAVIAIgBARIYCgt0ZW1wZXJhdHVyZRgCIAEoAkgBiAEBEhIKBXRvcF9wGAMgASgCSAKIAQESEgoFdG9wX2sYBCABKAVIA4gBARIRCgRzZWVkGAUgASgESASIAQESDAoEc3RvcBgGIAMoCUINCgtfbWF4X3Rva2Vuc0IOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQggKBl90b3Bfa0IHCgVfc2VlZCJqCgxDYWNoZU9wdGlvbnMSFAoHcGVyc2lzdBgBIAEoCEgAiAEBEh8KA3BpbhgCIAEoDjISLmt2cGFyay52MS5QaW5LaW5kEhcKD3Bpbl90dGxfc2Vjb25kcxgDIAEoDUIKCghfcGVyc2lzdCKjAQoQR2VuZXJhdGVSZXNwb25zZRItCgdzdGFydGVkGAEgASgLMhoua3ZwYXJrLnYxLkdlbmVyYXRlU3RhcnRlZEgAEiYKBWRlbHRhGAIgASgLMhUua3ZwYXJrLnYxLlRva2VuRGVsdGFIABIvCghmaW5pc2hlZBgDIAEoCzIbLmt2cGFyay52MS5HZW5lcmF0ZUZpbmlzaGVkSABCBwoFZXZlbnQieQoPR2VuZXJhdGVTdGFydGVkEg0KBW1vZGVsGAEgASgJEhkKEW1vZGVsX2ZpbmdlcnByaW50GAIgASgJEhUKDXByb21wdF90b2tlbnMYAyABKA0SJQoFY2FjaGUYBCABKAsyFi5rdnBhcmsudjEuQ2FjaGVSZXBvcnQiogEKC0NhY2hlUmVwb3J0EhIKCnJhbV90b2tlbnMYASABKA0SEgoKc3NkX3Rva2VucxgCIAEoDRIZChFyZWNvbXB1dGVkX3Rva2VucxgDIAEoDRIfChdyZWNvbXB1dGVfY2hvc2VuX3Rva2VucxgEIAEoDRIWCg5jb3JydXB0X2Jsb2NrcxgFIAEoDRIXCg9kaXZlcmdlZF90b2tlbnMYBiABKA0iLQoKVG9rZW5EZWx0YRIRCgl0b2tlbl9pZHMYASADKA0SDAoEdGV4dBgCIAEoCSKIAQoQR2VuZXJhdGVGaW5pc2hlZBIuCg1maW5pc2hfcmVhc29uGAEgASgOMhcua3ZwYXJrLnYxLkZpbmlzaFJlYXNvbhIfCgV1c2FnZRgCIAEoCzIQLmt2cGFyay52MS5Vc2FnZRIjCgd0aW1pbmdzGAMgASgLMhIua3ZwYXJrLnYxLlRpbWluZ3MiUAoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoDRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoDRIVCg1jYWNoZWRfdG9rZW5zGAMgASgNIpsBCgdUaW1pbmdzEg8KB3R0ZnRfbXMYASABKAESEQoJbG9va3VwX21zGAIgASgBEhIKCnJlc3RvcmVfbXMYAyABKAESEgoKcHJlZmlsbF9tcxgEIAEoARIgChhkZWNvZGVfdG9rZW5zX3Blcl9zZWNvbmQYBSABKAESEAoIdG90YWxfbXMYBiABKAESEAoIcXVldWVfbXMYByABKAEijgEKFFByZWZpbGxTdHJlYW1SZXF1ZXN0Eg4KBmhhbmRsZRgBIAEoCRIOCgR0ZXh0GAIgASgJSAASJQoGdG9rZW5zGAMgASgLMhMua3ZwYXJrLnYxLlRva2VuSWRzSAASJgoFY2FjaGUYBCABKAsyFy5rdnBhcmsudjEuQ2FjaGVPcHRpb25zQgcKBWNodW5rIosBChVQcmVmaWxsU3RyZWFtUmVzcG9uc2USFwoPdG9rZW5zX3JlY2VpdmVkGAEgASgNEhgKEHRva2Vuc19wcmVmaWxsZWQYAiABKA0SFQoNdG9rZW5zX3JldXNlZBgDIAEoDRIYChBibG9ja3NfcGVyc2lzdGVkGAQgASgNEg4KBmhhbmRsZRgFIAEoCSqiAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIVChFGSU5JU0hfUkVBU09OX0VPUxABEh0KGUZJTklTSF9SRUFTT05fU1RPUF9TVFJJTkcQAhIcChhGSU5JU0hfUkVBU09OX01BWF9UT0tFTlMQAxIfChtGSU5JU0hfUkVBU09OX0NPTlRFWFRfTElNSVQQBDKxAQoQSW5mZXJlbmNlU2VydmljZRJFCghHZW5lcmF0ZRIaLmt2cGFyay52MS5HZW5lcmF0ZVJlcXVlc3QaGy5rdnBhcmsudjEuR2VuZXJhdGVSZXNwb25zZTABElYKDVByZWZpbGxTdHJlYW0SHy5rdnBhcmsudjEuUHJlZmlsbFN0cmVhbVJlcXVlc3QaIC5rdnBhcmsudjEuUHJlZmlsbFN0cmVhbVJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_kvpark_v1_common]);
+  fileDesc("ChlrdnBhcmsvdjEvaW5mZXJlbmNlLnByb3RvEglrdnBhcmsudjEiqAEKD0dlbmVyYXRlUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIhCgZwcm9tcHQYAiABKAsyES5rdnBhcmsudjEuUHJvbXB0Eg4KBmhhbmRsZRgDIAEoCRIrCghzYW1wbGluZxgEIAEoCzIZLmt2cGFyay52MS5TYW1wbGluZ1BhcmFtcxImCgVjYWNoZRgFIAEoCzIXLmt2cGFyay52MS5DYWNoZU9wdGlvbnMi/AEKDlNhbXBsaW5nUGFyYW1zEhcKCm1heF90b2tlbnMYASABKAVIAIgBARIYCgt0ZW1wZXJhdHVyZRgCIAEoAkgBiAEBEhIKBXRvcF9wGAMgASgCSAKIAQESEgoFdG9wX2sYBCABKAVIA4gBARIRCgRzZWVkGAUgASgESASIAQESDAoEc3RvcBgGIAMoCRIyCg9yZXNwb25zZV9mb3JtYXQYByABKAsyGS5rdnBhcmsudjEuUmVzcG9uc2VGb3JtYXRCDQoLX21heF90b2tlbnNCDgoMX3RlbXBlcmF0dXJlQggKBl90b3BfcEIICgZfdG9wX2tCBwoFX3NlZWQiqQEKDlJlc3BvbnNlRm9ybWF0EiUKBHRleHQYASABKAsyFS5rdnBhcmsudjEuVGV4dEZvcm1hdEgAEjIKC2pzb25fb2JqZWN0GAIgASgLMhsua3ZwYXJrLnYxLkpzb25PYmplY3RGb3JtYXRIABIyCgtqc29uX3NjaGVtYRgDIAEoCzIbLmt2cGFyay52MS5Kc29uU2NoZW1hRm9ybWF0SABCCAoGZm9ybWF0IgwKClRleHRGb3JtYXQiEgoQSnNvbk9iamVjdEZvcm1hdCJFChBKc29uU2NoZW1hRm9ybWF0EgwKBG5hbWUYASABKAkSEwoLc2NoZW1hX2pzb24YAiABKAkSDgoGc3RyaWN0GAMgASgIImoKDENhY2hlT3B0aW9ucxIUCgdwZXJzaXN0GAEgASgISACIAQESHwoDcGluGAIgASgOMhIua3ZwYXJrLnYxLlBpbktpbmQSFwoPcGluX3R0bF9zZWNvbmRzGAMgASgNQgoKCF9wZXJzaXN0Iq0CChBHZW5lcmF0ZVJlc3BvbnNlEi0KB3N0YXJ0ZWQYASABKAsyGi5rdnBhcmsudjEuR2VuZXJhdGVTdGFydGVkSAASJgoFZGVsdGEYAiABKAsyFS5rdnBhcmsudjEuVG9rZW5EZWx0YUgAEi8KCGZpbmlzaGVkGAMgASgLMhsua3ZwYXJrLnYxLkdlbmVyYXRlRmluaXNoZWRIABIuCghwcm9ncmVzcxgEIAEoCzIaLmt2cGFyay52MS5QcmVmaWxsUHJvZ3Jlc3NIABIoCgl0b29sX2NhbGwYBSABKAsyEy5rdnBhcmsudjEuVG9vbENhbGxIABIuCglyZWFzb25pbmcYBiABKAsyGS5rdnBhcmsudjEuUmVhc29uaW5nRGVsdGFIAEIHCgVldmVudCJKCg9QcmVmaWxsUHJvZ3Jlc3MSGgoScHJvbXB0X3Rva2Vuc19kb25lGAEgASgNEhsKE3Byb21wdF90b2tlbnNfdG90YWwYAiABKA0iMQoOUmVhc29uaW5nRGVsdGESEQoJdG9rZW5faWRzGAEgAygNEgwKBHRleHQYAiABKAkieQoPR2VuZXJhdGVTdGFydGVkEg0KBW1vZGVsGAEgASgJEhkKEW1vZGVsX2ZpbmdlcnByaW50GAIgASgJEhUKDXByb21wdF90b2tlbnMYAyABKA0SJQoFY2FjaGUYBCABKAsyFi5rdnBhcmsudjEuQ2FjaGVSZXBvcnQiogEKC0NhY2hlUmVwb3J0EhIKCnJhbV90b2tlbnMYASABKA0SEgoKc3NkX3Rva2VucxgCIAEoDRIZChFyZWNvbXB1dGVkX3Rva2VucxgDIAEoDRIfChdyZWNvbXB1dGVfY2hvc2VuX3Rva2VucxgEIAEoDRIWCg5jb3JydXB0X2Jsb2NrcxgFIAEoDRIXCg9kaXZlcmdlZF90b2tlbnMYBiABKA0iLQoKVG9rZW5EZWx0YRIRCgl0b2tlbl9pZHMYASADKA0SDAoEdGV4dBgCIAEoCSKIAQoQR2VuZXJhdGVGaW5pc2hlZBIuCg1maW5pc2hfcmVhc29uGAEgASgOMhcua3ZwYXJrLnYxLkZpbmlzaFJlYXNvbhIfCgV1c2FnZRgCIAEoCzIQLmt2cGFyay52MS5Vc2FnZRIjCgd0aW1pbmdzGAMgASgLMhIua3ZwYXJrLnYxLlRpbWluZ3MiUAoFVXNhZ2USFQoNcHJvbXB0X3Rva2VucxgBIAEoDRIZChFjb21wbGV0aW9uX3Rva2VucxgCIAEoDRIVCg1jYWNoZWRfdG9rZW5zGAMgASgNIpsBCgdUaW1pbmdzEg8KB3R0ZnRfbXMYASABKAESEQoJbG9va3VwX21zGAIgASgBEhIKCnJlc3RvcmVfbXMYAyABKAESEgoKcHJlZmlsbF9tcxgEIAEoARIgChhkZWNvZGVfdG9rZW5zX3Blcl9zZWNvbmQYBSABKAESEAoIdG90YWxfbXMYBiABKAESEAoIcXVldWVfbXMYByABKAEijgEKFFByZWZpbGxTdHJlYW1SZXF1ZXN0Eg4KBmhhbmRsZRgBIAEoCRIOCgR0ZXh0GAIgASgJSAASJQoGdG9rZW5zGAMgASgLMhMua3ZwYXJrLnYxLlRva2VuSWRzSAASJgoFY2FjaGUYBCABKAsyFy5rdnBhcmsudjEuQ2FjaGVPcHRpb25zQgcKBWNodW5rIosBChVQcmVmaWxsU3RyZWFtUmVzcG9uc2USFwoPdG9rZW5zX3JlY2VpdmVkGAEgASgNEhgKEHRva2Vuc19wcmVmaWxsZWQYAiABKA0SFQoNdG9rZW5zX3JldXNlZBgDIAEoDRIYChBibG9ja3NfcGVyc2lzdGVkGAQgASgNEg4KBmhhbmRsZRgFIAEoCSrAAQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIVChFGSU5JU0hfUkVBU09OX0VPUxABEh0KGUZJTklTSF9SRUFTT05fU1RPUF9TVFJJTkcQAhIcChhGSU5JU0hfUkVBU09OX01BWF9UT0tFTlMQAxIfChtGSU5JU0hfUkVBU09OX0NPTlRFWFRfTElNSVQQBBIcChhGSU5JU0hfUkVBU09OX1RPT0xfQ0FMTFMQBTKxAQoQSW5mZXJlbmNlU2VydmljZRJFCghHZW5lcmF0ZRIaLmt2cGFyay52MS5HZW5lcmF0ZVJlcXVlc3QaGy5rdnBhcmsudjEuR2VuZXJhdGVSZXNwb25zZTABElYKDVByZWZpbGxTdHJlYW0SHy5rdnBhcmsudjEuUHJlZmlsbFN0cmVhbVJlcXVlc3QaIC5rdnBhcmsudjEuUHJlZmlsbFN0cmVhbVJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_kvpark_v1_common]);
 
 /**
  * A generation request.
@@ -110,6 +110,13 @@ export type SamplingParams = Message<"kvpark.v1.SamplingParams"> & {
    * @generated from field: repeated string stop = 6;
    */
   stop: string[];
+
+  /**
+   * The form the output must take. Unset means free text.
+   *
+   * @generated from field: kvpark.v1.ResponseFormat response_format = 7;
+   */
+  responseFormat?: ResponseFormat | undefined;
 };
 
 /**
@@ -118,6 +125,118 @@ export type SamplingParams = Message<"kvpark.v1.SamplingParams"> & {
  */
 export const SamplingParamsSchema: GenMessage<SamplingParams> = /*@__PURE__*/
   messageDesc(file_kvpark_v1_inference, 1);
+
+/**
+ * A constraint on the generated text, enforced while decoding: only tokens that keep the output a
+ * valid prefix of the format can be sampled.
+ *
+ * @generated from message kvpark.v1.ResponseFormat
+ */
+export type ResponseFormat = Message<"kvpark.v1.ResponseFormat"> & {
+  /**
+   * The format.
+   *
+   * @generated from oneof kvpark.v1.ResponseFormat.format
+   */
+  format: {
+    /**
+     * Free text (the default).
+     *
+     * @generated from field: kvpark.v1.TextFormat text = 1;
+     */
+    value: TextFormat;
+    case: "text";
+  } | {
+    /**
+     * Any JSON object.
+     *
+     * @generated from field: kvpark.v1.JsonObjectFormat json_object = 2;
+     */
+    value: JsonObjectFormat;
+    case: "jsonObject";
+  } | {
+    /**
+     * JSON valid under a schema.
+     *
+     * @generated from field: kvpark.v1.JsonSchemaFormat json_schema = 3;
+     */
+    value: JsonSchemaFormat;
+    case: "jsonSchema";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message kvpark.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export const ResponseFormatSchema: GenMessage<ResponseFormat> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_inference, 2);
+
+/**
+ * Free text.
+ *
+ * @generated from message kvpark.v1.TextFormat
+ */
+export type TextFormat = Message<"kvpark.v1.TextFormat"> & {
+};
+
+/**
+ * Describes the message kvpark.v1.TextFormat.
+ * Use `create(TextFormatSchema)` to create a new message.
+ */
+export const TextFormatSchema: GenMessage<TextFormat> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_inference, 3);
+
+/**
+ * Any JSON object.
+ *
+ * @generated from message kvpark.v1.JsonObjectFormat
+ */
+export type JsonObjectFormat = Message<"kvpark.v1.JsonObjectFormat"> & {
+};
+
+/**
+ * Describes the message kvpark.v1.JsonObjectFormat.
+ * Use `create(JsonObjectFormatSchema)` to create a new message.
+ */
+export const JsonObjectFormatSchema: GenMessage<JsonObjectFormat> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_inference, 4);
+
+/**
+ * JSON valid under a JSON Schema.
+ *
+ * @generated from message kvpark.v1.JsonSchemaFormat
+ */
+export type JsonSchemaFormat = Message<"kvpark.v1.JsonSchemaFormat"> & {
+  /**
+   * A name for the schema (informational, at most 64 characters).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The JSON Schema, as JSON text.
+   *
+   * @generated from field: string schema_json = 2;
+   */
+  schemaJson: string;
+
+  /**
+   * Refuse a schema with features the constraint engine cannot enforce exactly, instead of enforcing
+   * what it can.
+   *
+   * @generated from field: bool strict = 3;
+   */
+  strict: boolean;
+};
+
+/**
+ * Describes the message kvpark.v1.JsonSchemaFormat.
+ * Use `create(JsonSchemaFormatSchema)` to create a new message.
+ */
+export const JsonSchemaFormatSchema: GenMessage<JsonSchemaFormat> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_inference, 5);
 
 /**
  * Cache behaviour of one request.
@@ -153,7 +272,7 @@ export type CacheOptions = Message<"kvpark.v1.CacheOptions"> & {
  * Use `create(CacheOptionsSchema)` to create a new message.
  */
 export const CacheOptionsSchema: GenMessage<CacheOptions> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_inference, 2);
+  messageDesc(file_kvpark_v1_inference, 6);
 
 /**
  * One message of a Generate stream.
@@ -190,6 +309,30 @@ export type GenerateResponse = Message<"kvpark.v1.GenerateResponse"> & {
      */
     value: GenerateFinished;
     case: "finished";
+  } | {
+    /**
+     * Progress of a long prefill, between `started` and the first token: at most a few per second.
+     *
+     * @generated from field: kvpark.v1.PrefillProgress progress = 4;
+     */
+    value: PrefillProgress;
+    case: "progress";
+  } | {
+    /**
+     * A complete tool call parsed from the model's output (its text is not sent as deltas).
+     *
+     * @generated from field: kvpark.v1.ToolCall tool_call = 5;
+     */
+    value: ToolCall;
+    case: "toolCall";
+  } | {
+    /**
+     * Reasoning (thinking) text the model produced, apart from the answer's text.
+     *
+     * @generated from field: kvpark.v1.ReasoningDelta reasoning = 6;
+     */
+    value: ReasoningDelta;
+    case: "reasoning";
   } | { case: undefined; value?: undefined };
 };
 
@@ -198,7 +341,63 @@ export type GenerateResponse = Message<"kvpark.v1.GenerateResponse"> & {
  * Use `create(GenerateResponseSchema)` to create a new message.
  */
 export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_inference, 3);
+  messageDesc(file_kvpark_v1_inference, 7);
+
+/**
+ * How far a prompt's prefill has come.
+ *
+ * @generated from message kvpark.v1.PrefillProgress
+ */
+export type PrefillProgress = Message<"kvpark.v1.PrefillProgress"> & {
+  /**
+   * Prompt tokens whose KV is ready (restored or computed).
+   *
+   * @generated from field: uint32 prompt_tokens_done = 1;
+   */
+  promptTokensDone: number;
+
+  /**
+   * Prompt tokens in all.
+   *
+   * @generated from field: uint32 prompt_tokens_total = 2;
+   */
+  promptTokensTotal: number;
+};
+
+/**
+ * Describes the message kvpark.v1.PrefillProgress.
+ * Use `create(PrefillProgressSchema)` to create a new message.
+ */
+export const PrefillProgressSchema: GenMessage<PrefillProgress> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_inference, 8);
+
+/**
+ * Reasoning text produced by the model.
+ *
+ * @generated from message kvpark.v1.ReasoningDelta
+ */
+export type ReasoningDelta = Message<"kvpark.v1.ReasoningDelta"> & {
+  /**
+   * The token ids of this reasoning text.
+   *
+   * @generated from field: repeated uint32 token_ids = 1;
+   */
+  tokenIds: number[];
+
+  /**
+   * The text, in whole UTF-8 characters.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message kvpark.v1.ReasoningDelta.
+ * Use `create(ReasoningDeltaSchema)` to create a new message.
+ */
+export const ReasoningDeltaSchema: GenMessage<ReasoningDelta> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_inference, 9);
 
 /**
  * Sent once, before any token.
@@ -240,7 +439,7 @@ export type GenerateStarted = Message<"kvpark.v1.GenerateStarted"> & {
  * Use `create(GenerateStartedSchema)` to create a new message.
  */
 export const GenerateStartedSchema: GenMessage<GenerateStarted> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_inference, 4);
+  messageDesc(file_kvpark_v1_inference, 10);
 
 /**
  * Where a request's prompt KV came from.
@@ -288,7 +487,10 @@ export type CacheReport = Message<"kvpark.v1.CacheReport"> & {
   /**
    * Cached tokens that continued where the prompt left the cached sequence: reuse lost because the
    * prompt differs there from what was cached, for example when a chat template re-renders an
-   * earlier answer differently from the tokens the model generated.
+   * earlier answer differently from the tokens the model generated. Counted along the path the
+   * match followed: the rest of the cached block the prompt left mid-way, then the longest line of
+   * cached blocks below it. 0 when the prompt shares no token with the cache, ends inside cached
+   * context, or extends a cached sequence (its last block used whole, nothing cached after it).
    *
    * @generated from field: uint32 diverged_tokens = 6;
    */
@@ -300,7 +502,7 @@ export type CacheReport = Message<"kvpark.v1.CacheReport"> & {
  * Use `create(CacheReportSchema)` to create a new message.
  */
 export const CacheReportSchema: GenMessage<CacheReport> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_inference, 5);
+  messageDesc(file_kvpark_v1_inference, 11);
 
 /**
  * Newly generated tokens and their text.
@@ -329,7 +531,7 @@ export type TokenDelta = Message<"kvpark.v1.TokenDelta"> & {
  * Use `create(TokenDeltaSchema)` to create a new message.
  */
 export const TokenDeltaSchema: GenMessage<TokenDelta> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_inference, 6);
+  messageDesc(file_kvpark_v1_inference, 12);
 
 /**
  * Sent once, last.
@@ -364,7 +566,7 @@ export type GenerateFinished = Message<"kvpark.v1.GenerateFinished"> & {
  * Use `create(GenerateFinishedSchema)` to create a new message.
  */
 export const GenerateFinishedSchema: GenMessage<GenerateFinished> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_inference, 7);
+  messageDesc(file_kvpark_v1_inference, 13);
 
 /**
  * Token counts of one request.
@@ -399,7 +601,7 @@ export type Usage = Message<"kvpark.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_inference, 8);
+  messageDesc(file_kvpark_v1_inference, 14);
 
 /**
  * Durations of one request, measured by the server.
@@ -462,7 +664,7 @@ export type Timings = Message<"kvpark.v1.Timings"> & {
  * Use `create(TimingsSchema)` to create a new message.
  */
 export const TimingsSchema: GenMessage<Timings> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_inference, 9);
+  messageDesc(file_kvpark_v1_inference, 15);
 
 /**
  * One message of a PrefillStream call.
@@ -513,7 +715,7 @@ export type PrefillStreamRequest = Message<"kvpark.v1.PrefillStreamRequest"> & {
  * Use `create(PrefillStreamRequestSchema)` to create a new message.
  */
 export const PrefillStreamRequestSchema: GenMessage<PrefillStreamRequest> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_inference, 10);
+  messageDesc(file_kvpark_v1_inference, 16);
 
 /**
  * Progress of a PrefillStream call.
@@ -562,7 +764,7 @@ export type PrefillStreamResponse = Message<"kvpark.v1.PrefillStreamResponse"> &
  * Use `create(PrefillStreamResponseSchema)` to create a new message.
  */
 export const PrefillStreamResponseSchema: GenMessage<PrefillStreamResponse> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_inference, 11);
+  messageDesc(file_kvpark_v1_inference, 17);
 
 /**
  * Why a generation stopped.
@@ -604,6 +806,13 @@ export enum FinishReason {
    * @generated from enum value: FINISH_REASON_CONTEXT_LIMIT = 4;
    */
   CONTEXT_LIMIT = 4,
+
+  /**
+   * The model called one or more tools; the client runs them and continues the conversation.
+   *
+   * @generated from enum value: FINISH_REASON_TOOL_CALLS = 5;
+   */
+  TOOL_CALLS = 5,
 }
 
 /**
