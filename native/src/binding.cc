@@ -2,7 +2,9 @@
 // TypeScript facade validates first), moves payload I/O onto worker threads and
 // converts results. Everything else lives in the pure core (store.h).
 #include <napi.h>
+#include <xxhash.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -192,6 +194,8 @@ class NativeStore : public Napi::ObjectWrap<NativeStore> {
                            InstanceMethod<&NativeStore::Keys>("keys"),
                            InstanceMethod<&NativeStore::Stats>("stats"),
                            InstanceMethod<&NativeStore::Close>("close"),
+                           InstanceMethod<&NativeStore::SetNowMs>("setNowMs"),
+                           InstanceMethod<&NativeStore::InjectFaults>("injectFaults"),
                        });
   }
 
@@ -237,6 +241,17 @@ class NativeStore : public Napi::ObjectWrap<NativeStore> {
       throw Napi::RangeError::New(info.Env(), "bytesMax below 4 x segmentBytes");
     if (parsed.readThreads < 1 || parsed.readThreads > 64)
       throw Napi::RangeError::New(info.Env(), "readThreads out of range");
+    // A clock set from JavaScript (StoreOptions.nowMs): the core reads the last value given.
+    if (!options.Get("clockMs").IsUndefined()) {
+      auto clock = std::make_shared<std::atomic<uint64_t>>(OptionNumber(options, "clockMs", 0));
+      clock_ = clock;
+      parsed.clock = [clock] { return clock->load(std::memory_order_relaxed); };
+    }
+    Napi::Value faults = options.Get("faults");
+    if (!faults.IsUndefined()) {
+      if (!faults.IsString()) throw Napi::TypeError::New(info.Env(), "faults must be a string");
+      parsed.faults = ParseFaults(info.Env(), faults.As<Napi::String>().Utf8Value());
+    }
     opening_ = true;
     auto* worker = new OpenWorker(info.Env(), this, info.This().As<Napi::Object>(),
                                   info[0].As<Napi::String>().Utf8Value(), parsed);
@@ -318,6 +333,9 @@ class NativeStore : public Napi::ObjectWrap<NativeStore> {
     set("evictions", stats.evictions);
     set("corruptions", stats.corruptions);
     set("writeErrors", stats.writeErrors);
+    set("writeErrorsEnospc", stats.writeErrorsEnospc);
+    set("writeErrorsEio", stats.writeErrorsEio);
+    set("writeErrorsOther", stats.writeErrorsOther);
     set("readErrors", stats.readErrors);
     set("capacityRejects", stats.capacityRejects);
     set("pinnedBlocks", stats.pinnedBlocks);
@@ -327,12 +345,47 @@ class NativeStore : public Napi::ObjectWrap<NativeStore> {
     set("checkpoints", stats.checkpoints);
     set("replayedRecords", stats.replayedRecords);
     set("badRecords", stats.badRecords);
+    set("skippedBytes", stats.skippedBytes);
     set("truncatedBytes", stats.truncatedBytes);
     set("indexRebuilds", stats.indexRebuilds);
+    set("quarantinedSegments", stats.quarantinedSegments);
+    auto strings = [&](const char* name, const std::vector<std::string>& values) {
+      Napi::Array array = Napi::Array::New(env, values.size());
+      for (size_t i = 0; i < values.size(); ++i) array.Set(static_cast<uint32_t>(i), Napi::String::New(env, values[i]));
+      out.Set(name, array);
+    };
+    strings("quarantinedFiles", stats.quarantinedFiles);
+    strings("openWarnings", stats.openWarnings);
     set("queueDepth", stats.queueDepth);
     set("blocksWritten", stats.blocksWritten);
     set("openMs", stats.openMs);
     return out;
+  }
+
+  Napi::Value SetNowMs(const Napi::CallbackInfo& info) {
+    REQUIRE_ARGUMENT_COUNT(info, 1);
+    REQUIRE_ARGUMENT_NUMBER(info, 0, ms);
+    double ms = info[0].As<Napi::Number>().DoubleValue();
+    if (!(ms >= 0) || ms > 9007199254740991.0) throw Napi::RangeError::New(info.Env(), "ms out of range");
+    if (!clock_) throw Napi::Error::New(info.Env(), "store was opened without a clock (clockMs)");
+    clock_->store(static_cast<uint64_t>(ms), std::memory_order_relaxed);
+    return info.Env().Undefined();
+  }
+
+  // Test-only: see kvstore::FaultInjector; "" removes every rule.
+  Napi::Value InjectFaults(const Napi::CallbackInfo& info) {
+    REQUIRE_ARGUMENT_COUNT(info, 1);
+    REQUIRE_ARGUMENT_STRING(info, 0, spec);
+    auto faults = ParseFaults(info.Env(), info[0].As<Napi::String>().Utf8Value());
+    Require(info.Env())->SetFaults(faults->empty() ? nullptr : faults);
+    return info.Env().Undefined();
+  }
+
+  static std::shared_ptr<kvstore::FaultInjector> ParseFaults(Napi::Env env, const std::string& spec) {
+    std::string error;
+    auto faults = kvstore::FaultInjector::Parse(spec, &error);
+    if (!faults) throw Napi::TypeError::New(env, "bad fault spec: " + error);
+    return faults;
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
@@ -343,6 +396,7 @@ class NativeStore : public Napi::ObjectWrap<NativeStore> {
 
   friend class OpenWorker;
   std::shared_ptr<kvstore::Store> store_;
+  std::shared_ptr<std::atomic<uint64_t>> clock_;
   bool opening_ = false;
 };
 
@@ -358,8 +412,18 @@ void OpenWorker::OnOK() {
   deferred_.Resolve(env.Undefined());
 }
 
+// XXH3-64 with seed 0, as native/FORMAT.md uses it: lets tests and tools build
+// valid headers without a JavaScript xxHash.
+Napi::Value Checksum(const Napi::CallbackInfo& info) {
+  REQUIRE_ARGUMENT_COUNT(info, 1);
+  REQUIRE_ARGUMENT_BUFFER(info, 0, bytes);
+  auto bytes = info[0].As<Napi::Buffer<uint8_t>>();
+  return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(XXH3_64bits(bytes.Data(), bytes.Length())));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeStore", NativeStore::Define(env));
+  exports.Set("checksum", Napi::Function::New(env, Checksum, "checksum"));
   exports.Set("formatVersion", Napi::Number::New(env, kvstore::kFormatVersion));
   return exports;
 }

@@ -5,6 +5,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <signal.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -14,6 +15,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <sstream>
 
 namespace kvstore {
 
@@ -110,6 +112,61 @@ bool ParseSegmentName(const char* name, uint32_t* id) {
   return true;
 }
 
+constexpr char kQuarantineSuffix[] = ".quarantined";
+
+// "seg-XXXXXXXX.kvs.quarantined", optionally followed by "-N" when the name was taken.
+bool ParseQuarantinedName(const char* name, uint32_t* id) {
+  size_t length = std::strlen(name);
+  size_t suffix = sizeof(kQuarantineSuffix) - 1;
+  if (length < 16 + suffix) return false;
+  std::string segment(name, 16);
+  if (!ParseSegmentName(segment.c_str(), id)) return false;
+  if (std::strncmp(name + 16, kQuarantineSuffix, suffix) != 0) return false;
+  for (size_t i = 16 + suffix; i < length; ++i) {
+    if (i == 16 + suffix ? name[i] != '-' : (name[i] < '0' || name[i] > '9')) return false;
+  }
+  return true;
+}
+
+bool FileExists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+uint64_t FileRoundedBytes(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return 0;
+  return RoundUpToBlock(static_cast<uint64_t>(st.st_size));
+}
+
+struct ErrnoName {
+  const char* name;
+  int value;
+};
+constexpr ErrnoName kErrnoNames[] = {
+    {"ENOSPC", ENOSPC}, {"EIO", EIO},       {"EDQUOT", EDQUOT}, {"EROFS", EROFS},   {"EFBIG", EFBIG},
+    {"EACCES", EACCES}, {"EPERM", EPERM},   {"EBADF", EBADF},   {"EINVAL", EINVAL}, {"ENOENT", ENOENT},
+    {"EEXIST", EEXIST}, {"EMFILE", EMFILE}, {"ENFILE", ENFILE}, {"ENOMEM", ENOMEM}, {"ETIMEDOUT", ETIMEDOUT},
+};
+
+bool ParseUnsigned(const std::string& text, uint64_t* value) {
+  if (text.empty() || text.size() > 18) return false;
+  uint64_t out = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    out = out * 10 + static_cast<uint64_t>(c - '0');
+  }
+  *value = out;
+  return true;
+}
+
+std::string Trim(const std::string& text) {
+  size_t begin = text.find_first_not_of(" \t\n");
+  if (begin == std::string::npos) return "";
+  size_t end = text.find_last_not_of(" \t\n");
+  return text.substr(begin, end - begin + 1);
+}
+
 uint64_t ChecksumHeader(const void* header, size_t bytes) { return XXH3_64bits(header, bytes); }
 
 bool AllZero(const uint8_t* bytes, size_t count) {
@@ -152,6 +209,91 @@ size_t KeyHash::operator()(const Key& key) const {
   return static_cast<size_t>(XXH3_64bits(key.bytes.data(), key.bytes.size()));
 }
 
+std::shared_ptr<FaultInjector> FaultInjector::Parse(const std::string& spec, std::string* error) {
+  static const char* const kOps[] = {"write", "sync", "create", "truncate", "rename"};
+  static const char* const kFiles[] = {"segment", "index", "lock", "dir"};
+  auto injector = std::make_shared<FaultInjector>();
+  std::stringstream rules(spec);
+  std::string ruleText;
+  while (std::getline(rules, ruleText, ';')) {
+    if (Trim(ruleText).empty()) continue;
+    Rule rule;
+    bool haveErrno = false;
+    std::stringstream fields(ruleText);
+    std::string field;
+    while (std::getline(fields, field, ',')) {
+      field = Trim(field);
+      if (field.empty()) continue;
+      size_t eq = field.find('=');
+      if (eq == std::string::npos) {
+        *error = "fault rule field '" + field + "' is not key=value";
+        return nullptr;
+      }
+      std::string key = Trim(field.substr(0, eq));
+      std::string value = Trim(field.substr(eq + 1));
+      bool ok = true;
+      if (key == "op" || key == "file") {
+        const char* const* names = key == "op" ? kOps : kFiles;
+        size_t count = key == "op" ? sizeof(kOps) / sizeof(kOps[0]) : sizeof(kFiles) / sizeof(kFiles[0]);
+        int found = value == "any" ? -1 : -2;
+        for (size_t i = 0; i < count; ++i)
+          if (value == names[i]) found = static_cast<int>(i);
+        ok = found != -2;
+        (key == "op" ? rule.op : rule.file) = found;
+      } else if (key == "skip") {
+        ok = ParseUnsigned(value, &rule.skip);
+      } else if (key == "count") {
+        if (value == "all") {
+          rule.forever = true;
+        } else {
+          ok = ParseUnsigned(value, &rule.count);
+        }
+      } else if (key == "bytes") {
+        ok = ParseUnsigned(value, &rule.bytes);
+      } else if (key == "errno") {
+        uint64_t number = 0;
+        if (ParseUnsigned(value, &number)) {
+          rule.err = number > 0 && number < 4096 ? static_cast<int>(number) : 0;
+        } else {
+          for (const ErrnoName& item : kErrnoNames)
+            if (value == item.name) rule.err = item.value;
+        }
+        ok = rule.err != 0 && rule.err != EINTR;
+        haveErrno = ok;
+      } else {
+        *error = "unknown fault rule key '" + key + "'";
+        return nullptr;
+      }
+      if (!ok) {
+        *error = "bad value '" + value + "' for fault rule key '" + key + "'";
+        return nullptr;
+      }
+    }
+    if (!haveErrno) {
+      *error = "fault rule '" + Trim(ruleText) + "' has no errno";
+      return nullptr;
+    }
+    injector->rules_.push_back(rule);
+  }
+  return injector;
+}
+
+int FaultInjector::Hit(IoOp op, FileKind file, uint64_t* tornBytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int err = 0;
+  for (Rule& rule : rules_) {
+    if (rule.op != -1 && rule.op != static_cast<int>(op)) continue;
+    if (rule.file != -1 && rule.file != static_cast<int>(file)) continue;
+    rule.seen += 1;
+    bool fires = rule.seen > rule.skip && (rule.forever || rule.seen - rule.skip <= rule.count);
+    if (fires && err == 0) {
+      err = rule.err;
+      *tornBytes = rule.bytes;
+    }
+  }
+  return err;
+}
+
 uint64_t MaxPayloadBytes(uint64_t segmentBytes) {
   uint64_t room = segmentBytes - kSegmentHeaderBytes - kRecordHeaderBytes;
   return std::min<uint64_t>(room, kPayloadBytesLimit);
@@ -172,6 +314,7 @@ struct Store::Segment {
   uint64_t pendingRecords = 0;
   bool sealed = false;
   bool syncFailed = false;  // written and read only by the single writer
+  int syncErrno = 0;        // why it failed
   ~Segment() {
     if (fd >= 0) ::close(fd);
   }
@@ -199,7 +342,8 @@ struct Store::ReadTask {
   uint64_t seqNo = 0;
 };
 
-Store::Store(const std::string& dir, const Options& options) : dir_(dir), options_(options) {
+Store::Store(const std::string& dir, const Options& options)
+    : dir_(dir), options_(options), faults_(options.faults) {
   lru_ = std::make_unique<Entry>();
   lru_->prev = lru_.get();
   lru_->next = lru_.get();
@@ -230,26 +374,104 @@ std::shared_ptr<Store> Store::Open(const std::string& dir, const Options& option
 
 Store::~Store() { Close(); }
 
+uint64_t Store::Now() const { return options_.clock ? options_.clock() : NowMs(); }
+
+void Store::CountWriteErrorLocked(int err, uint64_t count) {
+  stats_.writeErrors += count;
+  if (err == ENOSPC) {
+    stats_.writeErrorsEnospc += count;
+  } else if (err == EIO) {
+    stats_.writeErrorsEio += count;
+  } else {
+    stats_.writeErrorsOther += count;
+  }
+}
+
+uint64_t Store::DiskBytesLocked() const { return segmentFileBytes_ + indexFileBytes_ + otherFileBytes_; }
+
+// ---- file I/O seams -----------------------------------------------------------
+
+void Store::SetFaults(std::shared_ptr<FaultInjector> faults) {
+  std::lock_guard<std::mutex> lock(faultsMu_);
+  faults_ = std::move(faults);
+}
+
+std::shared_ptr<FaultInjector> Store::Faults() {
+  std::lock_guard<std::mutex> lock(faultsMu_);
+  return faults_;
+}
+
+int Store::IoWrite(int fd, struct iovec* iov, int iovCount, uint64_t offset, FileKind file) {
+  if (auto faults = Faults()) {
+    uint64_t torn = 0;
+    if (int err = faults->Hit(IoOp::kWrite, file, &torn)) {
+      // A torn write: the first `torn` bytes reach the file, then the call fails.
+      std::vector<struct iovec> part;
+      for (int i = 0; i < iovCount && torn > 0; ++i) {
+        size_t take = static_cast<size_t>(std::min<uint64_t>(torn, iov[i].iov_len));
+        part.push_back({iov[i].iov_base, take});
+        torn -= take;
+      }
+      if (!part.empty()) PwritevFull(fd, part.data(), static_cast<int>(part.size()), offset);
+      return err;
+    }
+  }
+  return PwritevFull(fd, iov, iovCount, offset);
+}
+
+int Store::IoSync(int fd, FileKind file) {
+  uint64_t ignored = 0;
+  if (auto faults = Faults())
+    if (int err = faults->Hit(IoOp::kSync, file, &ignored)) return err;
+  return ::fdatasync(fd) == 0 ? 0 : errno;
+}
+
+int Store::IoCreate(const std::string& path, int flags, FileKind file, int* fd) {
+  uint64_t ignored = 0;
+  if (auto faults = Faults())
+    if (int err = faults->Hit(IoOp::kCreate, file, &ignored)) return err;
+  *fd = ::open(path.c_str(), flags | O_CREAT | O_CLOEXEC, 0644);
+  return *fd >= 0 ? 0 : errno;
+}
+
+int Store::IoTruncate(int fd, uint64_t bytes, FileKind file) {
+  uint64_t ignored = 0;
+  if (auto faults = Faults())
+    if (int err = faults->Hit(IoOp::kTruncate, file, &ignored)) return err;
+  return ::ftruncate(fd, static_cast<off_t>(bytes)) == 0 ? 0 : errno;
+}
+
+int Store::IoRename(const std::string& from, const std::string& to, FileKind file) {
+  uint64_t ignored = 0;
+  if (auto faults = Faults())
+    if (int err = faults->Hit(IoOp::kRename, file, &ignored)) return err;
+  return ::rename(from.c_str(), to.c_str()) == 0 ? 0 : errno;
+}
+
+int Store::IoSyncDir() {
+  uint64_t ignored = 0;
+  if (auto faults = Faults())
+    if (int err = faults->Hit(IoOp::kSync, FileKind::kDir, &ignored)) return err;
+  return FsyncDir(dir_);
+}
+
+// Everything open learns from INDEX before it changes anything.
+struct Store::IndexFile {
+  bool present = false;
+  bool valid = false;  // passed every check; otherwise ignored as a whole
+  std::string reason;  // why it was ignored
+  IndexHeader header;
+  std::vector<IndexEntry> entries;
+  uint64_t fileBytes = 0;
+};
+
 Code Store::OpenImpl(std::string* message) {
   if (::mkdir(dir_.c_str(), 0755) != 0 && errno != EEXIST) {
     *message = ErrnoText("mkdir " + dir_, errno);
     return Code::kIo;
   }
-  std::string lockPath = dir_ + "/LOCK";
-  lockFd_ = ::open(lockPath.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lockFd_ < 0) {
-    *message = ErrnoText("open " + lockPath, errno);
-    return Code::kIo;
-  }
-  if (::flock(lockFd_, LOCK_EX | LOCK_NB) != 0) {
-    int err = errno;
-    if (err == EWOULDBLOCK) {
-      *message = "store directory " + dir_ + " is locked by another open store";
-      return Code::kLocked;
-    }
-    *message = ErrnoText("flock " + lockPath, err);
-    return Code::kIo;
-  }
+  Code locked = TakeLock(message);
+  if (locked != Code::kOk) return locked;
 
   DIR* listing = ::opendir(dir_.c_str());
   if (listing == nullptr) {
@@ -257,92 +479,152 @@ Code Store::OpenImpl(std::string* message) {
     return Code::kIo;
   }
   std::vector<uint32_t> segmentIds;
+  std::vector<std::string> quarantinedBefore;
   bool haveIndex = false;
+  bool haveIndexTmp = false;
+  uint32_t maxSegmentId = 0;
   while (struct dirent* item = ::readdir(listing)) {
     uint32_t id = 0;
     if (ParseSegmentName(item->d_name, &id)) segmentIds.push_back(id);
+    if (ParseQuarantinedName(item->d_name, &id)) {
+      // Its id stays taken: a new segment never reuses a quarantined one's name.
+      quarantinedBefore.push_back(item->d_name);
+      maxSegmentId = std::max(maxSegmentId, id);
+    }
     if (std::strcmp(item->d_name, "INDEX") == 0) haveIndex = true;
-    // A checkpoint interrupted before its rename is garbage by construction.
-    if (std::strcmp(item->d_name, "INDEX.tmp") == 0) ::unlink((dir_ + "/INDEX.tmp").c_str());
+    if (std::strcmp(item->d_name, "INDEX.tmp") == 0) haveIndexTmp = true;
   }
   ::closedir(listing);
   std::sort(segmentIds.begin(), segmentIds.end());
+  std::sort(quarantinedBefore.begin(), quarantinedBefore.end());
+  uint32_t newestId = segmentIds.empty() ? 0 : segmentIds.back();
 
-  uint32_t maxSegmentId = 0;
+  // Pass 1 reads every header and INDEX and changes nothing, so that a directory
+  // written by a newer format is refused untouched. A header is "newer" only when
+  // its magic and its checksum verify (FORMAT.md, "Versions"); anything else that
+  // fails is damage.
+  struct Found {
+    std::shared_ptr<Segment> segment;
+    std::string damage;  // empty = usable
+    bool shortFile = false;
+  };
+  std::vector<Found> found;
   for (uint32_t id : segmentIds) {
-    auto segment = std::make_shared<Segment>();
-    segment->id = id;
-    segment->path = dir_ + "/" + SegmentName(id);
-    segment->sealed = true;
-    segment->fd = ::open(segment->path.c_str(), O_RDWR | O_CLOEXEC);
-    if (segment->fd < 0) {
-      *message = ErrnoText("open " + segment->path, errno);
+    Found item;
+    item.segment = std::make_shared<Segment>();
+    Segment& segment = *item.segment;
+    segment.id = id;
+    segment.path = dir_ + "/" + SegmentName(id);
+    segment.sealed = true;
+    segment.fd = ::open(segment.path.c_str(), O_RDWR | O_CLOEXEC);
+    if (segment.fd < 0) {
+      *message = ErrnoText("open " + segment.path, errno);
       return Code::kIo;
     }
     struct stat st;
-    if (::fstat(segment->fd, &st) != 0) {
-      *message = ErrnoText("stat " + segment->path, errno);
+    if (::fstat(segment.fd, &st) != 0) {
+      *message = ErrnoText("stat " + segment.path, errno);
       return Code::kIo;
     }
-    segment->sizeBytes = static_cast<uint64_t>(st.st_size);
+    segment.sizeBytes = static_cast<uint64_t>(st.st_size);
     SegmentHeader header;
     size_t got = 0;
-    int err = PreadFull(segment->fd, &header, sizeof(header), 0, &got);
+    int err = PreadFull(segment.fd, &header, sizeof(header), 0, &got);
     if (err != 0) {
-      *message = ErrnoText("read " + segment->path, err);
+      *message = ErrnoText("read " + segment.path, err);
       return Code::kIo;
     }
     if (got < sizeof(header)) {
-      // Created but killed before its header was durable: holds no records.
-      ::unlink(segment->path.c_str());
-      stats_.truncatedBytes += segment->sizeBytes;
-      continue;
+      item.shortFile = true;
+      item.damage = "shorter than its 64-byte header (" + std::to_string(got) + " bytes)";
+    } else {
+      bool magic = std::memcmp(header.magic, kSegmentMagic, sizeof(kSegmentMagic)) == 0;
+      bool checksum = header.checksum == ChecksumHeader(&header, kSegmentChecksummedHeaderBytes);
+      if (magic && checksum && header.readVersionMin > kFormatVersion) {
+        *message = "segment " + segment.path + " needs format reader version " +
+                   std::to_string(header.readVersionMin) + "; this build reads version " +
+                   std::to_string(kFormatVersion);
+        return Code::kFormat;
+      }
+      if (!magic) {
+        item.damage = "header has no kvpark segment magic";
+      } else if (!checksum) {
+        item.damage = "header checksum mismatch";
+      } else if (header.segmentId != id) {
+        item.damage = "header names segment " + std::to_string(header.segmentId);
+      } else if (header.headerBytes != kSegmentHeaderBytes || header.flags != 0 ||
+                 !AllZero(header.reserved, sizeof(header.reserved))) {
+        item.damage = "header has fields this version does not know";
+      }
     }
-    if (std::memcmp(header.magic, kSegmentMagic, sizeof(kSegmentMagic)) != 0) {
-      *message = "segment " + segment->path + " has no kvpark magic";
-      return Code::kFormat;
-    }
-    if (header.readVersionMin > kFormatVersion) {
-      *message = "segment " + segment->path + " needs format reader version " +
-                 std::to_string(header.readVersionMin) + "; this build reads version " +
-                 std::to_string(kFormatVersion);
-      return Code::kFormat;
-    }
-    bool headerValid = header.checksum == ChecksumHeader(&header, kSegmentChecksummedHeaderBytes) &&
-                       header.segmentId == id && header.headerBytes == kSegmentHeaderBytes &&
-                       header.flags == 0 && AllZero(header.reserved, sizeof(header.reserved));
-    if (!headerValid) {
-      // A damaged header means nothing in the file can be trusted to be ours.
-      ::unlink(segment->path.c_str());
-      stats_.badRecords += 1;
-      continue;
-    }
-    maxSegmentId = std::max(maxSegmentId, id);
-    segmentFileBytes_ += RoundUpToBlock(segment->sizeBytes);
-    segments_[id] = segment;
+    found.push_back(std::move(item));
   }
+  IndexFile index;
+  if (haveIndex) {
+    Code code = ReadIndexFile(&index, message);
+    if (code != Code::kOk) return code;  // kFormat (newer) or kIo
+  }
+
+  // Pass 2: set damaged segments aside, then recover from what is left.
+  if (haveIndexTmp) ::unlink((dir_ + "/INDEX.tmp").c_str());  // never renamed: not the checkpoint
+  WriteLockPid();
+  bool changed = false;
+  for (Found& item : found) {
+    Segment& segment = *item.segment;
+    maxSegmentId = std::max(maxSegmentId, segment.id);
+    if (item.damage.empty()) {
+      segmentFileBytes_ += RoundUpToBlock(segment.sizeBytes);
+      segments_[segment.id] = item.segment;
+      continue;
+    }
+    changed = true;
+    if (item.shortFile && segment.id == newestId) {
+      // Created by a process killed before the header was durable: it holds no records.
+      ::unlink(segment.path.c_str());
+      stats_.truncatedBytes += segment.sizeBytes;
+      stats_.openWarnings.push_back(SegmentName(segment.id) + ": " + item.damage +
+                                    ", left by a crash while it was created; deleted");
+      continue;
+    }
+    Quarantine(item.segment, item.damage);
+  }
+  for (const std::string& name : quarantinedBefore) {
+    stats_.quarantinedFiles.push_back(name);
+    otherFileBytes_ += FileRoundedBytes(dir_ + "/" + name);
+  }
+  if (!quarantinedBefore.empty()) {
+    std::string names;
+    for (const std::string& name : quarantinedBefore) names += (names.empty() ? "" : ", ") + name;
+    stats_.openWarnings.push_back(std::to_string(quarantinedBefore.size()) +
+                                  " quarantined segment file(s) from an earlier open remain: " + names +
+                                  " (their blocks are absent; they count against bytesMax until deleted)");
+  }
+  std::sort(stats_.quarantinedFiles.begin(), stats_.quarantinedFiles.end());
+  stats_.quarantinedSegments = stats_.quarantinedFiles.size();
 
   uint32_t replaySegmentId = segments_.empty() ? 1 : segments_.begin()->first;
   uint64_t replayOffset = kSegmentHeaderBytes;
   bool rebuilt = true;
-  if (haveIndex) {
-    Code code = LoadIndex(&replaySegmentId, &replayOffset, message);
-    if (code == Code::kFormat || code == Code::kIo) return code;
-    rebuilt = code != Code::kOk;
-    if (rebuilt) {
-      stats_.indexRebuilds += 1;
-      replaySegmentId = segments_.empty() ? 1 : segments_.begin()->first;
-      replayOffset = kSegmentHeaderBytes;
+  if (index.present) {
+    std::string reason = index.reason;
+    if (index.valid && ApplyIndex(index, &reason)) {
+      rebuilt = false;
+      replaySegmentId = index.header.replaySegmentId;
+      replayOffset = index.header.replayOffset;
     }
+    if (rebuilt) stats_.openWarnings.push_back("INDEX " + reason + "; ignored, the index is rebuilt from the segments");
+  } else if (!segments_.empty()) {
+    stats_.openWarnings.push_back("INDEX missing; the index is rebuilt from the segments");
   }
+  if (rebuilt && (index.present || !segments_.empty())) stats_.indexRebuilds += 1;
 
   uint64_t replayedBefore = stats_.replayedRecords;
-  uint64_t damagedBefore = stats_.badRecords + stats_.truncatedBytes;
+  uint64_t damagedBefore = stats_.badRecords + stats_.truncatedBytes + stats_.skippedBytes;
   for (auto& item : segments_) {
     if (item.first < replaySegmentId) continue;
     uint64_t from = item.first == replaySegmentId ? std::max(replayOffset, kSegmentHeaderBytes)
                                                   : kSegmentHeaderBytes;
-    ScanSegment(item.second.get(), from);
+    ScanSegment(item.second.get(), from, item.first == newestId);
   }
 
   nextSegmentId_ = std::max<uint32_t>(nextSegmentId_, maxSegmentId + 1);
@@ -352,7 +634,7 @@ Code Store::OpenImpl(std::string* message) {
   for (auto& item : index_) ordered.push_back(item.second.get());
   std::sort(ordered.begin(), ordered.end(),
             [](const Entry* a, const Entry* b) { return a->accessTick < b->accessTick; });
-  uint64_t now = NowMs();
+  uint64_t now = Now();
   for (Entry* entry : ordered) {
     LinkMruLocked(entry);
     accessTick_ = std::max(accessTick_, entry->accessTick + 1);
@@ -363,8 +645,8 @@ Code Store::OpenImpl(std::string* message) {
     if (IsPinnedLocked(*entry, now)) pinned_.insert(entry);
   }
 
-  bool changed = rebuilt || stats_.replayedRecords != replayedBefore ||
-                 stats_.badRecords + stats_.truncatedBytes != damagedBefore || !haveIndex;
+  changed = changed || rebuilt || stats_.replayedRecords != replayedBefore ||
+            stats_.badRecords + stats_.truncatedBytes + stats_.skippedBytes != damagedBefore;
   if (changed && !segments_.empty()) {
     std::lock_guard<std::mutex> writer(writeMu_);
     Checkpoint();
@@ -376,10 +658,78 @@ Code Store::OpenImpl(std::string* message) {
   return Code::kOk;
 }
 
-Code Store::LoadIndex(uint32_t* replaySegmentId, uint64_t* replayOffset, std::string* message) {
+Code Store::TakeLock(std::string* message) {
+  std::string lockPath = dir_ + "/LOCK";
+  lockFd_ = ::open(lockPath.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lockFd_ < 0) {
+    *message = ErrnoText("open " + lockPath, errno);
+    return Code::kIo;
+  }
+  if (::flock(lockFd_, LOCK_EX | LOCK_NB) == 0) return Code::kOk;
+  int err = errno;
+  if (err == EWOULDBLOCK) {
+    *message = "store directory " + dir_ + " is locked by another open store: " + DescribeLockHolder();
+    return Code::kLocked;
+  }
+  *message = ErrnoText("flock " + lockPath, err);
+  return Code::kIo;
+}
+
+// LOCK holds the pid of the process that last took the lock (FORMAT.md, "Directory").
+std::string Store::DescribeLockHolder() {
+  char text[32] = {0};
+  size_t got = 0;
+  PreadFull(lockFd_, text, sizeof(text) - 1, 0, &got);
+  uint64_t pid = 0;
+  size_t digits = 0;
+  while (digits < got && text[digits] >= '0' && text[digits] <= '9' && digits < 10)
+    pid = pid * 10 + static_cast<uint64_t>(text[digits++] - '0');
+  bool recorded = digits > 0 && digits < got && text[digits] == '\n' && pid > 0 && pid <= 0x7fffffff;
+  if (!recorded) return "held by a process that has not recorded its pid (just starting, or an older kvpark build)";
+  std::string who = "held by pid " + std::to_string(pid);
+  if (static_cast<pid_t>(pid) == ::getpid()) return who + " (this process)";
+  if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM) return who + " (a previous engine still shutting down?)";
+  return "held by a process that did not record its pid (LOCK names pid " + std::to_string(pid) +
+         ", which is not running; an older kvpark build?)";
+}
+
+void Store::WriteLockPid() {
+  std::string text = std::to_string(::getpid()) + "\n";
+  struct iovec iov = {const_cast<char*>(text.data()), text.size()};
+  int err = IoWrite(lockFd_, &iov, 1, 0, FileKind::kLock);
+  if (err == 0) err = IoTruncate(lockFd_, text.size(), FileKind::kLock);
+  // Only a diagnostic for a second opener: the store opens without it.
+  if (err != 0) CountWriteErrorLocked(err);
+  struct stat st;
+  if (::fstat(lockFd_, &st) == 0) otherFileBytes_ += RoundUpToBlock(static_cast<uint64_t>(st.st_size));
+}
+
+void Store::Quarantine(const std::shared_ptr<Segment>& segment, const std::string& reason) {
+  std::string name = SegmentName(segment->id) + kQuarantineSuffix;
+  for (int n = 2; FileExists(dir_ + "/" + name); ++n) name = SegmentName(segment->id) + kQuarantineSuffix + "-" + std::to_string(n);
+  std::string target = dir_ + "/" + name;
+  int err = IoRename(segment->path, target, FileKind::kSegment);
+  if (err == 0) err = IoSyncDir();
+  std::string what = SegmentName(segment->id) + ": " + reason + "; ";
+  if (err != 0 && !FileExists(target)) {
+    // Left in place, unused: the next open looks at it again.
+    CountWriteErrorLocked(err);
+    otherFileBytes_ += RoundUpToBlock(segment->sizeBytes);
+    stats_.openWarnings.push_back(what + "could not be renamed aside (" + std::strerror(err) +
+                                  "); ignored, its blocks are absent");
+    return;
+  }
+  otherFileBytes_ += RoundUpToBlock(segment->sizeBytes);
+  stats_.quarantinedFiles.push_back(name);
+  stats_.openWarnings.push_back(what + "renamed to " + name + ", its blocks are absent (" +
+                                std::to_string(segment->sizeBytes) + " bytes kept for inspection)");
+}
+
+Code Store::ReadIndexFile(IndexFile* index, std::string* message) {
   std::string path = dir_ + "/INDEX";
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
+    if (errno == ENOENT) return Code::kOk;
     *message = ErrnoText("open " + path, errno);
     return Code::kIo;
   }
@@ -398,22 +748,19 @@ Code Store::LoadIndex(uint32_t* replaySegmentId, uint64_t* replayOffset, std::st
     *message = ErrnoText("read " + path, err);
     return Code::kIo;
   }
-  indexFileBytes_ = RoundUpToBlock(bytes.size());
-  IndexHeader header;
-  if (got < sizeof(header)) return Code::kCorrupt;
-  std::memcpy(&header, bytes.data(), sizeof(header));
-  // Magic and the two version fields sit at fixed offsets in every format version,
-  // so a newer file is recognised before anything else is interpreted.
-  if (std::memcmp(header.magic, kIndexMagic, sizeof(kIndexMagic)) != 0) return Code::kCorrupt;
-  if (header.readVersionMin > kFormatVersion) {
-    *message = "index " + path + " needs format reader version " + std::to_string(header.readVersionMin) +
-               "; this build reads version " + std::to_string(kFormatVersion);
-    return Code::kFormat;
+  bytes.resize(got);
+  index->present = true;
+  index->fileBytes = got;
+  indexFileBytes_ = RoundUpToBlock(got);
+  IndexHeader& header = index->header;
+  if (got < sizeof(header)) {
+    index->reason = "is shorter than its header (" + std::to_string(got) + " bytes)";
+    return Code::kOk;
   }
-  if (header.entryBytes != sizeof(IndexEntry) || header.flags != 0 ||
-      !AllZero(header.reserved, sizeof(header.reserved)))
-    return Code::kCorrupt;
-  if (got != IndexFileBytes(header.entryCount)) return Code::kCorrupt;
+  std::memcpy(&header, bytes.data(), sizeof(header));
+  // Magic, the two version fields and the checksum (at 72, over [0, 72) and [80, end))
+  // keep their places in every format version, so a newer INDEX is recognised as
+  // such only when it verifies; a version field that fails the checksum is damage.
   XXH3_state_t* state = XXH3_createState();
   if (state == nullptr) std::abort();
   XXH3_64bits_reset(state);
@@ -421,28 +768,69 @@ Code Store::LoadIndex(uint32_t* replaySegmentId, uint64_t* replayOffset, std::st
   XXH3_64bits_update(state, bytes.data() + sizeof(header), got - sizeof(header));
   uint64_t digest = XXH3_64bits_digest(state);
   XXH3_freeState(state);
-  if (digest != header.checksum) return Code::kCorrupt;
+  bool magic = std::memcmp(header.magic, kIndexMagic, sizeof(kIndexMagic)) == 0;
+  if (magic && digest == header.checksum && header.readVersionMin > kFormatVersion) {
+    *message = "index " + path + " needs format reader version " + std::to_string(header.readVersionMin) +
+               "; this build reads version " + std::to_string(kFormatVersion);
+    return Code::kFormat;
+  }
+  if (!magic) {
+    index->reason = "has no kvpark index magic";
+  } else if (digest != header.checksum) {
+    index->reason = "checksum mismatch";
+  } else if (header.entryBytes != sizeof(IndexEntry) || header.flags != 0 ||
+             !AllZero(header.reserved, sizeof(header.reserved))) {
+    index->reason = "header has fields this version does not know";
+  } else if (header.entryCount > (got - sizeof(header)) / sizeof(IndexEntry) ||
+             got != IndexFileBytes(header.entryCount)) {
+    index->reason = "size does not match its entry count";
+  } else {
+    index->entries.resize(static_cast<size_t>(header.entryCount));
+    if (!index->entries.empty())
+      std::memcpy(index->entries.data(), bytes.data() + sizeof(header), index->entries.size() * sizeof(IndexEntry));
+    index->valid = true;
+  }
+  return Code::kOk;
+}
 
-  *replaySegmentId = header.replaySegmentId;
-  *replayOffset = header.replayOffset;
+// All or nothing: every entry is checked before any is used, so an INDEX that fails
+// a check is ignored whole and never drops a record.
+bool Store::ApplyIndex(const IndexFile& index, std::string* reason) {
+  const IndexHeader& header = index.header;
+  if (header.replaySegmentId > header.nextSegmentId || header.replayOffset < kSegmentHeaderBytes ||
+      header.nextSeqNo == 0) {
+    *reason = "has an impossible replay position or sequence number";
+    return false;
+  }
+  std::unordered_set<Key, KeyHash> keys;
+  keys.reserve(index.entries.size());
+  for (const IndexEntry& item : index.entries) {
+    Key key;
+    std::memcpy(key.bytes.data(), item.key, kKeyBytes);
+    bool sane = item.segmentId < header.nextSegmentId && item.offset >= kSegmentHeaderBytes &&
+                item.payloadBytes <= kPayloadBytesLimit && item.seqNo != 0 && item.seqNo < header.nextSeqNo &&
+                (item.flags & ~kIndexEntryHardPin) == 0 && item.reserved == 0 && keys.insert(key).second;
+    if (!sane) {
+      *reason = "has an entry that cannot be right";
+      return false;
+    }
+  }
   nextSegmentId_ = std::max(nextSegmentId_, header.nextSegmentId);
   nextSeqNo_ = std::max(nextSeqNo_, header.nextSeqNo);
   accessTick_ = std::max(accessTick_, header.accessTick);
   checkpointReplaySegmentId_ = header.replaySegmentId;
   checkpointReplayOffset_ = header.replayOffset;
-  index_.reserve(static_cast<size_t>(header.entryCount));
-  const uint8_t* cursor = bytes.data() + sizeof(header);
-  for (uint64_t i = 0; i < header.entryCount; ++i, cursor += sizeof(IndexEntry)) {
-    IndexEntry item;
-    std::memcpy(&item, cursor, sizeof(item));
+  index_.reserve(index.entries.size());
+  uint64_t pastEnd = 0;
+  for (const IndexEntry& item : index.entries) {
     auto segment = segments_.find(item.segmentId);
-    // A missing segment was reclaimed after this checkpoint (its blocks were
-    // evicted or moved, and replay finds the moved copies): not damage.
+    // A missing segment was reclaimed after this checkpoint (its blocks were evicted
+    // or moved, and replay finds the moved copies), or was quarantined (reported).
     if (segment == segments_.end()) continue;
-    // A segment cut short is damage: drop the entry rather than fail a later read.
-    if (item.offset + kRecordHeaderBytes + item.payloadBytes > segment->second->sizeBytes ||
-        item.offset < kSegmentHeaderBytes) {
+    // A segment cut short lost this record: drop the entry rather than fail a later read.
+    if (item.offset + kRecordHeaderBytes + item.payloadBytes > segment->second->sizeBytes) {
       stats_.badRecords += 1;
+      pastEnd += 1;
       continue;
     }
     auto entry = std::make_unique<Entry>();
@@ -454,23 +842,19 @@ Code Store::LoadIndex(uint32_t* replaySegmentId, uint64_t* replayOffset, std::st
     entry->accessTick = item.accessTick;
     entry->pinUntilMs = item.pinUntilMs;
     entry->hardPin = (item.flags & kIndexEntryHardPin) != 0;
-    nextSeqNo_ = std::max(nextSeqNo_, item.seqNo + 1);
     Key key = entry->key;
     index_[key] = std::move(entry);
   }
-  return Code::kOk;
+  if (pastEnd != 0) {
+    stats_.openWarnings.push_back("INDEX names " + std::to_string(pastEnd) +
+                                  " block(s) past the end of their segment (cut short?); they are absent");
+  }
+  return true;
 }
 
-void Store::ScanSegment(Segment* segment, uint64_t fromOffset) {
+void Store::ScanSegment(Segment* segment, uint64_t fromOffset, bool newest) {
   std::vector<uint8_t> chunk;
   uint64_t chunkStart = 0;
-  auto truncateAt = [&](uint64_t offset) {
-    if (offset >= segment->sizeBytes) return;
-    if (::ftruncate(segment->fd, static_cast<off_t>(offset)) != 0) return;  // left for the next open
-    stats_.truncatedBytes += segment->sizeBytes - offset;
-    segmentFileBytes_ -= RoundUpToBlock(segment->sizeBytes) - RoundUpToBlock(offset);
-    segment->sizeBytes = offset;
-  };
   // Makes [offset, offset + count) available in `chunk`; false on I/O error.
   auto load = [&](uint64_t offset, uint64_t count) -> bool {
     if (offset >= chunkStart && offset + count <= chunkStart + chunk.size()) return true;
@@ -480,50 +864,112 @@ void Store::ScanSegment(Segment* segment, uint64_t fromOffset) {
     size_t got = 0;
     if (PreadFull(segment->fd, chunk.data(), chunk.size(), offset, &got) != 0 || got != chunk.size()) {
       chunk.clear();
+      chunkStart = 0;
       return false;
     }
     chunkStart = offset;
     return true;
   };
+  enum class Check { kValid, kDamaged, kIoError };
+  // Whether a whole record that verifies starts at `offset`.
+  auto check = [&](uint64_t offset, RecordHeader* header, uint64_t* end) -> Check {
+    if (segment->sizeBytes - offset < kRecordHeaderBytes) return Check::kDamaged;
+    if (!load(offset, kRecordHeaderBytes)) return Check::kIoError;
+    std::memcpy(header, chunk.data() + (offset - chunkStart), sizeof(*header));
+    bool sane = header->magic == kRecordMagic &&
+                (header->kind == kRecordBlock || (header->kind == kRecordTombstone && header->payloadBytes == 0)) &&
+                header->reserved0 == 0 && header->reserved1 == 0 && header->payloadBytes <= kPayloadBytesLimit;
+    if (!sane) return Check::kDamaged;
+    *end = offset + kRecordHeaderBytes + header->payloadBytes;
+    if (*end > segment->sizeBytes) return Check::kDamaged;
+    if (!load(offset, *end - offset)) return Check::kIoError;
+    const uint8_t* payload = chunk.data() + (offset - chunkStart) + kRecordHeaderBytes;
+    return ChecksumRecord(*header, payload, header->payloadBytes) == header->checksum ? Check::kValid
+                                                                                     : Check::kDamaged;
+  };
+  // Resynchronizes: the first offset from `from` on where a record verifies, or the
+  // end of the file. The damaged record's own length is not trusted to step over it.
+  auto findNext = [&](uint64_t from, uint64_t* next) -> bool {
+    static const uint8_t kMagicBytes[4] = {0x4b, 0x56, 0x52, 0x43};
+    uint64_t pos = from;
+    while (pos + kRecordHeaderBytes <= segment->sizeBytes) {
+      uint64_t span = std::min<uint64_t>(kScanChunkBytes, segment->sizeBytes - pos);
+      if (!load(pos, span)) return false;
+      const uint8_t* base = chunk.data() + (pos - chunkStart);
+      const void* hit = ::memmem(base, static_cast<size_t>(span), kMagicBytes, sizeof(kMagicBytes));
+      if (hit == nullptr) {
+        pos += span - (sizeof(kMagicBytes) - 1);
+        continue;
+      }
+      uint64_t candidate = pos + static_cast<uint64_t>(static_cast<const uint8_t*>(hit) - base);
+      RecordHeader header;
+      uint64_t end = 0;
+      Check result = check(candidate, &header, &end);
+      if (result == Check::kIoError) return false;
+      if (result == Check::kValid) {
+        *next = candidate;
+        return true;
+      }
+      pos = candidate + 1;
+    }
+    *next = segment->sizeBytes;
+    return true;
+  };
 
   uint64_t offset = fromOffset;
+  uint64_t damagedRecords = 0;
+  uint64_t damagedBytes = 0;
   while (offset < segment->sizeBytes) {
-    if (segment->sizeBytes - offset < kRecordHeaderBytes) {
-      truncateAt(offset);  // torn header
-      break;
-    }
-    if (!load(offset, kRecordHeaderBytes)) {
-      stats_.readErrors += 1;
-      break;
-    }
     RecordHeader header;
-    std::memcpy(&header, chunk.data() + (offset - chunkStart), sizeof(header));
-    bool sane = header.magic == kRecordMagic &&
-                (header.kind == kRecordBlock || (header.kind == kRecordTombstone && header.payloadBytes == 0)) &&
-                header.reserved0 == 0 && header.reserved1 == 0 && header.payloadBytes <= kPayloadBytesLimit;
-    uint64_t end = offset + kRecordHeaderBytes + header.payloadBytes;
-    if (!sane || end > segment->sizeBytes) {
-      // A torn append, or a damaged length we cannot step over: nothing after it is reachable.
-      truncateAt(offset);
-      break;
-    }
-    if (!load(offset, end - offset)) {
+    std::memset(&header, 0, sizeof(header));
+    uint64_t end = 0;
+    Check result = check(offset, &header, &end);
+    if (result == Check::kIoError) {
       stats_.readErrors += 1;
       break;
     }
-    const uint8_t* payload = chunk.data() + (offset - chunkStart) + kRecordHeaderBytes;
-    if (ChecksumRecord(header, payload, header.payloadBytes) != header.checksum) {
-      if (end == segment->sizeBytes) {
-        truncateAt(offset);  // the last append was torn mid-payload
-        break;
-      }
-      stats_.badRecords += 1;
+    if (result == Check::kValid) {
+      ApplyRecovered(header, segment->id, offset);
+      stats_.replayedRecords += 1;
       offset = end;
       continue;
     }
-    ApplyRecovered(header, segment->id, offset);
-    stats_.replayedRecords += 1;
-    offset = end;
+    // A record should start here and does not verify.
+    uint64_t next = 0;
+    if (!findNext(offset + 1, &next)) {
+      stats_.readErrors += 1;
+      break;
+    }
+    if (next == segment->sizeBytes && newest) {
+      // A torn append at the end of the newest segment: cut it off.
+      if (IoTruncate(segment->fd, offset, FileKind::kSegment) == 0) {
+        stats_.truncatedBytes += segment->sizeBytes - offset;
+        segmentFileBytes_ -= RoundUpToBlock(segment->sizeBytes) - RoundUpToBlock(offset);
+        stats_.openWarnings.push_back(SegmentName(segment->id) + ": torn append of " +
+                                      std::to_string(segment->sizeBytes - offset) + " bytes at its end cut off");
+        segment->sizeBytes = offset;
+      }  // else left for the next open
+      break;
+    }
+    if (next < segment->sizeBytes) {
+      // Damage inside the log, not a torn tail. Whatever the index holds for the key this
+      // header names is older, and the damaged record may have been its newest version:
+      // drop it rather than risk serving a stale block (a damaged tombstone likewise).
+      // Should the record have been a write torn by a power loss, this costs a miss.
+      Key key;
+      std::memcpy(key.bytes.data(), header.key, kKeyBytes);
+      index_.erase(key);
+    }
+    stats_.badRecords += 1;
+    stats_.skippedBytes += next - offset;
+    damagedRecords += 1;
+    damagedBytes += next - offset;
+    offset = next;
+  }
+  if (damagedRecords != 0) {
+    stats_.openWarnings.push_back(SegmentName(segment->id) + ": " + std::to_string(damagedRecords) +
+                                  " damaged record(s) skipped (" + std::to_string(damagedBytes) +
+                                  " bytes kept, unused); the blocks in them are absent");
   }
 }
 
@@ -642,7 +1088,7 @@ void Store::DropLocked(Entry* entry) {
 }
 
 bool Store::EvictLruLocked(uint64_t liveTargetBytes) {
-  uint64_t now = NowMs();
+  uint64_t now = Now();
   Entry* cursor = lru_->next;
   while (cursor != lru_.get()) {
     Entry* next = cursor->next;
@@ -670,7 +1116,7 @@ bool Store::MakeRoom(uint64_t extraBytes, uint64_t entriesAdded) {
     {
       std::lock_guard<std::mutex> meta(metaMu_);
       uint64_t budget = WriteBudgetLocked(entriesAdded);
-      uint64_t disk = segmentFileBytes_ + indexFileBytes_;
+      uint64_t disk = DiskBytesLocked();
       if (disk + extraBytes <= budget) return true;
       // Evict by recency first, one segment below what is needed, so that the
       // segments reclaimed next are mostly dead and compaction copies little.
@@ -730,7 +1176,13 @@ void Store::DeleteSegment(const std::shared_ptr<Segment>& segment) {
   }
   // Readers holding the shared_ptr keep the descriptor; the inode goes with the last one.
   ::unlink(segment->path.c_str());
-  if (options_.fsync == FsyncPolicy::kBatch) FsyncDir(dir_);
+  if (options_.fsync == FsyncPolicy::kBatch) {
+    // Not fatal: after a crash the segment may come back, holding only dead records.
+    if (int err = IoSyncDir()) {
+      std::lock_guard<std::mutex> meta(metaMu_);
+      CountWriteErrorLocked(err);
+    }
+  }
 }
 
 bool Store::CompactOne(std::set<uint32_t>* stuck) {
@@ -763,7 +1215,13 @@ bool Store::CompactOne(std::set<uint32_t>* stuck) {
     }
   }
   std::sort(live.begin(), live.end(), [](const ReadTask& a, const ReadTask& b) { return a.offset < b.offset; });
-  bool wroteAny = false;
+  struct Copy {
+    const ReadTask* task;
+    uint32_t segmentId;
+    uint64_t offset;
+    uint32_t payloadBytes;
+  };
+  std::vector<Copy> copies;
   for (const ReadTask& task : live) {
     ReadResult read;
     Code code = ReadVerified(task, &read);
@@ -781,42 +1239,80 @@ bool Store::CompactOne(std::set<uint32_t>* stuck) {
       DropLocked(entry);
       continue;
     }
-    bool pinned = IsPinnedLocked(*entry, NowMs());
+    bool pinned = IsPinnedLocked(*entry, Now());
     meta.unlock();
     uint32_t segmentId = 0;
     uint64_t offset = 0;
     code = AppendRecord(task.key, kRecordBlock, read.base + ReadResult::kPayloadOffset, read.payloadBytes,
                         task.seqNo, true, &segmentId, &offset);
     std::free(read.base);
+    if (code == Code::kOk) {
+      copies.push_back({&task, segmentId, offset, read.payloadBytes});
+      continue;
+    }
     meta.lock();
     found = index_.find(task.key);
     same = found != index_.end() && found->second->seqNo == task.seqNo && found->second->segmentId == victim->id;
-    if (code != Code::kOk) {
-      // No room to move it (the cap was lowered, or the disk is full): drop it
-      // unless pinned. A pinned block keeps its segment alive for now.
-      if (!same || pinned) continue;
-      DropLocked(found->second.get());
-      stats_.evictions += 1;
-      continue;
+    // No room to move it (the cap was lowered, or the disk is full): drop it
+    // unless pinned. A pinned block keeps its segment alive for now.
+    if (!same || pinned) continue;
+    DropLocked(found->second.get());
+    stats_.evictions += 1;
+  }
+  // The copies must be durable before anything points at them and before the
+  // originals can go: a copy whose file fails to sync is dead, its original stays.
+  std::set<uint32_t> unsynced;
+  {
+    std::vector<std::shared_ptr<Segment>> targets;
+    {
+      std::lock_guard<std::mutex> meta(metaMu_);
+      for (const Copy& copy : copies) {
+        auto target = segments_.find(copy.segmentId);
+        if (target != segments_.end() && std::find(targets.begin(), targets.end(), target->second) == targets.end())
+          targets.push_back(target->second);
+      }
     }
-    wroteAny = true;
-    auto target = segments_.find(segmentId);
-    target->second->pendingRecords -= 1;
-    pendingBytes_ -= kRecordHeaderBytes + read.payloadBytes;
-    if (!same) continue;  // overwritten or deleted meanwhile: the copy is dead
-    entry = found->second.get();
-    victim->liveBytes -= entry->recordBytes();
-    victim->liveCount -= 1;
-    entry->segmentId = segmentId;
-    entry->offset = offset;
-    target->second->liveBytes += entry->recordBytes();
-    target->second->liveCount += 1;
-    stats_.relocatedBytes += entry->recordBytes();
-    dirtySinceCheckpoint_ = true;
+    for (auto& target : targets) {
+      int err = target->syncFailed ? target->syncErrno : IoSync(target->fd, FileKind::kSegment);
+      if (err == 0) continue;
+      unsynced.insert(target->id);
+      if (target->syncFailed) continue;
+      target->syncFailed = true;
+      target->syncErrno = err;
+      std::lock_guard<std::mutex> meta(metaMu_);
+      target->sealed = true;
+      CountWriteErrorLocked(err);
+    }
+  }
+  bool wroteAny = false;
+  {
+    std::lock_guard<std::mutex> meta(metaMu_);
+    for (const Copy& copy : copies) {
+      auto target = segments_.find(copy.segmentId);
+      target->second->pendingRecords -= 1;
+      pendingBytes_ -= kRecordHeaderBytes + copy.payloadBytes;
+      if (unsynced.count(copy.segmentId) != 0) continue;
+      auto found = index_.find(copy.task->key);
+      bool same = found != index_.end() && found->second->seqNo == copy.task->seqNo &&
+                  found->second->segmentId == victim->id && found->second->offset == copy.task->offset;
+      if (!same) continue;  // overwritten, deleted or dropped meanwhile: the copy is dead
+      Entry* entry = found->second.get();
+      victim->liveBytes -= entry->recordBytes();
+      victim->liveCount -= 1;
+      entry->segmentId = copy.segmentId;
+      entry->offset = copy.offset;
+      target->second->liveBytes += entry->recordBytes();
+      target->second->liveCount += 1;
+      stats_.relocatedBytes += entry->recordBytes();
+      dirtySinceCheckpoint_ = true;
+      wroteAny = true;
+    }
   }
   if (wroteAny || victim->id >= checkpointReplaySegmentId_) {
-    // The copies must be durable, and the index must point at them, before the
-    // original goes away; Checkpoint() syncs the active segment first.
+    // The index should point at the copies before the original goes away. If this
+    // checkpoint fails, the older one names the original's segment, which is gone
+    // after the delete: recovery drops those entries and replay finds the copies,
+    // which lie after the older checkpoint's replay start.
     Checkpoint();
   }
   {
@@ -831,7 +1327,7 @@ bool Store::CompactOne(std::set<uint32_t>* stuck) {
   return true;
 }
 
-Code Store::Roll() {
+Code Store::Roll(int* err) {
   uint32_t id;
   {
     std::lock_guard<std::mutex> meta(metaMu_);
@@ -840,8 +1336,8 @@ Code Store::Roll() {
   auto segment = std::make_shared<Segment>();
   segment->id = id;
   segment->path = dir_ + "/" + SegmentName(id);
-  segment->fd = ::open(segment->path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (segment->fd < 0) return Code::kIo;
+  *err = IoCreate(segment->path, O_RDWR | O_EXCL, FileKind::kSegment, &segment->fd);
+  if (*err != 0) return Code::kIo;
   SegmentHeader header;
   std::memset(&header, 0, sizeof(header));
   std::memcpy(header.magic, kSegmentMagic, sizeof(kSegmentMagic));
@@ -851,12 +1347,12 @@ Code Store::Roll() {
   header.headerBytes = kSegmentHeaderBytes;
   header.checksum = ChecksumHeader(&header, kSegmentChecksummedHeaderBytes);
   struct iovec iov = {&header, sizeof(header)};
-  int err = PwritevFull(segment->fd, &iov, 1, 0);
-  if (err == 0 && options_.fsync == FsyncPolicy::kBatch) {
-    if (::fdatasync(segment->fd) != 0) err = errno;
-    if (err == 0) err = FsyncDir(dir_);
+  *err = IoWrite(segment->fd, &iov, 1, 0, FileKind::kSegment);
+  if (*err == 0 && options_.fsync == FsyncPolicy::kBatch) {
+    *err = IoSync(segment->fd, FileKind::kSegment);
+    if (*err == 0) *err = IoSyncDir();
   }
-  if (err != 0) {
+  if (*err != 0) {
     ::unlink(segment->path.c_str());
     return Code::kIo;
   }
@@ -872,10 +1368,13 @@ Code Store::Roll() {
   }
   // Under the batch policy a sealed segment's records are synced at commit; a
   // segment sealed mid-batch is synced here so commit only has to sync active_.
-  if (previous && options_.fsync == FsyncPolicy::kBatch && ::fdatasync(previous->fd) != 0) {
-    previous->syncFailed = true;
-    std::lock_guard<std::mutex> meta(metaMu_);
-    stats_.writeErrors += 1;
+  if (previous && options_.fsync == FsyncPolicy::kBatch && !previous->syncFailed) {
+    if (int syncErr = IoSync(previous->fd, FileKind::kSegment)) {
+      previous->syncFailed = true;
+      previous->syncErrno = syncErr;
+      std::lock_guard<std::mutex> meta(metaMu_);
+      CountWriteErrorLocked(syncErr);
+    }
   }
   return Code::kOk;
 }
@@ -887,7 +1386,7 @@ Code Store::AppendRecord(const Key& key, uint16_t kind, const uint8_t* payload, 
   for (int attempt = 0; attempt < 2; ++attempt) {
     std::unique_lock<std::mutex> meta(metaMu_);
     // Checked once, before a roll: the slack covers the new segment's header block.
-    uint64_t disk = segmentFileBytes_ + indexFileBytes_;
+    uint64_t disk = DiskBytesLocked();
     uint64_t budget = forCompaction ? CompactBudgetLocked() : WriteBudgetLocked(kind == kRecordBlock ? 1 : 0);
     if (attempt == 0 && disk + recordBytes + kAppendSlackBytes > budget) return Code::kCapacity;
     bool fits = active_ && !active_->sealed && active_->sizeBytes + recordBytes <= options_.segmentBytes;
@@ -896,10 +1395,11 @@ Code Store::AppendRecord(const Key& key, uint16_t kind, const uint8_t* payload, 
       break;
     }
     meta.unlock();
-    Code rolled = Roll();
+    int err = 0;
+    Code rolled = Roll(&err);
     if (rolled != Code::kOk) {
       std::lock_guard<std::mutex> relock(metaMu_);
-      stats_.writeErrors += 1;
+      CountWriteErrorLocked(err);
       return rolled;
     }
   }
@@ -928,20 +1428,23 @@ Code Store::AppendRecord(const Key& key, uint16_t kind, const uint8_t* payload, 
   }
   header.checksum = ChecksumRecord(header, payload, payloadBytes);
   struct iovec iov[2] = {{&header, sizeof(header)}, {const_cast<uint8_t*>(payload), payloadBytes}};
-  int err = PwritevFull(segment->fd, iov, payloadBytes > 0 ? 2 : 1, at);
+  int err = IoWrite(segment->fd, iov, payloadBytes > 0 ? 2 : 1, at, FileKind::kSegment);
   if (err != 0) {
+    // Cut the partial record off so the segment stays a clean log and the next
+    // append goes where this one started. If even that fails, seal the segment:
+    // nothing is appended after the torn bytes, and recovery skips them.
+    int cutErr = IoTruncate(segment->fd, at, FileKind::kSegment);
+    struct stat st;
+    bool sized = cutErr != 0 && ::fstat(segment->fd, &st) == 0;
     std::lock_guard<std::mutex> meta(metaMu_);
-    stats_.writeErrors += 1;
+    CountWriteErrorLocked(err);
     segment->pendingRecords -= 1;
     pendingBytes_ -= recordBytes;
-    // Cut the partial record off so the segment stays a clean log. If even that
-    // fails, seal it: recovery truncates the torn tail later.
-    if (::ftruncate(segment->fd, static_cast<off_t>(at)) == 0) {
-      segmentFileBytes_ -= RoundUpToBlock(at + recordBytes) - RoundUpToBlock(at);
-      segment->sizeBytes = at;
-    } else {
-      segment->sealed = true;
-    }
+    uint64_t size = cutErr == 0 ? at : sized ? std::max<uint64_t>(at, static_cast<uint64_t>(st.st_size)) : at + recordBytes;
+    segmentFileBytes_ -= RoundUpToBlock(at + recordBytes);
+    segmentFileBytes_ += RoundUpToBlock(size);
+    segment->sizeBytes = size;
+    if (cutErr != 0) segment->sealed = true;
     return Code::kIo;
   }
   bytesSinceCheckpoint_ += recordBytes;
@@ -1029,8 +1532,13 @@ std::vector<Code> Store::Write(const std::vector<WriteOp>& ops) {
     }
     for (auto& segment : touched) {
       // An earlier sync failure on this file poisons it: Linux reports it only once.
-      if (segment->syncFailed || ::fdatasync(segment->fd) != 0) {
+      if (segment->syncFailed) {
+        failedSegments.push_back(segment->id);
+        continue;
+      }
+      if (int err = IoSync(segment->fd, FileKind::kSegment)) {
         segment->syncFailed = true;
+        segment->syncErrno = err;
         failedSegments.push_back(segment->id);
       }
     }
@@ -1048,7 +1556,7 @@ std::vector<Code> Store::Write(const std::vector<WriteOp>& ops) {
       // After a failed fsync the page cache may hold data the disk never got
       // (the "fsyncgate" lesson): report failure and never index these records.
       results[item.op] = Code::kIo;
-      stats_.writeErrors += 1;
+      CountWriteErrorLocked(segment != segments_.end() ? segment->second->syncErrno : EIO);
       if (segment != segments_.end()) segment->second->sealed = true;
       continue;
     }
@@ -1124,7 +1632,7 @@ bool Store::Checkpoint() {
     header.entryBytes = sizeof(IndexEntry);
     bytes.resize(static_cast<size_t>(IndexFileBytes(index_.size())));
     roundedBytes = RoundUpToBlock(bytes.size());
-    if (segmentFileBytes_ + indexFileBytes_ + roundedBytes > options_.bytesMax) {
+    if (DiskBytesLocked() + roundedBytes > options_.bytesMax) {
       stats_.capacityRejects += 1;
       return false;
     }
@@ -1161,28 +1669,41 @@ bool Store::Checkpoint() {
   std::string tmpPath = dir_ + "/INDEX.tmp";
   std::string path = dir_ + "/INDEX";
   int err = 0;
-  // Records the index points at must be on disk before the index is.
-  if (active && ::fdatasync(active->fd) != 0) err = errno;
-  int fd = -1;
-  if (err == 0) {
-    fd = ::open(tmpPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) err = errno;
+  // Records the index points at must be on disk before the index is. A segment whose
+  // sync failed earlier is skipped: every record in it the index points at was synced
+  // before that failure (a failed batch's records are never indexed).
+  bool activeFailed = false;
+  if (active && !active->syncFailed) {
+    err = IoSync(active->fd, FileKind::kSegment);
+    activeFailed = err != 0;
   }
+  int fd = -1;
+  if (err == 0) err = IoCreate(tmpPath, O_WRONLY | O_TRUNC, FileKind::kIndex, &fd);
   if (err == 0) {
     struct iovec iov = {bytes.data(), bytes.size()};
-    err = PwritevFull(fd, &iov, 1, 0);
+    err = IoWrite(fd, &iov, 1, 0, FileKind::kIndex);
   }
-  if (err == 0 && ::fdatasync(fd) != 0) err = errno;
+  if (err == 0) err = IoSync(fd, FileKind::kIndex);
   if (fd >= 0) ::close(fd);
-  if (err == 0 && ::rename(tmpPath.c_str(), path.c_str()) != 0) err = errno;
-  if (err == 0) FsyncDir(dir_);
+  if (err == 0) err = IoRename(tmpPath, path, FileKind::kIndex);
+  // The rename happened; if the directory sync fails it may not survive a crash,
+  // and the older INDEX (still consistent) comes back: recovery replays more.
+  int dirErr = err == 0 ? IoSyncDir() : 0;
 
   std::lock_guard<std::mutex> meta(metaMu_);
   segmentFileBytes_ -= tmpIndexBytes_;
   tmpIndexBytes_ = 0;
+  if (activeFailed) {
+    // Its unsynced pages may be gone: nothing more goes into it, and records in it
+    // that the current batch has not reported yet fail (Write() sees syncFailed).
+    active->syncFailed = true;
+    active->syncErrno = err;
+    active->sealed = true;
+  }
+  if (dirErr != 0) CountWriteErrorLocked(dirErr);
   if (err != 0) {
     ::unlink(tmpPath.c_str());
-    stats_.writeErrors += 1;
+    CountWriteErrorLocked(err);
     // Keep the older replay start: the failed checkpoint covers nothing.
     return false;
   }
@@ -1310,7 +1831,7 @@ Code Store::Pin(const Key& key, bool hard, uint64_t ttlMs) {
   auto found = index_.find(key);
   if (found == index_.end()) return Code::kNotFound;
   Entry* entry = found->second.get();
-  uint64_t now = NowMs();
+  uint64_t now = Now();
   if (!IsPinnedLocked(*entry, now)) {
     uint64_t pinnedBytes = 0;
     for (auto it = pinned_.begin(); it != pinned_.end();) {
@@ -1358,11 +1879,11 @@ Stats Store::GetStats() {
   {
     std::lock_guard<std::mutex> meta(metaMu_);
     stats = stats_;
-    stats.bytes = segmentFileBytes_ + indexFileBytes_;
+    stats.bytes = DiskBytesLocked();
     stats.liveBytes = liveBytes_;
     stats.blocks = index_.size();
     stats.segments = segments_.size();
-    uint64_t now = NowMs();
+    uint64_t now = Now();
     for (Entry* entry : pinned_) {
       if (!IsPinnedLocked(*entry, now)) continue;
       stats.pinnedBlocks += 1;

@@ -20,6 +20,8 @@
 
 #include "format.h"
 
+struct iovec;
+
 namespace kvstore {
 
 // Stable result codes; the TypeScript facade maps them to KV_* names.
@@ -45,6 +47,41 @@ struct KeyHash {
 
 enum class FsyncPolicy { kBatch, kNone };
 
+// ---- Test-only fault injection ---------------------------------------------------
+// Every write-side system call the store makes on its files goes through one seam
+// that asks the store's FaultInjector (if any) whether to fail. A spec is rules
+// separated by ';', each a comma-separated list of key=value (FORMAT.md, "Fault
+// injection"):
+//   op=write|sync|create|truncate|rename|any   file=segment|index|lock|dir|any
+//   skip=N   matching calls that pass first (default 0)
+//   count=N|all   matching calls that fail after those (default 1)
+//   errno=ENOSPC|EIO|<name>|<number>   bytes=N   a failing write first puts N bytes down
+enum class IoOp : uint8_t { kWrite, kSync, kCreate, kTruncate, kRename };
+enum class FileKind : uint8_t { kSegment, kIndex, kLock, kDir };
+
+class FaultInjector {
+ public:
+  // nullptr with *error set for a malformed spec; an empty spec parses to no rules.
+  static std::shared_ptr<FaultInjector> Parse(const std::string& spec, std::string* error);
+  // The errno this call fails with, or 0. *tornBytes: what a failing write still writes.
+  int Hit(IoOp op, FileKind file, uint64_t* tornBytes);
+  bool empty() const { return rules_.empty(); }
+
+ private:
+  struct Rule {
+    int op = -1;    // -1 = any
+    int file = -1;  // -1 = any
+    uint64_t skip = 0;
+    uint64_t count = 1;
+    bool forever = false;
+    int err = 0;
+    uint64_t bytes = 0;
+    uint64_t seen = 0;
+  };
+  std::mutex mu_;
+  std::vector<Rule> rules_;
+};
+
 struct Options {
   uint64_t bytesMax = 0;
   uint64_t segmentBytes = 64ull << 20;
@@ -54,6 +91,11 @@ struct Options {
   uint32_t readThreads = 8;
   // Pinned blocks cannot be evicted; this cap keeps room for everything else.
   uint64_t pinnedBytesMax = 0;  // 0 = bytesMax / 2
+  // Wall clock for soft-pin expiry, Unix ms; empty = the system clock. Called with
+  // store mutexes held, from any thread: it must be cheap and must not call back.
+  std::function<uint64_t()> clock;
+  // Test-only: fails the store's own file I/O from the first call on (also during open).
+  std::shared_ptr<FaultInjector> faults;
 };
 
 // Smallest bytesMax that leaves a usable write budget next to the compaction reserve.
@@ -92,7 +134,10 @@ struct Stats {
   uint64_t misses = 0;
   uint64_t evictions = 0;
   uint64_t corruptions = 0;
-  uint64_t writeErrors = 0;
+  uint64_t writeErrors = 0;  // = the three below
+  uint64_t writeErrorsEnospc = 0;
+  uint64_t writeErrorsEio = 0;
+  uint64_t writeErrorsOther = 0;
   uint64_t readErrors = 0;
   uint64_t capacityRejects = 0;
   uint64_t pinnedBlocks = 0;
@@ -102,8 +147,12 @@ struct Stats {
   uint64_t checkpoints = 0;
   uint64_t replayedRecords = 0;
   uint64_t badRecords = 0;
+  uint64_t skippedBytes = 0;  // passed over by replay to reach the next verifiable record
   uint64_t truncatedBytes = 0;
   uint64_t indexRebuilds = 0;
+  uint64_t quarantinedSegments = 0;  // *.quarantined segment files in the directory
+  std::vector<std::string> quarantinedFiles;
+  std::vector<std::string> openWarnings;  // what open found and did, one line each
   uint64_t queueDepth = 0;
   uint64_t blocksWritten = 0;
   uint64_t openMs = 0;
@@ -127,6 +176,8 @@ class Store {
   bool Unpin(const Key& key);
   std::vector<Key> Keys();
   Stats GetStats();
+  // Test-only: replaces the fault injector (nullptr removes it).
+  void SetFaults(std::shared_ptr<FaultInjector> faults);
   // Waits for in-flight calls, writes a final checkpoint and releases the lock.
   void Close();
   const std::string& dir() const { return dir_; }
@@ -135,12 +186,31 @@ class Store {
   struct Segment;
   struct Entry;
   struct ReadTask;
+  struct IndexFile;
 
   Store(const std::string& dir, const Options& options);
   Code OpenImpl(std::string* message);
-  Code LoadIndex(uint32_t* replaySegmentId, uint64_t* replayOffset, std::string* message);
-  void ScanSegment(Segment* segment, uint64_t fromOffset);
+  Code TakeLock(std::string* message);
+  std::string DescribeLockHolder();
+  void WriteLockPid();
+  Code ReadIndexFile(IndexFile* index, std::string* message);
+  bool ApplyIndex(const IndexFile& index, std::string* reason);
+  void Quarantine(const std::shared_ptr<Segment>& segment, const std::string& reason);
+  void ScanSegment(Segment* segment, uint64_t fromOffset, bool newest);
   void ApplyRecovered(const RecordHeader& header, uint32_t segmentId, uint64_t offset);
+
+  uint64_t Now() const;
+  void CountWriteErrorLocked(int err, uint64_t count = 1);
+  uint64_t DiskBytesLocked() const;
+
+  // The write-side file I/O, each a seam for the fault injector; they return 0 or an errno.
+  std::shared_ptr<FaultInjector> Faults();
+  int IoWrite(int fd, struct iovec* iov, int iovCount, uint64_t offset, FileKind file);
+  int IoSync(int fd, FileKind file);
+  int IoCreate(const std::string& path, int flags, FileKind file, int* fd);
+  int IoTruncate(int fd, uint64_t bytes, FileKind file);
+  int IoRename(const std::string& from, const std::string& to, FileKind file);
+  int IoSyncDir();
 
   bool Enter();
   void Leave();
@@ -159,7 +229,7 @@ class Store {
   bool MakeRoom(uint64_t extraBytes, uint64_t entriesAdded);
   bool ReclaimEmptySegments();
   bool CompactOne(std::set<uint32_t>* stuck);
-  Code Roll();
+  Code Roll(int* err);
   Code AppendRecord(const Key& key, uint16_t kind, const uint8_t* payload, uint32_t payloadBytes,
                     uint64_t seqNo, bool forCompaction, uint32_t* segmentId, uint64_t* offset);
   bool Checkpoint();
@@ -173,6 +243,9 @@ class Store {
   const std::string dir_;
   const Options options_;
   int lockFd_ = -1;
+
+  std::mutex faultsMu_;
+  std::shared_ptr<FaultInjector> faults_;
 
   std::mutex closeMu_;
   std::mutex lifeMu_;
@@ -197,6 +270,7 @@ class Store {
   uint64_t segmentFileBytes_ = 0;  // rounded sizes of all segment files
   uint64_t indexFileBytes_ = 0;    // rounded size of INDEX
   uint64_t tmpIndexBytes_ = 0;     // rounded size of INDEX.tmp while it exists
+  uint64_t otherFileBytes_ = 0;    // rounded sizes of LOCK and quarantined segments
   uint64_t liveBytes_ = 0;
   uint64_t pendingBytes_ = 0;  // appended, not yet committed
   uint64_t pendingNewKeys_ = 0;

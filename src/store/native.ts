@@ -25,6 +25,8 @@ interface NativeStoreHandle {
   keys(): Buffer;
   stats(): StoreStats;
   close(): Promise<void>;
+  setNowMs(ms: number): void;
+  injectFaults(spec: string): void;
 }
 
 interface NativeModule {
@@ -93,7 +95,9 @@ function requireCount(name: string, value: unknown, min: number, max: number): n
   return value;
 }
 
-function normalizeOptions(options: StoreOptions): Required<StoreOptions> {
+type NormalizedOptions = Required<Omit<StoreOptions, "nowMs">>;
+
+function normalizeOptions(options: StoreOptions): NormalizedOptions {
   if (typeof options !== "object" || options === null) throw new TypeError("options must be an object");
   const segmentBytes = requireCount(
     "segmentBytes",
@@ -125,6 +129,14 @@ function normalizeOptions(options: StoreOptions): Required<StoreOptions> {
   };
 }
 
+function readClock(nowMs: () => number): number {
+  const ms = nowMs();
+  if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0 || ms > Number.MAX_SAFE_INTEGER) {
+    throw new RangeError("nowMs() must return non-negative Unix milliseconds");
+  }
+  return Math.floor(ms);
+}
+
 function toStoreError(error: unknown): unknown {
   // Duck-typed: errors from the addon may come from another realm (jest's VM, workers).
   const coded = error as { code?: unknown; message?: unknown } | null;
@@ -144,8 +156,15 @@ export class SsdBlockStore implements BlockStore {
   private closing: Promise<void> | undefined;
   private readonly inflight = new Set<Promise<unknown>>();
 
-  private constructor(handle: NativeStoreHandle, options: Required<StoreOptions>) {
+  private readonly nowMs: (() => number) | undefined;
+
+  private constructor(
+    handle: NativeStoreHandle,
+    options: NormalizedOptions,
+    nowMs: (() => number) | undefined,
+  ) {
     this.handle = handle;
+    this.nowMs = nowMs;
     this.payloadBytesMax = Math.min(
       options.segmentBytes - SEGMENT_HEADER_BYTES - RECORD_HEADER_BYTES,
       PAYLOAD_BYTES_LIMIT,
@@ -156,13 +175,34 @@ export class SsdBlockStore implements BlockStore {
   static async open(dir: string, options: StoreOptions): Promise<SsdBlockStore> {
     if (typeof dir !== "string" || dir.length === 0) throw new TypeError("dir must be a non-empty string");
     const normalized = normalizeOptions(options);
+    const nowMs = options.nowMs;
+    if (nowMs !== undefined && typeof nowMs !== "function") throw new TypeError("nowMs must be a function");
     const handle = new (loadNative().NativeStore)();
     try {
-      await handle.open(path.resolve(dir), normalized);
+      // With a clock of its own the core reads the time this facade last gave it.
+      await handle.open(path.resolve(dir), nowMs ? { ...normalized, clockMs: readClock(nowMs) } : normalized);
     } catch (error) {
       throw toStoreError(error);
     }
-    return new SsdBlockStore(handle, normalized);
+    return new SsdBlockStore(handle, normalized, nowMs);
+  }
+
+  /**
+   * Test-only: makes the store's own file I/O fail. `spec` is one or more rules separated by
+   * ";", each "op=write|sync|create|truncate|rename|any, file=segment|index|lock|dir|any,
+   * skip=N (matching calls that pass first, default 0), count=N|all (calls that then fail,
+   * default 1), errno=ENOSPC|EIO|<name>, bytes=N (a write puts N bytes down before failing)"
+   * (native/FORMAT.md, "Fault injection"). "" removes all rules. Throws TypeError on a bad spec.
+   */
+  injectFaults(spec: string): void {
+    if (typeof spec !== "string") throw new TypeError("spec must be a string");
+    this.requireOpen();
+    try {
+      this.handle.injectFaults(spec);
+    } catch (error) {
+      // Rethrown in this realm (jest runs tests in a VM context of their own).
+      throw new TypeError((error as Error).message, { cause: error });
+    }
   }
 
   put(entries: readonly PutEntry[]): Promise<PutResult[]> {
@@ -198,6 +238,7 @@ export class SsdBlockStore implements BlockStore {
     if (!Array.isArray(keys)) throw new TypeError("keys must be an array");
     const packed = Buffer.concat(keys.map(requireKey), keys.length * KEY_BYTES);
     if (this.closed) return Promise.resolve(keys.map(() => "KV_CLOSED" as const));
+    this.syncClock();
     return this.track(
       this.handle.getMany(packed).then((values) =>
         values.map((value): GetResult => {
@@ -229,6 +270,7 @@ export class SsdBlockStore implements BlockStore {
   pin(key: Buffer, kind: PinKind): PinResult {
     requireKey(key);
     this.requireOpen();
+    this.syncClock();
     let code: number;
     if (kind === "hard") {
       code = this.handle.pin(key, true, 0);
@@ -249,6 +291,7 @@ export class SsdBlockStore implements BlockStore {
 
   stats(): StoreStats {
     this.requireOpen();
+    this.syncClock();
     const stats = this.handle.stats();
     // Writes merged in the facade's queue wait here, not in the native store.
     stats.queueDepth += this.queue.reduce((sum, item) => sum + item.keys.length, 0);
@@ -271,6 +314,12 @@ export class SsdBlockStore implements BlockStore {
       await this.handle.close();
     })();
     return this.closing;
+  }
+
+  // The native core cannot call back into JavaScript from its threads: it reads the time last
+  // set here, before every call whose work may expire soft pins (writes evict, reads compact).
+  private syncClock(): void {
+    if (this.nowMs) this.handle.setNowMs(readClock(this.nowMs));
   }
 
   private requireOpen(): void {
@@ -315,6 +364,7 @@ export class SsdBlockStore implements BlockStore {
       const keys = Buffer.concat(batch.flatMap((item) => item.keys));
       const payloads = batch.flatMap((item) => item.payloads);
       try {
+        this.syncClock();
         const codes = await this.handle.write(keys, payloads);
         let offset = 0;
         for (const item of batch) {

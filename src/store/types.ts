@@ -38,6 +38,11 @@ export interface StoreOptions {
   readThreads?: number;
   /** Cap on pinned bytes; default bytesMax / 2. */
   pinnedBytesMax?: number;
+  /**
+   * The clock soft pins expire by, in Unix milliseconds; default Date.now. The store reads it
+   * before each call it makes into the native core, so tests can move time instead of sleeping.
+   */
+  nowMs?: () => number;
 }
 
 /** Counters and gauges of a store. */
@@ -51,7 +56,15 @@ export interface StoreStats {
   misses: number;
   evictions: number;
   corruptions: number;
+  /**
+   * Failed write-side calls on the store's files: each entry reported KV_IO, each failed
+   * checkpoint, segment sync outside a batch, directory sync, and the LOCK pid note at open.
+   */
   writeErrors: number;
+  /** writeErrors by errno: ENOSPC, EIO, and any other (EDQUOT, EROFS, ...). The three sum to writeErrors. */
+  writeErrorsEnospc: number;
+  writeErrorsEio: number;
+  writeErrorsOther: number;
   readErrors: number;
   capacityRejects: number;
   pinnedBlocks: number;
@@ -60,9 +73,20 @@ export interface StoreStats {
   relocatedBytes: number;
   checkpoints: number;
   replayedRecords: number;
+  /** Damaged records recovery found and skipped (their blocks are absent), plus index entries past a segment's end. */
   badRecords: number;
+  /** Bytes recovery passed over to reach the next verifiable record (damage inside a segment). */
+  skippedBytes: number;
+  /** Bytes cut from the end of the newest segment by recovery (a torn append). */
   truncatedBytes: number;
+  /** Opens that rebuilt the index from the segments because INDEX was missing or failed a check. */
   indexRebuilds: number;
+  /** Segment files with a damaged header in the directory, renamed aside (never deleted). */
+  quarantinedSegments: number;
+  /** Their names, e.g. "seg-00000003.kvs.quarantined"; they count against bytesMax until removed. */
+  quarantinedFiles: string[];
+  /** What the last open found and did that an operator should know about, one line each, for the log. */
+  openWarnings: string[];
   queueDepth: number;
   blocksWritten: number;
   openMs: number;

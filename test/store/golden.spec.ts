@@ -3,7 +3,7 @@ import * as path from "node:path";
 
 import { openStore, storeFormatVersion } from "../../src/store";
 import type { BlockStore, StoreOptions } from "../../src/store";
-import { keyOf, payloadFor, summarize, tempDir } from "./helpers";
+import { flipBit, keyOf, payloadFor, resealIndex, resealSegmentHeader, summarize, tempDir } from "./helpers";
 
 // Golden stores written by each format version this build must keep reading.
 // Regenerate the current version's files with UPDATE_GOLDEN=1 only when the
@@ -85,14 +85,16 @@ describe("on-disk format", () => {
   });
 
   it.each([
-    ["segment", "seg-00000001.kvs"],
-    ["index", "INDEX"],
+    ["segment", "seg-00000001.kvs", resealSegmentHeader],
+    ["index", "INDEX", resealIndex],
   ])(
     "refuses a %s that needs a newer reader with KV_FORMAT and leaves it untouched",
-    async (_label, name) => {
+    async (_label, name, reseal) => {
       const dir = copyGolden();
       const file = path.join(dir, name);
-      patch(file, 10, [2, 0]); // readVersionMin = 2
+      // A genuinely newer file: valid magic, readVersionMin = 2, and a checksum that verifies.
+      patch(file, 10, [2, 0]);
+      reseal(file);
       const before = fs.readFileSync(file);
       await expect(openStore(dir, OPTIONS)).rejects.toMatchObject({
         name: "StoreError",
@@ -100,14 +102,66 @@ describe("on-disk format", () => {
         message: expect.stringContaining("needs format reader version 2; this build reads version 1"),
       });
       expect(fs.readFileSync(file).equals(before)).toBe(true);
+      expect(fs.readdirSync(dir).sort()).toEqual(["INDEX", "LOCK", "seg-00000001.kvs"]);
       fs.rmSync(dir, { recursive: true, force: true });
     },
   );
 
-  it("refuses a segment file that is not a kvpark segment", async () => {
+  it("treats a version field with a bad header checksum as damage, not as a newer format", async () => {
+    // Segment: quarantined, its 3 blocks absent, the store opens.
+    let dir = copyGolden();
+    patch(path.join(dir, "seg-00000001.kvs"), 10, [2, 0]);
+    let store = await openStore(dir, OPTIONS);
+    expect(
+      summarize(
+        await store.getMany(keys),
+        keys.map(() => expected.zero),
+      ),
+    ).toEqual(["KV_NOT_FOUND", "KV_NOT_FOUND", "KV_NOT_FOUND", "KV_NOT_FOUND"]);
+    expect(store.stats().quarantinedSegments).toBe(1);
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+
+    // INDEX: ignored and rebuilt from the segment; all 3 blocks found.
+    dir = copyGolden();
+    flipBit(path.join(dir, "INDEX"), 10, 1);
+    store = await openStore(dir, OPTIONS);
+    expect(
+      summarize(await store.getMany(keys), [expected.zero, expected.zero, expected.replaced, expected.last]),
+    ).toEqual(["ok", "KV_NOT_FOUND", "ok", "ok"]);
+    expect(store.stats().indexRebuilds).toBe(1);
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it.each([
+    ["a flipped bit in its magic", (file: string) => flipBit(file, 3, 5)],
+    ["another program's magic", (file: string) => patch(file, 0, [...Buffer.from("NOTKVPK")])],
+    ["a flipped bit in its checksum", (file: string) => flipBit(file, 60, 0)],
+  ])("quarantines a segment with %s, reports it, and opens without its blocks", async (_label, damage) => {
     const dir = copyGolden();
-    patch(path.join(dir, "seg-00000001.kvs"), 0, [...Buffer.from("NOTKVPK")]);
-    await expect(openStore(dir, OPTIONS)).rejects.toMatchObject({ code: "KV_FORMAT" });
+    const segment = path.join(dir, "seg-00000001.kvs");
+    damage(segment);
+    const damaged = fs.readFileSync(segment);
+    const store = await openStore(dir, OPTIONS);
+    expect(await store.getMany(keys)).toEqual(keys.map(() => "KV_NOT_FOUND"));
+    const stats = store.stats();
+    expect([stats.blocks, stats.quarantinedSegments, stats.quarantinedFiles]).toEqual([
+      0,
+      1,
+      ["seg-00000001.kvs.quarantined"],
+    ]);
+    expect(stats.openWarnings).toEqual([
+      expect.stringMatching(/seg-00000001\.kvs.*renamed to seg-00000001\.kvs\.quarantined/),
+    ]);
+    // Renamed aside byte for byte, never deleted; the store keeps working.
+    expect(fs.readFileSync(`${segment}.quarantined`).equals(damaged)).toBe(true);
+    expect(await store.put([{ key: keys[3], payload: expected.last }])).toEqual(["persisted"]);
+    await store.close();
+    const reopened = await openStore(dir, OPTIONS);
+    expect(reopened.stats().quarantinedSegments).toBe(1);
+    expect(summarize(await reopened.getMany([keys[3]]), [expected.last])).toEqual(["ok"]);
+    await reopened.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
 });

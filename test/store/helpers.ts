@@ -152,3 +152,63 @@ export function summarize(got: readonly (Buffer | string)[], expected: readonly 
     Buffer.isBuffer(value) ? (value.equals(expected[i]) ? "ok" : "WRONG") : value,
   );
 }
+
+/** A seeded xorshift32 generator in [0, 1): fault positions are reproducible from the seed. */
+export function rng(seed: number): () => number {
+  let state = seed >>> 0 || 1;
+  return () => {
+    state ^= state << 13;
+    state >>>= 0;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    state >>>= 0;
+    return state / 2 ** 32;
+  };
+}
+
+/** Flips one bit of one byte of a file in place. */
+export function flipBit(file: string, offset: number, bit: number): void {
+  const fd = fs.openSync(file, "r+");
+  try {
+    const byte = Buffer.alloc(1);
+    if (fs.readSync(fd, byte, 0, 1, offset) !== 1) throw new Error(`${file}: no byte at ${offset}`);
+    byte[0] ^= 1 << bit;
+    fs.writeSync(fd, byte, 0, 1, offset);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Copies the regular files of a store directory (as a kill -9 would leave them, if the store is open). */
+export function copyDir(from: string, to: string): void {
+  fs.mkdirSync(to, { recursive: true });
+  for (const name of fs.readdirSync(from)) {
+    const source = path.join(from, name);
+    if (fs.statSync(source).isFile()) fs.copyFileSync(source, path.join(to, name));
+  }
+}
+
+let addonChecksum: ((bytes: Buffer) => bigint) | undefined;
+/** XXH3-64 (seed 0) as native/FORMAT.md uses it, computed by the addon's own xxHash. */
+export function xxh3(bytes: Buffer): bigint {
+  addonChecksum ??= (
+    require(path.resolve(__dirname, "..", "..", "native", "build", "Release", "kvpark_store.node")) as {
+      checksum: (bytes: Buffer) => bigint;
+    }
+  ).checksum;
+  return addonChecksum(bytes);
+}
+
+/** Rewrites a segment header's checksum (FORMAT.md: XXH3-64 of bytes [0, 56) at offset 56). */
+export function resealSegmentHeader(file: string): void {
+  const bytes = fs.readFileSync(file);
+  bytes.writeBigUInt64LE(xxh3(bytes.subarray(0, 56)), 56);
+  fs.writeFileSync(file, bytes);
+}
+
+/** Rewrites an INDEX checksum (FORMAT.md: XXH3-64 of [0, 72) then [80, end) at offset 72). */
+export function resealIndex(file: string): void {
+  const bytes = fs.readFileSync(file);
+  bytes.writeBigUInt64LE(xxh3(Buffer.concat([bytes.subarray(0, 72), bytes.subarray(80)])), 72);
+  fs.writeFileSync(file, bytes);
+}
