@@ -1,56 +1,9 @@
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { KvparkError } from "./errors";
+import { ADMISSION_POLICIES, FSYNC_MODES, LOG_LEVELS, TELEMETRY_MODES, type Config } from "./config-fields";
 
-/** Levels of --log-level (pino's). */
-export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
-/** Modes of --ssd-fsync. */
-export const FSYNC_MODES = ["batch", "none"] as const;
-/** Policies of --cache-admission; see AdmissionPolicy in src/cache/config.ts. */
-export const ADMISSION_POLICIES = ["all", "reused", "pinned"] as const;
-/** Modes of --telemetry. */
-export const TELEMETRY_MODES = ["auto", "on", "off"] as const;
-
-/** Every limit and default of the server, in one place. */
-export interface Config {
-  host: string;
-  port: number;
-  model: string;
-  modelName: string;
-  dataDir: string;
-  tlsCert: string;
-  tlsKey: string;
-  tlsCa: string;
-  authTokens: string;
-  adminTokens: string;
-  messageBytesMax: number;
-  keepaliveMs: number;
-  keepaliveTimeoutMs: number;
-  shutdownGraceMs: number;
-  logLevel: (typeof LOG_LEVELS)[number];
-  maxTokensDefault: number;
-  maxTokensLimit: number;
-  requestsMax: number;
-  prefillChunkTokens: number;
-  engineRestartDelayMs: number;
-  testEngineAbort: boolean;
-  cache: boolean;
-  blockTokens: number;
-  ramBytesMax: number;
-  ssdBytesMax: number;
-  ssdFsync: (typeof FSYNC_MODES)[number];
-  cacheAdmission: (typeof ADMISSION_POLICIES)[number];
-  writeQueueBlocksMax: number;
-  hardPinQuotaBytes: number;
-  softPinTtlSeconds: number;
-  costModel: boolean;
-  handlesMax: number;
-  handleTtlSeconds: number;
-  telemetry: (typeof TELEMETRY_MODES)[number];
-  telemetryRecordContent: boolean;
-  metricsPort: number;
-  metricsHost: string;
-}
+export * from "./config-fields";
 
 type Kind = "string" | "int" | "bool" | "enum";
 
@@ -297,7 +250,7 @@ const specs: OptionSpec<keyof Config>[] = [
     default: 1 * GiB,
     min: 0,
     max: 2 ** 50,
-    help: "Hard-pinned bytes allowed per tenant; pins beyond it get RESOURCE_EXHAUSTED.",
+    help: "Pinned bytes allowed per tenant, hard pins and soft pins until they expire; pins beyond it get RESOURCE_EXHAUSTED.",
   },
   {
     key: "softPinTtlSeconds",
@@ -307,6 +260,15 @@ const specs: OptionSpec<keyof Config>[] = [
     min: 1,
     max: 30 * 24 * 3600,
     help: "Time to live of a soft pin that does not set one.",
+  },
+  {
+    key: "softPinTtlMaxSeconds",
+    flag: "--soft-pin-ttl-max-seconds",
+    kind: "int",
+    default: 24 * 3600,
+    min: 1,
+    max: 30 * 24 * 3600,
+    help: "Longest time to live a soft pin may ask for; a longer one gets INVALID_ARGUMENT.",
   },
   {
     key: "costModel",
@@ -477,6 +439,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
   if (config.maxTokensDefault > config.maxTokensLimit)
     problems.push(
       `--max-tokens-default (${config.maxTokensDefault}) exceeds --max-tokens-limit (${config.maxTokensLimit})`,
+    );
+  if (config.softPinTtlSeconds > config.softPinTtlMaxSeconds)
+    problems.push(
+      `--soft-pin-ttl-seconds (${config.softPinTtlSeconds}) exceeds --soft-pin-ttl-max-seconds (${config.softPinTtlMaxSeconds})`,
     );
   if (problems.length) throw new ConfigError(problems);
   config.dataDir = path.resolve(config.dataDir);

@@ -24,6 +24,20 @@ export interface BlockEntry {
   sightings: number;
 }
 
+/** Lookups' hits and misses per tier, and evictions. */
+export interface IndexCounters {
+  ramHits: number;
+  ramMisses: number;
+  ssdHits: number;
+  ssdMisses: number;
+  ramEvictions: number;
+  ssdEvictions: number;
+}
+
+function newCounters(): IndexCounters {
+  return { ramHits: 0, ramMisses: 0, ssdHits: 0, ssdMisses: 0, ramEvictions: 0, ssdEvictions: 0 };
+}
+
 // Blocks the search for the longest cached line below a divergence looks at, at most.
 const LINE_SEARCH_BLOCKS_MAX = 4096;
 
@@ -38,8 +52,10 @@ export class BlockIndex {
   private readonly entries = new Map<string, BlockEntry>();
   private readonly children = new Map<string, Map<string, BlockEntry>>();
   private readonly roots = new Map<string, Buffer>();
-  /** Lookups' hits and misses per tier. */
-  readonly counters = { ramHits: 0, ramMisses: 0, ssdHits: 0, ssdMisses: 0 };
+  /** Lookups' hits and misses per tier, and evictions the index saw, server-wide. */
+  readonly counters = newCounters();
+  /** The same per tenant root (hex). */
+  private readonly tenantCounters = new Map<string, IndexCounters>();
   /** Blocks that failed verification and were dropped. */
   corruptBlocks = 0;
 
@@ -74,6 +90,8 @@ export class BlockIndex {
     const blocks: MatchedBlock[] = [];
     let parent = this.rootOf(tenant);
     let parentHex = parent.toString("hex");
+    const counters = [this.counters, this.countersOf(parentHex)];
+    const count = (field: keyof IndexCounters) => counters.forEach((c) => c[field]++);
     let pos = 0;
     let ramTokens = 0;
     let ssdTokens = 0;
@@ -108,16 +126,16 @@ export class BlockIndex {
         }
       }
       if (!best || !bestTier) {
-        this.counters.ramMisses++;
-        this.counters.ssdMisses++;
+        count("ramMisses");
+        count("ssdMisses");
         break;
       }
       if (bestTier === "ram") {
-        this.counters.ramHits++;
+        count("ramHits");
         ramTokens += bestTokens;
       } else {
-        this.counters.ramMisses++;
-        this.counters.ssdHits++;
+        count("ramMisses");
+        count("ssdHits");
         ssdTokens += bestTokens;
       }
       blocks.push({
@@ -210,6 +228,7 @@ export class BlockIndex {
     if (this.ram.has(entry.keyHex)) return "ram";
     if (entry.ssd === "stored") {
       if (this.ssd?.has(entry.key)) return "ssd";
+      this.countersOf(entry.rootHex).ssdEvictions++;
       this.ssd?.forget(entry.keyHex);
       entry.ssd = "none";
       this.dropIfUnheld(entry);
@@ -252,10 +271,33 @@ export class BlockIndex {
     if (entry.ssd === "none" && !this.ram.has(entry.keyHex)) this.removeEntry(entry);
   }
 
-  /** The RAM tier dropped the block. */
-  onRamDrop(keyHex: string): void {
+  /** The RAM tier dropped the block: evicted it, or removed it. */
+  onRamDrop(keyHex: string, evicted: boolean): void {
     const entry = this.entries.get(keyHex);
-    if (entry) this.dropIfUnheld(entry);
+    if (!entry) return;
+    if (evicted) this.countersOf(entry.rootHex).ramEvictions++;
+    this.dropIfUnheld(entry);
+  }
+
+  /**
+   * The counters of the tenant with root `rootHex`: its lookups' hits and misses, its blocks the
+   * RAM tier evicted, and its SSD blocks the index noticed the store had evicted.
+   */
+  countersOf(rootHex: string): IndexCounters {
+    let counters = this.tenantCounters.get(rootHex);
+    if (!counters) {
+      // Tenants are few (auth identities); the bound only guards against a caller passing junk.
+      if (this.tenantCounters.size >= 65536) this.tenantCounters.clear();
+      this.tenantCounters.set(rootHex, (counters = newCounters()));
+    }
+    return counters;
+  }
+
+  /** Blocks of the tenant with root `rootHex` the index knows (any tier). */
+  sizeOf(rootHex: string): number {
+    let n = 0;
+    for (const entry of this.entries.values()) if (entry.rootHex === rootHex) n++;
+    return n;
   }
 
   /** Deletes a block that failed verification on SSD, and counts it. */

@@ -1,7 +1,6 @@
-import * as crypto from "node:crypto";
-import * as fs from "node:fs";
-import * as path from "node:path";
 import { BLOCK_KEY_BYTES } from "./block-key";
+import { nodeFileIo, type FileIo } from "./file-io";
+import { FramedFile, readFramed, recordsWritten, type FrameFormat, type FramedRead } from "./framed-log";
 
 /** What the chain index knows of a block on SSD: enough to walk prompts without reading payloads. */
 export interface ChainRecord {
@@ -15,137 +14,113 @@ export interface ChainRecord {
   storedBytes: number;
 }
 
-const MAGIC = Buffer.from("KVPKCHN\0", "latin1");
 /** Version of the chain log format. */
 export const CHAIN_LOG_VERSION = 1;
-const FILE_HEADER_BYTES = 16;
-const CHECKSUM_BYTES = 8;
 const FIXED_BODY_BYTES = 3 * BLOCK_KEY_BYTES + 8;
 // A record of more tokens than any block could hold is damage, not data.
 const TOKENS_PER_RECORD_MAX = 1 << 16;
+// Records a failed append could not write, kept to retry with the next append; beyond this many
+// they are left to the next open, which reads their blocks back from the store.
+const PENDING_MAX = 4096;
+
+const FORMAT: FrameFormat<ChainRecord> = {
+  magic: Buffer.from("KVPKCHN\0", "latin1"),
+  version: CHAIN_LOG_VERSION,
+  bodyBytesMin: FIXED_BODY_BYTES + 4,
+  bodyBytesMax: FIXED_BODY_BYTES + 4 * TOKENS_PER_RECORD_MAX,
+  plausible: (bytes, at, bodyBytes) => bodyBytes === FIXED_BODY_BYTES + 4 * bytes.readUInt32LE(at + 100),
+  decode: decodeBody,
+  encode: encodeBody,
+};
+
+/** A chain log as read, and the size of the file it was read from. */
+export interface ChainLogContents extends FramedRead<ChainRecord> {
+  fileBytes: number;
+}
 
 /**
- * The sidecar index of the SSD tier: an append-only file of ChainRecords written next to the
- * block store, so a restart knows every stored block's parent and tokens without reading the
- * blocks (oMLX rescans every file header; LMCache forgets its disk index).
+ * The sidecar index of the SSD tier: an append-only file of ChainRecords next to the block store,
+ * so that a restart knows every stored block's parent and tokens without reading the blocks. It is
+ * a cache of what the store's records say, never the truth: at open the tier reads back from the
+ * store every block the log does not describe, drops records of blocks the store lacks, and
+ * rewrites the log (ssd-open.ts). Framing, damage and torn appends: framed-log.ts; bytes:
+ * FORMAT.md.
  *
- * Layout (little-endian):
- *   header  0 magic "KVPKCHN\0"  8 u32 version  12 u32 flags (0)
- *   record  u32 bodyBytes, body, first 8 bytes of SHA-256(body)
- *   body    key (32), parent (32), root (32), u32 storedBytes, u32 tokenCount, tokenCount x u32
- * A record is written before its block is handed to the store, so after a crash the log may
- * name blocks the store never got (filtered out at open by asking the store) and may end in a
- * torn record (reading stops there); it never misses a block the store holds, barring power
- * loss before the log's fdatasync.
+ *   body  key (32), parent (32), root (32), u32 storedBytes, u32 tokenCount, tokenCount x u32
  */
 export class ChainLog {
-  private fd: number;
-  /** Records in the file, live or not; drives compaction. */
-  recordCount = 0;
+  private pending: ChainRecord[] = [];
 
-  private constructor(
-    readonly file: string,
-    fd: number,
-  ) {
-    this.fd = fd;
+  private constructor(private readonly framed: FramedFile<ChainRecord>) {}
+
+  get file(): string {
+    return this.framed.file;
+  }
+
+  /** Records in the file, live or not; drives compaction. */
+  get recordCount(): number {
+    return this.framed.recordCount;
   }
 
   /**
-   * Reads the records of a log, stopping at a torn or damaged record; null when the file is
-   * missing or its header is unreadable (the caller then rebuilds from the store).
+   * Reads a log, skipping damaged records (the reader resynchronizes on the next record that
+   * verifies and that `accept` takes); null when the file is missing or its header is not a
+   * version-1 chain log header.
    */
-  static read(file: string): ChainRecord[] | null {
-    let bytes: Buffer;
-    try {
-      bytes = fs.readFileSync(file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
-      throw err;
-    }
-    if (
-      bytes.length < FILE_HEADER_BYTES ||
-      !bytes.subarray(0, 8).equals(MAGIC) ||
-      bytes.readUInt32LE(8) !== CHAIN_LOG_VERSION
-    ) {
-      return null;
-    }
-    const records: ChainRecord[] = [];
-    let at = FILE_HEADER_BYTES;
-    while (at + 4 <= bytes.length) {
-      const bodyBytes = bytes.readUInt32LE(at);
-      const end = at + 4 + bodyBytes + CHECKSUM_BYTES;
-      if (bodyBytes < FIXED_BODY_BYTES || end > bytes.length) break; // torn tail
-      const body = bytes.subarray(at + 4, at + 4 + bodyBytes);
-      const sum = crypto.createHash("sha256").update(body).digest().subarray(0, CHECKSUM_BYTES);
-      if (!sum.equals(bytes.subarray(end - CHECKSUM_BYTES, end))) break;
-      const record = decodeBody(body);
-      if (!record) break;
-      records.push(record);
-      at = end;
-    }
-    return records;
+  static read(
+    file: string,
+    io: FileIo = nodeFileIo,
+    accept?: (record: ChainRecord, afterDamage: boolean) => boolean,
+  ): ChainLogContents | null {
+    const bytes = io.read(file);
+    const read = bytes && readFramed(bytes, FORMAT, accept);
+    return read ? { ...read, fileBytes: bytes.length } : null;
   }
 
   /** Writes a fresh log holding `records` (atomically: temp file, fsync, rename) and opens it. */
-  static rewrite(file: string, records: Iterable<ChainRecord>): ChainLog {
-    const temp = `${file}.tmp`;
-    const fd = fs.openSync(temp, "w", 0o600);
-    let count = 0;
-    try {
-      const header = Buffer.alloc(FILE_HEADER_BYTES);
-      MAGIC.copy(header, 0);
-      header.writeUInt32LE(CHAIN_LOG_VERSION, 8);
-      const pieces: Buffer[] = [header];
-      for (const record of records) {
-        pieces.push(encodeRecord(record));
-        count++;
-      }
-      writeAll(fd, Buffer.concat(pieces));
-      fs.fdatasyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(temp, file);
-    syncDir(path.dirname(file));
-    const log = new ChainLog(file, fs.openSync(file, "a", 0o600));
-    log.recordCount = count;
-    return log;
+  static rewrite(file: string, records: Iterable<ChainRecord>, io: FileIo = nodeFileIo): ChainLog {
+    return new ChainLog(FramedFile.rewrite(file, FORMAT, records, io));
   }
 
-  /** Appends records; durable once sync() resolves. */
+  /** Opens an existing log to append after its first `end` bytes, which hold `records` records. */
+  static reopen(file: string, end: number, records: number, io: FileIo = nodeFileIo): ChainLog {
+    return new ChainLog(FramedFile.reopen(file, FORMAT, end, records, io));
+  }
+
+  /**
+   * Appends records, after those an earlier failed append could not write. A failed write leaves
+   * the log ending in whole records (framed-log.ts), keeps the unwritten records for the next
+   * append, and is thrown.
+   */
   append(records: readonly ChainRecord[]): void {
-    if (records.length === 0) return;
-    writeAll(this.fd, Buffer.concat(records.map(encodeRecord)));
-    this.recordCount += records.length;
+    const all = this.pending.length > 0 ? [...this.pending, ...records] : records;
+    this.pending = [];
+    try {
+      this.framed.append(all);
+    } catch (err) {
+      this.pending = all.slice(recordsWritten(err)).slice(-PENDING_MAX);
+      throw err;
+    }
   }
 
   /** fdatasync on the I/O thread pool. */
   sync(): Promise<void> {
-    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
+    return this.framed.sync();
   }
 
   close(): void {
-    if (this.fd >= 0) fs.closeSync(this.fd);
-    this.fd = -1;
+    this.framed.close();
   }
 }
 
-function encodeRecord(r: ChainRecord): Buffer {
-  const bodyBytes = FIXED_BODY_BYTES + r.tokenIds.length * 4;
-  const out = Buffer.allocUnsafe(4 + bodyBytes + CHECKSUM_BYTES);
-  out.writeUInt32LE(bodyBytes, 0);
-  r.key.copy(out, 4);
-  r.parent.copy(out, 4 + 32);
-  r.root.copy(out, 4 + 64);
-  out.writeUInt32LE(r.storedBytes, 4 + 96);
-  out.writeUInt32LE(r.tokenIds.length, 4 + 100);
-  for (let i = 0; i < r.tokenIds.length; i++) out.writeUInt32LE(r.tokenIds[i], 4 + 104 + i * 4);
-  const body = out.subarray(4, 4 + bodyBytes);
-  crypto
-    .createHash("sha256")
-    .update(body)
-    .digest()
-    .copy(out, 4 + bodyBytes, 0, CHECKSUM_BYTES);
+function encodeBody(r: ChainRecord): Buffer {
+  const out = Buffer.allocUnsafe(FIXED_BODY_BYTES + r.tokenIds.length * 4);
+  r.key.copy(out, 0);
+  r.parent.copy(out, 32);
+  r.root.copy(out, 64);
+  out.writeUInt32LE(r.storedBytes, 96);
+  out.writeUInt32LE(r.tokenIds.length, 100);
+  for (let i = 0; i < r.tokenIds.length; i++) out.writeUInt32LE(r.tokenIds[i], 104 + i * 4);
   return out;
 }
 
@@ -167,18 +142,4 @@ function decodeBody(body: Buffer): ChainRecord | null {
     storedBytes: body.readUInt32LE(96),
     tokenIds,
   };
-}
-
-function writeAll(fd: number, bytes: Buffer): void {
-  let written = 0;
-  while (written < bytes.length) written += fs.writeSync(fd, bytes, written);
-}
-
-function syncDir(dir: string): void {
-  const fd = fs.openSync(dir, "r");
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
 }

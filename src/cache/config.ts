@@ -38,6 +38,8 @@ export interface CacheOptions {
   hardPinQuotaBytes: number;
   /** Time to live of a soft pin when the caller gives none. */
   softPinTtlMsDefault: number;
+  /** Longest time to live a soft pin may ask for. */
+  softPinTtlMsMax: number;
   /** Bytes of MLX memory dropped since the last collection after which collectIfNeeded() runs gc(). */
   gcFreedBytesThreshold: number;
   /** Estimate restore against recompute time and recompute SSD blocks when that is faster. */
@@ -71,6 +73,7 @@ export const CACHE_DEFAULTS: Readonly<CacheOptions> = {
   restoreBatchBytesMax: 64 * MiB,
   hardPinQuotaBytes: CONFIG_DEFAULTS.hardPinQuotaBytes,
   softPinTtlMsDefault: CONFIG_DEFAULTS.softPinTtlSeconds * 1000,
+  softPinTtlMsMax: CONFIG_DEFAULTS.softPinTtlMaxSeconds * 1000,
   gcFreedBytesThreshold: 256 * MiB,
   costModel: CONFIG_DEFAULTS.costModel,
   prefillTokensPerSecondPrior: 50,
@@ -89,6 +92,7 @@ export function cacheOptionsFrom(config: Config, ssdDir: string): Partial<CacheO
     writeQueueBlocksMax: config.writeQueueBlocksMax,
     hardPinQuotaBytes: config.hardPinQuotaBytes,
     softPinTtlMsDefault: config.softPinTtlSeconds * 1000,
+    softPinTtlMsMax: config.softPinTtlMaxSeconds * 1000,
     costModel: config.costModel,
   };
 }
@@ -129,7 +133,8 @@ export function resolveCacheOptions(options: Partial<CacheOptions> = {}): CacheO
   int("writeBatchBytesMax", 1);
   int("restoreBatchBytesMax", 1);
   int("hardPinQuotaBytes", ...range("hardPinQuotaBytes"));
-  int("softPinTtlMsDefault", ...range("softPinTtlSeconds", 1000));
+  int("softPinTtlMsMax", ...range("softPinTtlMaxSeconds", 1000));
+  int("softPinTtlMsDefault", range("softPinTtlSeconds", 1000)[0], o.softPinTtlMsMax);
   int("gcFreedBytesThreshold", 0);
   positive("prefillTokensPerSecondPrior");
   positive("ssdRestoreBytesPerSecondPrior");

@@ -13,9 +13,11 @@ export type { AdmissionPolicy, CacheOptions } from "./config";
 export { BLOCK_ERROR_CODES, BlockError } from "./errors";
 export type { BlockErrorCode } from "./errors";
 export { PrefixCache } from "./prefix-cache";
+export type { FileIo } from "./file-io";
 export type {
   BlockRejection,
   BlockSelector,
+  CacheSeams,
   CacheStats,
   GetBlockResult,
   LookupOptions,

@@ -6,7 +6,8 @@ import { BlockPayloads } from "./payloads";
 import { Persister } from "./persist";
 import { Pins } from "./pins";
 import { RamTier } from "./ram-tier";
-import type { BlockSelector, CacheStats, PinReport, PinRequestKind } from "./reports";
+import { nodeFileIo } from "./file-io";
+import type { BlockSelector, CacheSeams, CacheStats, PinReport, PinRequestKind } from "./reports";
 import { Restorer } from "./restore";
 import { SsdTier } from "./ssd-tier";
 import { Staging, removeStaleStagingDirs } from "./staging";
@@ -40,12 +41,13 @@ export class PrefixCache {
     private readonly staging: Staging,
     payloads: BlockPayloads,
     private readonly ssd: SsdTier | null,
+    nowMs: () => number,
   ) {
     this.options = options;
-    this.pins = new Pins(options, ssd);
+    this.pins = new Pins(options, ssd, nowMs);
     this.ram = new RamTier(
       options.ramBytesMax,
-      (keyHex) => this.index.onRamDrop(keyHex),
+      (keyHex, evicted) => this.index.onRamDrop(keyHex, evicted),
       (keyHex) => this.pins.isPinned(keyHex),
     );
     this.index = new BlockIndex(model, options, this.ram, ssd, this.pins);
@@ -66,9 +68,14 @@ export class PrefixCache {
 
   /**
    * Opens the cache for a model: RAM tier empty, SSD tier (when ssdDir is set) with the chain
-   * index of every block it holds, so prompts seen before a restart hit.
+   * index of every block it holds and their pins, so prompts seen before a restart hit and pinned
+   * blocks stay pinned. `seams` are for tests (file I/O of the side files, log, clock).
    */
-  static async open(model: ModelShape, options: Partial<CacheOptions> = {}): Promise<PrefixCache> {
+  static async open(
+    model: ModelShape,
+    options: Partial<CacheOptions> = {},
+    seams: CacheSeams = {},
+  ): Promise<PrefixCache> {
     checkModel(model);
     const resolved = resolveCacheOptions(options);
     if (/^kvpark-\d+$/.test(path.basename(resolved.stagingDir))) {
@@ -77,6 +84,7 @@ export class PrefixCache {
     const staging = new Staging(resolved.stagingDir);
     const payloads = new BlockPayloads(model, staging);
     const o = resolved;
+    const nowMs = seams.nowMs ?? Date.now;
     let ssd: SsdTier | null = null;
     if (o.ssdDir !== null) {
       try {
@@ -90,16 +98,22 @@ export class PrefixCache {
             writeQueueBlocksMax: o.writeQueueBlocksMax,
             writeQueueBytesMax: o.writeQueueBytesMax,
             writeBatchBytesMax: o.writeBatchBytesMax,
+            fingerprint: model.fingerprint,
           },
           (items) => payloads.encodeForStore(items),
+          { io: seams.fileIo ?? nodeFileIo, log: seams.log ?? ((line) => console.error(line)), nowMs },
         );
       } catch (err) {
         staging.close();
         throw err;
       }
     }
-    const cache = new PrefixCache(model, resolved, staging, payloads, ssd);
+    const cache = new PrefixCache(model, resolved, staging, payloads, ssd, nowMs);
     for (const record of ssd?.records.values() ?? []) cache.index.indexStored(record);
+    for (const pin of ssd?.openPins ?? []) {
+      const entry = cache.index.get(pin.key.toString("hex"));
+      if (entry) cache.pins.learn(entry, pin);
+    }
     return cache;
   }
 
@@ -134,8 +148,10 @@ export class PrefixCache {
 
   /**
    * Pins blocks of the tenant in every tier that holds them; RAM-only blocks are also queued for
-   * SSD (whatever the admission policy) so the pin outlives RAM pressure. A hard pin that would
-   * take the tenant over hardPinQuotaBytes is refused whole with RESOURCE_EXHAUSTED.
+   * SSD (whatever the admission policy) so the pin outlives RAM pressure, and the pin is recorded
+   * in the SSD tier's pin journal so it outlives a restart. A pin that would take the tenant's
+   * pinned bytes (hard and soft) over hardPinQuotaBytes is refused whole with RESOURCE_EXHAUSTED; a
+   * soft pin longer than softPinTtlMsMax with INVALID_ARGUMENT.
    */
   pin(tenant: string, selector: BlockSelector, kind: PinRequestKind): PinReport {
     const { found, missing } = this.index.select(tenant, selector);
@@ -174,9 +190,31 @@ export class PrefixCache {
     await this.ssd?.flush();
   }
 
-  stats(): CacheStats {
-    const ram = this.ram.stats();
+  /**
+   * The cache's numbers. With `tenant`, the tiers' bytes, blocks, pinned blocks, hits, misses and
+   * evictions and indexedBlocks count only that tenant's blocks (by its root key); without, the
+   * whole server's. The rest (limits, write queue and errors, rates) is server-wide either way.
+   */
+  stats(tenant?: string): CacheStats {
+    const rootHex = tenant === undefined ? null : this.index.rootOf(tenant).toString("hex");
+    const ram = this.ram.stats(
+      rootHex === null ? undefined : (keyHex) => this.index.get(keyHex)?.rootHex === rootHex,
+    );
     const ssd = this.ssd?.stats();
+    const counters = rootHex === null ? this.index.counters : this.index.countersOf(rootHex);
+    let ssdHeld = {
+      bytes: ssd?.store.bytes ?? 0,
+      blocks: ssd?.store.blocks ?? 0,
+      pinnedBlocks: ssd?.store.pinnedBlocks ?? 0,
+    };
+    if (rootHex !== null) {
+      const stored = this.ssd?.storedOf(rootHex) ?? [];
+      ssdHeld = {
+        bytes: stored.reduce((n, r) => n + r.storedBytes, 0),
+        blocks: stored.length,
+        pinnedBlocks: stored.filter((r) => this.pins.isPinned(r.key.toString("hex"))).length,
+      };
+    }
     return {
       blockTokens: this.options.blockTokens,
       modelFingerprint: this.model.fingerprint,
@@ -184,28 +222,30 @@ export class PrefixCache {
         bytes: ram.bytes,
         bytesMax: ram.bytesMax,
         blocks: ram.blocks,
-        hits: this.index.counters.ramHits,
-        misses: this.index.counters.ramMisses,
-        evictions: ram.evictions,
+        hits: counters.ramHits,
+        misses: counters.ramMisses,
+        evictions: rootHex === null ? ram.evictions : counters.ramEvictions,
         pinnedBlocks: ram.pinnedBlocks,
       },
       ssd: {
-        bytes: ssd?.store.bytes ?? 0,
+        ...ssdHeld,
         bytesMax: ssd?.store.bytesMax ?? 0,
-        blocks: ssd?.store.blocks ?? 0,
-        hits: this.index.counters.ssdHits,
-        misses: this.index.counters.ssdMisses,
-        evictions: ssd?.store.evictions ?? 0,
-        pinnedBlocks: ssd?.store.pinnedBlocks ?? 0,
+        hits: counters.ssdHits,
+        misses: counters.ssdMisses,
+        evictions: rootHex === null ? (ssd?.store.evictions ?? 0) : counters.ssdEvictions,
       },
       writeQueueDepth: ssd?.queueBlocks ?? 0,
       writeQueueBytes: ssd?.queueBytes ?? 0,
       writeSkips: ssd?.writeSkips ?? 0,
       writeErrors: ssd?.writeErrors ?? 0,
+      writeErrorsEnospc: ssd?.writeErrorsByCause.ENOSPC ?? 0,
+      writeErrorsEio: ssd?.writeErrorsByCause.EIO ?? 0,
+      writeErrorsOther: ssd?.writeErrorsByCause.other ?? 0,
       corruptBlocks: this.index.corruptBlocks,
       recomputeChosenTokens: this.restorer.recomputeChosenTokens,
-      indexedBlocks: this.index.size,
-      ssdIndexSource: ssd?.indexSource ?? "none",
+      indexedBlocks: rootHex === null ? this.index.size : this.index.sizeOf(rootHex),
+      ssdIndexSource: ssd?.index.source ?? "none",
+      ssdIndexReadBack: ssd?.index.readBack ?? 0,
       rates: this.restorer.rates(),
     };
   }

@@ -44,8 +44,8 @@ export class RamTier {
 
   constructor(
     readonly bytesMax: number,
-    /** Told about every block that leaves the tier, evicted or removed. */
-    private readonly onDrop: (keyHex: string) => void = () => {},
+    /** Told about every block that leaves the tier, evicted (true) or removed. */
+    private readonly onDrop: (keyHex: string, evicted: boolean) => void = () => {},
     /** Whether a pin protects the block now. */
     private readonly isPinned: (keyHex: string) => boolean = () => false,
   ) {}
@@ -116,13 +116,21 @@ export class RamTier {
     return bytes;
   }
 
-  stats(): RamTierStats {
+  /** The tier's numbers; with `only`, bytes, blocks and pinned blocks count just the blocks it selects. */
+  stats(only?: (keyHex: string) => boolean): RamTierStats {
     let pinnedBlocks = 0;
-    for (const block of this.blocks.values()) if (this.isPinned(block.keyHex)) pinnedBlocks++;
+    let bytes = 0;
+    let blocks = 0;
+    for (const block of this.blocks.values()) {
+      if (only && !only(block.keyHex)) continue;
+      blocks++;
+      bytes += block.bytes;
+      if (this.isPinned(block.keyHex)) pinnedBlocks++;
+    }
     return {
-      bytes: this.bytesUsed,
+      bytes,
       bytesMax: this.bytesMax,
-      blocks: this.blocks.size,
+      blocks,
       evictions: this.evictions,
       pinnedBlocks,
       insertRejects: this.insertRejects,
@@ -144,16 +152,16 @@ export class RamTier {
     if (needed > 0) return false;
     for (const block of victims) {
       this.evictions++;
-      this.drop(block);
+      this.drop(block, true);
     }
     return true;
   }
 
-  private drop(block: RamBlock): void {
+  private drop(block: RamBlock, evicted = false): void {
     this.blocks.delete(block.keyHex);
     this.bytesUsed -= block.bytes;
     this.freedBytesTotal += block.bytes;
     this.freedBytesUntaken += block.bytes;
-    this.onDrop(block.keyHex);
+    this.onDrop(block.keyHex, evicted);
   }
 }

@@ -1,4 +1,5 @@
 import type { ModelCache } from "../model/kv-cache";
+import type { FileIo } from "./file-io";
 import type { KVBlockRecord } from "./block-codec";
 import type { BlockErrorCode } from "./errors";
 
@@ -163,7 +164,11 @@ export type PinRequestKind = { kind: "hard" } | { kind: "soft"; ttlMs?: number }
 export interface PinReport {
   pinnedBlocks: number;
   missingKeys: Buffer[];
+  /** The tenant's bytes under hard pins, after the call. */
   hardPinnedBytes: number;
+  /** The tenant's bytes under unexpired soft pins only, after the call; they count against the quota too. */
+  softPinnedBytes: number;
+  /** The tenant's quota of pinned bytes, hard and soft together. */
   hardPinQuotaBytes: number;
 }
 
@@ -178,7 +183,11 @@ export interface TierStats {
   pinnedBlocks: number;
 }
 
-/** Everything the Stats RPC and the metrics report. */
+/**
+ * Everything the Stats RPC and the metrics report. stats(tenant) scopes to the tenant's own blocks
+ * (by its root key) the tiers' bytes, blocks, pinned blocks, hits, misses and evictions, and
+ * indexedBlocks; bytesMax and everything else stays server-wide.
+ */
 export interface CacheStats {
   blockTokens: number;
   modelFingerprint: string;
@@ -187,17 +196,40 @@ export interface CacheStats {
   writeQueueDepth: number;
   writeQueueBytes: number;
   writeSkips: number;
+  /**
+   * Failed SSD writes: blocks the store refused or failed to write (or that could not be encoded),
+   * and failed writes of the tier's side files, chain.log and pins.log (each append, sync or
+   * rewrite). The sum of the three below.
+   */
   writeErrors: number;
+  /** Of writeErrors: the disk was full. */
+  writeErrorsEnospc: number;
+  /** Of writeErrors: the device reported an I/O error. */
+  writeErrorsEio: number;
+  /** Of writeErrors: anything else (another errno, the store's cap, a batch that could not be encoded). */
+  writeErrorsOther: number;
   corruptBlocks: number;
   recomputeChosenTokens: number;
   /** Blocks known to the chain index (any tier). */
   indexedBlocks: number;
   /** Where the SSD tier's chain index came from at open ("none" without an SSD tier). */
   ssdIndexSource: "log" | "scan" | "empty" | "none";
+  /** Blocks the open read back from the store because the chain log did not describe them. */
+  ssdIndexReadBack: number;
   /** Measured rates the cost model uses. */
   rates: {
     ssdRestoreBytesPerSecond: number;
     ramRestoreBytesPerSecond: number;
     prefillTokensPerSecond: number;
   };
+}
+
+/** What the cache's SSD tier writes its side files with, logs with and reads the time from; tests swap them. */
+export interface CacheSeams {
+  /** File operations of chain.log and pins.log (default node:fs). */
+  fileIo?: FileIo;
+  /** One line per event worth an operator's attention, rate-limited (default console.error). */
+  log?: (line: string) => void;
+  /** Unix milliseconds, for soft pins and the log's rate limit (default Date.now). */
+  nowMs?: () => number;
 }

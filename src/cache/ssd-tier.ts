@@ -11,10 +11,12 @@ import {
   type StoreStats,
 } from "../store";
 import type { LayerKV } from "../model/kv-cache";
-import { openEnvelope } from "./block-codec";
 import { ChainLog, type ChainRecord } from "./chain-log";
 import type { AdmissionPolicy } from "./config";
-import { parseSafetensors } from "../util/safetensors";
+import type { FileIo } from "./file-io";
+import { PinJournal, pinsAt, type PinRecord } from "./pin-log";
+import { openIndex, type IndexOpenReport } from "./ssd-open";
+import { WriteErrors, type WriteErrorCounts } from "./write-errors";
 
 /** A block waiting for its SSD write. */
 export interface PendingWrite {
@@ -41,6 +43,15 @@ export interface SsdTierOptions {
   writeQueueBlocksMax: number;
   writeQueueBytesMax: number;
   writeBatchBytesMax: number;
+  /** The served model's fingerprint: records found after damage in the chain log are checked with it. */
+  fingerprint: string;
+}
+
+/** What the SSD tier's side files are written with, what it logs with and its clock; tests swap them. */
+export interface SsdTierSeams {
+  io: FileIo;
+  log: (line: string) => void;
+  nowMs: () => number;
 }
 
 /** Gauges and counters of the SSD tier. */
@@ -50,26 +61,30 @@ export interface SsdTierStats {
   queueBytes: number;
   /** Blocks not written because the queue was full. */
   writeSkips: number;
-  /** Blocks the store refused or failed to write. */
+  /**
+   * Failed writes: blocks the store refused or failed to write (or that could not be encoded), and
+   * failed writes of chain.log and pins.log (each append, sync or rewrite). The sum of byCause.
+   */
   writeErrors: number;
+  writeErrorsByCause: WriteErrorCounts;
   blocksWritten: number;
   /** Message of the last failed encode, for the log. */
   lastWriteError: string;
-  /** Where the chain index came from at open: the log, or a scan of the store. */
-  indexSource: "log" | "scan" | "empty";
-  /** Blocks dropped at open because the store held them but they could not be read. */
-  scanDropped: number;
+  /** What the open found: where the chain index came from, what was read back or dropped. */
+  index: IndexOpenReport;
 }
 
-// Blocks read per getMany while rebuilding the index from the store.
-const SCAN_BATCH_BLOCKS = 64;
+// A chain log that could not be written is retried at most this often.
+const LOG_RETRY_MS = 60_000;
 
 /**
- * The SSD tier: the native block store plus the chain index log, with a bounded write queue in
- * front. Writes go behind the request: persist() only enqueues, and a background pump encodes a
- * batch (up to writeBatchBytesMax, so the engine's thread pauses briefly), appends its chain
- * records, and hands it to the store as one group commit. A full queue never blocks and never
- * drops silently: the block is skipped and writeSkips counts it.
+ * The SSD tier: the native block store, the chain log (a cache of the store's records, for a fast
+ * open) and the pin journal, with a bounded write queue in front. Writes go behind the request:
+ * persist() only enqueues, and a background pump encodes a batch (up to writeBatchBytesMax, so
+ * the engine's thread pauses briefly), appends its chain records, and hands it to the store as one
+ * group commit. A full queue never blocks and never drops silently: the block is skipped and
+ * writeSkips counts it. A failed write of the chain log costs no block: the block is stored all
+ * the same, and the next open reads it back from the store if the log still lacks it.
  */
 export class SsdTier {
   /** Blocks written and not known to be gone, by hex key. The store may have evicted some since. */
@@ -78,54 +93,71 @@ export class SsdTier {
   private queueBytes = 0;
   private pumping: Promise<void> | null = null;
   private writeSkips = 0;
-  private writeErrors = 0;
   private blocksWritten = 0;
-  private scanDropped = 0;
   private lastWriteError = "";
-  private indexSource: SsdTierStats["indexSource"] = "empty";
+  private logRetryAtMs = 0;
   private closed = false;
 
   private constructor(
     private readonly store: BlockStore,
-    private log: ChainLog,
+    private log: ChainLog | null,
+    private readonly pinJournal: PinJournal,
+    /** Live pins the pin journal held at open, for the cache's pins to learn. */
+    readonly openPins: readonly PinRecord[],
+    private readonly index: IndexOpenReport,
+    private readonly errors: WriteErrors,
     private readonly options: SsdTierOptions,
+    private readonly seams: SsdTierSeams,
     private readonly encode: EncodeBatch,
   ) {}
 
   /**
-   * Opens the store under `<dir>/blocks` and the chain log `<dir>/chain.log`. Records the log
-   * names but the store no longer holds are dropped and the log is compacted; a missing or
-   * unreadable log is rebuilt by reading every stored block's envelope and metadata.
+   * Opens the store under `<dir>/blocks`, indexes what it holds with the chain log `<dir>/chain.log`
+   * as a cache (ssd-open.ts), and reads the pin journal `<dir>/pins.log`, handing the store again
+   * the pins it may have lost (a kill -9 since its last checkpoint) and taking back those unpinned.
    */
-  static async open(options: SsdTierOptions, encode: EncodeBatch): Promise<SsdTier> {
+  static async open(options: SsdTierOptions, encode: EncodeBatch, seams: SsdTierSeams): Promise<SsdTier> {
     fs.mkdirSync(options.dir, { recursive: true });
     const store = await openStore(path.join(options.dir, "blocks"), {
       bytesMax: options.bytesMax,
       fsync: options.fsync,
       segmentBytes: options.segmentBytes,
     });
-    const logFile = path.join(options.dir, "chain.log");
-    let records = ChainLog.read(logFile);
-    let source: SsdTierStats["indexSource"] = "log";
-    let scanDropped = 0;
-    if (records === null) {
-      const scan = await scanStore(store);
-      records = scan.records;
-      scanDropped = scan.dropped;
-      source = records.length > 0 ? "scan" : "empty";
-    }
-    const live = records.filter((r) => store.has(r.key));
-    let log: ChainLog;
+    const errors = new WriteErrors(seams.log, seams.nowMs);
+    let tier: SsdTier;
+    let opened: Awaited<ReturnType<typeof openIndex>> | undefined;
     try {
-      log = ChainLog.rewrite(logFile, live);
+      opened = await openIndex(
+        store,
+        path.join(options.dir, "chain.log"),
+        options.fingerprint,
+        seams.io,
+        errors,
+      );
+      const { journal, records: pins } = PinJournal.open(
+        path.join(options.dir, "pins.log"),
+        (key) => store.has(key),
+        {
+          io: seams.io,
+          errors,
+          nowMs: seams.nowMs,
+          durable: options.fsync === "batch",
+        },
+      );
+      const now = seams.nowMs();
+      for (const pin of pins) {
+        if (pin.hard) store.pin(pin.key, "hard");
+        else if (pin.softUntilMs > now) store.pin(pin.key, { ttlMs: Math.ceil(pin.softUntilMs - now) });
+        else store.unpin(pin.key);
+      }
+      const live = pins.filter((pin) => pinsAt(pin, now));
+      tier = new SsdTier(store, opened.log, journal, live, opened.report, errors, options, seams, encode);
+      for (const r of opened.records) tier.records.set(r.key.toString("hex"), r);
     } catch (err) {
+      opened?.log?.close();
       await store.close();
       throw err;
     }
-    const tier = new SsdTier(store, log, options, encode);
-    for (const r of live) tier.records.set(r.key.toString("hex"), r);
-    tier.indexSource = source;
-    tier.scanDropped = scanDropped;
     return tier;
   }
 
@@ -196,26 +228,44 @@ export class SsdTier {
     return this.store.unpin(key);
   }
 
+  /** Records changes of blocks' pins in the pin journal, so that they survive a restart. */
+  recordPins(changes: readonly PinRecord[]): void {
+    if (!this.closed) this.pinJournal.record(changes);
+  }
+
+  /** The blocks of the chain with root `rootHex` the store holds. */
+  storedOf(rootHex: string): ChainRecord[] {
+    const out: ChainRecord[] = [];
+    for (const r of this.records.values())
+      if (r.root.toString("hex") === rootHex && this.has(r.key)) out.push(r);
+    return out;
+  }
+
   stats(): SsdTierStats {
     return {
       store: this.store.stats(),
       queueBlocks: this.queue.length,
       queueBytes: this.queueBytes,
       writeSkips: this.writeSkips,
-      writeErrors: this.writeErrors,
+      writeErrors: this.errors.total,
+      writeErrorsByCause: { ...this.errors.counts },
       blocksWritten: this.blocksWritten,
       lastWriteError: this.lastWriteError,
-      indexSource: this.indexSource,
-      scanDropped: this.scanDropped,
+      index: { ...this.index },
     };
   }
 
-  /** Writes what is queued, then closes the log and the store. */
+  /** Writes what is queued, then closes the log, the store and the pin journal. */
   async close(): Promise<void> {
     await this.flush();
     this.closed = true;
-    this.log.close();
+    // Records a failed append left unwritten get a last chance.
+    this.appendToLog([]);
+    await this.syncLog();
+    this.log?.close();
+    this.pinJournal.settle((key) => this.store.has(key));
     await this.store.close();
+    this.pinJournal.close();
   }
 
   private async pump(): Promise<void> {
@@ -230,15 +280,11 @@ export class SsdTier {
           await this.writeBatch(batch);
         } catch (err) {
           this.lastWriteError = (err as Error).message;
-          this.fail(batch, "KV_IO");
+          this.errors.addError(err, batch.length, "block batch");
+          for (const item of batch) item.done?.("KV_IO");
           continue;
         }
-        try {
-          this.compactIfNeeded();
-        } catch (err) {
-          // The old log stays valid (the rewrite is atomic); compaction is retried later.
-          this.lastWriteError = (err as Error).message;
-        }
+        this.compactIfNeeded();
       }
     } finally {
       this.pumping = null;
@@ -248,21 +294,71 @@ export class SsdTier {
   private async writeBatch(batch: PendingWrite[]): Promise<void> {
     const stored = this.encode(batch);
     const records = batch.map((item, i) => ({ ...item.record, storedBytes: stored[i].length }));
-    this.log.append(records);
+    this.appendToLog(records);
+    const before = this.storeErrnoCounts();
     const [results] = await Promise.all([
       this.store.put(batch.map((item, i) => ({ key: item.record.key, payload: stored[i] }))),
-      this.options.fsync === "batch" ? this.log.sync() : Promise.resolve(),
+      this.syncLog(),
     ]);
+    const failed = results.filter((r) => r !== "persisted");
+    if (failed.length > 0) {
+      const after = this.storeErrnoCounts();
+      const enospc = after[0] > before[0];
+      const eio = after[1] > before[1];
+      const cause = enospc && !eio ? "ENOSPC" : eio && !enospc ? "EIO" : "other";
+      this.errors.add(
+        cause,
+        failed.length,
+        "block store",
+        `${failed.length} of ${batch.length} blocks: ${failed[0]}`,
+      );
+    }
     batch.forEach((item, i) => {
-      const result = results[i];
-      if (result === "persisted") {
+      if (results[i] === "persisted") {
         this.records.set(item.keyHex, records[i]);
         this.blocksWritten++;
-      } else {
-        this.writeErrors++;
       }
-      item.done?.(result);
+      item.done?.(results[i]);
     });
+  }
+
+  /**
+   * Appends a batch's chain records. A failure (full disk, I/O error) is counted and logged and
+   * costs no block: the log ends in whole records and retries the unwritten ones with the next
+   * append; if it never gets them, the next open reads their blocks back from the store.
+   */
+  private appendToLog(records: readonly ChainRecord[]): void {
+    try {
+      if (this.log) {
+        this.log.append(records);
+      } else if (this.seams.nowMs() >= this.logRetryAtMs) {
+        this.log = ChainLog.rewrite(this.chainLogFile, [...this.records.values(), ...records], this.seams.io);
+      }
+    } catch (err) {
+      if (!this.log) this.logRetryAtMs = this.seams.nowMs() + LOG_RETRY_MS;
+      this.errors.addError(err, 1, "chain.log append");
+    }
+  }
+
+  private async syncLog(): Promise<void> {
+    if (this.options.fsync !== "batch" || !this.log) return;
+    try {
+      await this.log.sync();
+    } catch (err) {
+      // What the sync lost, the next open reads back from the store.
+      this.errors.addError(err, 1, "chain.log sync");
+    }
+  }
+
+  private get chainLogFile(): string {
+    return path.join(this.options.dir, "chain.log");
+  }
+
+  // The store counts its failed writes by errno (ENOSPC, EIO); their growth names a batch's cause.
+  private storeErrnoCounts(): [number, number] {
+    const s = this.store.stats() as unknown as Record<string, unknown>;
+    const count = (v: unknown) => (typeof v === "number" ? v : 0);
+    return [count(s.writeErrorsEnospc), count(s.writeErrorsEio)];
   }
 
   private takeBatch(): PendingWrite[] {
@@ -278,63 +374,19 @@ export class SsdTier {
     return batch;
   }
 
-  private fail(batch: readonly PendingWrite[], code: PutResult): void {
-    for (const item of batch) {
-      this.writeErrors++;
-      item.done?.(code);
-    }
-  }
-
   // The log only grows; rewrite it from the live records once dead ones outnumber them.
   private compactIfNeeded(): void {
-    if (this.log.recordCount <= 2 * this.records.size + 1024) return;
+    if (!this.log || this.log.recordCount <= 2 * this.records.size + 1024) return;
+    if (this.seams.nowMs() < this.logRetryAtMs) return;
     for (const [keyHex, r] of this.records) if (!this.store.has(r.key)) this.records.delete(keyHex);
-    const fresh = ChainLog.rewrite(this.log.file, this.records.values());
-    this.log.close();
-    this.log = fresh;
-  }
-}
-
-/** Rebuilds chain records from the stored blocks themselves; unreadable blocks are deleted. */
-async function scanStore(store: BlockStore): Promise<{ records: ChainRecord[]; dropped: number }> {
-  const keys: Buffer[] = [];
-  for await (const key of store.keys()) keys.push(key);
-  const records: ChainRecord[] = [];
-  let dropped = 0;
-  for (let i = 0; i < keys.length; i += SCAN_BATCH_BLOCKS) {
-    const batch = keys.slice(i, i + SCAN_BATCH_BLOCKS);
-    const results = await store.getMany(batch);
-    for (let j = 0; j < batch.length; j++) {
-      const result = results[j];
-      const record = typeof result === "string" ? null : recordFromStored(batch[j], result);
-      if (record) {
-        records.push(record);
-      } else {
-        dropped++;
-        await store.delete(batch[j]);
-      }
+    try {
+      const fresh = ChainLog.rewrite(this.chainLogFile, this.records.values(), this.seams.io);
+      this.log.close();
+      this.log = fresh;
+    } catch (err) {
+      // The old log stays valid (the rewrite is atomic); compaction is retried later.
+      this.logRetryAtMs = this.seams.nowMs() + LOG_RETRY_MS;
+      this.errors.addError(err, 1, "chain.log rewrite");
     }
-  }
-  return { records, dropped };
-}
-
-function recordFromStored(key: Buffer, stored: Buffer): ChainRecord | null {
-  try {
-    const { root, payload } = openEnvelope(stored);
-    const meta = parseSafetensors(payload).metadata;
-    if (meta.key !== key.toString("hex")) return null;
-    const tokenIds = JSON.parse(meta.token_ids) as number[];
-    if (!Array.isArray(tokenIds) || tokenIds.length === 0) return null;
-    const parent = meta.parent_key === "" ? Buffer.from(root) : Buffer.from(meta.parent_key, "hex");
-    if (parent.length !== 32) return null;
-    return {
-      key,
-      parent,
-      root: Buffer.from(root),
-      tokenIds: Uint32Array.from(tokenIds),
-      storedBytes: stored.length,
-    };
-  } catch {
-    return null;
   }
 }

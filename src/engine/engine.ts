@@ -25,6 +25,22 @@ function selection(sel: BlockSelection): BlockSelection {
 }
 
 /** A failure as it crosses IPC: the stable code and the user-facing message. */
+/** What the engine reports about a loaded model, served under `name`. */
+export function modelInfo(name: string, dir: string, model: LoadedModel): ModelInfo {
+  return {
+    name,
+    dir,
+    fingerprint: model.fingerprint,
+    modelType: model.config.modelType,
+    vocabSize: model.config.vocabSize,
+    contextTokens: model.config.maxPositionEmbeddings,
+    numLayers: model.numLayers,
+    kvHeads: model.kvHeads,
+    headDim: model.headDim,
+    weightBytes: model.weightBytes,
+  };
+}
+
 /** How long a new engine waits for the SSD store's lock, held by a previous engine still exiting. */
 const STORE_LOCK_WAIT_MS = 5000;
 
@@ -93,18 +109,7 @@ export class Engine {
     const cache = config.cache
       ? await openCache(model, cacheOptionsFrom(config, path.join(config.dataDir, "cache")))
       : undefined;
-    const info: ModelInfo = {
-      name: config.modelName || path.basename(dir),
-      dir,
-      fingerprint: model.fingerprint,
-      modelType: model.config.modelType,
-      vocabSize: model.config.vocabSize,
-      contextTokens: model.config.maxPositionEmbeddings,
-      numLayers: model.numLayers,
-      kvHeads: model.kvHeads,
-      headDim: model.headDim,
-      weightBytes: model.weightBytes,
-    };
+    const info = modelInfo(config.modelName || path.basename(dir), dir, model);
     return new Engine(config, model, tokenizer, cache, info, send);
   }
 
@@ -298,7 +303,11 @@ export class Engine {
           return;
         }
         case "stats":
-          this.send({ type: "kv-result", id, result: { op: "stats", value: cache.stats() } });
+          this.send({
+            type: "kv-result",
+            id,
+            result: { op: "stats", value: cache.stats(msg.all ? undefined : tenant) },
+          });
           return;
       }
     } catch (err) {

@@ -40,6 +40,10 @@ function stats(s: CacheStats) {
     writeQueueDepth: s.writeQueueDepth,
     writeSkips: BigInt(s.writeSkips),
     corruptBlocks: BigInt(s.corruptBlocks),
+    writeErrors: BigInt(s.writeErrors),
+    writeErrorsEnospc: BigInt(s.writeErrorsEnospc),
+    writeErrorsEio: BigInt(s.writeErrorsEio),
+    writeErrorsOther: BigInt(s.writeErrorsOther),
   };
 }
 

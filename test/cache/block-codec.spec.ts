@@ -142,22 +142,37 @@ describe("chain log", () => {
     storedBytes: 1000 + i,
   });
 
-  it("round-trips records and stops at a torn or damaged tail", () => {
+  it("round-trips records, loses a torn tail, and resynchronizes after a damaged record", () => {
     const file = path.join(tempDir("log"), "chain.log");
     expect(ChainLog.read(file)).toBeNull();
     const log = ChainLog.rewrite(file, [record(1)]);
     log.append([record(2), record(3)]);
     log.close();
-    expect(ChainLog.read(file)).toEqual([record(1), record(2), record(3)]);
-
+    const clean = { firstAfterDamage: 3, damagedRanges: 0, skippedBytes: 0, tornBytes: 0 };
     const full = fs.readFileSync(file);
+    expect(ChainLog.read(file)).toEqual({
+      records: [record(1), record(2), record(3)],
+      ...clean,
+      fileBytes: full.length,
+    });
+
     fs.writeFileSync(file, full.subarray(0, full.length - 3)); // torn last record
-    expect(ChainLog.read(file)).toEqual([record(1), record(2)]);
+    expect(ChainLog.read(file)).toMatchObject({ records: [record(1), record(2)], tornBytes: 128 - 3 });
 
     const damaged = Buffer.from(full);
     damaged[16 + 4 + 5] ^= 0xff; // a byte of the first record's key
     fs.writeFileSync(file, damaged);
-    expect(ChainLog.read(file)).toEqual([]);
+    // The records after it are read, as found after damage (a caller may check them further).
+    expect(ChainLog.read(file)).toMatchObject({
+      records: [record(2), record(3)],
+      firstAfterDamage: 0,
+      damagedRanges: 1,
+      skippedBytes: 128,
+    });
+    expect(ChainLog.read(file, undefined, (_, afterDamage) => !afterDamage)).toMatchObject({
+      records: [],
+      tornBytes: full.length - 16,
+    });
 
     fs.writeFileSync(file, Buffer.from("not a chain log"));
     expect(ChainLog.read(file)).toBeNull();

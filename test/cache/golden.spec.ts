@@ -26,6 +26,9 @@ import {
   type ModelShape,
 } from "../../src/cache/block-codec";
 import { CHAIN_LOG_VERSION, ChainLog, type ChainRecord } from "../../src/cache/chain-log";
+import { nodeFileIo } from "../../src/cache/file-io";
+import { PIN_LOG_VERSION, PinJournal, type PinRecord } from "../../src/cache/pin-log";
+import { WriteErrors } from "../../src/cache/write-errors";
 import { openStore, type StoreOptions } from "../../src/store";
 
 const GOLDEN_V1 = path.join(__dirname, "golden", "v1");
@@ -45,6 +48,31 @@ const BLOCK_TOKENS = 4;
 const TOKENS = [1, 300, 70000, 4, 5, 6, 7];
 const ROOT = rootKey(TENANT, MODEL.fingerprint);
 const LINKS = chainKeys(ROOT, TOKENS, BLOCK_TOKENS, MODEL.fingerprint);
+// The pin journal of the golden blocks: the first hard-pinned, the second soft-pinned until PIN_UNTIL_MS.
+const PIN_UNTIL_MS = 1_700_000_000_000;
+const PINS: PinRecord[] = [
+  { key: LINKS[0].key, hard: true, softUntilMs: 0 },
+  { key: LINKS[1].key, hard: false, softUntilMs: PIN_UNTIL_MS },
+];
+const BEFORE_EXPIRY_MS = PIN_UNTIL_MS - 10_000;
+
+/** Opens the pin journal `file` as the SSD tier does, every block stored, at BEFORE_EXPIRY_MS. */
+function openPinJournal(file: string) {
+  const nowMs = () => BEFORE_EXPIRY_MS;
+  return PinJournal.open(file, () => true, {
+    io: nodeFileIo,
+    errors: new WriteErrors(() => {}, nowMs),
+    nowMs,
+    durable: false,
+  });
+}
+
+/** A pin journal written as the tier writes one: created at open, then the pins appended one by one. */
+function writePinJournal(file: string): void {
+  const { journal } = openPinJournal(file);
+  for (const pin of PINS) journal.record([pin]);
+  journal.close();
+}
 
 /** Tensor values, exact in float32 and different in every block, layer, tensor and element. */
 function tensor(block: number, layer: number, kind: "keys" | "values", tokens: number): Buffer {
@@ -96,7 +124,8 @@ afterAll(() => {
 });
 
 const STORE_OPTIONS: StoreOptions = { bytesMax: 64 << 20, fsync: "none", segmentBytes: 1 << 20 };
-function openCache(ssdDir: string): Promise<PrefixCache> {
+const logLines: string[] = [];
+function openCache(ssdDir: string, nowMs: () => number = Date.now): Promise<PrefixCache> {
   const options: Partial<CacheOptions> = {
     ssdDir,
     blockTokens: BLOCK_TOKENS,
@@ -106,7 +135,7 @@ function openCache(ssdDir: string): Promise<PrefixCache> {
     costModel: false,
     stagingDir: path.join(tempDir("staging"), "s"),
   };
-  return PrefixCache.open(MODEL, options);
+  return PrefixCache.open(MODEL, options, { log: (line) => logLines.push(line), nowMs });
 }
 
 /** An SSD tier directory holding the golden blocks in a fresh store, with `log` as its chain log. */
@@ -151,11 +180,14 @@ beforeAll(() => {
     path.join(GOLDEN_V1, "chain.log"),
     blocks.map((stored, b) => chainRecord(b, stored)),
   ).close();
+  writePinJournal(path.join(GOLDEN_V1, "pins.log"));
 });
 
 describe("cache formats, version 1", () => {
   it("are the versions this build writes and reads", () => {
-    expect([STORED_ENVELOPE_VERSION, BLOCK_FORMAT_VERSION, CHAIN_LOG_VERSION]).toEqual([1, 1, 1]);
+    expect([STORED_ENVELOPE_VERSION, BLOCK_FORMAT_VERSION, CHAIN_LOG_VERSION, PIN_LOG_VERSION]).toEqual([
+      1, 1, 1, 1,
+    ]);
     expect(STORED_ENVELOPE_BYTES).toBe(64);
   });
 
@@ -226,9 +258,14 @@ describe("cache formats, version 1", () => {
 
   it("reads the golden chain log", () => {
     const blocks = goldenBlocks();
-    expect(ChainLog.read(path.join(GOLDEN_V1, "chain.log"))).toEqual(
-      blocks.map((stored, b) => chainRecord(b, stored)),
-    );
+    expect(ChainLog.read(path.join(GOLDEN_V1, "chain.log"))).toEqual({
+      records: blocks.map((stored, b) => chainRecord(b, stored)),
+      firstAfterDamage: 2,
+      damagedRanges: 0,
+      skippedBytes: 0,
+      tornBytes: 0,
+      fileBytes: 276,
+    });
   });
 
   it("refuses an envelope, payload or wire record of a future version with UNSUPPORTED_VERSION", () => {
@@ -263,6 +300,26 @@ describe("cache formats, version 1", () => {
         message: "stored block has no envelope",
       }),
     );
+  });
+
+  it("writes and reads the pin journal byte for byte as the golden file records it", () => {
+    const dir = tempDir("pins");
+    // Appended to (each pin), and rewritten whole (each open).
+    writePinJournal(path.join(dir, "appended.log"));
+    fs.copyFileSync(path.join(GOLDEN_V1, "pins.log"), path.join(dir, "rewritten.log"));
+    const { journal, records } = openPinJournal(path.join(dir, "rewritten.log"));
+    journal.close();
+    expect(records).toEqual(PINS);
+    for (const name of ["appended.log", "rewritten.log"])
+      expect([name, fs.readFileSync(path.join(dir, name)).equals(golden("pins.log"))]).toEqual([name, true]);
+    const bytes = golden("pins.log");
+    expect(bytes.subarray(0, 16).equals(Buffer.from("KVPKPIN\0\x01\0\0\0\0\0\0\0", "latin1"))).toBe(true);
+    expect(bytes.length).toBe(16 + 2 * (4 + 48 + 8));
+    expect([
+      bytes.readUInt32LE(16),
+      bytes.readUInt32LE(16 + 4 + 32),
+      bytes.readBigUInt64LE(16 + 60 + 4 + 40),
+    ]).toEqual([48, 1, BigInt(PIN_UNTIL_MS)]);
   });
 
   it("does not read a chain log of a future version, and leaves it untouched", () => {
@@ -312,6 +369,39 @@ describe("the SSD tier over the golden files", () => {
     expect(cache.stats()).toMatchObject({ ssdIndexSource: "scan", indexedBlocks: 2 });
     await cache.close();
     expect(fs.readFileSync(path.join(ssdDir, "chain.log")).equals(golden("chain.log"))).toBe(true);
+  });
+
+  it("opens a tier with the golden pin journal: the pins count again, the soft one until it expires", async () => {
+    const ssdDir = await tierDir(goldenBlocks(), golden("chain.log"));
+    fs.copyFileSync(path.join(GOLDEN_V1, "pins.log"), path.join(ssdDir, "pins.log"));
+    const clock = { ms: BEFORE_EXPIRY_MS };
+    const cache = await openCache(ssdDir, () => clock.ms);
+    const usage = () => cache.pin(TENANT, { keys: [] }, { kind: "hard" });
+    // 4 and 3 tokens of 2 layers x keys, values x 2 heads x 4 dims x 4 bytes.
+    expect(usage()).toMatchObject({ hardPinnedBytes: 512, softPinnedBytes: 384 });
+    expect(cache.stats()).toMatchObject({ ssd: { pinnedBlocks: 2 } });
+    clock.ms = PIN_UNTIL_MS;
+    expect(usage()).toMatchObject({ hardPinnedBytes: 512, softPinnedBytes: 0 });
+    await cache.close();
+  });
+
+  it("does not read a pin journal of a future version: says so in the log and writes a version-1 one", async () => {
+    const ssdDir = await tierDir(goldenBlocks(), golden("chain.log"));
+    fs.writeFileSync(path.join(ssdDir, "pins.log"), patched(golden("pins.log"), 8, [2, 0, 0, 0]));
+    logLines.length = 0;
+    const cache = await openCache(ssdDir, () => BEFORE_EXPIRY_MS);
+    expect(cache.pin(TENANT, { keys: [] }, { kind: "hard" })).toMatchObject({
+      hardPinnedBytes: 0,
+      softPinnedBytes: 0,
+    });
+    expect(logLines).toEqual(["kvpark: cache: pins.log has no pin journal header, pins are lost"]);
+    await cache.close();
+    expect(
+      fs
+        .readFileSync(path.join(ssdDir, "pins.log"))
+        .subarray(0, 16)
+        .equals(golden("pins.log").subarray(0, 16)),
+    ).toBe(true);
   });
 
   it("drops a stored block of a future envelope version as corrupt, naming UNSUPPORTED_VERSION", async () => {

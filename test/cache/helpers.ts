@@ -3,7 +3,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
 import * as ts from "typescript";
-import { PrefixCache, type CacheOptions, type RestoreReport } from "../../src/cache";
+import { PrefixCache, type CacheOptions, type CacheSeams, type RestoreReport } from "../../src/cache";
 import { writeRandomCheckpoint } from "../../src/model-gen/checkpoint";
 import { type LoadedModel, type ModelCache, loadModel } from "../../src/model/loader";
 
@@ -123,17 +123,53 @@ export function expectSameAsScratch(model: LoadedModel, prompt: number[], got: C
   expect(maxAbsDiff(got.logits, want.logits)).toBeLessThanOrEqual(1e-4);
 }
 
-/** Opens a prefix cache for a model with test-friendly limits; options override them. */
-export function openCache(model: LoadedModel, options: Partial<CacheOptions> = {}): Promise<PrefixCache> {
-  return PrefixCache.open(model, {
-    blockTokens: 8,
-    ssdFsync: "none",
-    ssdSegmentBytes: 1024 * 1024,
-    ssdBytesMax: 64 * 1024 * 1024,
-    costModel: false,
-    stagingDir: path.join(tempDir("staging"), "s"),
-    ...options,
+/**
+ * Caches a suite opens, closed after each of its tests: `track` an opening, `close` one the test
+ * closes itself. Call at the top of a describe block or file.
+ */
+export function trackCaches() {
+  const open: PrefixCache[] = [];
+  afterEach(async () => {
+    for (const cache of open.splice(0)) await cache.close();
   });
+  return {
+    async track(opening: Promise<PrefixCache>): Promise<PrefixCache> {
+      const cache = await opening;
+      open.push(cache);
+      return cache;
+    },
+    async close(cache: PrefixCache): Promise<void> {
+      open.splice(open.indexOf(cache), 1);
+      await cache.close();
+    },
+  };
+}
+
+/** The cache's log lines of the caches openCache opened without a log of their own, oldest first. */
+export const logLines: string[] = [];
+
+/**
+ * Opens a prefix cache for a model with test-friendly limits; options override them. Its log
+ * goes to logLines unless `seams` give it another.
+ */
+export function openCache(
+  model: LoadedModel,
+  options: Partial<CacheOptions> = {},
+  seams: CacheSeams = {},
+): Promise<PrefixCache> {
+  return PrefixCache.open(
+    model,
+    {
+      blockTokens: 8,
+      ssdFsync: "none",
+      ssdSegmentBytes: 1024 * 1024,
+      ssdBytesMax: 64 * 1024 * 1024,
+      costModel: false,
+      stagingDir: path.join(tempDir("staging"), "s"),
+      ...options,
+    },
+    { log: (line) => logLines.push(line), ...seams },
+  );
 }
 
 const ROOT = path.resolve(__dirname, "..", "..");
@@ -149,6 +185,7 @@ export function transpileForChild(outDir: string, name: string): string {
     "src/model/kv-cache.ts",
     "src/errors.ts",
     "src/config.ts",
+    "src/config-fields.ts",
   ].filter((file) => file.endsWith(".ts") && !file.endsWith(".spec.ts"));
   for (const file of files) {
     const output = ts.transpileModule(fs.readFileSync(path.join(ROOT, file), "utf8"), {

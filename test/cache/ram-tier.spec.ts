@@ -54,7 +54,11 @@ describe("RAM tier (block pool)", () => {
   it("hard pins hold until unpinned; soft pins until their time to live runs out", () => {
     // The tier holds no pin state: it asks the cache's pins, which decide.
     const clock = { ms: 1000 };
-    const pins = new Pins({ hardPinQuotaBytes: 1000, softPinTtlMsDefault: 1 }, null, () => clock.ms);
+    const pins = new Pins(
+      { hardPinQuotaBytes: 1000, softPinTtlMsDefault: 1, softPinTtlMsMax: 1e9 },
+      null,
+      () => clock.ms,
+    );
     const block = (keyHex: string) => ({
       key: Buffer.alloc(32),
       keyHex,

@@ -88,6 +88,7 @@ describe("SSD write queue and admission", () => {
       pinnedBlocks: 3,
       missingKeys: [],
       hardPinnedBytes: 0,
+      softPinnedBytes: 3 * BLOCK_BYTES,
       hardPinQuotaBytes: 1024 ** 3,
     });
     await cache.flush();
@@ -189,6 +190,7 @@ describe("budgets and pins", () => {
       pinnedBlocks: 6,
       missingKeys: [],
       hardPinnedBytes: 6 * BLOCK_BYTES,
+      softPinnedBytes: 0,
       hardPinQuotaBytes: 1024 ** 3,
     });
     for (let i = 0; i < 20; i++) {
@@ -231,6 +233,7 @@ describe("budgets and pins", () => {
       pinnedBlocks: 0,
       missingKeys: keys.slice(5),
       hardPinnedBytes: 0,
+      softPinnedBytes: 0,
       hardPinQuotaBytes: 5 * BLOCK_BYTES,
     });
     expect(cache.unpin("t", { keys })).toEqual({ unpinnedBlocks: 5 });

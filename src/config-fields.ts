@@ -1,0 +1,53 @@
+// The server's configuration: its fields and the choices of its enumerated options. The table
+// that gives each its flag, default, bounds and help is in config.ts, which re-exports these.
+
+/** Levels of --log-level (pino's). */
+export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
+/** Modes of --ssd-fsync. */
+export const FSYNC_MODES = ["batch", "none"] as const;
+/** Policies of --cache-admission; see AdmissionPolicy in src/cache/config.ts. */
+export const ADMISSION_POLICIES = ["all", "reused", "pinned"] as const;
+/** Modes of --telemetry. */
+export const TELEMETRY_MODES = ["auto", "on", "off"] as const;
+
+/** Every limit and default of the server, in one place. */
+export interface Config {
+  host: string;
+  port: number;
+  model: string;
+  modelName: string;
+  dataDir: string;
+  tlsCert: string;
+  tlsKey: string;
+  tlsCa: string;
+  authTokens: string;
+  adminTokens: string;
+  messageBytesMax: number;
+  keepaliveMs: number;
+  keepaliveTimeoutMs: number;
+  shutdownGraceMs: number;
+  logLevel: (typeof LOG_LEVELS)[number];
+  maxTokensDefault: number;
+  maxTokensLimit: number;
+  requestsMax: number;
+  prefillChunkTokens: number;
+  engineRestartDelayMs: number;
+  testEngineAbort: boolean;
+  cache: boolean;
+  blockTokens: number;
+  ramBytesMax: number;
+  ssdBytesMax: number;
+  ssdFsync: (typeof FSYNC_MODES)[number];
+  cacheAdmission: (typeof ADMISSION_POLICIES)[number];
+  writeQueueBlocksMax: number;
+  hardPinQuotaBytes: number;
+  softPinTtlSeconds: number;
+  softPinTtlMaxSeconds: number;
+  costModel: boolean;
+  handlesMax: number;
+  handleTtlSeconds: number;
+  telemetry: (typeof TELEMETRY_MODES)[number];
+  telemetryRecordContent: boolean;
+  metricsPort: number;
+  metricsHost: string;
+}
