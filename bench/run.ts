@@ -5,7 +5,7 @@
  *   npm run bench -- --full      qwen2.5-0.5b shape, 1k/2k/4k/8k contexts (about 40 minutes on 2 cores)
  *
  * Options: --out DIR, --model DIR (a model directory; default .kvpark/models/<preset>, generated if
- * missing), --preset NAME, --contexts 1024,2048, --cold-runs N, --sections tokenizer,store,ttft,concurrency,replay
+ * missing), --preset NAME, --contexts 1024,2048, --cold-runs N, --sections tokenizer,store,reopen,ttft,concurrency,replay,constrained,agent
  * (add `engine` for the in-process prefill/decode microbenchmark), --work-dir DIR (on the disk to
  * measure, not a tmpfs), --seed N, --keep (leave the work directory). Progress goes to stderr; results
  * to <out>/<mode>.json, <out>/<mode>.md and <out>/<mode>-ttft.svg.
@@ -27,7 +27,10 @@ import {
 } from "./lib/report";
 import { dropPageCache, pageCacheDropWorks, Progress } from "./lib/util";
 import { runConcurrency, type ConcurrencyResult } from "./sections/concurrency";
+import { runConstrained, type ConstrainedResult } from "./sections/constrained";
 import { runReplay, type ReplayResult } from "./sections/replay";
+import { runAgent, type AgentResult } from "./sections/agent";
+import { runReopen, type ReopenResult } from "./sections/reopen";
 import { runTokenizer, type TokenizerResult } from "./sections/tokenizer";
 import { runTtft, type ContextResult } from "./sections/ttft";
 
@@ -52,6 +55,9 @@ interface Plan {
   replay: { scale: number; rounds: number; answerTokens: number; ramTokens: number };
   store: { runs: number; targetBytes: number };
   tokenizer: { vocabSizes: number[]; runs: number };
+  reopen: { blocks: number; runs: number };
+  constrained: { runs: number; decodeTokens: number; samples: number };
+  agent: { turns: number; runs: number; toolResultWords: number };
 }
 
 const PLANS: Record<"quick" | "full", Plan> = {
@@ -68,6 +74,9 @@ const PLANS: Record<"quick" | "full", Plan> = {
     replay: { scale: 0.3, rounds: 6, answerTokens: 8, ramTokens: 3072 },
     store: { runs: 1, targetBytes: 25e6 },
     tokenizer: { vocabSizes: [512, 4000, 8192], runs: 3 },
+    reopen: { blocks: 100_000, runs: 1 },
+    constrained: { runs: 3, decodeTokens: 48, samples: 10 },
+    agent: { turns: 6, runs: 1, toolResultWords: 40 },
   },
   full: {
     mode: "full",
@@ -83,11 +92,33 @@ const PLANS: Record<"quick" | "full", Plan> = {
     replay: { scale: 0.5, rounds: 6, answerTokens: 12, ramTokens: 6144 },
     store: { runs: 3, targetBytes: 100e6 },
     tokenizer: { vocabSizes: [512, 4000, 8192], runs: 5 },
+    reopen: { blocks: 100_000, runs: 3 },
+    constrained: { runs: 3, decodeTokens: 48, samples: 20 },
+    agent: { turns: 8, runs: 3, toolResultWords: 120 },
   },
 };
 
-const ALL_SECTIONS = ["tokenizer", "store", "ttft", "concurrency", "replay", "engine"];
-const DEFAULT_SECTIONS = ["tokenizer", "store", "ttft", "concurrency", "replay"];
+const ALL_SECTIONS = [
+  "tokenizer",
+  "store",
+  "reopen",
+  "ttft",
+  "concurrency",
+  "replay",
+  "constrained",
+  "agent",
+  "engine",
+];
+const DEFAULT_SECTIONS = [
+  "tokenizer",
+  "store",
+  "reopen",
+  "ttft",
+  "concurrency",
+  "replay",
+  "constrained",
+  "agent",
+];
 
 function usage(): never {
   process.stderr.write(
@@ -253,6 +284,9 @@ async function main(): Promise<void> {
   let replay: ReplayResult | undefined;
   let engine: EngineResult | undefined;
   let tokenizer: TokenizerResult | undefined;
+  let reopen: ReopenResult | undefined;
+  let constrained: ConstrainedResult | undefined;
+  let agent: AgentResult | undefined;
   try {
     if (args.sections.includes("tokenizer")) {
       tokenizer = runTokenizer({ ...plan.tokenizer, progress });
@@ -265,6 +299,9 @@ async function main(): Promise<void> {
         targetBytes: plan.store.targetBytes,
         log: (m) => progress.log(m),
       });
+    }
+    if (args.sections.includes("reopen")) {
+      reopen = await runReopen({ ...plan.reopen, dir: workDir, progress });
     }
     if (args.sections.includes("ttft")) {
       ttft = await runTtft({
@@ -285,6 +322,12 @@ async function main(): Promise<void> {
     }
     if (args.sections.includes("replay")) {
       replay = await runReplay({ model, seed: args.seed, ...plan.replay, workDir, progress });
+    }
+    if (args.sections.includes("constrained")) {
+      constrained = runConstrained({ ...plan.constrained, modelDir, preset: plan.preset, workDir, progress });
+    }
+    if (args.sections.includes("agent")) {
+      agent = await runAgent({ model, ...plan.agent, workDir, progress });
     }
     if (args.sections.includes("engine")) {
       engine = runEngine(modelDir, plan.preset, plan.contexts, path.join(workDir, "engine.json"), progress);
@@ -355,6 +398,12 @@ async function main(): Promise<void> {
     storeNote,
     engine,
     tokenizer,
+    reopenTable: reopen?.table,
+    constrainedTable: constrained?.table,
+    agentTable: agent
+      ? `A scripted agent calls a named tool every turn (forced by constrained decoding) and gets a tool result of ${agent.toolResultWords} lines back; ` +
+        `server-measured TTFT per turn, median of ${agent.runs} run(s), the same conversation on a server with the cache and one without:\n\n${agent.table}`
+      : undefined,
   };
   const md = markdown(report);
   const json = {
@@ -368,6 +417,9 @@ async function main(): Promise<void> {
       ttft,
       concurrency,
       store: store ? { ...store, table: undefined } : undefined,
+      reopen: reopen ? { ...reopen, table: undefined } : undefined,
+      constrained: constrained ? { ...constrained, table: undefined } : undefined,
+      agent: agent ? { ...agent, table: undefined } : undefined,
     },
   };
   const base = path.join(outDir, args.mode);

@@ -9,6 +9,7 @@ import {
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { InferenceService } from "../gen/kvpark/v1/inference_pb.js";
 import { KVBlocksService } from "../gen/kvpark/v1/kvblocks_pb.js";
+import { ModelService } from "../gen/kvpark/v1/model_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 
 /** Options of a kvpark client. */
@@ -33,6 +34,7 @@ export interface KvparkClientOptions {
 export interface KvparkClient {
   inference: Client<typeof InferenceService>;
   kvBlocks: Client<typeof KVBlocksService>;
+  model: Client<typeof ModelService>;
   health: Client<typeof Health>;
 }
 
@@ -85,6 +87,7 @@ export function createKvparkClient(options: KvparkClientOptions): KvparkClient {
   return {
     inference: createClient(InferenceService, transport),
     kvBlocks: createClient(KVBlocksService, transport),
+    model: createClient(ModelService, transport),
     health: createClient(Health, transport),
   };
 }

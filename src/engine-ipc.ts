@@ -5,6 +5,7 @@
 // types, imported as types only (the front end never loads the cache's code).
 import type * as cache from "./cache/index.js";
 import type { ErrorCode } from "./errors.js";
+import type { ToolCallFormat } from "./model/tool-syntax.js";
 
 export type {
   BlockErrorCode,
@@ -24,7 +25,36 @@ export interface SamplingSettings {
   topK: number;
   seed: number;
   stop: string[];
+  /** Structured output: only tokens that keep the output valid can be sampled. Unset: free text. */
+  constraint?: ConstraintSpec;
 }
+
+/** A tool whose call a tool_call constraint can force. */
+export interface ToolSpec {
+  name: string;
+  /** The JSON Schema of its arguments as JSON text ("" means no parameters). */
+  parametersJson: string;
+}
+
+/**
+ * What the generated text must be (structured outputs), enforced by constrained decoding in the
+ * engine (src/engine/constraint.ts); built by the front end (src/constraint-spec.ts). The engine
+ * compiles each distinct spec once and keeps it for the requests that repeat it.
+ */
+export type ConstraintSpec =
+  /** Any JSON object. */
+  | { kind: "json_object" }
+  /**
+   * JSON valid under `schema` (parsed JSON Schema). With `strict`, a schema using features the
+   * decoder cannot enforce is refused instead of enforced in part.
+   */
+  | { kind: "json_schema"; schema: unknown; strict: boolean }
+  /**
+   * One or more tool calls in the model family's written form (src/model/tool-syntax.ts), each call's
+   * arguments valid under its tool's schema: "required" lets the model pick among `tools` (and make
+   * several calls where the form allows), a name forces exactly one call of that tool.
+   */
+  | { kind: "tool_call"; format: ToolCallFormat; tools: ToolSpec[]; choice: "required" | { name: string } };
 
 /** What the engine reports about the model it serves. */
 export interface ModelInfo {
@@ -160,6 +190,11 @@ export type ToEngine =
       pin?: PinHint;
       tenant: string;
       arrivedAt: number;
+      /**
+       * Keep the model's tool-call and reasoning markers in the text, special tokens or not: the
+       * front end parses them out of it.
+       */
+      keepOutputMarkers: boolean;
     }
   | { type: "cancel"; id: number }
   /** Opens a prefill session: context arrives in pieces, each prefilled into the cache. */
@@ -175,6 +210,8 @@ export type FromEngine =
   | { type: "ready"; info: ModelInfo }
   | { type: "fatal"; code: ErrorCode; message: string }
   | { type: "started"; id: number; promptTokens: number; cache: CacheReport }
+  /** A long prefill's progress, between `started` and the first token (see GenerateResponse.progress). */
+  | { type: "progress"; id: number; promptTokensDone: number; promptTokensTotal: number }
   | { type: "delta"; id: number; tokenIds: number[]; text: string }
   | {
       type: "finished";

@@ -159,6 +159,12 @@ export interface ReportInput {
   /** bench/model/prefill-decode.ts's JSON, when the engine section ran. */
   engine?: EngineResult;
   tokenizer?: TokenizerResult;
+  /** bench/sections/reopen.ts's table, when the reopen section ran. */
+  reopenTable?: string;
+  /** bench/sections/constrained.ts's tables, when the constrained section ran. */
+  constrainedTable?: string;
+  /** bench/sections/agent.ts's text and table, when the agent section ran. */
+  agentTable?: string;
 }
 
 export interface EngineResult {
@@ -279,6 +285,31 @@ export function markdown(r: ReportInput): string {
       );
     }
     out.push("");
+  }
+
+  if (r.constrainedTable) {
+    out.push("### Structured outputs (constrained decoding)", "");
+    out.push(
+      "What a JSON Schema, JSON mode or a forced tool call costs per token against free text, and what " +
+        "xgrammar costs on the run's vocabulary and on a Qwen-sized one (bench/sections/constrained.ts).",
+      "",
+      r.constrainedTable,
+      "",
+    );
+  }
+
+  if (r.agentTable) out.push("### Agent loop with tools, cache on and off", "", r.agentTable, "");
+
+  if (r.reopenTable) {
+    out.push("### Reopen after a restart", "");
+    out.push(
+      "How long the SSD tier takes to open with many blocks: the store from its checkpointed index or by " +
+        "replaying every record, and the tier's whole open from its chain log or rebuilt from the store's " +
+        "records (bench/sections/reopen.ts).",
+      "",
+      r.reopenTable,
+      "",
+    );
   }
 
   if (r.tokenizer) {

@@ -1,6 +1,8 @@
+import type { core as mx } from "@frost-beta/mlx";
 import type { PrefixCache } from "../cache/index.js";
 import type { LoadedModel, ModelCache } from "../model/loader.js";
 import { Sampler } from "../model/sampler.js";
+import { outputMarkers } from "../model/tool-calls.js";
 import { IncrementalDetokenizer, type ModelTokenizer } from "../model/tokenizer.js";
 import type {
   CacheActivity,
@@ -10,11 +12,15 @@ import type {
   ModelInfo,
   ToEngine,
 } from "../engine-ipc.js";
+import { Constraint, ConstraintCompiler } from "./constraint.js";
 import { StopStringFilter } from "./stop-strings.js";
 
 type GenerateMsg = Extract<ToEngine, { type: "generate" }>;
 
 const now = () => performance.timeOrigin + performance.now();
+
+/** Least time between two progress reports of a prefill, and before the first one. */
+const PROGRESS_INTERVAL_MS = 250;
 
 /** What a unit of engine work exposes to the scheduler. */
 export interface Job {
@@ -42,6 +48,8 @@ export class Sequence implements Job {
   private readonly detokenizer: IncrementalDetokenizer;
   private readonly stops: StopStringFilter;
   private readonly abortController = new AbortController();
+  /** The structured-output constraint, compiled when the request starts. */
+  private constraint?: Constraint;
   private prefilled = 0;
   private readonly generated: number[] = [];
   private started = false;
@@ -53,6 +61,8 @@ export class Sequence implements Job {
   private lookupEndAt = 0;
   private restoreEndAt = 0;
   private firstTokenAt = 0;
+  /** When the prefill began, then when progress was last reported (performance.now()). */
+  private progressAt = 0;
   private readonly activity: CacheActivity = {
     blocksRestored: 0,
     ssdBytes: 0,
@@ -76,7 +86,12 @@ export class Sequence implements Job {
     this.kv = model.newCache(Math.min(req.tokens.length + req.sampling.maxTokens, info.contextTokens));
     const { temperature, topP, topK, seed } = req.sampling;
     this.sampler = new Sampler({ temperature, topP, topK, seed, vocabLimit: tokenizer.vocabSize });
-    this.detokenizer = new IncrementalDetokenizer(tokenizer, { skipSpecialTokens: true });
+    // Tool-call and reasoning markers stay in the text when the front end parses them out of it.
+    const markers = req.keepOutputMarkers ? outputMarkers(tokenizer.toolCallFormat, tokenizer.reasoning) : [];
+    this.detokenizer = new IncrementalDetokenizer(tokenizer, {
+      skipSpecialTokens: true,
+      keepSpecialIds: tokenizer.specialIdsOf(markers),
+    });
     this.stops = new StopStringFilter(req.sampling.stop);
     const n = req.tokens.length;
     this.report = {
@@ -116,22 +131,49 @@ export class Sequence implements Job {
       if (this.prefilled < prompt.length) {
         this.model.materialize(this.kv);
         this.prefillMs += performance.now() - t0;
+        this.reportProgress(t0);
         return false;
       }
-      const token = this.sampler.sample(logits);
+      const token = await this.pick(logits);
       this.prefillMs += performance.now() - t0;
       this.cache?.observePrefill(this.report.recomputedTokens, this.prefillMs);
       this.firstTokenAt = now();
-      return this.accept(token);
+      return token === undefined ? this.finish("eos", []) : this.accept(token);
     }
     const last = this.generated[this.generated.length - 1];
-    return this.accept(this.sampler.sample(this.model.forward([last], this.kv)));
+    // A complete grammar ends the output without another forward pass: only EOS could follow.
+    if (this.constraint && (await this.constraint.next())) return this.finish("eos", []);
+    const token = await this.pick(this.model.forward([last], this.kv));
+    return token === undefined ? this.finish("eos", []) : this.accept(token);
+  }
+
+  /** Samples the next token, under a constraint among the tokens it allows; undefined once it is complete. */
+  private async pick(logits: mx.array): Promise<number | undefined> {
+    if (!this.constraint) return this.sampler.sample(logits);
+    if (await this.constraint.next()) return undefined;
+    return this.sampler.sample(this.constraint.mask(logits));
+  }
+
+  /** Reports a long prefill's progress between its chunks, at most every PROGRESS_INTERVAL_MS. */
+  private reportProgress(chunkStart: number): void {
+    const t = performance.now();
+    this.progressAt ||= chunkStart;
+    if (t - this.progressAt < PROGRESS_INTERVAL_MS) return;
+    this.progressAt = t;
+    const total = this.req.tokens.length;
+    this.send({ type: "progress", id: this.id, promptTokensDone: this.prefilled, promptTokensTotal: total });
   }
 
   /** Looks the prompt up and restores its cached prefix; at least one token is always computed. */
   private async start(): Promise<void> {
     this.started = true;
     this.startedAt = now();
+    const spec = this.req.sampling.constraint;
+    if (spec) {
+      // Before the cache is touched: a schema that cannot be compiled fails the request alone.
+      const { dir, vocabSize } = this.info;
+      this.constraint = await ConstraintCompiler.forModel(dir, vocabSize, this.tokenizer.eosIds).open(spec);
+    }
     const prompt = this.req.tokens;
     if (this.cache) {
       const match = this.cache.lookup(this.req.tenant, prompt, { tokensMax: prompt.length - 1 });
@@ -170,6 +212,7 @@ export class Sequence implements Job {
 
   private accept(token: number): boolean {
     if (this.tokenizer.eosIds.has(token)) return this.finish("eos", []);
+    this.constraint?.accept(token);
     this.generated.push(token);
     const { text, stopped } = this.stops.push(this.detokenizer.push(token));
     if (stopped) return this.finish("stop_string", [token], text);
@@ -182,6 +225,7 @@ export class Sequence implements Job {
   }
 
   private finish(reason: FinishReason, lastIds: number[], text = ""): boolean {
+    this.constraint?.dispose();
     const tail =
       reason === "stop_string"
         ? text
@@ -245,5 +289,6 @@ export class Sequence implements Job {
 
   abort(): void {
     this.abortController.abort();
+    this.constraint?.dispose();
   }
 }

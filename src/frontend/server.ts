@@ -11,6 +11,7 @@ import { file_grpc_reflection_v1_reflection } from "../../gen/grpc/reflection/v1
 import { file_grpc_reflection_v1alpha_reflection } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { file_kvpark_v1_inference } from "../../gen/kvpark/v1/inference_pb.js";
 import { file_kvpark_v1_kvblocks } from "../../gen/kvpark/v1/kvblocks_pb.js";
+import { file_kvpark_v1_model } from "../../gen/kvpark/v1/model_pb.js";
 import { authInterceptor, parseAuthTokens, tenantKey } from "./auth.js";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
@@ -19,12 +20,15 @@ import type { RpcDeps } from "../rpc/deps.js";
 import { registerHealth, type Readiness } from "../rpc/health.js";
 import { registerInference } from "../rpc/inference.js";
 import { registerKVBlocks } from "../rpc/kvblocks.js";
+import { registerModel } from "../rpc/model.js";
 import { ReflectionIndex, registerReflection } from "../rpc/reflection.js";
+import { checkRequestWire, unknownMethod } from "./wire-checks.js";
 
 /** Fully qualified names of the services this server exposes. */
 export const SERVICE_NAMES = [
   "kvpark.v1.InferenceService",
   "kvpark.v1.KVBlocksService",
+  "kvpark.v1.ModelService",
   "grpc.health.v1.Health",
   "grpc.reflection.v1.ServerReflection",
   "grpc.reflection.v1alpha.ServerReflection",
@@ -33,6 +37,7 @@ export const SERVICE_NAMES = [
 const DESCRIPTOR_FILES: DescFile[] = [
   file_kvpark_v1_inference,
   file_kvpark_v1_kvblocks,
+  file_kvpark_v1_model,
   file_grpc_health_v1_health,
   file_grpc_reflection_v1_reflection,
   file_grpc_reflection_v1alpha_reflection,
@@ -146,8 +151,11 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
       registerReflection(router, reflection);
       registerInference(router, deps);
       registerKVBlocks(router, deps);
+      registerModel(router, deps);
       deps.registerExtra?.(router);
+      checkRequestWire(router, config.messageBytesMax);
     },
+    fallback: unknownMethod(deps.log),
     interceptors,
     readMaxBytes: config.messageBytesMax,
     writeMaxBytes: config.messageBytesMax,

@@ -6,7 +6,7 @@
 export interface Preset {
   /** One line for --help and logs. */
   description: string;
-  /** Regular tokens of the generated tokenizer (special tokens come on top). */
+  /** Regular tokens of the generated tokenizer (its added tokens come on top). */
   tokenizerVocabSize: number;
   /**
    * The model's vocab_size when it differs from the tokenizer's (Qwen pads its embedding table

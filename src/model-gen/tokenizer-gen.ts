@@ -26,11 +26,14 @@ export interface TokenizerGenOptions {
   modelMaxLength?: number;
 }
 
-/** Ids of the added special tokens; they follow the regular vocabulary. */
+/** Ids of the added tokens; they follow the regular vocabulary. */
 export interface GeneratedSpecialTokens {
   endOfText: number;
   imStart: number;
   imEnd: number;
+  /** `<tool_call>` and `</tool_call>`: added but not special, as in Qwen2.5, so they stay in decoded text. */
+  toolCallStart: number;
+  toolCallEnd: number;
 }
 
 /** The generated files as JSON values, plus the facts a model generator needs for config.json. */
@@ -38,7 +41,7 @@ export interface GeneratedTokenizerFiles {
   tokenizerJson: object;
   tokenizerConfig: object;
   specialTokens: GeneratedSpecialTokens;
-  /** Regular plus special tokens: the smallest `vocab_size` a model using this tokenizer can have. */
+  /** Regular plus added tokens: the smallest `vocab_size` a model using this tokenizer can have. */
   totalVocabSize: number;
 }
 
@@ -49,8 +52,8 @@ export const QWEN2_SPLIT_PATTERN = String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\
 export const DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant.";
 
 /**
- * Qwen2.5's ChatML template (tool calling included), with a neutral default system prompt because the
- * embedded model is not Qwen.
+ * Qwen2.5's chat template (ChatML, tools and Hermes-style `<tool_call>` calls included), word for word
+ * but for the default system prompt, which is neutral because the embedded model is not Qwen.
  */
 export const CHATML_TEMPLATE =
   "{%- if tools %}\n" +
@@ -111,7 +114,16 @@ export const CHATML_TEMPLATE =
 const END_OF_TEXT = "<|endoftext|>";
 const IM_START = "<|im_start|>";
 const IM_END = "<|im_end|>";
-const SPECIAL_TOKENS = [END_OF_TEXT, IM_START, IM_END] as const;
+const TOOL_CALL_START = "<tool_call>";
+const TOOL_CALL_END = "</tool_call>";
+/** Added tokens in id order, with whether each is special (skipped when decoding without specials). */
+const ADDED_TOKENS = [
+  [END_OF_TEXT, true],
+  [IM_START, true],
+  [IM_END, true],
+  [TOOL_CALL_START, false],
+  [TOOL_CALL_END, false],
+] as const;
 
 const BYTE_TOKENS = 256;
 const DEFAULT_MODEL_MAX_LENGTH = 32768;
@@ -372,10 +384,10 @@ export function buildTokenizerFiles(opts: TokenizerGenOptions): GeneratedTokeniz
   if (
     !Number.isInteger(vocabSize) ||
     vocabSize < BYTE_TOKENS ||
-    vocabSize > PAIR_ID_LIMIT - SPECIAL_TOKENS.length
+    vocabSize > PAIR_ID_LIMIT - ADDED_TOKENS.length
   ) {
     throw new RangeError(
-      `vocabSize must be an integer in [${BYTE_TOKENS}, ${PAIR_ID_LIMIT - SPECIAL_TOKENS.length}], got ${vocabSize}`,
+      `vocabSize must be an integer in [${BYTE_TOKENS}, ${PAIR_ID_LIMIT - ADDED_TOKENS.length}], got ${vocabSize}`,
     );
   }
   if (!Number.isInteger(seed) || seed < 0 || seed > 0xffffffff) {
@@ -390,14 +402,14 @@ export function buildTokenizerFiles(opts: TokenizerGenOptions): GeneratedTokeniz
   const { tokens, merges } = learnMerges(countWords(byteVocab), alphabet, vocabSize, seed);
   const vocab = Object.fromEntries(tokens.map((t, id) => [t, id]));
 
-  const addedTokens = SPECIAL_TOKENS.map((content, i) => ({
+  const addedTokens = ADDED_TOKENS.map(([content, special], i) => ({
     id: vocabSize + i,
     content,
     single_word: false,
     lstrip: false,
     rstrip: false,
     normalized: false,
-    special: true,
+    special,
   }));
   const tokenizerJson = tokenizerSkeleton(vocab, merges, addedTokens);
 
@@ -414,7 +426,7 @@ export function buildTokenizerFiles(opts: TokenizerGenOptions): GeneratedTokeniz
           normalized: false,
           rstrip: false,
           single_word: false,
-          special: true,
+          special: t.special,
         },
       ]),
     ),
@@ -434,8 +446,14 @@ export function buildTokenizerFiles(opts: TokenizerGenOptions): GeneratedTokeniz
   return {
     tokenizerJson,
     tokenizerConfig,
-    specialTokens: { endOfText: vocabSize, imStart: vocabSize + 1, imEnd: vocabSize + 2 },
-    totalVocabSize: vocabSize + SPECIAL_TOKENS.length,
+    specialTokens: {
+      endOfText: vocabSize,
+      imStart: vocabSize + 1,
+      imEnd: vocabSize + 2,
+      toolCallStart: vocabSize + 3,
+      toolCallEnd: vocabSize + 4,
+    },
+    totalVocabSize: vocabSize + ADDED_TOKENS.length,
   };
 }
 

@@ -7,6 +7,12 @@ import * as path from "node:path";
 import { Template } from "@huggingface/jinja";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { KvparkError } from "../errors";
+import { type ChatMessage, placeReasoning, templateFacts, type TemplateFacts } from "./chat-template";
+import { detectReasoning, detectToolCallFormat } from "./tool-calls";
+import type { ToolCallFormat } from "./tool-syntax";
+
+export type { ChatMessage } from "./chat-template";
+export { IncrementalDetokenizer } from "./detokenizer";
 
 /** Stable codes of {@link TokenizerError}. */
 export type TokenizerErrorCode =
@@ -26,21 +32,26 @@ export class TokenizerError extends KvparkError<TokenizerErrorCode> {
   }
 }
 
-/** One chat turn. Extra fields (`tool_calls`, `name`...) are passed through to the template. */
-export interface ChatMessage {
-  role: string;
-  content: string;
-  [field: string]: unknown;
-}
-
 /** Options of {@link ModelTokenizer.applyChatTemplate}. */
 export interface ChatTemplateOptions {
   /** Append the header that opens the assistant's turn. */
   addGenerationPrompt: boolean;
-  /** Tool (function) schemas for templates that support tool calling. */
+  /**
+   * Tools in the shape transformers' `apply_chat_template(tools=...)` passes them:
+   * `[{type: "function", function: {name, description, parameters: <object>}}]`. Refused
+   * (CHAT_TEMPLATE_FAILED) when the template does not read `tools`, rather than dropped.
+   */
   tools?: readonly object[];
   /** Further template variables, e.g. `enable_thinking` for templates that read it. */
   variables?: Record<string, unknown>;
+}
+
+/** Options of {@link ModelTokenizer.decode}. */
+export interface DecodeOptions {
+  /** Leave out special tokens (`<|im_end|>`...). */
+  skipSpecialTokens?: boolean;
+  /** Special tokens kept even when `skipSpecialTokens` is set. */
+  keepSpecialIds?: ReadonlySet<number>;
 }
 
 /** The JSON documents a tokenizer is built from; `source` names their directory in errors. */
@@ -142,12 +153,21 @@ export class ModelTokenizer {
   readonly padId: number | undefined;
   /** Whether encoding plain text with special tokens puts a BOS in front. */
   readonly addsBos: boolean;
+  /** How the model writes tool calls, from its chat template and vocabulary; null: tools are refused. */
+  readonly toolCallFormat: ToolCallFormat | null;
+  /** Whether the model writes reasoning apart from its answer (`<think>` blocks). */
+  readonly reasoning: boolean;
 
   private readonly tokenizer: Tokenizer;
   private readonly config: JsonObject;
   private readonly specialIds: Set<number>;
   private readonly template: Template | undefined;
   private readonly toolTemplate: Template | undefined;
+  /** What the default template, and the one used with tools (tool_use, else default), read. */
+  private readonly templateFacts: TemplateFacts | undefined;
+  private readonly toolTemplateFacts: TemplateFacts | undefined;
+  /** Ids a skip-special decode drops: special added tokens and additional_special_tokens. */
+  private readonly skippedIds: Set<number>;
   private readonly templateVariables: Record<string, unknown>;
   private readonly configFile: string;
   /** Where the chat template came from, for errors: chat_template.jinja or tokenizer_config.json. */
@@ -234,9 +254,21 @@ export class ModelTokenizer {
       const text = tokenText(this.config[name]);
       if (text !== undefined) this.templateVariables[name] = text;
     }
-    if (Array.isArray(this.config.additional_special_tokens)) {
-      this.templateVariables.additional_special_tokens = this.config.additional_special_tokens.map(tokenText);
+    const additional = Array.isArray(this.config.additional_special_tokens)
+      ? this.config.additional_special_tokens.map(tokenText)
+      : undefined;
+    if (additional) this.templateVariables.additional_special_tokens = additional;
+    this.skippedIds = new Set(this.specialIds);
+    for (const text of additional ?? []) {
+      const id = text === undefined ? undefined : this.tokenizer.token_to_id(text);
+      if (id !== undefined) this.skippedIds.add(id);
     }
+
+    this.templateFacts = this.template && templateFacts(this.template);
+    this.toolTemplateFacts = this.toolTemplate ? templateFacts(this.toolTemplate) : this.templateFacts;
+    const hasToken = (token: string) => this.tokenizer.token_to_id(token) !== undefined;
+    this.toolCallFormat = detectToolCallFormat(templates.toolUse ?? templates.default, hasToken);
+    this.reasoning = detectReasoning(templates.default, hasToken);
 
     const probe = this.encode("a", { addSpecialTokens: true });
     this.addsBos = this.bosId !== undefined && probe[0] === this.bosId;
@@ -262,8 +294,12 @@ export class ModelTokenizer {
     return ids;
   }
 
-  /** Token ids to text; throws a RangeError for an id outside the vocabulary. */
-  decode(ids: readonly number[], options: { skipSpecialTokens?: boolean } = {}): string {
+  /**
+   * Token ids to text; throws a RangeError for an id outside the vocabulary. `keepSpecialIds` are
+   * special tokens that stay in the text although `skipSpecialTokens` drops the others (a tool-call
+   * marker such as Mistral's `[TOOL_CALLS]`, which the output parser must see).
+   */
+  decode(ids: readonly number[], options: DecodeOptions = {}): string {
     if (ids.length === 0) return "";
     for (const id of ids) {
       if (
@@ -275,9 +311,29 @@ export class ModelTokenizer {
         throw new RangeError(`token id ${id} is outside the vocabulary of ${this.vocabSize} tokens`);
       }
     }
+    const keep = options.keepSpecialIds;
+    if (options.skipSpecialTokens && keep !== undefined && keep.size > 0) {
+      // The library's skip drops the same ids before decoding the rest, so this is that decode with
+      // the kept ones left in.
+      const kept = ids.filter((id) => !this.skippedIds.has(id) || keep.has(id));
+      return kept.length === 0 ? "" : this.tokenizer.decode(kept, { skip_special_tokens: false });
+    }
     return this.tokenizer.decode(ids as number[], {
       skip_special_tokens: options.skipSpecialTokens ?? false,
     });
+  }
+
+  /**
+   * The special tokens among `markers` (tool-call and reasoning markers, see `outputMarkers`), which a
+   * decode that skips special tokens must keep for the output parser to see them.
+   */
+  specialIdsOf(markers: readonly string[]): Set<number> {
+    const ids = new Set<number>();
+    for (const marker of markers) {
+      const id = this.tokenizer.token_to_id(marker);
+      if (id !== undefined && this.skippedIds.has(id)) ids.add(id);
+    }
+    return ids;
   }
 
   /** The id of a token string (special tokens included), if the vocabulary has it. */
@@ -295,7 +351,16 @@ export class ModelTokenizer {
     return this.template !== undefined;
   }
 
-  /** Renders a conversation with the model's chat template, as transformers' apply_chat_template does. */
+  /** Whether the chat template takes tools (reads the `tools` variable); if not, tools are refused. */
+  get templateUsesTools(): boolean {
+    return this.toolTemplateFacts?.usesTools ?? false;
+  }
+
+  /**
+   * Renders a conversation with the model's chat template, as transformers' apply_chat_template does:
+   * messages (see ChatMessage) and tools in transformers' shapes; an assistant's `reasoning_content` is
+   * also put under the field the template reads reasoning from, if that is another.
+   */
   applyChatTemplate(messages: readonly ChatMessage[], options: ChatTemplateOptions): string {
     const useTools = options.tools !== undefined && options.tools.length > 0;
     const template = (useTools ? this.toolTemplate : undefined) ?? this.template;
@@ -306,10 +371,17 @@ export class ModelTokenizer {
         this.configFile,
       );
     }
+    if (useTools && !this.templateUsesTools) {
+      throw new TokenizerError(
+        "CHAT_TEMPLATE_FAILED",
+        "the model's chat template does not take tools; send the request without tools",
+        this.templateFile,
+      );
+    }
     const context: Record<string, unknown> = {
       ...this.templateVariables,
       ...options.variables,
-      messages,
+      messages: placeReasoning(messages, useTools ? this.toolTemplateFacts! : this.templateFacts!),
       add_generation_prompt: options.addGenerationPrompt,
     };
     if (useTools) context.tools = options.tools;
@@ -341,93 +413,5 @@ export class ModelTokenizer {
       ids.unshift(this.bosId as number);
     }
     return { prompt, ids };
-  }
-}
-
-// An incomplete UTF-8 sequence has at most 3 bytes; decoders render it as at most 3 U+FFFD (one per
-// byte for SentencePiece byte fallback, one in all for byte-level BPE). Only that many can still change.
-const PROVISIONAL_REPLACEMENTS_MAX = 3;
-// Tokens kept when a window that keeps ending in U+FFFD is cut: enough to hold an incomplete sequence.
-const CUT_TAIL_TOKENS = 4;
-// A window holding more unsettled tokens than this is cut, so decoding stays O(1) per token even when a
-// model emits stray bytes for a long time.
-const PENDING_TOKENS_MAX = 8;
-
-function trailingReplacements(text: string): number {
-  let n = 0;
-  while (n < text.length && text.charCodeAt(text.length - 1 - n) === 0xfffd) n++;
-  return Math.min(n, PROVISIONAL_REPLACEMENTS_MAX);
-}
-
-/**
- * Turns generated token ids into text deltas for streaming. The concatenated deltas equal
- * `decode(allIds)`, and a delta never ends in a partial UTF-8 character.
- *
- * Like text-generation-inference's decoder, each step decodes a short window: the tokens emitted by the
- * previous step (context, so SentencePiece-style leading spaces survive) plus the new ones, and emits what
- * the window's text gained. Text ending in U+FFFD may be a character whose bytes are still arriving, so
- * those last replacement characters are held back until the next token settles them.
- */
-export class IncrementalDetokenizer {
-  private window: number[] = [];
-  /** window[0, contextTokens) was fully emitted by an earlier step and is only there as context. */
-  private contextTokens = 0;
-  /** Characters of decode(window) already emitted. */
-  private emitted = 0;
-
-  constructor(
-    private readonly tokenizer: ModelTokenizer,
-    private readonly options: { skipSpecialTokens?: boolean } = {},
-  ) {}
-
-  /** Adds one generated id and returns the text it completes (possibly empty). */
-  push(id: number): string {
-    this.window.push(id);
-    const text = this.decode(this.window);
-    const settled = text.length - trailingReplacements(text);
-    let delta = "";
-    if (settled > this.emitted) {
-      delta = text.slice(this.emitted, settled);
-      this.emitted = settled;
-    }
-    if (settled === text.length) {
-      // Everything is out: the tokens of this step become the context of the next one.
-      this.window = this.window.slice(this.contextTokens);
-      this.contextTokens = this.window.length;
-      this.emitted = this.decode(this.window).length;
-    } else if (this.window.length - this.contextTokens > PENDING_TOKENS_MAX) {
-      this.cut(text);
-    }
-    return delta;
-  }
-
-  /** Emits whatever is held back (a truly broken sequence stays U+FFFD); call once at the end. */
-  flush(): string {
-    const text = this.decode(this.window);
-    const delta = text.length > this.emitted ? text.slice(this.emitted) : "";
-    this.window = [];
-    this.contextTokens = 0;
-    this.emitted = 0;
-    return delta;
-  }
-
-  /**
-   * Drops the head of a window that keeps ending in U+FFFD, keeping the last few tokens. The cut is taken
-   * only where decoding the two halves separately gives the same text, i.e. where no character and no
-   * decoder context straddles it, and where the head's text is already emitted.
-   */
-  private cut(text: string): void {
-    const at = this.window.length - CUT_TAIL_TOKENS;
-    const head = this.decode(this.window.slice(0, at));
-    if (head.length > this.emitted) return;
-    const tail = this.window.slice(at);
-    if (head + this.decode(tail) !== text) return;
-    this.window = tail;
-    this.contextTokens = 0;
-    this.emitted -= head.length;
-  }
-
-  private decode(ids: readonly number[]): string {
-    return this.tokenizer.decode(ids, { skipSpecialTokens: this.options.skipSpecialTokens });
   }
 }

@@ -7,15 +7,28 @@ import {
 } from "@connectrpc/connect";
 import { ERROR_CODES, KvparkError, type ErrorCode } from "../errors.js";
 
+// A status message travels in a header (grpc-message); clients refuse headers past a few KiB.
+const STATUS_MESSAGE_CHARS_MAX = 1024;
+
+function capped(message: string): string {
+  if (message.length <= STATUS_MESSAGE_CHARS_MAX) return message;
+  // Not between the two halves of a surrogate pair.
+  const end =
+    STATUS_MESSAGE_CHARS_MAX -
+    ((message.charCodeAt(STATUS_MESSAGE_CHARS_MAX - 1) & 0xfc00) === 0xd800 ? 1 : 0);
+  return `${message.slice(0, end)}… (cut)`;
+}
+
 /**
- * Maps any error to a ConnectError by ERROR_CODES. kvpark's errors keep their message; anything else
- * becomes INTERNAL with a generic message so internals (paths, stack traces) never reach clients.
+ * Maps any error to a ConnectError by ERROR_CODES. kvpark's errors keep their message (cut to
+ * STATUS_MESSAGE_CHARS_MAX); anything else becomes INTERNAL with a generic message so internals
+ * (paths, stack traces) never reach clients.
  */
 export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   if (err instanceof KvparkError) {
     const code: ErrorCode = err.code;
-    if (code !== "INTERNAL") return new ConnectError(err.message, Code[ERROR_CODES[code]]);
+    if (code !== "INTERNAL") return new ConnectError(capped(err.message), Code[ERROR_CODES[code]]);
   }
   // The cause stays on the error for the request log; the client sees only a generic message.
   return new ConnectError("internal error; see the server log", Code.Internal, undefined, undefined, err);

@@ -16,7 +16,8 @@ import { invalidField, KvparkError } from "../errors.js";
 import { tenantKey } from "../frontend/auth.js";
 import type { ModelTokenizer } from "../model/tokenizer.js";
 import { served, type RpcDeps } from "./deps.js";
-import { checkContext, pinHint, promptTokens, samplingSettings } from "./validation.js";
+import { ModelOutput } from "./model-output.js";
+import { checkContext, pinHint, promptInput, quoted, samplingSettings } from "./validation.js";
 
 const finishReasons: Record<EngineFinishReason, FinishReason> = {
   eos: FinishReason.EOS,
@@ -51,15 +52,21 @@ async function* generate(
   const pin = cachePin(req.cache, config);
   const { info, tokenizer } = served(deps);
   if (req.model && req.model !== info.name) {
-    throw invalidField("model", `unknown model "${req.model}"; this server serves "${info.name}"`);
+    throw invalidField("model", `unknown model ${quoted(req.model)}; this server serves "${info.name}"`);
   }
   let tokens: number[] = [];
   if (req.handle) {
     const context = deps.handles.get(req.handle, tenant);
-    if (!context) throw new KvparkError("NOT_FOUND", `handle: unknown or expired handle "${req.handle}"`);
+    if (!context)
+      throw new KvparkError("NOT_FOUND", `handle: unknown or expired handle ${quoted(req.handle)}`);
     tokens = context;
   }
-  if (!req.handle || req.prompt) tokens = [...tokens, ...promptTokens(req.prompt, "prompt", tokenizer, info)];
+  let output: ModelOutput | undefined;
+  if (!req.handle || req.prompt) {
+    const input = promptInput(req.prompt, "prompt", tokenizer, info, { continuation: Boolean(req.handle) });
+    tokens = [...tokens, ...input.ids];
+    output = ModelOutput.forRequest(input.chat, input.rendered, sampling, tokenizer);
+  }
   checkContext(tokens.length, 1, info, "prompt");
   const leave = deps.admission.enter();
   const trace = deps.telemetry?.generation(ctx, {
@@ -79,6 +86,7 @@ async function* generate(
         pin,
         tenant,
         arrivedAt: performance.timeOrigin + arrivedAt,
+        keepOutputMarkers: output !== undefined,
       },
       ctx.signal,
     );
@@ -96,17 +104,30 @@ async function* generate(
             },
           });
           break;
-        case "delta":
-          trace?.delta(ev.text);
-          yield response({ case: "delta", value: { tokenIds: ev.tokenIds, text: ev.text } });
-          break;
-        case "finished":
-          trace?.finished(ev);
+        case "progress":
           yield response({
-            case: "finished",
-            value: { finishReason: finishReasons[ev.reason], usage: ev.usage, timings: ev.timings },
+            case: "progress",
+            value: { promptTokensDone: ev.promptTokensDone, promptTokensTotal: ev.promptTokensTotal },
           });
           break;
+        case "delta":
+          trace?.delta(ev.text);
+          if (!output) yield response({ case: "delta", value: { tokenIds: ev.tokenIds, text: ev.text } });
+          else for (const event of output.push(ev.text, ev.tokenIds)) yield response(event);
+          break;
+        case "finished": {
+          for (const event of output?.end() ?? []) yield response(event);
+          trace?.finished(ev);
+          // A turn that called tools and then ended ends for its tool calls.
+          const toolCalls =
+            (output?.toolCalls ?? 0) > 0 && (ev.reason === "eos" || ev.reason === "stop_string");
+          const finishReason = toolCalls ? FinishReason.TOOL_CALLS : finishReasons[ev.reason];
+          yield response({
+            case: "finished",
+            value: { finishReason, usage: ev.usage, timings: ev.timings },
+          });
+          break;
+        }
       }
     }
   } catch (err) {
@@ -156,7 +177,8 @@ async function* prefillStream(
   let context: number[] = [];
   if (head.handle) {
     const known = deps.handles.get(head.handle, tenant);
-    if (!known) throw new KvparkError("NOT_FOUND", `handle: unknown or expired handle "${head.handle}"`);
+    if (!known)
+      throw new KvparkError("NOT_FOUND", `handle: unknown or expired handle ${quoted(head.handle)}`);
     context = [...known];
   }
   if (cachePin(head.cache, deps.config))
@@ -183,6 +205,8 @@ async function* prefillStream(
         for (let i = 1; ; i++) {
           const next = await input.next();
           if (next.done) break;
+          if (next.value.handle)
+            throw invalidField(`requests[${i}].handle`, "only the first message may carry a handle");
           const piece = pieceTokens(next.value, i, false, tokenizer, info);
           checkContext(context.length + piece.length, 1, info, "context");
           context.push(...piece);

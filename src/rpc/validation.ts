@@ -4,13 +4,24 @@ import { PinKind, type Prompt } from "../../gen/kvpark/v1/common_pb.js";
 import type { SamplingParams } from "../../gen/kvpark/v1/inference_pb.js";
 import type { BlockSelector } from "../../gen/kvpark/v1/kvblocks_pb.js";
 import type { Config } from "../config.js";
+import { responseFormatConstraint } from "../constraint-spec.js";
 import type { BlockSelection, ModelInfo, PinHint, SamplingSettings } from "../engine-ipc.js";
 import { invalidField, KvparkError } from "../errors.js";
 import type { ModelTokenizer } from "../model/tokenizer.js";
+import { checkChat, renderChat, type CheckedChat } from "./chat.js";
+import { codePoints } from "./quote.js";
+
+export { codePoints, ECHO_CHARS_MAX, quoted } from "./quote.js";
 
 /** Limits on what a prompt may hold before it is tokenized. */
 export const PROMPT_TEXT_CHARS_MAX = 8 * 1024 * 1024;
-export const CHAT_MESSAGES_MAX = 10000;
+
+/** A prompt turned into token ids; a chat prompt also gives its checked form and rendered text. */
+export interface PromptInput {
+  ids: number[];
+  chat?: CheckedChat;
+  rendered?: string;
+}
 
 /** Turns a Prompt message into token ids, with errors that name the offending field. */
 export function promptTokens(
@@ -18,10 +29,27 @@ export function promptTokens(
   field: string,
   tokenizer: ModelTokenizer,
   info: ModelInfo,
+  options: { continuation?: boolean } = {},
 ): number[] {
+  return promptInput(prompt, field, tokenizer, info, options).ids;
+}
+
+/**
+ * Turns a Prompt message into token ids, keeping a chat prompt's checked messages and tools and its
+ * rendered text. With `continuation`, a chat continues the conversation of a handle's context.
+ */
+export function promptInput(
+  prompt: Prompt | undefined,
+  field: string,
+  tokenizer: ModelTokenizer,
+  info: ModelInfo,
+  options: { continuation?: boolean } = {},
+): PromptInput {
   const kind = prompt?.kind;
   if (!kind || kind.case === undefined) throw invalidField(field, "required: set text, chat or tokens");
   let ids: number[];
+  let chat: CheckedChat | undefined;
+  let rendered: string | undefined;
   switch (kind.case) {
     case "text":
       if (kind.value.length === 0) throw invalidField(`${field}.text`, "must not be empty");
@@ -30,22 +58,8 @@ export function promptTokens(
       ids = tokenizer.encode(kind.value, { addSpecialTokens: true });
       break;
     case "chat": {
-      const { messages } = kind.value;
-      if (messages.length === 0)
-        throw invalidField(`${field}.chat.messages`, "must hold at least one message");
-      if (messages.length > CHAT_MESSAGES_MAX)
-        throw invalidField(`${field}.chat.messages`, `more than ${CHAT_MESSAGES_MAX} messages`);
-      messages.forEach((m, i) => {
-        if (!m.role) throw invalidField(`${field}.chat.messages[${i}].role`, "must not be empty");
-      });
-      try {
-        ids = tokenizer.renderAndEncode(
-          messages.map((m) => ({ role: m.role, content: m.content })),
-          { addGenerationPrompt: kind.value.addGenerationPrompt ?? true },
-        ).ids;
-      } catch (err) {
-        throw invalidField(`${field}.chat`, `the model's chat template failed: ${(err as Error).message}`);
-      }
+      chat = checkChat(kind.value, `${field}.chat`);
+      ({ ids, prompt: rendered } = renderChat(chat, tokenizer, `${field}.chat`, options.continuation));
       break;
     }
     case "tokens": {
@@ -61,7 +75,7 @@ export function promptTokens(
     }
   }
   if (ids.length === 0) throw invalidField(field, "tokenizes to no tokens");
-  return ids;
+  return { ids, chat, rendered };
 }
 
 /** Refuses a context that cannot fit the model together with at least `reserve` generated tokens. */
@@ -99,13 +113,15 @@ export function samplingSettings(p: SamplingParams | undefined, config: Config):
   if (stop.length > STOP_STRINGS_MAX)
     throw invalidField("sampling.stop", `at most ${STOP_STRINGS_MAX} stop strings`);
   stop.forEach((s, i) => {
-    if (s.length === 0 || s.length > STOP_STRING_CHARS_MAX) {
+    const chars = codePoints(s, STOP_STRING_CHARS_MAX + 1);
+    if (chars === 0 || chars > STOP_STRING_CHARS_MAX) {
       throw invalidField(`sampling.stop[${i}]`, `must have 1 to ${STOP_STRING_CHARS_MAX} characters`);
     }
   });
   // The seed is kept below 2^53 so it crosses the IPC boundary as an exact number.
   const seed = p?.seed !== undefined ? Number(p.seed % (1n << 53n)) : Math.floor(Math.random() * 2 ** 32);
-  return { maxTokens, temperature, topP, topK, seed, stop };
+  const constraint = responseFormatConstraint(p?.responseFormat);
+  return { maxTokens, temperature, topP, topK, seed, stop, ...(constraint && { constraint }) };
 }
 
 /** A pin as a request asks for it, validated; `fields` name the request's kind and TTL fields. */
@@ -119,7 +135,15 @@ export function pinHint(
     if (ttlSeconds) throw invalidField(fields.ttl, "a hard pin has no time to live");
     return { kind: "hard" };
   }
-  if (kind === PinKind.SOFT) return { kind: "soft", ttlMs: (ttlSeconds || config.softPinTtlSeconds) * 1000 };
+  if (kind === PinKind.SOFT) {
+    if (ttlSeconds > config.softPinTtlMaxSeconds) {
+      throw invalidField(
+        fields.ttl,
+        `${ttlSeconds} s exceeds the longest soft pin allowed, ${config.softPinTtlMaxSeconds} s (--soft-pin-ttl-max-seconds)`,
+      );
+    }
+    return { kind: "soft", ttlMs: (ttlSeconds || config.softPinTtlSeconds) * 1000 };
+  }
   const problem =
     kind === PinKind.UNSPECIFIED ? "required: PIN_KIND_SOFT or PIN_KIND_HARD" : `unknown pin kind ${kind}`;
   throw invalidField(fields.kind, problem);

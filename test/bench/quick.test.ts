@@ -49,6 +49,17 @@ interface BenchJson {
     }>;
     totals: { idealTokens: number; reusedTokens: number; reuseShareOfIdeal: number };
   };
+  raw: {
+    constrained: {
+      decodeMsPerToken: Record<string, number>;
+      vocabularies: Array<{
+        logits: number;
+        prepareMs: number;
+        compileMs: Record<string, number>;
+        perToken: { tokens: number; grammarMs: number; maskSampleMs: number; sampleMs: number };
+      }>;
+    };
+  };
 }
 
 /** Checks that every element is closed in order: enough to catch a broken hand-written SVG. */
@@ -130,11 +141,28 @@ describe("npm run bench -- --quick", () => {
     expect(totals.reuseShareOfIdeal).toBeGreaterThan(0);
     expect(totals.reuseShareOfIdeal).toBeLessThanOrEqual(1);
 
+    const constrained = json.raw.constrained;
+    expect(Object.keys(constrained.decodeMsPerToken)).toEqual([
+      "none",
+      "json_schema",
+      "json_string",
+      "tool_call",
+    ]);
+    for (const v of Object.values(constrained.decodeMsPerToken)) expect(v).toBeGreaterThan(0);
+    expect(constrained.vocabularies.map((v) => v.logits)).toEqual([8195, 151936]);
+    for (const v of constrained.vocabularies) {
+      expect(v.prepareMs).toBeGreaterThan(0);
+      for (const ms of Object.values(v.compileMs)) expect(ms).toBeGreaterThan(0);
+      expect(v.perToken.tokens).toBeGreaterThan(0);
+      expect(v.perToken.maskSampleMs).toBeGreaterThan(0);
+    }
+
     const md = fs.readFileSync(path.join(out, "quick.md"), "utf8");
     expect(md).toContain("npm run bench -- --quick");
     expect(md).toMatch(/\| 1k \(1,024\) \| [\d,.]+ m?s \|/);
     expect(md).toContain("### Agent-session replay");
     expect(md).toContain("### Tokenizer generation");
+    expect(md).toContain("### Structured outputs (constrained decoding)");
     expect(md).toMatch(/\| 4,000 tokens \| [\d,.]+ m?s \|/);
     expect(md).toMatch(/While the engine prefilled a cold 2,048-token prompt .*: health checks/);
     expect(md).toContain(`Machine: ${json.machine.cpu}, ${json.machine.cores} cores`);

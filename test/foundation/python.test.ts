@@ -56,4 +56,31 @@ describe("Python client (Debian python3-grpcio, stubs from protoc)", () => {
     expect(out.cancelled_code).toBe("CANCELLED");
     expect(out.after_cancel_finish).toBe("FINISH_REASON_MAX_TOKENS");
   });
+
+  it("runs a tool-call round trip: tools in, a parsed tool call out, the result back, the model continues", () => {
+    const out = JSON.parse(
+      execFileSync(
+        "/usr/bin/python3",
+        [path.join(ROOT, "test/python/tools.py"), `127.0.0.1:${server.port}`, TOKEN],
+        {
+          env: { ...process.env, PYTHONPATH: stubs },
+          encoding: "utf8",
+        },
+      ),
+    );
+    expect(out.calls).toHaveLength(1);
+    expect(out.calls[0].name).toBe("get_weather");
+    expect(out.calls[0].id).toMatch(/^call_[A-Za-z0-9]+$/);
+    expect(["Oslo", "Lima"]).toContain(out.calls[0].arguments.city);
+    expect(out.first_finish).toBe("FINISH_REASON_TOOL_CALLS");
+    // The continuation reuses the first turn's context and answers in text.
+    expect(out.second_reused).toBeGreaterThan(0);
+    expect(out.second_events).toEqual(expect.arrayContaining(["started", "finished"]));
+    expect(out.second_events).not.toContain("tool_call");
+    expect(["FINISH_REASON_MAX_TOKENS", "FINISH_REASON_EOS"]).toContain(out.second_finish);
+    expect(out.unmatched_result).toEqual([
+      "INVALID_ARGUMENT",
+      "prompt.chat.messages[3].tool_call_id: no earlier tool call has id \"nope\"",
+    ]);
+  });
 });

@@ -3,14 +3,19 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import * as readline from "node:readline";
+import { isCurrentlyGenerated } from "../../src/model-gen/generate";
 
 export const ROOT = path.resolve(__dirname, "../..");
 export const CLI = path.join(ROOT, "dist/src/cli.js");
 
-/** A generated model shared by the test files of one machine (generation is deterministic). */
+/**
+ * A generated model shared by the test files of one machine (generation is deterministic); made
+ * again when the generator has changed since.
+ */
 export function testModel(preset = "tiny"): string {
   const dir = path.join(os.tmpdir(), "kvpark-test-models", preset);
-  if (!fs.existsSync(path.join(dir, "config.json"))) {
+  if (!isCurrentlyGenerated(dir, preset)) {
+    fs.rmSync(dir, { recursive: true, force: true });
     const r = spawnSync(process.execPath, [CLI, "model", "generate", preset, "--out", dir], {
       encoding: "utf8",
     });

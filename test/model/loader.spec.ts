@@ -65,7 +65,7 @@ describe("checkpoint variants", () => {
       num_hidden_layers: 2,
       num_attention_heads: 4,
       num_key_value_heads: 2,
-      vocab_size: 515,
+      vocab_size: 517,
       tie_word_embeddings: true,
       bos_token_id: 512,
       eos_token_id: 514,
@@ -105,7 +105,7 @@ describe("checkpoint variants", () => {
     const tensors = mx.load(path.join(dir, "model.safetensors")) as unknown as Record<string, mx.array>;
     expect(tensors["model.layers.0.mlp.down_proj.weight"].dtype).toBe(mx.uint32);
     expect(tensors["model.layers.0.mlp.down_proj.weight"].shape).toEqual([64, (128 * bits) / 32]);
-    expect(tensors["model.embed_tokens.scales"].shape).toEqual([515, 1]);
+    expect(tensors["model.embed_tokens.scales"].shape).toEqual([517, 1]);
 
     const twinDir = tempDir();
     writeDequantizedTwin(dir, twinDir);
@@ -237,7 +237,7 @@ describe("errors", () => {
     const err = await modelError(() => loadModel(dir));
     expect(err.code).toBe("MODEL_INVALID");
     expect(err.message).toBe(
-      "tensor model.embed_tokens.weight: expected U32 [515, 16] for a 8-bit, group-64 quantization of [515, 64] (config.json), got U32 [515, 8]",
+      "tensor model.embed_tokens.weight: expected U32 [517, 16] for a 8-bit, group-64 quantization of [517, 64] (config.json), got U32 [517, 8]",
     );
   });
 

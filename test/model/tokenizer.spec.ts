@@ -17,6 +17,8 @@ const VOCAB = 4000;
 const END_OF_TEXT = VOCAB;
 const IM_START = VOCAB + 1;
 const IM_END = VOCAB + 2;
+const TOOL_CALL = VOCAB + 3;
+const TOOL_CALL_END = VOCAB + 4;
 
 const MULTILINGUAL = [
   "Hello, world! The cache keeps keys and values.",
@@ -95,16 +97,24 @@ describe("buildTokenizerFiles", () => {
     );
   });
 
-  it("lays out ids like GPT-2 and Qwen2: 256 byte tokens, merges, then special tokens", () => {
-    expect(files.specialTokens).toEqual({ endOfText: 4000, imStart: 4001, imEnd: 4002 });
-    expect(files.totalVocabSize).toBe(4003);
-    expect(tok.vocabSize).toBe(4003);
+  it("lays out ids like GPT-2 and Qwen2: 256 byte tokens, merges, then added tokens", () => {
+    expect(files.specialTokens).toEqual({
+      endOfText: 4000,
+      imStart: 4001,
+      imEnd: 4002,
+      toolCallStart: 4003,
+      toolCallEnd: 4004,
+    });
+    expect(files.totalVocabSize).toBe(4005);
+    expect(tok.vocabSize).toBe(4005);
     expect(tok.tokenToId("!")).toBe(0);
     expect(tok.tokenToId("Ċ")).toBe(198);
     expect(tok.tokenToId("Ġ")).toBe(220);
     expect(tok.tokenToId("<|endoftext|>")).toBe(4000);
     expect(tok.tokenToId("<|im_start|>")).toBe(4001);
     expect(tok.tokenToId("<|im_end|>")).toBe(4002);
+    expect(tok.tokenToId("<tool_call>")).toBe(4003);
+    expect(tok.tokenToId("</tool_call>")).toBe(4004);
     const json = files.tokenizerJson as { model: { merges: string[]; vocab: Record<string, number> } };
     expect(json.model.merges.slice(0, 5)).toEqual(["ã ģ", "Ġ t", "Ġ Ġ", "e r", "Ġ a"]);
     expect(Object.keys(json.model.vocab)).toHaveLength(4000);
@@ -145,12 +155,29 @@ describe("buildTokenizerFiles", () => {
         single_word: false,
         special: true,
       },
+      // Added but not special, as in Qwen2.5: they stay in text decoded without special tokens.
+      "4003": {
+        content: "<tool_call>",
+        lstrip: false,
+        normalized: false,
+        rstrip: false,
+        single_word: false,
+        special: false,
+      },
+      "4004": {
+        content: "</tool_call>",
+        lstrip: false,
+        normalized: false,
+        rstrip: false,
+        single_word: false,
+        special: false,
+      },
     });
   });
 
   it("refuses vocabularies the corpus cannot fill", () => {
     expect(() => buildTokenizerFiles({ vocabSize: 100 })).toThrow(
-      new RangeError("vocabSize must be an integer in [256, 1048573], got 100"),
+      new RangeError("vocabSize must be an integer in [256, 1048571], got 100"),
     );
     expect(() => buildTokenizerFiles({ vocabSize: 20000 })).toThrow(
       new RangeError("vocabSize 20000 is more than the embedded corpus supports (9275 tokens)"),
@@ -164,8 +191,8 @@ describe("buildTokenizerFiles", () => {
       createHash("sha256")
         .update(serializeTokenizerFile(buildTokenizerFiles({ vocabSize }).tokenizerJson))
         .digest("hex");
-    expect(sha256(512)).toBe("292945c4bb29d4b3fe9ab709115dbd6c77f5e735b2af9a357a1b16ec869459ba");
-    expect(sha256(8192)).toBe("b444b68c161db36de8350cb80fe50a707a2212f352427c9d5a85e972e6cec176");
+    expect(sha256(512)).toBe("411b20051a1560fafe69aa5113a24b22ddd70fe5a000c4bd33af8cb36664dab4");
+    expect(sha256(8192)).toBe("2753599483b8908b6799db973196c856200c395b3220223f521567c8dec26eb9");
   });
 
   it("reads the same corpus whatever line endings the checkout wrote", () => {
@@ -212,10 +239,15 @@ describe("ModelTokenizer (Qwen style)", () => {
     expect(tok.isSpecial(0)).toBe(false);
   });
 
-  it("drops special tokens only when asked", () => {
+  it("drops special tokens only when asked, and never the tool-call markers", () => {
     const ids = tok.encode("<|im_start|>hi<|im_end|>");
     expect(tok.decode(ids)).toBe("<|im_start|>hi<|im_end|>");
     expect(tok.decode(ids, { skipSpecialTokens: true })).toBe("hi");
+    const call = tok.encode("<tool_call>\n{}\n</tool_call><|im_end|>");
+    expect(call[0]).toBe(TOOL_CALL);
+    expect(call.slice(-2)).toEqual([TOOL_CALL_END, IM_END]);
+    expect(tok.isSpecial(TOOL_CALL)).toBe(false);
+    expect(tok.decode(call, { skipSpecialTokens: true })).toBe("<tool_call>\n{}\n</tool_call>");
   });
 
   it("takes eos ids from tokenizer_config, generation_config and config.json", () => {
@@ -307,11 +339,11 @@ describe("ModelTokenizer (Qwen style)", () => {
   });
 
   it("rejects ids outside the vocabulary", () => {
-    expect(() => tok.decode([1, 4003])).toThrow(
-      new RangeError("token id 4003 is outside the vocabulary of 4003 tokens"),
+    expect(() => tok.decode([1, 4005])).toThrow(
+      new RangeError("token id 4005 is outside the vocabulary of 4005 tokens"),
     );
     expect(() => tok.decode([-1])).toThrow(
-      new RangeError("token id -1 is outside the vocabulary of 4003 tokens"),
+      new RangeError("token id -1 is outside the vocabulary of 4005 tokens"),
     );
     expect(tok.decode([])).toBe("");
   });

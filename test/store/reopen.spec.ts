@@ -10,8 +10,8 @@ const PAYLOAD_BYTES = 256;
 // No checkpoint happens while writing (the interval exceeds the data), so a copy
 // taken before close() is what a kill -9 leaves: everything is tail to replay.
 const OPTIONS: StoreOptions = { bytesMax: 1 << 30, fsync: "none", checkpointEveryBytes: 1 << 29 };
-const OPEN_MS_MAX = 3000;
 
+// How long these opens take is measured by the benchmark (bench/sections/reopen.ts), not here.
 describe(`reopen with ${BLOCKS} blocks`, () => {
   const dir = tempDir("reopen");
   const crashed = tempDir("reopen-crashed");
@@ -35,7 +35,6 @@ describe(`reopen with ${BLOCKS} blocks`, () => {
     const fromLog = await openStore(crashed, OPTIONS);
     const logStats = fromLog.stats();
     expect([logStats.blocks, logStats.replayedRecords, logStats.badRecords]).toEqual([BLOCKS, BLOCKS, 0]);
-    expect(logStats.openMs).toBeLessThan(OPEN_MS_MAX);
     expect(
       summarize(
         await fromLog.getMany(sample),
@@ -48,16 +47,12 @@ describe(`reopen with ${BLOCKS} blocks`, () => {
     const stats = store.stats();
     // Nothing replayed: the index alone rebuilt 100k entries, no payload was read.
     expect([stats.blocks, stats.replayedRecords, stats.badRecords]).toEqual([BLOCKS, 0, 0]);
-    expect(stats.openMs).toBeLessThan(OPEN_MS_MAX);
     expect(
       summarize(
         await store.getMany(sample),
         sample.map((k) => payloadFor(k, PAYLOAD_BYTES)),
       ),
     ).toEqual(sample.map(() => "ok"));
-    console.log(
-      `open of ${BLOCKS} blocks: from index ${stats.openMs} ms, replaying the log ${logStats.openMs} ms`,
-    );
     await store.close();
   });
 });
