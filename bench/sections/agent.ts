@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { ToolChoiceMode, type ChatMessageSchema, type ToolSchema } from "../../gen/kvpark/v1/common_pb";
+import type { ChatMessageSchema, ToolSchema } from "../../gen/kvpark/v1/common_pb";
 import { connect, type Clients } from "../lib/client";
 import type { ModelShape } from "../lib/model";
 import { BenchServer } from "../lib/server";

@@ -80,7 +80,7 @@ describe("Python client (Debian python3-grpcio, stubs from protoc)", () => {
     expect(["FINISH_REASON_MAX_TOKENS", "FINISH_REASON_EOS"]).toContain(out.second_finish);
     expect(out.unmatched_result).toEqual([
       "INVALID_ARGUMENT",
-      "prompt.chat.messages[3].tool_call_id: no earlier tool call has id \"nope\"",
+      'prompt.chat.messages[3].tool_call_id: no earlier tool call has id "nope"',
     ]);
   });
 });
