@@ -209,6 +209,8 @@ export type FromEngine =
   | { type: "loading"; loadedBytes: number; totalBytes: number; what: string }
   | { type: "ready"; info: ModelInfo }
   | { type: "fatal"; code: ErrorCode; message: string }
+  /** Something the engine's cache wants an operator to read (a damaged file set aside, write errors). */
+  | { type: "log"; message: string }
   | { type: "started"; id: number; promptTokens: number; cache: CacheReport }
   /** A long prefill's progress, between `started` and the first token (see GenerateResponse.progress). */
   | { type: "progress"; id: number; promptTokensDone: number; promptTokensTotal: number }

@@ -246,6 +246,7 @@ export class PrefixCache {
       indexedBlocks: rootHex === null ? this.index.size : this.index.sizeOf(rootHex),
       ssdIndexSource: ssd?.index.source ?? "none",
       ssdIndexReadBack: ssd?.index.readBack ?? 0,
+      ssdQuarantinedSegments: ssd?.store.quarantinedSegments ?? 0,
       rates: this.restorer.rates(),
     };
   }

@@ -216,6 +216,8 @@ export interface CacheStats {
   ssdIndexSource: "log" | "scan" | "empty" | "none";
   /** Blocks the open read back from the store because the chain log did not describe them. */
   ssdIndexReadBack: number;
+  /** Segment files of the SSD store set aside at open because their header was damaged. */
+  ssdQuarantinedSegments: number;
   /** Measured rates the cost model uses. */
   rates: {
     ssdRestoreBytesPerSecond: number;

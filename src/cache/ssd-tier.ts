@@ -123,6 +123,8 @@ export class SsdTier {
       fsync: options.fsync,
       segmentBytes: options.segmentBytes,
     });
+    // What the store found at open and set aside (a quarantined segment, a rebuilt index) is logged.
+    for (const warning of store.stats().openWarnings) seams.log(`SSD store: ${warning}`);
     const errors = new WriteErrors(seams.log, seams.nowMs);
     let tier: SsdTier;
     let opened: Awaited<ReturnType<typeof openIndex>> | undefined;
@@ -356,9 +358,8 @@ export class SsdTier {
 
   // The store counts its failed writes by errno (ENOSPC, EIO); their growth names a batch's cause.
   private storeErrnoCounts(): [number, number] {
-    const s = this.store.stats() as unknown as Record<string, unknown>;
-    const count = (v: unknown) => (typeof v === "number" ? v : 0);
-    return [count(s.writeErrorsEnospc), count(s.writeErrorsEio)];
+    const s = this.store.stats();
+    return [s.writeErrorsEnospc, s.writeErrorsEio];
   }
 
   private takeBatch(): PendingWrite[] {

@@ -48,11 +48,15 @@ const STORE_LOCK_WAIT_MS = 5000;
  * Opens the prefix cache. A previous engine whose front end died ends itself within a few tens of
  * milliseconds (see parent-watch.ts), but a restart can be quicker; its lock is waited for, briefly.
  */
-async function openCache(model: LoadedModel, options: Partial<CacheOptions>): Promise<PrefixCache> {
+async function openCache(
+  model: LoadedModel,
+  options: Partial<CacheOptions>,
+  log: (message: string) => void,
+): Promise<PrefixCache> {
   const deadline = Date.now() + STORE_LOCK_WAIT_MS;
   for (;;) {
     try {
-      return await PrefixCache.open(model, options);
+      return await PrefixCache.open(model, options, { log });
     } catch (err) {
       if (!(err instanceof KvparkError && err.code === "KV_LOCKED") || Date.now() >= deadline) throw err;
       await new Promise((resolve) => setTimeout(resolve, 100));
@@ -107,7 +111,9 @@ export class Engine {
     });
     const tokenizer = ModelTokenizer.fromDir(dir);
     const cache = config.cache
-      ? await openCache(model, cacheOptionsFrom(config, path.join(config.dataDir, "cache")))
+      ? await openCache(model, cacheOptionsFrom(config, path.join(config.dataDir, "cache")), (message) =>
+          send({ type: "log", message }),
+        )
       : undefined;
     const info = modelInfo(config.modelName || path.basename(dir), dir, model);
     return new Engine(config, model, tokenizer, cache, info, send);

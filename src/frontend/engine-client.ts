@@ -120,6 +120,9 @@ export class EngineClient {
         this.onReadiness(true);
         for (const w of this.readyWaiters.splice(0)) w(msg.info);
         return;
+      case "log":
+        this.log.warn({ event: "engine_log" }, msg.message);
+        return;
       case "fatal":
         this.fatal = { code: msg.code, message: msg.message };
         this.log.error({ event: "engine_fatal", code: msg.code }, msg.message);

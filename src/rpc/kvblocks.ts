@@ -44,6 +44,7 @@ function stats(s: CacheStats) {
     writeErrorsEnospc: BigInt(s.writeErrorsEnospc),
     writeErrorsEio: BigInt(s.writeErrorsEio),
     writeErrorsOther: BigInt(s.writeErrorsOther),
+    ssdQuarantinedSegments: s.ssdQuarantinedSegments,
   };
 }
 

@@ -109,7 +109,11 @@ export function createCacheInstruments(meter: Meter) {
       "{block}",
       "Stored blocks that failed verification and were dropped.",
     ),
-    writeErrors: counter(sc.METRIC_KVPARK_CACHE_WRITE_ERRORS, "{block}", "SSD writes that failed."),
+    writeErrors: counter(
+      sc.METRIC_KVPARK_CACHE_WRITE_ERRORS,
+      "{block}",
+      "SSD writes that failed, by cause (error.type: ENOSPC, EIO, other).",
+    ),
     writeSkips: counter(
       sc.METRIC_KVPARK_CACHE_WRITE_SKIPS,
       "{block}",

@@ -141,7 +141,10 @@ export class Telemetry {
         result.observe(c.evictions, t.evictions, a);
       }
       result.observe(c.corrupt, s.corruptBlocks);
-      result.observe(c.writeErrors, s.writeErrors);
+      // Write errors by cause: a full disk wants space, an I/O error a look at the device.
+      result.observe(c.writeErrors, s.writeErrorsEnospc, { [sc.ATTR_ERROR_TYPE]: "ENOSPC" });
+      result.observe(c.writeErrors, s.writeErrorsEio, { [sc.ATTR_ERROR_TYPE]: "EIO" });
+      result.observe(c.writeErrors, s.writeErrorsOther, { [sc.ATTR_ERROR_TYPE]: "other" });
       result.observe(c.writeSkips, s.writeSkips);
       result.observe(c.queueDepth, s.writeQueueDepth);
       result.observe(c.queueSize, s.writeQueueBytes);

@@ -376,7 +376,7 @@ describe("spans and metrics (in-memory exporter)", () => {
       ssd: Number(stats.ssd!.hits),
     });
     expect(sums("kvpark.cache.corrupt_blocks")).toEqual({ "": 0 });
-    expect(sums("kvpark.cache.write.errors")).toEqual({ "": 0 });
+    expect(sums("kvpark.cache.write.errors")).toEqual({ ENOSPC: 0, EIO: 0, other: 0 });
     expect(sums("kvpark.cache.write_queue.depth")).toEqual({ "": stats.writeQueueDepth });
     const rpcCalls = Object.fromEntries(
       (all.get("rpc.server.call.duration") as HistogramMetricData).dataPoints.map((p) => [
