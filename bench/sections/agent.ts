@@ -14,7 +14,8 @@ import { median, type Progress } from "../lib/util";
 
 type Message = MessageInitShape<typeof ChatMessageSchema>;
 
-const TOOLS: MessageInitShape<typeof ToolSchema>[] = [
+/** The tools of the scripted agent (also the agent test's): enums and bounds keep forced calls short. */
+export const AGENT_TOOLS: MessageInitShape<typeof ToolSchema>[] = [
   {
     name: "read_file",
     description: "Read a file of the repository",
@@ -22,15 +23,33 @@ const TOOLS: MessageInitShape<typeof ToolSchema>[] = [
       type: "object",
       properties: { path: { type: "string", enum: ["src/index.ts", "README.md", "package.json"] } },
       required: ["path"],
+      additionalProperties: false,
     }),
   },
   {
     name: "run_tests",
-    description: "Run the test suite",
+    description: "Run the test suite, optionally one file",
     parametersJson: JSON.stringify({
       type: "object",
-      properties: { verbose: { type: "boolean" } },
+      properties: {
+        file: { type: "string", enum: ["a.test.ts", "b.test.ts"] },
+        verbose: { type: "boolean" },
+      },
       required: ["verbose"],
+      additionalProperties: false,
+    }),
+  },
+  {
+    name: "search",
+    description: "Search the code",
+    parametersJson: JSON.stringify({
+      type: "object",
+      properties: {
+        query: { type: "string", maxLength: 12 },
+        limit: { type: "integer", minimum: 1, maximum: 9 },
+      },
+      required: ["query", "limit"],
+      additionalProperties: false,
     }),
   },
 ];
@@ -63,12 +82,12 @@ async function loop(
   ];
   const out: { promptTokens: number; ttftMs: number; reused: number }[] = [];
   for (let t = 0; t < turns; t++) {
-    const tool = TOOLS[t % TOOLS.length].name!;
+    const tool = AGENT_TOOLS[t % AGENT_TOOLS.length].name!;
     const stream = c.inference.generate({
       prompt: {
         kind: {
           case: "chat",
-          value: { messages, tools: TOOLS, toolChoice: { choice: { case: "toolName", value: tool } } },
+          value: { messages, tools: AGENT_TOOLS, toolChoice: { choice: { case: "toolName", value: tool } } },
         },
       },
       sampling: { maxTokens: 64, temperature: 1, seed: BigInt(seed) },

@@ -5,54 +5,15 @@ import {
   type ChatMessageSchema,
   type ToolChoiceSchema,
   type PromptSchema,
-  type ToolSchema,
 } from "../../gen/kvpark/v1/common_pb";
 import { FinishReason, InferenceService, type GenerateResponse } from "../../gen/kvpark/v1/inference_pb";
 import { ModelService, type TokenizeResponse } from "../../gen/kvpark/v1/model_pb";
+import { AGENT_TOOLS as TOOLS } from "../../bench/sections/agent";
 import { grpcJsClient, serverStream, unary } from "../helpers/grpcjs";
 import { startServer, testModel, type ServerProcess } from "../helpers/server";
 
 type Message = MessageInitShape<typeof ChatMessageSchema>;
-type Tool = MessageInitShape<typeof ToolSchema>;
 
-const TOOLS: Tool[] = [
-  {
-    name: "read_file",
-    description: "Read a file of the repository",
-    parametersJson: JSON.stringify({
-      type: "object",
-      properties: { path: { type: "string", enum: ["src/index.ts", "README.md", "package.json"] } },
-      required: ["path"],
-      additionalProperties: false,
-    }),
-  },
-  {
-    name: "run_tests",
-    description: "Run the test suite, optionally one file",
-    parametersJson: JSON.stringify({
-      type: "object",
-      properties: {
-        file: { type: "string", enum: ["a.test.ts", "b.test.ts"] },
-        verbose: { type: "boolean" },
-      },
-      required: ["verbose"],
-      additionalProperties: false,
-    }),
-  },
-  {
-    name: "search",
-    description: "Search the code",
-    parametersJson: JSON.stringify({
-      type: "object",
-      properties: {
-        query: { type: "string", maxLength: 12 },
-        limit: { type: "integer", minimum: 1, maximum: 9 },
-      },
-      required: ["query", "limit"],
-      additionalProperties: false,
-    }),
-  },
-];
 const SAMPLING = { maxTokens: 96, temperature: 1, seed: 17n };
 const TURNS = 7;
 

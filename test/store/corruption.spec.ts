@@ -3,32 +3,19 @@ import * as path from "node:path";
 
 import { openStore } from "../../src/store";
 import type { BlockStore, StoreOptions } from "../../src/store";
-import { keyOf, parseSegment, segmentFiles, sizedPayloadFor, summarize, tempDir } from "./helpers";
+import {
+  flipBit,
+  keyOf,
+  parseSegment,
+  rng,
+  segmentFiles,
+  sizedPayloadFor,
+  summarize,
+  tempDir,
+} from "./helpers";
 
 const OPTIONS: StoreOptions = { bytesMax: 64 << 20, fsync: "batch", segmentBytes: 256 << 10 };
 const BLOCKS = 80;
-
-// A seeded generator keeps failures reproducible; the seed is printed on failure.
-function rng(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state / 2 ** 32;
-  };
-}
-
-function flipBit(file: string, offset: number, bit: number): void {
-  const fd = fs.openSync(file, "r+");
-  const byte = Buffer.alloc(1);
-  fs.readSync(fd, byte, 0, 1, offset);
-  byte[0] ^= 1 << bit;
-  fs.writeSync(fd, byte, 0, 1, offset);
-  fs.closeSync(fd);
-}
 
 describe("corruption", () => {
   let dir: string;
