@@ -38,18 +38,41 @@ function digest(s: string): Buffer {
   return createHash("sha256").update(s).digest();
 }
 
+/** Who a bearer token belongs to: its tenant, and whether it is an operator's. */
+export interface Caller {
+  tenant: string;
+  admin: boolean;
+}
+
+/** The configured tokens (--auth-tokens, --admin-tokens), for every API that authenticates. */
+export class Authenticator {
+  private readonly known: { digest: Buffer; tenant: string; admin: boolean }[];
+
+  constructor(tokens: Map<string, string>, adminTokens: Map<string, string> = new Map()) {
+    const entry =
+      (admin: boolean) =>
+      ([token, tenant]: [string, string]) => ({ digest: digest(token), tenant, admin });
+    this.known = [...[...tokens].map(entry(false)), ...[...adminTokens].map(entry(true))];
+  }
+
+  /** Whether tokens are configured; without them every caller is the default tenant and an operator. */
+  get enabled(): boolean {
+    return this.known.length > 0;
+  }
+
+  /** The caller a token names, or undefined for a wrong one; compared in constant time. */
+  resolve(token: string): Caller | undefined {
+    const d = digest(token);
+    const entry = this.known.find((k) => timingSafeEqual(k.digest, d));
+    return entry && { tenant: entry.tenant, admin: entry.admin };
+  }
+}
+
 /**
  * Requires `authorization: Bearer <token>` on every call when tokens are configured, and records the
  * token's tenant in the call's context, and whether it is one of the operators' `adminTokens`.
  */
-export function authInterceptor(
-  tokens: Map<string, string>,
-  adminTokens: Map<string, string> = new Map(),
-): Interceptor {
-  const entry =
-    (admin: boolean) =>
-    ([token, tenant]: [string, string]) => ({ digest: digest(token), tenant, admin });
-  const known = [...[...tokens].map(entry(false)), ...[...adminTokens].map(entry(true))];
+export function authInterceptor(auth: Authenticator): Interceptor {
   return (next) => async (req) => {
     const header = req.header.get("authorization") ?? "";
     const match = /^Bearer\s+(\S+)$/i.exec(header);
@@ -58,8 +81,7 @@ export function authInterceptor(
         "missing bearer token: send metadata authorization: Bearer <token>",
         Code.Unauthenticated,
       );
-    const d = digest(match[1]);
-    const entry = known.find((k) => timingSafeEqual(k.digest, d));
+    const entry = auth.resolve(match[1]);
     if (!entry) throw new ConnectError("invalid bearer token", Code.Unauthenticated);
     req.contextValues.set(tenantKey, entry.tenant);
     req.contextValues.set(adminKey, entry.admin);

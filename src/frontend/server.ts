@@ -12,7 +12,7 @@ import { file_grpc_reflection_v1alpha_reflection } from "../../gen/grpc/reflecti
 import { file_kvpark_v1_inference } from "../../gen/kvpark/v1/inference_pb.js";
 import { file_kvpark_v1_kvblocks } from "../../gen/kvpark/v1/kvblocks_pb.js";
 import { file_kvpark_v1_model } from "../../gen/kvpark/v1/model_pb.js";
-import { authInterceptor, parseAuthTokens, tenantKey } from "./auth.js";
+import { authInterceptor, Authenticator, parseAuthTokens, tenantKey } from "./auth.js";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
 import { errorInterceptor, observeCallEnd } from "../rpc/call-end.js";
@@ -22,6 +22,7 @@ import { registerInference } from "../rpc/inference.js";
 import { registerKVBlocks } from "../rpc/kvblocks.js";
 import { registerModel } from "../rpc/model.js";
 import { ReflectionIndex, registerReflection } from "../rpc/reflection.js";
+import { findRoute, httpRoutes } from "../http/index.js";
 import { checkRequestWire, unknownMethod } from "./wire-checks.js";
 
 /** Fully qualified names of the services this server exposes. */
@@ -127,16 +128,18 @@ function withSpecGrpcMessages(handler: NodeHandler): NodeHandler {
 }
 
 /** Builds the request handler (routes, interceptors, limits). Only `listen` opens sockets. */
-export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: AbortSignal) {
+export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: AbortSignal): NodeHandler {
   // Tracing is outermost, so that its span covers (and records the status of) calls refused by auth.
   const interceptors: Interceptor[] = [
     ...(deps.telemetry ? [deps.telemetry.interceptor()] : []),
     loggingInterceptor(deps.log),
   ];
-  const tokens = parseAuthTokens(config.authTokens);
-  const adminTokens = parseAuthTokens(config.adminTokens, "--admin-tokens");
-  if (tokens.size + adminTokens.size > 0) {
-    const auth = authInterceptor(tokens, adminTokens);
+  const authenticator = new Authenticator(
+    parseAuthTokens(config.authTokens),
+    parseAuthTokens(config.adminTokens, "--admin-tokens"),
+  );
+  if (authenticator.enabled) {
+    const auth = authInterceptor(authenticator);
     interceptors.push((next) => {
       const authed = auth(next);
       return (req) => (UNAUTHENTICATED_SERVICES.has(req.service.typeName) ? next(req) : authed(req));
@@ -161,7 +164,18 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
     writeMaxBytes: config.messageBytesMax,
     shutdownSignal,
   });
-  return withSpecGrpcMessages(adapter as NodeHandler);
+  const grpc = withSpecGrpcMessages(adapter as NodeHandler);
+  // The OpenAI- and Anthropic-compatible JSON APIs share the port; everything else is Connect's.
+  const routes = httpRoutes(deps, authenticator, config);
+  return (req, res) => {
+    const route = findRoute(routes, req);
+    if (!route) return grpc(req, res);
+    route.handle(req, res).catch((err: unknown) => {
+      deps.log.error({ event: "http_error", path: route.path, err }, "HTTP API handler failed");
+      if (!res.headersSent) (res as http.ServerResponse).writeHead(500);
+      res.end();
+    });
+  };
 }
 
 /** A listening server and the means to stop it gracefully. */

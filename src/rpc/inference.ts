@@ -40,10 +40,20 @@ function response(event: MessageInitShape<typeof GenerateResponseSchema>["event"
   return create(GenerateResponseSchema, { event });
 }
 
-async function* generate(
+/**
+ * What a generation needs of the call it serves: the call's context values (the tenant, the RPC
+ * span) and its cancellation. A gRPC handler's context is one; the HTTP APIs make their own.
+ */
+export type CallContext = Pick<HandlerContext, "values" | "signal">;
+
+/**
+ * Generate: the stream of one generation, whichever API asked for it (Generate over gRPC and
+ * Connect, the OpenAI and Anthropic HTTP APIs).
+ */
+export async function* generate(
   deps: RpcDeps,
   req: GenerateRequest,
-  ctx: HandlerContext,
+  ctx: CallContext,
 ): AsyncGenerator<GenerateResponse> {
   const arrivedAt = performance.now();
   const { engine, config } = deps;

@@ -61,7 +61,7 @@ export class Telemetry {
   }
 
   /** Starts the trace of one Generate call, a child of its RPC span. */
-  generation(ctx: HandlerContext, start: GenerationStart): GenerationTrace {
+  generation(ctx: Pick<HandlerContext, "values">, start: GenerationStart): GenerationTrace {
     return new GenerationTrace(this, ctx, start);
   }
 

@@ -68,7 +68,7 @@ export class GenerationTrace {
 
   constructor(
     private readonly telemetry: Telemetry,
-    private readonly ctx: HandlerContext,
+    private readonly ctx: Pick<HandlerContext, "values">,
     private readonly start: GenerationStart,
   ) {
     const kind = start.prompt?.kind;

@@ -1,0 +1,15 @@
+// The HTTP APIs served on the gRPC port beside Connect and gRPC-Web.
+import type { Config } from "../config.js";
+import type { Authenticator } from "../frontend/auth.js";
+import type { RpcDeps } from "../rpc/deps.js";
+import type { HttpRoute } from "./api.js";
+
+export { findRoute, type HttpRoute } from "./api.js";
+
+/** Every route of the HTTP APIs. */
+export function httpRoutes(deps: RpcDeps, auth: Authenticator, config: Config): HttpRoute[] {
+  void deps;
+  void auth;
+  void config;
+  return [];
+}
