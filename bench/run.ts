@@ -247,7 +247,7 @@ async function main(): Promise<void> {
   const workDir = path.resolve(args.workDir ?? fs.mkdtempSync(path.join(os.tmpdir(), "kvpark-bench-")));
   fs.mkdirSync(workDir, { recursive: true });
   const modelDir = path.resolve(args.model ?? path.join(REPO, ".kvpark/models", plan.preset));
-  ensureModel(plan.preset, modelDir, (m) => progress.log(m));
+  ensureModel(plan.preset, modelDir, args.model === undefined, (m) => progress.log(m));
   const model = readModel(plan.preset, modelDir);
   const tokenLimit = Math.min(8000, model.tokenizerVocab - 16);
   const machine = describeMachine(REPO, workDir);

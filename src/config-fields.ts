@@ -22,6 +22,7 @@ export interface Config {
   tlsCa: string;
   authTokens: string;
   adminTokens: string;
+  corsOrigins: string;
   messageBytesMax: number;
   keepaliveMs: number;
   keepaliveTimeoutMs: number;

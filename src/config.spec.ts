@@ -1,4 +1,4 @@
-import { ConfigError, loadConfig } from "./config";
+import { ConfigError, loadConfig, parseOrigins } from "./config";
 
 /** The problems loadConfig reports for these arguments and variables. */
 function problems(argv: string[], env: NodeJS.ProcessEnv = {}): string[] | undefined {
@@ -52,6 +52,25 @@ describe("loadConfig", () => {
       "unknown option stray (see --help)",
       "unknown option --bogus=1 (see --help)",
       "--port needs a value",
+    ]);
+  });
+  it("takes --cors-origins as origins or *, written as browsers send them, and names what is not one", () => {
+    expect(parseOrigins(" https://App.Example.com/ ,http://127.0.0.1:8080,http://a.example:80,*,")).toEqual({
+      origins: ["https://app.example.com", "http://127.0.0.1:8080", "http://a.example", "*"],
+      problems: [],
+    });
+    expect(loadConfig(["--cors-origins", "http://127.0.0.1:8080"], {}).corsOrigins).toBe(
+      "http://127.0.0.1:8080",
+    );
+    const not = (item: string) =>
+      `--cors-origins: "${item}" is not an origin such as https://app.example.com or http://127.0.0.1:8080 (http or https, a host, an optional port, no path), nor * (set --cors-origins)`;
+    expect(
+      problems(["--cors-origins", "https://a.example/app,ftp://b.example,c.example,http://u@d.example"]),
+    ).toEqual([
+      not("https://a.example/app"),
+      not("ftp://b.example"),
+      not("c.example"),
+      not("http://u@d.example"),
     ]);
   });
 });

@@ -96,6 +96,13 @@ const specs: OptionSpec<keyof Config>[] = [
     help: "Bearer tokens of operators, as --auth-tokens (tenant=token pairs or @file): they authenticate as that tenant and also see server-wide cache numbers in Stats, where other tenants see only their own. Setting them turns authentication on.",
   },
   {
+    key: "corsOrigins",
+    flag: "--cors-origins",
+    kind: "string",
+    default: "",
+    help: "Origins of web pages allowed to call the HTTP APIs, Connect and gRPC-Web from a browser, as scheme://host[:port] separated by commas, or * for any: preflights are answered and these origins' requests get CORS headers. Empty: no CORS headers, so browsers refuse pages of other origins.",
+  },
+  {
     key: "messageBytesMax",
     flag: "--message-bytes-max",
     kind: "int",
@@ -393,6 +400,42 @@ export function optionRange(key: keyof Config): { min: number; max: number } {
   return { min: opt.min ?? Number.MIN_SAFE_INTEGER, max: opt.max ?? Number.MAX_SAFE_INTEGER };
 }
 
+/** An http(s) origin (scheme, host, optional port) as a browser writes it in `Origin`, if `item` is one. */
+function originOf(item: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(item);
+  } catch {
+    return undefined;
+  }
+  const bare =
+    /^https?:$/.test(url.protocol) &&
+    url.pathname === "/" &&
+    !/[?#]/.test(item) &&
+    !url.username &&
+    !url.password;
+  return bare ? url.origin : undefined;
+}
+
+/**
+ * The origins of --cors-origins, each written as a browser sends it in `Origin` (lowercase, without
+ * the scheme's default port or a trailing slash), or "*"; and what is wrong with them.
+ */
+export function parseOrigins(raw: string): { origins: string[]; problems: string[] } {
+  const origins: string[] = [];
+  const problems: string[] = [];
+  for (const item of raw.split(",").map((s) => s.trim())) {
+    if (!item) continue;
+    const origin = item === "*" ? item : originOf(item);
+    if (origin) origins.push(origin);
+    else
+      problems.push(
+        `--cors-origins: "${item.slice(0, 60)}" is not an origin such as https://app.example.com or http://127.0.0.1:8080 (http or https, a host, an optional port, no path), nor * (set --cors-origins)`,
+      );
+  }
+  return { origins, problems };
+}
+
 /** Parses flags and KVPARK_* variables (flags win) into a validated Config. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): Config {
   const problems: string[] = [];
@@ -444,6 +487,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     problems.push(
       `--soft-pin-ttl-seconds (${config.softPinTtlSeconds}) exceeds --soft-pin-ttl-max-seconds (${config.softPinTtlMaxSeconds})`,
     );
+  problems.push(...parseOrigins(config.corsOrigins).problems);
   if (problems.length) throw new ConfigError(problems);
   config.dataDir = path.resolve(config.dataDir);
   return config;

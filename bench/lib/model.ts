@@ -1,6 +1,7 @@
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { isCurrentlyGenerated } from "../../src/model-gen/generate";
 import { CLI } from "./server";
 
 /** What the benchmark needs to know about a model directory. */
@@ -17,9 +18,14 @@ export interface ModelShape {
   weightBytes: number;
 }
 
-/** Generates the preset into `dir` unless a model is already there. */
-export function ensureModel(preset: string, dir: string, log: (m: string) => void): void {
-  if (fs.existsSync(path.join(dir, "config.json"))) return;
+/**
+ * Generates the preset into `dir` unless a model is already there. With `owned` (the bench's own
+ * model directory), a model the generator wrote with an older version of itself is generated again;
+ * a directory given by --model is used as it is.
+ */
+export function ensureModel(preset: string, dir: string, owned: boolean, log: (m: string) => void): void {
+  if (fs.existsSync(path.join(dir, "config.json")) && (!owned || isCurrentlyGenerated(dir, preset))) return;
+  fs.rmSync(dir, { recursive: true, force: true });
   log(`generating the ${preset} model in ${dir}`);
   const r = spawnSync(process.execPath, [CLI, "model", "generate", preset, "--out", dir], {
     encoding: "utf8",

@@ -13,6 +13,7 @@ import { file_kvpark_v1_inference } from "../../gen/kvpark/v1/inference_pb.js";
 import { file_kvpark_v1_kvblocks } from "../../gen/kvpark/v1/kvblocks_pb.js";
 import { file_kvpark_v1_model } from "../../gen/kvpark/v1/model_pb.js";
 import { authInterceptor, Authenticator, parseAuthTokens, tenantKey } from "./auth.js";
+import { corsStep } from "./cors.js";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
 import { errorInterceptor, observeCallEnd } from "../rpc/call-end.js";
@@ -167,7 +168,7 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
   const grpc = withSpecGrpcMessages(adapter as NodeHandler);
   // The OpenAI- and Anthropic-compatible JSON APIs share the port; everything else is Connect's.
   const routes = httpRoutes(deps, authenticator, config);
-  return (req, res) => {
+  const dispatch: NodeHandler = (req, res) => {
     const route = findRoute(routes, req);
     if (!route) return grpc(req, res);
     route.handle(req, res).catch((err: unknown) => {
@@ -176,6 +177,10 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
       res.end();
     });
   };
+  // Browsers (--cors-origins): before the routes, so that preflights are answered here and the
+  // responses of every protocol carry the CORS headers.
+  const cors = corsStep(config.corsOrigins);
+  return cors ? (req, res) => cors(req, res, () => dispatch(req, res)) : dispatch;
 }
 
 /** A listening server and the means to stop it gracefully. */
