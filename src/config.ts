@@ -1,6 +1,9 @@
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { KvparkError } from "./errors";
+import { parseOrigins } from "./origins";
+
+export { parseOrigins } from "./origins";
 import { ADMISSION_POLICIES, FSYNC_MODES, LOG_LEVELS, TELEMETRY_MODES, type Config } from "./config-fields";
 
 export * from "./config-fields";
@@ -398,42 +401,6 @@ export function optionRange(key: keyof Config): { min: number; max: number } {
   const opt = options.find((o) => o.key === key);
   if (opt?.kind !== "int") throw new Error(`${key} is not an integer option`);
   return { min: opt.min ?? Number.MIN_SAFE_INTEGER, max: opt.max ?? Number.MAX_SAFE_INTEGER };
-}
-
-/** An http(s) origin (scheme, host, optional port) as a browser writes it in `Origin`, if `item` is one. */
-function originOf(item: string): string | undefined {
-  let url: URL;
-  try {
-    url = new URL(item);
-  } catch {
-    return undefined;
-  }
-  const bare =
-    /^https?:$/.test(url.protocol) &&
-    url.pathname === "/" &&
-    !/[?#]/.test(item) &&
-    !url.username &&
-    !url.password;
-  return bare ? url.origin : undefined;
-}
-
-/**
- * The origins of --cors-origins, each written as a browser sends it in `Origin` (lowercase, without
- * the scheme's default port or a trailing slash), or "*"; and what is wrong with them.
- */
-export function parseOrigins(raw: string): { origins: string[]; problems: string[] } {
-  const origins: string[] = [];
-  const problems: string[] = [];
-  for (const item of raw.split(",").map((s) => s.trim())) {
-    if (!item) continue;
-    const origin = item === "*" ? item : originOf(item);
-    if (origin) origins.push(origin);
-    else
-      problems.push(
-        `--cors-origins: "${item.slice(0, 60)}" is not an origin such as https://app.example.com or http://127.0.0.1:8080 (http or https, a host, an optional port, no path), nor * (set --cors-origins)`,
-      );
-  }
-  return { origins, problems };
 }
 
 /** Parses flags and KVPARK_* variables (flags win) into a validated Config. */
