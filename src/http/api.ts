@@ -82,13 +82,15 @@ export function callValues(caller: Caller): ContextValues {
   return createContextValues().set(tenantKey, caller.tenant).set(adminKey, caller.admin);
 }
 
-/** Aborts when the client goes away before the response has ended. */
-export function clientGone(req: HttpRequest, res: HttpResponse): AbortSignal {
+/**
+ * Aborts when the client goes away before the response has ended. (An HTTP/2 stream the client
+ * resets reports writableFinished but not writableEnded, so only the latter tells a cancel.)
+ */
+export function clientGone(_req: HttpRequest, res: HttpResponse): AbortSignal {
   const abort = new AbortController();
   res.on("close", () => {
-    if (!res.writableFinished) abort.abort(new Error("the client went away"));
+    if (!res.writableEnded) abort.abort(new Error("the client went away"));
   });
-  void req;
   return abort.signal;
 }
 
@@ -96,4 +98,27 @@ export function clientGone(req: HttpRequest, res: HttpResponse): AbortSignal {
 export function findRoute(routes: readonly HttpRoute[], req: HttpRequest): HttpRoute | undefined {
   const path = (req.url ?? "").split("?")[0];
   return routes.find((r) => r.path === path && r.method === req.method);
+}
+
+/** The token of an `authorization: Bearer <token>` header, if the request has one. */
+export function bearerToken(req: HttpRequest): string | undefined {
+  return /^Bearer\s+(\S+)$/i.exec(String(req.headers.authorization ?? ""))?.[1];
+}
+
+/**
+ * Writes server-sent event text, waiting while the client reads slower than the model writes;
+ * nothing once the client has gone (a closed HTTP/2 response throws on a write).
+ */
+export async function writeEvent(res: HttpResponse, text: string, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return;
+  if ((res as http.ServerResponse).write(text) || signal.aborted) return;
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      res.off("drain", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    res.on("drain", done);
+    signal.addEventListener("abort", done);
+  });
 }

@@ -9,6 +9,7 @@ import {
 import { FinishReason, InferenceService, type GenerateResponse } from "../../gen/kvpark/v1/inference_pb";
 import { ModelService, type TokenizeResponse } from "../../gen/kvpark/v1/model_pb";
 import { AGENT_TOOLS as TOOLS } from "../../bench/sections/agent";
+import { idealReuse } from "../helpers/agent";
 import { grpcJsClient, serverStream, unary } from "../helpers/grpcjs";
 import { startServer, testModel, type ServerProcess } from "../helpers/server";
 
@@ -123,19 +124,6 @@ async function agentLoop(server: ServerProcess): Promise<Turn[]> {
   return turns;
 }
 
-/** Longest prefix of `ids` that an exact-prefix cache holding every earlier prompt and output could reuse. */
-function ideal(ids: number[], earlier: Turn[]): number {
-  let best = 0;
-  for (const e of earlier) {
-    const seen = [...e.promptIds, ...e.outputIds];
-    let n = 0;
-    while (n < ids.length && n < seen.length && ids[n] === seen[n]) n++;
-    best = Math.max(best, n);
-  }
-  // Generate computes the prompt's last token itself.
-  return Math.min(best, ids.length - 1);
-}
-
 describe("an agent loop over gRPC (grpc-js), tools run by a scripted client", () => {
   let cached: ServerProcess;
   let uncached: ServerProcess;
@@ -156,7 +144,7 @@ describe("an agent loop over gRPC (grpc-js), tools run by a scripted client", ()
     expect(withCache.map((t) => t.events)).toEqual(without.map((t) => t.events));
     expect(withCache.map((t) => t.outputIds)).toEqual(without.map((t) => t.outputIds));
     for (let t = 1; t < withCache.length; t++) {
-      const want = ideal(withCache[t].promptIds, withCache.slice(0, t));
+      const want = idealReuse(withCache[t].promptIds, withCache.slice(0, t));
       expect(want).toBeGreaterThan(0);
       expect(withCache[t].reused).toBeGreaterThanOrEqual(Math.floor(0.99 * want));
     }
