@@ -1,8 +1,7 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { createClient, Code, ConnectError, type Client } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Code, ConnectError, type Client } from "@connectrpc/connect";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   InferenceService,
@@ -10,8 +9,9 @@ import {
   type GenerateRequest,
   type CacheReport,
 } from "../../gen/kvpark/v1/inference_pb";
-import { KVBlocksService, PutBlocksRequestSchema, type KVBlock } from "../../gen/kvpark/v1/kvblocks_pb";
+import { PutBlocksRequestSchema, type KVBlock } from "../../gen/kvpark/v1/kvblocks_pb";
 import { Tier, PinKind } from "../../gen/kvpark/v1/common_pb";
+import { kvparkClients } from "../helpers/clients";
 import { startServer, type ServerProcess } from "../helpers/server";
 
 type Req = MessageInitShape<typeof GenerateRequestSchema>;
@@ -21,24 +21,6 @@ interface Out {
   text: string;
   cache?: CacheReport;
   promptTokens: number;
-}
-
-function clients(server: ServerProcess, token?: string) {
-  const transport = createGrpcTransport({
-    baseUrl: server.url,
-    interceptors: token
-      ? [
-          (next) => (req) => {
-            req.header.set("authorization", `Bearer ${token}`);
-            return next(req);
-          },
-        ]
-      : [],
-  });
-  return {
-    inference: createClient(InferenceService, transport),
-    kv: createClient(KVBlocksService, transport),
-  };
 }
 
 async function generate(c: Client<typeof InferenceService>, req: Req): Promise<Out> {
@@ -105,8 +87,8 @@ const greedy = (prompt: number[], maxTokens = 6) => ({
 describe("prefix cache through the service", () => {
   let reference: ServerProcess;
   let server: ServerProcess;
-  let ref: ReturnType<typeof clients>;
-  let svc: ReturnType<typeof clients>;
+  let ref: ReturnType<typeof kvparkClients>;
+  let svc: ReturnType<typeof kvparkClients>;
   const TOKENS = "alice=alice-token-0123456789,bob=bob-token-0123456789";
 
   beforeAll(async () => {
@@ -114,8 +96,8 @@ describe("prefix cache through the service", () => {
       startServer({ args: ["--cache=false"] }),
       startServer({ args: ["--auth-tokens", TOKENS, "--ssd-fsync", "none"] }),
     ]);
-    ref = clients(reference);
-    svc = clients(server, "alice-token-0123456789");
+    ref = kvparkClients(reference);
+    svc = kvparkClients(server, "alice-token-0123456789");
   });
   afterAll(async () => {
     await Promise.all([reference.stop(), server?.stop()]);
@@ -214,7 +196,7 @@ describe("prefix cache through the service", () => {
   it("keeps tenants apart", async () => {
     const p = ids(150, 7);
     await generate(svc.inference, greedy(p));
-    const bob = clients(server, "bob-token-0123456789");
+    const bob = kvparkClients(server, "bob-token-0123456789");
     expect((await generate(bob.inference, greedy(p))).cache?.ramTokens).toBe(0);
     expect((await generate(svc.inference, greedy(p))).cache?.ramTokens).toBe(149);
     const lookup = await bob.kv.lookup({ prompt: { kind: { case: "tokens", value: { ids: ids(150, 8) } } } });
@@ -277,7 +259,7 @@ describe("prefix cache through the service", () => {
     for await (const res of svc.kv.getBlocks({ keys: [lookup.blocks[0].key] }))
       good = res.result.value as KVBlock;
     // Bob has no blocks; each tampered copy is refused for bob, so his lookup stays empty.
-    const bob = clients(server, "bob-token-0123456789");
+    const bob = kvparkClients(server, "bob-token-0123456789");
     const tampered: [Parameters<typeof forge>[1], Code, RegExp][] = [
       [{ key: new Uint8Array(32).fill(7) }, Code.InvalidArgument, /^block 0: KEY_MISMATCH: /],
       [{ modelFingerprint: "0".repeat(64) }, Code.FailedPrecondition, /^block 0: MODEL_MISMATCH: /],
@@ -311,7 +293,7 @@ describe("prefix cache through the service", () => {
     const original = await expectSameAsReference(p);
     const other = await startServer({ args: ["--auth-tokens", TOKENS] });
     try {
-      const node2 = clients(other, "alice-token-0123456789");
+      const node2 = kvparkClients(other, "alice-token-0123456789");
       const lookup = await svc.kv.lookup({ prompt: { kind: { case: "tokens", value: { ids: p } } } });
       async function* fetched() {
         for await (const res of svc.kv.getBlocks({ keys: lookup.blocks.map((b) => b.key) })) {
@@ -352,7 +334,7 @@ describe("prefix cache through the service", () => {
     const fromScratch = await generate(ref.inference, greedy([...pieces.flat(), ...question]));
     expect(viaHandle.ids).toEqual(fromScratch.ids);
     await expect(
-      generate(clients(server, "bob-token-0123456789").inference, { handle: last.handle }),
+      generate(kvparkClients(server, "bob-token-0123456789").inference, { handle: last.handle }),
     ).rejects.toMatchObject({ code: Code.NotFound });
   });
 
@@ -364,7 +346,7 @@ describe("prefix cache through the service", () => {
       dataDir: server.dataDir,
       args: ["--auth-tokens", TOKENS, "--ssd-fsync", "none"],
     });
-    svc = clients(server, "alice-token-0123456789");
+    svc = kvparkClients(server, "alice-token-0123456789");
     const again = await expectSameAsReference(p);
     expect(again.ids).toEqual(first.ids);
     expect(again.cache).toMatchObject({ ramTokens: 0, ssdTokens: 299, recomputedTokens: 1 });
@@ -383,7 +365,7 @@ describe("prefix cache through the service", () => {
       dataDir: server.dataDir,
       args: ["--auth-tokens", TOKENS, "--ssd-fsync", "none"],
     });
-    svc = clients(server, "alice-token-0123456789");
+    svc = kvparkClients(server, "alice-token-0123456789");
     const repaired = await expectSameAsReference(p);
     expect(repaired.cache!.corruptBlocks).toBeGreaterThan(0);
     expect(repaired.cache!.ssdTokens).toBeLessThan(299);

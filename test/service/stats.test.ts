@@ -1,26 +1,7 @@
-import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
-import { InferenceService } from "../../gen/kvpark/v1/inference_pb";
-import { KVBlocksService } from "../../gen/kvpark/v1/kvblocks_pb";
+import { kvparkClients } from "../helpers/clients";
 import { startServer, type ServerProcess } from "../helpers/server";
 
 const TOKENS = { a: "tenant-a-token-0000001", b: "tenant-b-token-0000001", ops: "operator-token-000001" };
-
-function clients(server: ServerProcess, token: string) {
-  const transport = createGrpcTransport({
-    baseUrl: server.url,
-    interceptors: [
-      (next) => (req) => {
-        req.header.set("authorization", `Bearer ${token}`);
-        return next(req);
-      },
-    ],
-  });
-  return {
-    inference: createClient(InferenceService, transport),
-    kv: createClient(KVBlocksService, transport),
-  };
-}
 
 describe("Stats per tenant", () => {
   let server: ServerProcess;
@@ -32,15 +13,15 @@ describe("Stats per tenant", () => {
   afterAll(() => server.stop());
 
   it("shows a tenant its own blocks only, and an operator every tenant's", async () => {
-    const a = clients(server, TOKENS.a);
+    const a = kvparkClients(server, TOKENS.a);
     const ids = Array.from({ length: 200 }, (_, i) => 20 + (i % 300));
     for await (const _ of a.inference.generate({
       prompt: { kind: { case: "tokens", value: { ids } } },
       sampling: { maxTokens: 2 },
     }));
     const own = await a.kv.stats({});
-    const other = await clients(server, TOKENS.b).kv.stats({});
-    const all = await clients(server, TOKENS.ops).kv.stats({});
+    const other = await kvparkClients(server, TOKENS.b).kv.stats({});
+    const all = await kvparkClients(server, TOKENS.ops).kv.stats({});
     expect(Number(own.ram!.blocks)).toBeGreaterThan(0);
     expect(Number(own.ram!.bytes)).toBeGreaterThan(0);
     expect([Number(other.ram!.blocks), Number(other.ram!.bytes)]).toEqual([0, 0]);
