@@ -1,8 +1,8 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { scriptsIn, transpileWithImports } from "../helpers/transpile";
 import { core as mx } from "@frost-beta/mlx";
-import * as ts from "typescript";
 import { PrefixCache, type CacheOptions, type CacheSeams, type RestoreReport } from "../../src/cache";
 import { writeRandomCheckpoint } from "../../src/model-gen/checkpoint";
 import { type LoadedModel, type ModelCache, loadModel } from "../../src/model/loader";
@@ -175,31 +175,11 @@ export function openCache(
 const ROOT = path.resolve(__dirname, "..", "..");
 
 /**
- * Child processes cannot load TypeScript: transpiles the cache, the store facade and the child
- * scripts into outDir with the same layout, and returns the path of child script `name`.
+ * Child processes cannot load TypeScript: transpiles the child scripts and every module they reach
+ * by relative import into outDir with the same layout, and returns the path of child script `name`.
  */
 export function transpileForChild(outDir: string, name: string): string {
-  const dirs = ["src/cache", "src/store", "src/util", "test/cache/children"];
-  const files = [
-    ...dirs.flatMap((dir) => fs.readdirSync(path.join(ROOT, dir)).map((file) => path.join(dir, file))),
-    "src/model/kv-cache.ts",
-    "src/errors.ts",
-    "src/config.ts",
-    "src/config-fields.ts",
-  ].filter((file) => file.endsWith(".ts") && !file.endsWith(".spec.ts"));
-  for (const file of files) {
-    const output = ts.transpileModule(fs.readFileSync(path.join(ROOT, file), "utf8"), {
-      compilerOptions: {
-        module: ts.ModuleKind.CommonJS,
-        target: ts.ScriptTarget.ES2022,
-        esModuleInterop: true,
-      },
-      fileName: file,
-    });
-    const target = path.join(outDir, file.replace(/\.ts$/, ".js"));
-    fs.mkdirSync(path.dirname(target), { recursive: true });
-    fs.writeFileSync(target, output.outputText);
-  }
+  transpileWithImports(outDir, scriptsIn(path.join("test", "cache", "children")));
   return path.join(outDir, "test", "cache", "children", `${name}.js`);
 }
 
