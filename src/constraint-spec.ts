@@ -3,7 +3,7 @@
  * ConstraintSpec in engine-ipc.ts). This module loads neither xgrammar nor MLX.
  */
 import type { ResponseFormat } from "../gen/kvpark/v1/inference_pb.js";
-import type { ConstraintSpec, ToolSpec } from "./engine-ipc.js";
+import type { ConstraintSpec, JsonSchema, ToolSpec } from "./engine-ipc.js";
 import { invalidField } from "./errors.js";
 import type { ToolCallFormat } from "./model/tool-syntax.js";
 
@@ -59,15 +59,16 @@ export function responseFormatConstraint(format: ResponseFormat | undefined): Co
       } catch (err) {
         throw invalidField(SCHEMA_JSON_FIELD, `not valid JSON (${(err as Error).message})`);
       }
-      if (
-        typeof schema !== "boolean" &&
-        (typeof schema !== "object" || schema === null || Array.isArray(schema))
-      ) {
+      if (!isJsonSchema(schema))
         throw invalidField(SCHEMA_JSON_FIELD, "must be a JSON Schema: an object or a boolean");
-      }
       return { kind: "json_schema", schema, strict };
     }
   }
+}
+
+/** Whether parsed JSON has a JSON Schema's form: an object or a boolean. */
+function isJsonSchema(value: unknown): value is JsonSchema {
+  return typeof value === "boolean" || (typeof value === "object" && value !== null && !Array.isArray(value));
 }
 
 /** The field a tool's parameters come from in a Generate request, for error messages. */

@@ -29,6 +29,12 @@ export interface SamplingSettings {
   constraint?: ConstraintSpec;
 }
 
+/** A JSON value, as JSON.parse gives it. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** A JSON Schema: an object, or true / false. */
+export type JsonSchema = boolean | { [key: string]: Json };
+
 /** A tool whose call a tool_call constraint can force. */
 export interface ToolSpec {
   name: string;
@@ -48,7 +54,7 @@ export type ConstraintSpec =
    * JSON valid under `schema` (parsed JSON Schema). With `strict`, a schema using features the
    * decoder cannot enforce is refused instead of enforced in part.
    */
-  | { kind: "json_schema"; schema: unknown; strict: boolean }
+  | { kind: "json_schema"; schema: JsonSchema; strict: boolean }
   /**
    * One or more tool calls in the model family's written form (src/model/tool-syntax.ts), each call's
    * arguments valid under its tool's schema: "required" lets the model pick among `tools` (and make

@@ -13,6 +13,7 @@ import { Sequence } from "../../src/engine/sequence";
 import type {
   ConstraintSpec,
   FinishReason,
+  JsonSchema,
   FromEngine,
   ModelInfo,
   SamplingSettings,
@@ -92,7 +93,7 @@ async function samples(constraint: ConstraintSpec, maxTokens: number): Promise<O
   return outs;
 }
 
-const SCHEMAS: Record<string, object> = {
+const SCHEMAS: Record<string, JsonSchema> = {
   "nested objects, required fields, every scalar type": {
     type: "object",
     properties: {
