@@ -1,3 +1,4 @@
+import { StoreReadError, type BlockError } from "./errors";
 import type { PutResult } from "../store";
 import { asBuffer, blockDataBytes, type ModelShape } from "./block-codec";
 import { BLOCK_KEY_BYTES, blockKey, rootKey } from "./block-key";
@@ -228,12 +229,31 @@ export class BlockIndex {
     if (this.ram.has(entry.keyHex)) return "ram";
     if (entry.ssd === "stored") {
       if (this.ssd?.has(entry.key)) return "ssd";
-      this.countersOf(entry.rootHex).ssdEvictions++;
-      this.ssd?.forget(entry.keyHex);
-      entry.ssd = "none";
-      this.dropIfUnheld(entry);
+      this.onSsdGone(entry);
     }
     return null;
+  }
+
+  /** The store evicted the block (its cap): forgets the SSD copy and counts the eviction. */
+  private onSsdGone(entry: BlockEntry): void {
+    this.countersOf(entry.rootHex).ssdEvictions++;
+    this.ssd?.forget(entry.keyHex);
+    entry.ssd = "none";
+    this.dropIfUnheld(entry);
+  }
+
+  /**
+   * After a failed SSD read or check of a block: one the store no longer holds is forgotten, a
+   * damaged one deleted and counted, one the store could not read now kept. True when it was damaged.
+   */
+  async onStoredFailure(entry: BlockEntry, err: BlockError): Promise<boolean> {
+    if (err instanceof StoreReadError) return false;
+    if (err.code === "NOT_FOUND") {
+      this.onSsdGone(entry);
+      return false;
+    }
+    await this.dropCorrupt(entry);
+    return true;
   }
 
   /** Adds a block the SSD tier held at open. */

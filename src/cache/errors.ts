@@ -26,3 +26,14 @@ export class BlockError extends KvparkError<BlockErrorCode> {
     this.name = "BlockError";
   }
 }
+
+/**
+ * A block the store could not read just now (an I/O error, the store closing): not served or
+ * restored this time, but kept, since nothing says its bytes are damaged.
+ */
+export class StoreReadError extends BlockError {
+  constructor(readonly storeCode: string) {
+    super("NOT_FOUND", `the SSD store could not read the block now (${storeCode})`);
+    this.name = "StoreReadError";
+  }
+}

@@ -13,7 +13,7 @@ import {
 } from "./block-codec";
 import type { BlockEntry } from "./block-index";
 import type { ChainRecord } from "./chain-log";
-import { BlockError } from "./errors";
+import { BlockError, StoreReadError } from "./errors";
 import type { PendingWrite } from "./ssd-tier";
 import type { Staging } from "./staging";
 
@@ -99,9 +99,9 @@ export class BlockPayloads {
   /** Checks a block read from SSD against what the index says it is. */
   checkStored(entry: BlockEntry, result: Buffer | string): ParsedBlock | BlockError {
     if (typeof result === "string") {
-      return result === "KV_NOT_FOUND"
-        ? new BlockError("NOT_FOUND", "block left the SSD tier")
-        : new BlockError("CORRUPT", `store read failed: ${result}`);
+      if (result === "KV_NOT_FOUND") return new BlockError("NOT_FOUND", "block left the SSD tier");
+      if (result === "KV_CORRUPT") return new BlockError("CORRUPT", "the store refused the block's bytes");
+      return new StoreReadError(result);
     }
     try {
       const { root, payload } = openEnvelope(result);

@@ -218,14 +218,7 @@ export class Restorer extends CachePart {
           const checked = this.payloads.checkStored(step.entry, results[j]);
           if (checked instanceof BlockError) {
             failed = step;
-            if (checked.code === "NOT_FOUND") {
-              // Evicted by the store's cap since lookup: not damage, just gone.
-              ssd.forget(step.entry.keyHex);
-              this.index.dropIfUnheld(step.entry);
-            } else {
-              report.corruptBlocks++;
-              await this.index.dropCorrupt(step.entry);
-            }
+            if (await this.index.onStoredFailure(step.entry, checked)) report.corruptBlocks++;
             break;
           }
           valid.push({ step, block: checked });

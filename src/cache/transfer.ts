@@ -71,14 +71,10 @@ export class BlockTransfer extends CachePart {
           const { j, entry } = fromSsd[k];
           const checked = this.payloads.checkStored(entry, read[k]);
           if (checked instanceof BlockError) {
-            if (checked.code === "NOT_FOUND") {
-              this.ssd!.forget(entry.keyHex);
-              this.index.dropIfUnheld(entry);
-              results[j] = notFound(batch[j]);
-            } else {
-              await this.index.dropCorrupt(entry);
-              results[j] = { key: batch[j], error: { code: "CORRUPT", message: checked.message } };
-            }
+            const corrupt = await this.index.onStoredFailure(entry, checked);
+            results[j] = corrupt
+              ? { key: batch[j], error: { code: "CORRUPT", message: checked.message } }
+              : notFound(batch[j]);
           } else {
             results[j] = { key: batch[j], block: toRecord(checked.header, checked.payload), tier: "ssd" };
           }
