@@ -1234,11 +1234,14 @@ bool Store::CompactOne(std::set<uint32_t>* stuck) {
       continue;
     }
     Entry* entry = found->second.get();
-    if (code != Code::kOk) {
-      if (code == Code::kCorrupt) stats_.corruptions += 1;
+    // A damaged copy is dropped; one that could not be read just now (an I/O error) stays where it
+    // is, and its segment with it, rather than losing a block nothing says is damaged.
+    if (code == Code::kCorrupt) {
+      stats_.corruptions += 1;
       DropLocked(entry);
       continue;
     }
+    if (code != Code::kOk) continue;
     bool pinned = IsPinnedLocked(*entry, Now());
     meta.unlock();
     uint32_t segmentId = 0;
