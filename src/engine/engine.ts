@@ -24,7 +24,6 @@ function selection(sel: BlockSelection): BlockSelection {
   return "keys" in sel ? { keys: sel.keys.map(buf) } : sel;
 }
 
-/** A failure as it crosses IPC: the stable code and the user-facing message. */
 /** What the engine reports about a loaded model, served under `name`. */
 export function modelInfo(name: string, dir: string, model: LoadedModel): ModelInfo {
   return {
@@ -64,6 +63,7 @@ async function openCache(
   }
 }
 
+/** A failure as it crosses IPC: the stable code and the user-facing message. */
 function errorOf(err: unknown): { code: ErrorCode; message: string } {
   const e = toKvparkError(err);
   return { code: e.code, message: e.message };

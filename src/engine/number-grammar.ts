@@ -11,7 +11,6 @@
  * inwards; a range holding no such number is refused). Values are compared exactly, in millionths,
  * as BigInt.
  */
-import { randomBytes } from "node:crypto";
 import { mapSchema } from "./schema-walk.js";
 
 export const FRACTION_DIGITS_MAX = 6;
@@ -196,7 +195,11 @@ export function boundedNumbers(
   schema: unknown,
   fail: (problem: string) => never,
 ): { schema: unknown; substitute: (ebnf: string) => string } {
-  const nonce = randomBytes(6).toString("hex");
+  // A suffix no string of the schema contains, so no rule name can clash with its text; chosen from
+  // the schema alone, so that the same schema always compiles to the same grammar.
+  const text = JSON.stringify(schema) ?? "";
+  let nonce = "q";
+  while (text.includes(nonce)) nonce += "q";
   const rules = new Map<string, string>();
   const mapped = mapSchema(schema, (node) => {
     const types = Array.isArray(node.type) ? node.type : [node.type];

@@ -45,7 +45,6 @@ export interface XgCompiler {
 export interface XgMatcher {
   acceptToken(id: number): boolean;
   getNextTokenBitmask(): Promise<Int32Array>;
-  isTerminated(): boolean;
   dispose(): void;
 }
 
