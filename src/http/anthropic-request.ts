@@ -4,6 +4,7 @@
 import { PinKind, ToolChoiceMode } from "../../gen/kvpark/v1/common_pb.js";
 import type { Config } from "../config.js";
 import type { PinHint } from "../engine-ipc.js";
+import { clientField } from "../rpc/quote.js";
 import { pinHint, quoted } from "../rpc/validation.js";
 import { HttpError } from "./api.js";
 
@@ -80,7 +81,7 @@ const SERVER_TOOLS = "Anthropic's server tools run on Anthropic's servers";
 function onlyKeys(o: Json, field: string, known: readonly string[], refused: Json = {}): void {
   for (const key of Object.keys(o)) {
     if (known.includes(key) || o[key] === undefined) continue;
-    const at = field ? `${field}.${key}` : key;
+    const at = clientField(field ? `${field}.${key}` : key);
     throw bad(at, typeof refused[key] === "string" ? refused[key] : "unknown field");
   }
 }
@@ -125,7 +126,10 @@ function cacheControl(
   const o = object(v, field);
   onlyKeys(o, field, ["type", "ttl"]);
   if (o.type !== "ephemeral")
-    throw bad(`${field}.type`, `must be "ephemeral", got ${JSON.stringify(o.type)}`);
+    throw bad(
+      `${field}.type`,
+      `must be "ephemeral", got ${typeof o.type === "string" ? quoted(o.type) : JSON.stringify(o.type)?.slice(0, 40)}`,
+    );
   const ttl = o.ttl === undefined ? "5m" : string(o.ttl, `${field}.ttl`);
   const ttlSeconds = TTL_SECONDS[ttl];
   if (ttlSeconds === undefined) throw bad(`${field}.ttl`, `must be "5m" or "1h", got ${quoted(ttl)}`);

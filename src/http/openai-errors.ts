@@ -2,6 +2,7 @@
 // its own and for whatever a generation throws (kvpark's field names translated to OpenAI's).
 import { Code } from "@connectrpc/connect";
 import { toConnectError } from "../rpc/call-end.js";
+import { clientField } from "../rpc/quote.js";
 import { HttpError } from "./api.js";
 
 /** OpenAI's error object, the body of every error response (`{"error": ...}`). */
@@ -38,11 +39,12 @@ export function unsupported(param: string, why: string): OpenAiError {
 
 /** 400 for a field kvpark does not know, in OpenAI's words. */
 export function unknownField(param: string): OpenAiError {
+  const name = clientField(param);
   return new OpenAiError(
     400,
-    `Unrecognized request argument supplied: ${param}`,
+    `Unrecognized request argument supplied: ${name}`,
     "invalid_request_error",
-    param,
+    name,
     "unknown_parameter",
   );
 }

@@ -28,3 +28,8 @@ export function quoted(value: string): string {
   }
   return JSON.stringify(value);
 }
+
+/** A field name the client chose (an unknown key), as an error message names it: cut like quoted(). */
+export function clientField(name: string): string {
+  return name.length <= ECHO_CHARS_MAX ? name : quoted(name);
+}
