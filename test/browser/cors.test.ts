@@ -186,6 +186,13 @@ const corsHeaders = (headers: http.IncomingHttpHeaders) =>
   Object.keys(headers).filter((h) => h.startsWith("access-control-"));
 
 const REFUSED = "TypeError: Failed to fetch";
+/** What the page sees when the browser refuses every one of its calls. */
+const ALL_REFUSED = {
+  openai: { error: REFUSED },
+  connect: { error: REFUSED },
+  connectWithoutToken: { error: REFUSED },
+  grpcWeb: { error: REFUSED },
+};
 
 describe("browsers (--cors-origins) in headless Chromium", () => {
   let browser: Browser;
@@ -253,23 +260,11 @@ describe("browsers (--cors-origins) in headless Chromium", () => {
   });
 
   it("is refused by the browser against a server without --cors-origins", async () => {
-    const out = await callsFrom(page, allowedPage.origin, withoutCors, model);
-    expect(out).toEqual({
-      openai: { error: REFUSED },
-      connect: { error: REFUSED },
-      connectWithoutToken: { error: REFUSED },
-      grpcWeb: { error: REFUSED },
-    });
+    expect(await callsFrom(page, allowedPage.origin, withoutCors, model)).toEqual(ALL_REFUSED);
   }, 60_000);
 
   it("is refused by the browser for an origin --cors-origins does not list", async () => {
-    const out = await callsFrom(page, otherPage.origin, withCors, model);
-    expect(out).toEqual({
-      openai: { error: REFUSED },
-      connect: { error: REFUSED },
-      connectWithoutToken: { error: REFUSED },
-      grpcWeb: { error: REFUSED },
-    });
+    expect(await callsFrom(page, otherPage.origin, withCors, model)).toEqual(ALL_REFUSED);
   }, 60_000);
 
   it("answers a preflight with the headers of gRPC-Web, Connect and the HTTP APIs", async () => {

@@ -73,12 +73,17 @@ describe("structured outputs over gRPC", () => {
   });
 
   test("json_object: the output is a JSON object or, cut by max_tokens, the start of one", async () => {
+    let complete = 0;
     for (let seed = 0; seed < 5; seed++) {
       const out = await generate({ format: { case: "jsonObject", value: {} } } as never, seed);
       expect(out.text.startsWith("{")).toBe(true);
-      if (out.finish === FinishReason.EOS) expect(JSON.parse(out.text)).toEqual(expect.any(Object));
-      else expect(out.finish).toBe(FinishReason.MAX_TOKENS);
+      if (out.finish === FinishReason.EOS) {
+        expect(JSON.parse(out.text)).toEqual(expect.any(Object));
+        complete++;
+      } else expect(out.finish).toBe(FinishReason.MAX_TOKENS);
     }
+    // At least one object is whole, so the parse above ran.
+    expect(complete).toBeGreaterThan(0);
   });
 
   test("schemas that cannot be used are refused with INVALID_ARGUMENT naming the field", async () => {

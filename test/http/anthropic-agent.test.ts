@@ -64,8 +64,10 @@ function kvparkPrompt(
 interface Turn {
   /** The prompt's token ids (ModelService.Tokenize of the same conversation). */
   promptIds: number[];
-  /** The answer's token ids (from the same turn run over gRPC Generate). */
+  /** The answer's token ids (from the same turn run over gRPC Generate on the same server). */
   outputIds: number[];
+  /** The ids of the same turn sampled with a seed (temperature 1) over gRPC on the same server. */
+  seededIds: number[];
   /** The answer, without the tool-call ids (random per server). */
   answer: unknown[];
   stop: string | null;
@@ -73,7 +75,11 @@ interface Turn {
 }
 
 /** A turn's answer over gRPC Generate: its token ids, and its tool calls and text as the API gives them. */
-async function generateOverGrpc(server: ServerProcess, prompt: MessageInitShape<typeof PromptSchema>) {
+async function generateOverGrpc(
+  server: ServerProcess,
+  prompt: MessageInitShape<typeof PromptSchema>,
+  sampling: { temperature?: number; seed?: bigint } = {},
+) {
   const client = grpcJsClient(InferenceService, `127.0.0.1:${server.port}`);
   const metadata = new grpc.Metadata();
   metadata.set("authorization", `Bearer ${TOKEN}`);
@@ -81,7 +87,7 @@ async function generateOverGrpc(server: ServerProcess, prompt: MessageInitShape<
     const responses = await serverStream<GenerateResponse>(
       client,
       "generate",
-      { prompt, sampling: { maxTokens: MAX_TOKENS } },
+      { prompt, sampling: { maxTokens: MAX_TOKENS, ...sampling } },
       { metadata },
     );
     const ids: number[] = [];
@@ -100,10 +106,11 @@ async function generateOverGrpc(server: ServerProcess, prompt: MessageInitShape<
 
 /**
  * A scripted agent: the model calls a named tool on every turn but the last, the script answers.
- * Each turn also runs over gRPC Generate on `twin`, a server giving the same answers, for the answer's
- * token ids, which the Anthropic API does not return.
+ * Each turn also runs over gRPC Generate on the same server, for the answer's token ids, which the
+ * Anthropic API does not return, and once more with seeded sampling (the Anthropic API takes no
+ * seed), so that greedy and sampled outputs are both compared with a cache-off server's.
  */
-async function agentLoop(server: ServerProcess, twin: ServerProcess): Promise<Turn[]> {
+async function agentLoop(server: ServerProcess): Promise<Turn[]> {
   const client = anthropicClient(server);
   const ajv = new Ajv();
   const validators = new Map(TOOLS.map((t) => [t.name, ajv.compile(t.input_schema)]));
@@ -131,12 +138,14 @@ async function agentLoop(server: ServerProcess, twin: ServerProcess): Promise<Tu
     const u = msg.usage;
     expect(u.input_tokens + u.cache_read_input_tokens! + u.cache_creation_input_tokens!).toBe(counted);
     const uses = msg.content.filter((b): b is Anthropic.ToolUseBlock => b.type === "tool_use");
-    const overGrpc = await generateOverGrpc(twin, prompt);
+    const overGrpc = await generateOverGrpc(server, prompt);
+    const seeded = await generateOverGrpc(server, prompt, { temperature: 1, seed: 17n });
     expect(overGrpc.answer).toEqual(uses.map((b) => ({ name: b.name, input: b.input })));
     expect(overGrpc.ids.length).toBe(u.output_tokens);
     turns.push({
       promptIds: ids,
       outputIds: overGrpc.ids,
+      seededIds: seeded.ids,
       answer: msg.content.map((b) => (b.type === "tool_use" ? { name: b.name, input: b.input } : b)),
       stop: msg.stop_reason,
       usage: u,
@@ -177,12 +186,13 @@ describe("an agent loop over the Anthropic API (official SDK), tools run by a sc
   });
 
   it(`runs ${TURNS} turns, each reusing at least 99% of what an exact prefix cache could, with the answers of a cache-off server`, async () => {
-    const withCache = await agentLoop(cached, uncached);
-    const without = await agentLoop(uncached, uncached);
+    const withCache = await agentLoop(cached);
+    const without = await agentLoop(uncached);
     expect(withCache.map((t) => [t.answer, t.stop])).toEqual(without.map((t) => [t.answer, t.stop]));
     expect(withCache.map((t) => t.usage.output_tokens)).toEqual(without.map((t) => t.usage.output_tokens));
     expect(withCache.map((t) => t.promptIds)).toEqual(without.map((t) => t.promptIds));
     expect(withCache.map((t) => t.outputIds)).toEqual(without.map((t) => t.outputIds));
+    expect(withCache.map((t) => t.seededIds)).toEqual(without.map((t) => t.seededIds));
     for (let t = 1; t < withCache.length; t++) {
       const want = idealReuse(withCache[t].promptIds, withCache.slice(0, t));
       expect(want).toBeGreaterThan(0);
