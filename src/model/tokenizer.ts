@@ -267,7 +267,11 @@ export class ModelTokenizer {
     this.templateFacts = this.template && templateFacts(this.template);
     this.toolTemplateFacts = this.toolTemplate ? templateFacts(this.toolTemplate) : this.templateFacts;
     const hasToken = (token: string) => this.tokenizer.token_to_id(token) !== undefined;
-    this.toolCallFormat = detectToolCallFormat(templates.toolUse ?? templates.default, hasToken);
+    this.toolCallFormat = detectToolCallFormat(
+      templates.toolUse ?? templates.default,
+      this.toolTemplateFacts?.usesTools ?? false,
+      hasToken,
+    );
     this.reasoning = detectReasoning(templates.default, hasToken);
 
     const probe = this.encode("a", { addSpecialTokens: true });

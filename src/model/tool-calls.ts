@@ -3,29 +3,22 @@
  * vocabulary) and which markers its output carries. The streaming parser is in output-parser.ts and
  * exported from here.
  */
-import { Template } from "@huggingface/jinja";
-import { templateFacts } from "./chat-template";
 import { MARKERS } from "./output-parser";
 import type { ToolCallFormat } from "./tool-syntax";
 
 export { newToolCallId, type OutputEvent, OutputParser, type OutputParserOptions } from "./output-parser";
 
 /**
- * The format a model writes tool calls in, from its chat template (the one used with tools) and its
- * vocabulary; null when the template does not take tools or writes calls in no known form.
+ * The format a model writes tool calls in, from its chat template (the one used with tools: its
+ * text, and whether it reads `tools`, as the tokenizer found when it compiled it) and its vocabulary;
+ * null when the template does not take tools or writes calls in no known form.
  */
 export function detectToolCallFormat(
   template: string | undefined,
+  usesTools: boolean,
   hasToken: (token: string) => boolean,
 ): ToolCallFormat | null {
-  if (template === undefined) return null;
-  let usesTools: boolean;
-  try {
-    usesTools = templateFacts(new Template(template)).usesTools;
-  } catch {
-    return null;
-  }
-  if (!usesTools) return null;
+  if (template === undefined || !usesTools) return null;
   // Mistral writes calls after [TOOL_CALLS] (a control token of its tokenizer).
   if (template.includes(MARKERS.mistralCalls)) return "mistral";
   // Hermes, Qwen2.5, Qwen3: <tool_call> elements, also in Llama-based Hermes models.
