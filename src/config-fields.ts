@@ -31,7 +31,12 @@ export interface Config {
   maxTokensDefault: number;
   maxTokensLimit: number;
   requestsMax: number;
+  tenantRequestsMax: number;
+  prefillIdleSeconds: number;
+  tokenizerWorkers: number;
   prefillChunkTokens: number;
+  stepTokensMax: number;
+  engineMemoryMax: number;
   engineRestartDelayMs: number;
   testEngineAbort: boolean;
   cache: boolean;

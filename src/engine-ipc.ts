@@ -217,6 +217,7 @@ export type FromEngine =
   | { type: "fatal"; code: ErrorCode; message: string }
   /** Something the engine's cache wants an operator to read (a damaged file set aside, write errors). */
   | { type: "log"; message: string }
+  | { type: "engine-stats"; stats: EngineStats }
   | { type: "started"; id: number; promptTokens: number; cache: CacheReport }
   /** A long prefill's progress, between `started` and the first token (see GenerateResponse.progress). */
   | { type: "progress"; id: number; promptTokensDone: number; promptTokensTotal: number }
@@ -236,6 +237,17 @@ export type FromEngine =
   | { type: "kv-item"; id: number; item: cache.GetBlockResult }
   /** The answer of a KV operation; ends the stream for GetBlocks. */
   | { type: "kv-result"; id: number; result: KvResult };
+
+/** The engine process's memory and scheduler, reported about once a second. */
+export interface EngineStats {
+  rssBytes: number;
+  memoryMaxBytes: number;
+  memoryReservedBytes: number;
+  sequencesRunning: number;
+  sequencesWaiting: number;
+  decodeBatch: number;
+  steps: number;
+}
 
 export interface PrefillProgress {
   tokensReceived: number;

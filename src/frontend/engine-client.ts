@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Config } from "../config.js";
 import type {
+  EngineStats,
   BlockSelection,
   CacheStats,
   FromEngine,
@@ -64,6 +65,8 @@ export class EngineClient {
   /** Set when the engine failed in a way restarting cannot fix (bad model path, ...). */
   fatal?: { code: ErrorCode; message: string };
   restarts = 0;
+  /** The running engine's last report of its memory and scheduler; undefined until its first. */
+  engineStats?: EngineStats;
   /** Called when the engine cannot start at all (a model that does not load). */
   onFatal?: (fatal: { code: ErrorCode; message: string }) => void;
 
@@ -123,6 +126,9 @@ export class EngineClient {
       case "log":
         this.log.warn({ event: "engine_log" }, msg.message);
         return;
+      case "engine-stats":
+        this.engineStats = msg.stats;
+        return;
       case "fatal":
         this.fatal = { code: msg.code, message: msg.message };
         this.log.error({ event: "engine_fatal", code: msg.code }, msg.message);
@@ -149,6 +155,7 @@ export class EngineClient {
     if (this.child !== child) return;
     this.child = undefined;
     this.info = undefined;
+    this.engineStats = undefined;
     this.onReadiness(false);
     const err = new KvparkError("ENGINE_UNAVAILABLE", "the engine stopped while serving this request; retry");
     for (const q of this.pending.values()) q.fail(err);

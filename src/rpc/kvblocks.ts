@@ -7,7 +7,12 @@ import {
   type GetBlocksResponseSchema,
   type PutBlocksRequest,
 } from "../../gen/kvpark/v1/kvblocks_pb.js";
-import type { BlockErrorCode as CacheBlockErrorCode, CacheStats, PutBlocksReport } from "../engine-ipc.js";
+import type {
+  BlockErrorCode as CacheBlockErrorCode,
+  CacheStats,
+  EngineStats,
+  PutBlocksReport,
+} from "../engine-ipc.js";
 import { invalidField, KvparkError } from "../errors.js";
 import { adminKey, tenantKey } from "../frontend/auth.js";
 import { GetBlocksTrace, traceLookup, tracePin, tracePutBlocks, traceUnpin } from "../telemetry/index.js";
@@ -22,7 +27,20 @@ function tier(t: "ram" | "ssd"): Tier {
   return t === "ram" ? Tier.RAM : Tier.SSD;
 }
 
-function stats(s: CacheStats) {
+function engineStats(e: EngineStats | undefined) {
+  if (!e) return undefined;
+  return {
+    rssBytes: BigInt(e.rssBytes),
+    memoryMaxBytes: BigInt(e.memoryMaxBytes),
+    memoryReservedBytes: BigInt(e.memoryReservedBytes),
+    sequencesRunning: e.sequencesRunning,
+    sequencesWaiting: e.sequencesWaiting,
+    decodeBatch: e.decodeBatch,
+    steps: BigInt(e.steps),
+  };
+}
+
+function stats(s: CacheStats, engine: EngineStats | undefined) {
   const tierStats = (t: CacheStats["ram"]) => ({
     bytes: BigInt(t.bytes),
     bytesMax: BigInt(t.bytesMax),
@@ -45,6 +63,7 @@ function stats(s: CacheStats) {
     writeErrorsEio: BigInt(s.writeErrorsEio),
     writeErrorsOther: BigInt(s.writeErrorsOther),
     ssdQuarantinedSegments: s.ssdQuarantinedSegments,
+    engine: engineStats(engine),
   };
 }
 
@@ -174,7 +193,8 @@ export function registerKVBlocks(router: ConnectRouter, deps: RpcDeps): void {
     stats: async (_req, ctx) => {
       served(deps);
       const all = ctx.values.get(adminKey);
-      return stats(await engine.stats(ctx.values.get(tenantKey), all, ctx.signal));
+      const s = await engine.stats(ctx.values.get(tenantKey), all, ctx.signal);
+      return stats(s, engine.engineStats);
     },
   });
 }
