@@ -5,6 +5,7 @@ import { core as mx } from "@frost-beta/mlx";
 import { type ModelConfig, readModelConfig, tokenIdList } from "./config";
 import { ModelError } from "./errors";
 import { modelFingerprint } from "./fingerprint";
+import { calibrateRows, type RowCalibration } from "./batch-rows";
 import { ModelCache } from "./kv-cache";
 import { ARCHITECTURES, type CausalLM, type LogitsFor, SUPPORTED_MODEL_TYPES } from "./models";
 import { SafetensorsError, type TensorInfo, readSafetensorsHeader } from "../util/safetensors";
@@ -93,6 +94,53 @@ export class LoadedModel {
   forward(tokens: number[], cache: ModelCache, opts: ForwardOptions = {}): mx.array {
     const logitsFor = opts.logits ?? "last";
     if (tokens.length === 0) throw new RangeError("forward: no tokens");
+    this.check(tokens, cache);
+    const rows: mx.array[] = [];
+    for (let start = 0; start < tokens.length; start += this.prefillChunkTokens) {
+      const chunk = tokens.slice(start, start + this.prefillChunkTokens);
+      const isLast = start + chunk.length >= tokens.length;
+      const inputs = mx.array([chunk], mx.int32);
+      if (logitsFor === "all") {
+        const logits = this.model.forward(inputs, [{ rows: chunk.length, cache }], "all");
+        if (!isLast) mx.eval(logits);
+        rows.push(logits.reshape(chunk.length, -1));
+      } else if (isLast) {
+        rows.push(this.model.forward(inputs, [{ rows: chunk.length, cache }], "last").reshape(1, -1));
+      } else {
+        this.model.forward(inputs, [{ rows: chunk.length, cache }], "last");
+        this.materialize(cache);
+      }
+    }
+    return rows.length === 1 ? rows[0] : mx.concatenate(rows, 0);
+  }
+
+  /**
+   * One decode step of several sequences in one pass: `tokens[i]` runs at the next position of
+   * `caches[i]`. The projections, MLP and output head run over all rows together, each sequence
+   * attends over its own cache. Returns lazy float32 logits [n, vocab], row i for sequence i, the
+   * same to the bit as `forward([tokens[i]], caches[i])` once calibrateBatchRows covers n rows.
+   */
+  decodeBatch(tokens: number[], caches: ModelCache[]): mx.array {
+    if (tokens.length === 0 || tokens.length !== caches.length) {
+      throw new RangeError(`decodeBatch: ${tokens.length} tokens for ${caches.length} caches`);
+    }
+    if (new Set(caches).size !== caches.length) throw new RangeError("decodeBatch: a cache appears twice");
+    caches.forEach((cache, i) => this.check([tokens[i]], cache));
+    const inputs = mx.array([tokens], mx.int32);
+    const segments = caches.map((cache) => ({ rows: 1, cache }));
+    return this.model.forward(inputs, segments, "last").reshape(tokens.length, -1);
+  }
+
+  /**
+   * Measures which row counts up to `maxRows` each of the model's products computes alike, and pads
+   * every other count to one of those (see batch-rows.ts), so that a decode batch of up to
+   * `maxRows` sequences gives each the bits it would get alone. Returns what it measured.
+   */
+  calibrateBatchRows(maxRows: number): RowCalibration[] {
+    return calibrateRows(this.model.rowProducts(), maxRows);
+  }
+
+  private check(tokens: number[], cache: ModelCache): void {
     for (const t of tokens) {
       if (!Number.isInteger(t) || t < 0 || t >= this.config.vocabSize) {
         throw new RangeError(`forward: token id ${t} outside the vocabulary [0, ${this.config.vocabSize})`);
@@ -101,23 +149,6 @@ export class LoadedModel {
     if (cache.layers.length !== this.numLayers || cache.layers[0].kvHeads !== this.kvHeads) {
       throw new RangeError("forward: the cache was made for a different model");
     }
-    const rows: mx.array[] = [];
-    for (let start = 0; start < tokens.length; start += this.prefillChunkTokens) {
-      const chunk = tokens.slice(start, start + this.prefillChunkTokens);
-      const isLast = start + chunk.length >= tokens.length;
-      const inputs = mx.array([chunk], mx.int32);
-      if (logitsFor === "all") {
-        const logits = this.model.forward(inputs, cache, "all");
-        if (!isLast) mx.eval(logits);
-        rows.push(logits.reshape(chunk.length, -1));
-      } else if (isLast) {
-        rows.push(this.model.forward(inputs, cache, "last").reshape(1, -1));
-      } else {
-        this.model.forward(inputs, cache, "last");
-        this.materialize(cache);
-      }
-    }
-    return rows.length === 1 ? rows[0] : mx.concatenate(rows, 0);
   }
 
   /** Computes the cache's pending writes without computing logits. */

@@ -1,6 +1,7 @@
 import { core as mx } from "@frost-beta/mlx";
 import type { Llama3RopeScaling, ModelConfig } from "../config";
 import type { KVCache, ModelCache } from "../kv-cache";
+import { IDENTITY_ROWS, type RowPlan, type RowProduct, withPaddedRows } from "../batch-rows";
 
 /**
  * Building blocks shared by the architectures, after mlx-lm's models/base.py and the parts of
@@ -49,10 +50,19 @@ function placeholder(shape: number[]): mx.array {
   return mx.zeros(shape, mx.float32);
 }
 
-/** y = x W^T (+ b), with W [outputDims, inputDims] as checkpoints store it. */
-export class Linear extends Module {
+/**
+ * y = x W^T (+ b), with W [outputDims, inputDims] as checkpoints store it.
+ *
+ * The rows of x go through `rowPlan` first (see batch-rows.ts): BLAS picks its kernel by the row
+ * count, and a row's result can differ in the last bits between kernels, so a row count the plan
+ * does not trust is padded with zero rows to one it does. That keeps a sequence's result the same
+ * whatever else shares its batch.
+ */
+export class Linear extends Module implements RowProduct {
   weight: mx.array;
   bias?: mx.array;
+  /** Row counts padded before the product; set by calibrateBatchRows. */
+  #rowPlan: RowPlan = IDENTITY_ROWS;
 
   constructor(inputDims: number, outputDims: number, bias: boolean) {
     super();
@@ -60,26 +70,44 @@ export class Linear extends Module {
     if (bias) this.bias = placeholder([outputDims]);
   }
 
-  forward(x: mx.array): mx.array {
+  set rowPlan(plan: RowPlan) {
+    this.#rowPlan = plan;
+  }
+
+  product(x: mx.array): mx.array {
     return this.bias ? mx.addmm(this.bias, x, this.weight.T) : mx.matmul(x, this.weight.T);
+  }
+
+  forward(x: mx.array): mx.array {
+    return withPaddedRows(x, this.#rowPlan, (rows) => this.product(rows));
   }
 }
 
 /** Token embedding table [vocab, dims]; doubles as the output projection when tied. */
-export class Embedding extends Module {
+export class Embedding extends Module implements RowProduct {
   weight: mx.array;
+  /** Row counts padded before the output projection; see Linear. */
+  #rowPlan: RowPlan = IDENTITY_ROWS;
 
   constructor(vocab: number, dims: number) {
     super();
     this.weight = placeholder([vocab, dims]);
   }
 
+  set rowPlan(plan: RowPlan) {
+    this.#rowPlan = plan;
+  }
+
   forward(tokens: mx.array): mx.array {
     return this.weight.index(tokens);
   }
 
-  asLinear(x: mx.array): mx.array {
+  product(x: mx.array): mx.array {
     return mx.matmul(x, this.weight.T);
+  }
+
+  asLinear(x: mx.array): mx.array {
+    return withPaddedRows(x, this.#rowPlan, (rows) => this.product(rows));
   }
 }
 
@@ -102,14 +130,30 @@ export class RMSNorm extends Module {
 /** Which positions a forward pass returns logits for. */
 export type LogitsFor = "last" | "all";
 
+/** One sequence's share of a forward pass: its next `rows` input rows, run over its own cache. */
+export interface Segment {
+  rows: number;
+  cache: ModelCache;
+}
+
+/** A segment as one attention layer sees it: its rows, its causal mask and that layer's cache. */
+export interface LayerSegment {
+  rows: number;
+  mask: mx.array;
+  cache: KVCache;
+}
+
 /** A decoder-only language model as the loader and the engine see it. */
 export interface CausalLM extends Module {
   /**
-   * Runs tokens [1, T] (int32) at positions cache.offset .. cache.offset + T - 1, appending their
-   * keys and values to `cache`. Returns float32 logits [1, T, vocab] for "all" or [1, 1, vocab]
-   * for "last", lazily: nothing is computed until the result is evaluated.
+   * Runs tokens [1, R] (int32), the rows of `segments` one after the other: each segment's rows
+   * sit at positions cache.offset .. cache.offset + rows - 1 of its own cache, and their keys and
+   * values are appended to it. Returns float32 logits, lazily: [1, R, vocab] for "all" (one
+   * segment), or for "last" the last row of each segment, [1, segments, vocab].
    */
-  forward(inputs: mx.array, cache: ModelCache, logitsFor: LogitsFor): mx.array;
+  forward(inputs: mx.array, segments: Segment[], logitsFor: LogitsFor): mx.array;
+  /** Every matrix product a forward pass runs over all rows at once (see batch-rows.ts). */
+  rowProducts(): RowProduct[];
 }
 
 /**
@@ -202,19 +246,35 @@ export function attentionSpan(end: number, capacity: number): number {
   return Math.min(capacity, Math.ceil(end / ATTENTION_SPAN_STEP_TOKENS) * ATTENTION_SPAN_STEP_TOKENS);
 }
 
-/** Applies rope at the cache's position, appends to the cache and attends. q/k/v are [1, heads, T, headDim]. */
-export function attendWithCache(
+/**
+ * Applies rope at each segment's cache position, appends its keys and values to its cache and
+ * attends over that cache alone. q/k/v are [1, heads, R, headDim] over every segment's rows; the
+ * result has the same layout. Each sequence attends by itself, with exactly the operations it
+ * would run alone: batching shares the projections, never the attention.
+ */
+export function attendSegments(
   queries: mx.array,
   keys: mx.array,
   values: mx.array,
   rope: RotaryEmbedding,
-  cache: KVCache,
-  mask: mx.array,
+  segments: LayerSegment[],
   scale: number,
 ): mx.array {
-  const offset = cache.offset;
-  const [allKeys, allValues] = cache.updateAndFetch(rope.apply(keys, offset), values);
-  return attentionFor(scale)(rope.apply(queries, offset), allKeys, allValues, mask);
+  const attend = (q: mx.array, k: mx.array, v: mx.array, s: LayerSegment): mx.array => {
+    const offset = s.cache.offset;
+    const [allKeys, allValues] = s.cache.updateAndFetch(rope.apply(k, offset), v);
+    return attentionFor(scale)(rope.apply(q, offset), allKeys, allValues, s.mask);
+  };
+  if (segments.length === 1) return attend(queries, keys, values, segments[0]);
+  const outs: mx.array[] = [];
+  let start = 0;
+  for (const s of segments) {
+    const rows = mx.Slice(start, start + s.rows);
+    const part = (a: mx.array) => a.index(mx.Slice(), mx.Slice(), rows, mx.Slice());
+    outs.push(attend(part(queries), part(keys), part(values), s));
+    start += s.rows;
+  }
+  return mx.concatenate(outs, 2);
 }
 
 /**
@@ -292,9 +352,9 @@ const swiglu = mx.compile(
   true,
 );
 
-/** The attention module of an architecture: [1, T, hidden] in, [1, T, hidden] out. */
+/** The attention module of an architecture: [1, R, hidden] in, [1, R, hidden] out. */
 export interface AttentionModule extends Module {
-  forward(x: mx.array, mask: mx.array, cache: KVCache): mx.array;
+  forward(x: mx.array, segments: LayerSegment[]): mx.array;
 }
 
 /** Pre-norm residual block: x + attn(norm(x)), then h + mlp(norm(h)). */
@@ -312,8 +372,8 @@ export class TransformerBlock extends Module {
     this.post_attention_layernorm = new RMSNorm(config.hiddenSize, config.rmsNormEps);
   }
 
-  forward(x: mx.array, mask: mx.array, cache: KVCache): mx.array {
-    const h = mx.add(x, this.self_attn.forward(this.input_layernorm.forward(x), mask, cache));
+  forward(x: mx.array, segments: LayerSegment[]): mx.array {
+    const h = mx.add(x, this.self_attn.forward(this.input_layernorm.forward(x), segments));
     return mx.add(h, this.mlp.forward(this.post_attention_layernorm.forward(h)));
   }
 }
@@ -336,24 +396,31 @@ export class DecoderStack extends Module {
     this.#slidingWindow = config.slidingWindow;
   }
 
-  /** Hidden states [1, T, hidden] after the final norm, for the positions `logitsFor` asks. */
-  forward(inputs: mx.array, cache: ModelCache, logitsFor: LogitsFor): mx.array {
-    const tokens = inputs.shape[1];
-    const offset = cache.offset;
-    cache.reserve(offset + tokens);
-    const mask = attentionMask(
-      tokens,
-      offset,
-      attentionSpan(offset + tokens, cache.capacity),
-      this.#slidingWindow,
-    );
+  /** Hidden states [1, rows, hidden] after the final norm, for the positions `logitsFor` asks. */
+  forward(inputs: mx.array, segments: Segment[], logitsFor: LogitsFor): mx.array {
+    const masks = segments.map(({ rows, cache }) => {
+      const offset = cache.offset;
+      cache.reserve(offset + rows);
+      return attentionMask(rows, offset, attentionSpan(offset + rows, cache.capacity), this.#slidingWindow);
+    });
     let h = this.embed_tokens.forward(inputs);
     this.layers.forEach((layer, i) => {
-      h = layer.forward(h, mask, cache.layers[i]);
+      h = layer.forward(
+        h,
+        segments.map((s, j) => ({ rows: s.rows, mask: masks[j], cache: s.cache.layers[i] })),
+      );
     });
     // The final norm is per position, so dropping positions first saves work, most of all in
     // the vocabulary projection that follows.
-    if (logitsFor === "last" && tokens > 1) h = h.index(mx.Slice(), mx.Slice(tokens - 1), mx.Slice());
+    if (logitsFor === "last" && h.shape[1] > segments.length) {
+      if (segments.length === 1) {
+        h = h.index(mx.Slice(), mx.Slice(h.shape[1] - 1), mx.Slice());
+      } else {
+        let end = 0;
+        const lastRows = segments.map((s) => (end += s.rows) - 1);
+        h = mx.take(h, mx.array(lastRows, mx.int32), 1);
+      }
+    }
     return this.norm.forward(h);
   }
 }
@@ -369,8 +436,21 @@ export class DecoderLM extends Module implements CausalLM {
     if (!config.tieWordEmbeddings) this.lm_head = new Linear(config.hiddenSize, config.vocabSize, false);
   }
 
-  forward(inputs: mx.array, cache: ModelCache, logitsFor: LogitsFor): mx.array {
-    const h = this.model.forward(inputs, cache, logitsFor);
+  rowProducts(): RowProduct[] {
+    const products: RowProduct[] = [];
+    const visit = (value: unknown): void => {
+      if (value instanceof Linear) products.push(value);
+      else if (value instanceof Module) Object.values(value).forEach(visit);
+      else if (Array.isArray(value)) value.forEach(visit);
+    };
+    visit(this);
+    // The embedding table is a product only where it doubles as the output projection.
+    if (!this.lm_head) products.push(this.model.embed_tokens);
+    return products;
+  }
+
+  forward(inputs: mx.array, segments: Segment[], logitsFor: LogitsFor): mx.array {
+    const h = this.model.forward(inputs, segments, logitsFor);
     return this.lm_head ? this.lm_head.forward(h) : this.model.embed_tokens.asLinear(h);
   }
 }

@@ -1,6 +1,5 @@
 import type { core as mx } from "@frost-beta/mlx";
 import type { ModelConfig } from "../config";
-import type { KVCache } from "../kv-cache";
 import {
   type AttentionModule,
   Linear,
@@ -8,7 +7,8 @@ import {
   type CausalLM,
   DecoderLM,
   RotaryEmbedding,
-  attendWithCache,
+  attendSegments,
+  type LayerSegment,
   mergeHeads,
   splitHeads,
 } from "./base";
@@ -47,11 +47,11 @@ export class Attention extends Module implements AttentionModule {
     this.#rope = new RotaryEmbedding(config);
   }
 
-  forward(x: mx.array, mask: mx.array, cache: KVCache): mx.array {
+  forward(x: mx.array, segments: LayerSegment[]): mx.array {
     const queries = splitHeads(this.q_proj.forward(x), this.#heads);
     const keys = splitHeads(this.k_proj.forward(x), this.#kvHeads);
     const values = splitHeads(this.v_proj.forward(x), this.#kvHeads);
-    const out = attendWithCache(queries, keys, values, this.#rope, cache, mask, this.#scale);
+    const out = attendSegments(queries, keys, values, this.#rope, segments, this.#scale);
     return this.o_proj.forward(mergeHeads(out));
   }
 }
