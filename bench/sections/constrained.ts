@@ -195,7 +195,7 @@ async function child(opts: ConstrainedOptions & { out: string }): Promise<void> 
   const { core: mx } = await import("@frost-beta/mlx");
   const { toolCallConstraint } = await import("../../src/constraint-spec");
   const { ConstraintCompiler } = await import("../../src/engine/constraint");
-  const { Sequence } = await import("../../src/engine/sequence");
+  const { Sequence, runAlone } = await import("../../src/engine/sequence");
   const { modelInfo } = await import("../../src/engine/engine");
   const { loadModel } = await import("../../src/model/loader");
   const { Sampler } = await import("../../src/model/sampler");
@@ -350,10 +350,10 @@ async function child(opts: ConstrainedOptions & { out: string }): Promise<void> 
         arrivedAt: performance.timeOrigin + performance.now(),
         keepOutputMarkers: false,
       };
-      const seq = new Sequence(req, model, tokenizer, info, undefined, 512, (m) => {
+      const seq = new Sequence(req, model, tokenizer, info, undefined, (m) => {
         if (m.type === "finished") finished = m;
       });
-      while (!(await seq.step())) if (seq.waiting) await seq.waiting;
+      await runAlone(seq, model, 512);
       gc();
       const tps = finished?.timings.decodeTokensPerSecond ?? 0;
       if (run >= 0 && tps > 0) perToken[name].push(1000 / tps); // run -1 warms up (and compiles)

@@ -69,20 +69,88 @@ function errorOf(err: unknown): { code: ErrorCode; message: string } {
   return { code: e.code, message: e.message };
 }
 
+/** Largest decode batch: beyond it, more sequences read the weights no cheaper per token here. */
+const DECODE_ROWS_LIMIT = 64;
+
 /**
- * Runs every admitted job a step at a time, round robin: one restore, prefill chunk or decode token
- * per job per turn. Each request keeps its own KV, so interleaving never changes a result, and a long
- * prefill delays other requests' tokens by one chunk at a time. Between steps the event loop runs, so
- * cancellations, new requests and KVBlocks calls are taken in.
+ * Orders jobs for a step: tenants take turns (rotated by `turn`), and within a tenant its jobs do
+ * (rotated too), interleaved: each tenant's first, then each tenant's second, and so on.
+ */
+export function fairOrder<J extends { tenant: string }>(jobs: J[], turn: number): J[] {
+  const byTenant = new Map<string, J[]>();
+  for (const job of jobs) byTenant.set(job.tenant, [...(byTenant.get(job.tenant) ?? []), job]);
+  const rotate = <T>(list: T[]): T[] => {
+    const k = turn % list.length;
+    return [...list.slice(k), ...list.slice(0, k)];
+  };
+  const queues = rotate([...byTenant.values()]).map(rotate);
+  const out: J[] = [];
+  for (let i = 0; out.length < jobs.length; i++) for (const q of queues) if (i < q.length) out.push(q[i]);
+  return out;
+}
+
+/**
+ * Bytes one prefill chunk's temporaries may hold before they are collected: per layer, the
+ * activations MLX keeps while their JS wrappers live (MLP and attention inputs and outputs), and
+ * the attention scores of one layer over the longest context.
+ */
+function stepWorkBytes(model: LoadedModel, chunk: number): number {
+  const c = model.config;
+  const perLayer = chunk * (3 * c.intermediateSize + 12 * c.hiddenSize) * 4;
+  const scores = chunk * c.numAttentionHeads * c.maxPositionEmbeddings * 4;
+  return model.numLayers * perLayer + scores + chunk * c.vocabSize * 4;
+}
+
+/** Estimated temporaries of one decode step of `rows` sequences (activations and logits). */
+function decodeGarbageBytes(model: LoadedModel, rows: number): number {
+  const c = model.config;
+  return rows * (model.numLayers * (3 * c.intermediateSize + 12 * c.hiddenSize) + 3 * c.vocabSize) * 4;
+}
+
+/** How often the engine reports its memory and scheduler to the front end. */
+const STATS_INTERVAL_MS = 1000;
+
+/** Bytes of MLX temporaries the engine lets pile up before it collects (see collect). */
+const GARBAGE_BYTES_MAX = 256 * 1024 * 1024;
+
+/**
+ * Runs every admitted job in steps. A step decodes the next token of every decoding sequence in one
+ * batched forward pass, then computes prefill chunks while the step's token budget
+ * (--step-tokens-max) lasts, at least one: a long prompt never holds up decoding for more than a
+ * chunk, and new requests join (and finished ones leave) between steps. Each sequence keeps its own
+ * KV and attends over it alone, and the batched products run at calibrated row counts
+ * (model/batch-rows.ts), so a sequence's tokens and logits do not depend on what runs beside it.
+ *
+ * Jobs are admitted within the engine's memory budget (--engine-memory-max), waiting in a queue
+ * otherwise, and taken in round robin between tenants, then between a tenant's jobs.
  */
 export class Engine {
+  /** Admitted jobs, in arrival order. */
   private readonly active: Job[] = [];
+  /** Jobs waiting for memory, in arrival order. */
+  private readonly queued: Job[] = [];
   private readonly sessions = new Map<number, PrefillSession>();
   private readonly puts = new Map<number, AsyncQueue<KVBlockInput>>();
   private running = false;
   /** Resolves the scheduler's sleep when new work arrives while every job waits for I/O. */
   private wake?: () => void;
-  private stepsSinceGc = 0;
+  /** Advances each step, rotating who goes first. */
+  private turn = 0;
+  private steps = 0;
+  /** When stats were last reported (performance.now()). */
+  private statsAt = 0;
+  private lastDecodeBatch = 0;
+  /** Estimated bytes of MLX temporaries dropped since the last collection. */
+  private garbageBytes = 0;
+  private readonly statsTimer: NodeJS.Timeout;
+  /** Bytes the budget always counts: weights, the RAM tier's budget, one step's working memory. */
+  private readonly fixedBytes: number;
+  /** Temporaries of one prefill chunk (see stepWorkBytes). */
+  private readonly chunkWorkBytes: number;
+  private readonly memoryMax: number;
+  /** Most sequences one decode step runs together (the row count calibrated at load). */
+  private readonly decodeRowsMax: number;
+  private readonly chunkTokens: number;
 
   private constructor(
     private readonly config: Config,
@@ -91,7 +159,20 @@ export class Engine {
     private readonly cache: PrefixCache | undefined,
     readonly info: ModelInfo,
     private readonly send: (msg: FromEngine) => void,
-  ) {}
+    decodeRowsMax: number,
+  ) {
+    this.decodeRowsMax = decodeRowsMax;
+    this.chunkTokens = Math.min(config.prefillChunkTokens, config.stepTokensMax);
+    const ram = cache ? config.ramBytesMax : 0;
+    // The process as loaded: weights, runtime, the tokenizer and the store's index.
+    global.gc?.();
+    const loaded = Math.max(process.memoryUsage.rss(), model.weightBytes);
+    this.chunkWorkBytes = stepWorkBytes(model, this.chunkTokens);
+    this.fixedBytes = loaded + ram + this.chunkWorkBytes;
+    this.memoryMax = config.engineMemoryMax || loaded + ram + 2 * 1024 ** 3;
+    this.statsTimer = setInterval(() => this.reportStats(), STATS_INTERVAL_MS);
+    this.statsTimer.unref();
+  }
 
   static async open(config: Config, send: (msg: FromEngine) => void): Promise<Engine> {
     const dir = await resolveModelDir(config.model, config.dataDir, (what, done, total) =>
@@ -109,6 +190,8 @@ export class Engine {
         }
       },
     });
+    const decodeRowsMax = Math.min(config.requestsMax, config.stepTokensMax, DECODE_ROWS_LIMIT);
+    model.calibrateBatchRows(decodeRowsMax);
     const tokenizer = ModelTokenizer.fromDir(dir);
     const cache = config.cache
       ? await openCache(model, cacheOptionsFrom(config, path.join(config.dataDir, "cache")), (message) =>
@@ -116,7 +199,9 @@ export class Engine {
         )
       : undefined;
     const info = modelInfo(config.modelName || path.basename(dir), dir, model);
-    return new Engine(config, model, tokenizer, cache, info, send);
+    const engine = new Engine(config, model, tokenizer, cache, info, send, decodeRowsMax);
+    engine.reportStats();
+    return engine;
   }
 
   handle(msg: ToEngine): void {
@@ -128,17 +213,7 @@ export class Engine {
           const a = mx.ones([4, 4], mx.float16);
           mx.eval(mx.matmul(a, a));
         }
-        this.schedule(
-          new Sequence(
-            msg,
-            this.model,
-            this.tokenizer,
-            this.info,
-            this.cache,
-            this.config.prefillChunkTokens,
-            this.send,
-          ),
-        );
+        this.enqueue(new Sequence(msg, this.model, this.tokenizer, this.info, this.cache, this.send));
         return;
       case "cancel":
         this.drop(msg.id);
@@ -149,25 +224,23 @@ export class Engine {
           msg.tenant,
           msg.persist,
           this.model,
+          this.info,
           this.cache,
-          this.config.prefillChunkTokens,
           this.send,
         );
         s.append(msg.tokens);
         this.sessions.set(msg.id, s);
-        this.schedule(s);
+        this.enqueue(s);
         return;
       }
-      case "prefill-append": {
-        const s = this.sessions.get(msg.id);
-        s?.append(msg.tokens);
-        if (s) this.schedule(s);
-        return;
-      }
+      case "prefill-append":
       case "prefill-close": {
         const s = this.sessions.get(msg.id);
-        s?.close();
-        if (s) this.schedule(s);
+        if (!s) return;
+        if (msg.type === "prefill-append") s.append(msg.tokens);
+        else s.close();
+        this.wake?.();
+        if (!this.running) void this.loop();
         return;
       }
       case "kv":
@@ -184,76 +257,182 @@ export class Engine {
   }
 
   private drop(id: number): void {
-    const i = this.active.findIndex((j) => j.id === id);
-    if (i >= 0) this.active.splice(i, 1)[0].abort();
-    this.sessions.get(id)?.abort();
+    for (const list of [this.active, this.queued]) {
+      const i = list.findIndex((j) => j.id === id);
+      if (i >= 0) list.splice(i, 1)[0].abort();
+    }
     this.sessions.delete(id);
     this.puts.get(id)?.end();
   }
 
-  private schedule(job: Job): void {
-    if (!this.active.includes(job)) this.active.push(job);
+  private enqueue(job: Job): void {
+    this.queued.push(job);
     this.wake?.();
     if (!this.running) void this.loop();
+  }
+
+  /** Bytes the budget counts as taken now. */
+  private reservedBytes(): number {
+    return this.active.reduce((sum, j) => sum + j.memoryBytes, this.fixedBytes);
+  }
+
+  /**
+   * Moves queued jobs into the running set while they fit the memory budget, in the fair order. The
+   * first that does not fit stops admission, so a large request is not passed over forever; with
+   * nothing running, one job is admitted whatever its size, so that the engine always progresses.
+   */
+  private admit(): void {
+    let reserved = this.reservedBytes();
+    for (const job of fairOrder(this.queued, this.turn)) {
+      if (this.active.length > 0 && reserved + job.memoryBytes > this.memoryMax) break;
+      this.queued.splice(this.queued.indexOf(job), 1);
+      this.active.push(job);
+      reserved += job.memoryBytes;
+    }
   }
 
   private async loop(): Promise<void> {
     this.running = true;
     try {
-      while (this.active.length > 0) {
-        let stepped = false;
-        for (const job of [...this.active]) {
-          if (!this.active.includes(job)) continue; // cancelled meanwhile
-          if (job.waiting) continue; // its I/O is in flight; others run meanwhile
-          stepped = true;
-          if (job instanceof PrefillSession && !job.runnable) {
-            // Waiting for the next piece of context; appending reschedules it.
-            this.active.splice(this.active.indexOf(job), 1);
-            continue;
-          }
-          let done: boolean;
-          try {
-            done = await job.step();
-          } catch (err) {
-            done = true;
-            if (this.active.includes(job)) this.send({ type: "failed", id: job.id, ...errorOf(err) });
-          }
-          if (done) {
-            const i = this.active.indexOf(job);
-            if (i >= 0) this.active.splice(i, 1);
-            this.sessions.delete(job.id);
-            this.collect(true);
-          }
+      while (this.active.length > 0 || this.queued.length > 0) {
+        this.admit();
+        for (const job of this.active) if (job.need === "start") job.begin();
+        const decoded = await this.decodeStep();
+        const prefilled = await this.prefillStep(decoded);
+        this.turn++;
+        if (performance.now() - this.statsAt >= STATS_INTERVAL_MS / 4) this.reportStats();
+        if (decoded > 0 || prefilled > 0) {
+          this.steps++;
           // MLX releases memory in finalizers that run once the event loop turns; this also lets
           // IPC messages (cancellations, new requests, KV calls) in between steps.
           await yieldToEventLoop();
+          continue;
         }
-        this.collect(false);
-        if (!stepped) {
-          // Every job waits for I/O: sleep until one of them can go on (or new work arrives).
-          const waits = this.active
-            .map((j) => j.waiting)
-            .filter((w): w is Promise<unknown> => w !== undefined);
-          if (waits.length) await Promise.race([...waits, new Promise<void>((r) => (this.wake = r))]);
-          this.wake = undefined;
-        }
+        // Nothing ran: every job waited for I/O or for more context. A restore may have ended
+        // meanwhile (the steps await); otherwise sleep until one ends or new work arrives.
+        if (this.active.some((j) => !j.waiting && j.need !== "idle")) continue;
+        const waits = this.active.map((j) => j.waiting).filter((w): w is Promise<unknown> => w !== undefined);
+        if (waits.length === 0 && this.queued.length === 0) break; // prefill sessions waiting for context
+        await Promise.race([...waits, new Promise<void>((r) => (this.wake = r))]);
+        this.wake = undefined;
       }
     } finally {
       this.running = false;
     }
   }
 
+  /** One batched forward over the decoding sequences; returns how many it ran. */
+  private async decodeStep(): Promise<number> {
+    const ready = fairOrder(
+      this.active.filter((j): j is Sequence => j instanceof Sequence && j.need === "decode" && !j.waiting),
+      this.turn,
+    ).slice(0, this.decodeRowsMax);
+    if (ready.length === 0) return 0;
+    // A sequence whose grammar is complete finishes here, without a forward pass.
+    const inputs = await Promise.all(ready.map((s) => this.attempt(s, () => s.decodeInput())));
+    const members = ready.filter((s, i) => inputs[i] !== undefined && this.active.includes(s));
+    const tokens = members.map((s) => inputs[ready.indexOf(s)]!);
+    for (const s of ready) if (!members.includes(s) && this.active.includes(s)) this.finished(s);
+    if (members.length === 0) return 0;
+    let logits: mx.array;
+    try {
+      logits = this.model.decodeBatch(
+        tokens,
+        members.map((s) => s.kvCache),
+      );
+      mx.eval(logits);
+    } catch (err) {
+      for (const s of members) this.fail(s, err);
+      return members.length;
+    }
+    this.lastDecodeBatch = members.length;
+    for (const [i, s] of members.entries()) {
+      if (!this.active.includes(s)) continue; // cancelled meanwhile
+      const done = await this.attempt(s, () => s.acceptLogits(logits.index(i)));
+      if (done) this.finished(s);
+    }
+    this.garbageBytes += decodeGarbageBytes(this.model, members.length);
+    this.collect(false);
+    return members.length;
+  }
+
+  /**
+   * Prefill chunks within what the step's token budget leaves after decoding, at least one chunk when
+   * any job needs one. Chunk boundaries depend on the prompt alone (never on the budget), so a
+   * prompt's result does not depend on what else runs.
+   */
+  private async prefillStep(decodedRows: number): Promise<number> {
+    let budget = this.config.stepTokensMax - decodedRows;
+    let chunks = 0;
+    for (const job of fairOrder(this.active, this.turn)) {
+      if (job.need !== "prefill" || job.waiting || !this.active.includes(job)) continue;
+      if (chunks > 0 && budget < this.chunkTokens) break;
+      const done = await this.attempt(job, () => job.prefillChunk(this.chunkTokens));
+      chunks++;
+      budget -= this.chunkTokens;
+      if (done === true) this.finished(job);
+      // A chunk's temporaries can be large: they count toward the next collection (see collect).
+      this.garbageBytes += this.chunkWorkBytes;
+      this.collect(false);
+    }
+    return chunks;
+  }
+
+  /** Runs one job's part of a step; a failure fails that job alone. Resolves undefined then. */
+  private async attempt<T>(job: Job, part: () => Promise<T>): Promise<T | undefined> {
+    try {
+      return await part();
+    } catch (err) {
+      this.fail(job, err);
+      return undefined;
+    }
+  }
+
+  private fail(job: Job, err: unknown): void {
+    if (this.active.includes(job)) this.send({ type: "failed", id: job.id, ...errorOf(err) });
+    this.finished(job);
+  }
+
+  private finished(job: Job): void {
+    const i = this.active.indexOf(job);
+    if (i >= 0) this.active.splice(i, 1);
+    this.sessions.delete(job.id);
+    // Its KV is garbage now (the cache holds copies of what it keeps).
+    this.garbageBytes += job.memoryBytes;
+    this.collect(false);
+  }
+
   /**
    * MLX frees an array's memory only when its JS wrapper is garbage-collected, and V8 does not see
-   * that memory, so the engine collects explicitly: after each request, every few dozen steps, and
-   * when the cache has dropped enough blocks.
+   * that memory, so the engine collects explicitly: when the temporaries it estimates it has dropped
+   * pass GARBAGE_BYTES_MAX (after every prefill chunk and finished request, and every few decode
+   * steps), and when the cache has dropped enough blocks.
    */
   private collect(force: boolean): void {
-    if (this.cache?.collectIfNeeded()) return;
-    if (force || ++this.stepsSinceGc >= 32) {
-      this.stepsSinceGc = 0;
+    if (this.cache?.collectIfNeeded()) {
+      this.garbageBytes = 0;
+      return;
+    }
+    if (force || this.garbageBytes >= GARBAGE_BYTES_MAX) {
+      this.garbageBytes = 0;
       global.gc?.();
     }
+  }
+
+  private reportStats(): void {
+    this.statsAt = performance.now();
+    this.send({
+      type: "engine-stats",
+      stats: {
+        rssBytes: process.memoryUsage.rss(),
+        memoryMaxBytes: this.memoryMax,
+        memoryReservedBytes: this.reservedBytes(),
+        sequencesRunning: this.active.length,
+        sequencesWaiting: this.queued.length,
+        decodeBatch: this.lastDecodeBatch,
+        steps: this.steps,
+      },
+    });
   }
 
   private noCache(): never {
@@ -323,7 +502,8 @@ export class Engine {
 
   /** Writes what the cache has queued and releases the SSD store. */
   async close(): Promise<void> {
-    for (const job of this.active.splice(0)) job.abort();
+    clearInterval(this.statsTimer);
+    for (const job of [...this.active.splice(0), ...this.queued.splice(0)]) job.abort();
     await this.cache?.close();
   }
 }

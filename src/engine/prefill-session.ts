@@ -1,7 +1,7 @@
 import type { PrefixCache } from "../cache/index.js";
 import type { LoadedModel, ModelCache } from "../model/loader.js";
-import type { FromEngine, PrefillProgress } from "../engine-ipc.js";
-import type { Job } from "./sequence.js";
+import type { FromEngine, ModelInfo, PrefillProgress } from "../engine-ipc.js";
+import { kvBytes, type Job, type JobNeed } from "./sequence.js";
 
 /**
  * A PrefillStream call inside the engine: context arrives in pieces while, for example, a tool runs,
@@ -20,22 +20,31 @@ export class PrefillSession implements Job {
     blocksPersisted: 0,
   };
   private readonly abortController = new AbortController();
+  /** The restore in flight, if any; see Job.waiting. */
+  waiting?: Promise<unknown>;
+  private restoreError: unknown;
 
   constructor(
     readonly id: number,
-    private readonly tenant: string,
+    readonly tenant: string,
     private readonly persist: boolean,
     private readonly model: LoadedModel,
+    private readonly info: ModelInfo,
     private readonly cache: PrefixCache | undefined,
-    private readonly chunkTokens: number,
     private readonly send: (msg: FromEngine) => void,
   ) {
     this.kv = model.newCache();
   }
 
-  /** Whether the session has work to do now (so the scheduler should run it). */
-  get runnable(): boolean {
-    return !this.restored || this.kv.offset < this.tokens.length || this.closing;
+  /** What the session needs: its restore, prefill of context received, its end, or the next piece. */
+  get need(): JobNeed {
+    if (!this.restored) return "start";
+    return this.kv.offset < this.tokens.length || this.closing ? "prefill" : "idle";
+  }
+
+  /** Bytes of the context received so far, as KV. */
+  get memoryBytes(): number {
+    return kvBytes(this.info, this.tokens.length);
   }
 
   append(tokens: number[]): void {
@@ -47,23 +56,34 @@ export class PrefillSession implements Job {
     this.closing = true;
   }
 
-  async step(): Promise<boolean> {
-    if (!this.restored) {
-      this.restored = true;
-      // The first piece (with a handle's context before it) may already be cached.
-      if (this.cache && this.tokens.length > 0) {
-        const match = this.cache.lookup(this.tenant, this.tokens);
-        if (match.tokens > 0) {
-          const r = await this.cache.restore(match, this.kv, { signal: this.abortController.signal });
-          this.progress.tokensReused = r.restoredTokens;
-        }
+  begin(): void {
+    this.restored = true;
+    this.waiting = this.restore().then(
+      () => (this.waiting = undefined),
+      (err) => {
+        this.restoreError = err;
+        this.waiting = undefined;
+      },
+    );
+  }
+
+  /** The first piece (with a handle's context before it) may already be cached. */
+  private async restore(): Promise<void> {
+    if (this.cache && this.tokens.length > 0) {
+      const match = this.cache.lookup(this.tenant, this.tokens);
+      if (match.tokens > 0) {
+        const r = await this.cache.restore(match, this.kv, { signal: this.abortController.signal });
+        this.progress.tokensReused = r.restoredTokens;
       }
-      this.report(false);
-      return false;
     }
+    this.report(false);
+  }
+
+  async prefillChunk(chunkTokens: number): Promise<boolean> {
+    if (this.restoreError !== undefined) throw this.restoreError;
     if (this.kv.offset < this.tokens.length) {
       const t0 = performance.now();
-      const chunk = this.tokens.slice(this.kv.offset, this.kv.offset + this.chunkTokens);
+      const chunk = this.tokens.slice(this.kv.offset, this.kv.offset + chunkTokens);
       this.model.forward(chunk, this.kv);
       this.model.materialize(this.kv);
       this.cache?.observePrefill(chunk.length, performance.now() - t0);

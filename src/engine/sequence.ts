@@ -1,5 +1,6 @@
 import type { core as mx } from "@frost-beta/mlx";
 import type { PrefixCache } from "../cache/index.js";
+import { CACHE_STEP_TOKENS } from "../model/kv-cache.js";
 import type { LoadedModel, ModelCache } from "../model/loader.js";
 import { Sampler } from "../model/sampler.js";
 import { outputMarkers } from "../model/tool-calls.js";
@@ -22,11 +23,19 @@ const now = () => performance.timeOrigin + performance.now();
 /** Least time between two progress reports of a prefill, and before the first one. */
 const PROGRESS_INTERVAL_MS = 250;
 
+/** What a unit of engine work needs next from the scheduler. */
+export type JobNeed = "start" | "prefill" | "decode" | "idle";
+
 /** What a unit of engine work exposes to the scheduler. */
 export interface Job {
   readonly id: number;
-  /** Runs one step (a restore, a prefill chunk or a decode token); resolves true when finished. */
-  step(): Promise<boolean>;
+  readonly tenant: string;
+  /** What it needs next: to start (look up and restore), a prefill chunk, a decode step, nothing yet. */
+  readonly need: JobNeed;
+  /** Begins the job: the cache lookup and restore run in the background (see `waiting`). */
+  begin(): void;
+  /** Computes one prefill chunk of at most `tokens`; resolves true when the job has finished. */
+  prefillChunk(tokens: number): Promise<boolean>;
   /** Called when the job is dropped before finishing (cancelled, engine closing). */
   abort(): void;
   /**
@@ -34,16 +43,29 @@ export interface Job {
    * sleeps on this promise only when every job is waiting.
    */
   readonly waiting?: Promise<unknown>;
+  /** Bytes the job's KV takes, or will take once begun, for the engine's memory budget. */
+  readonly memoryBytes: number;
+}
+
+/** Bytes of float32 KV for `tokens` positions, allocated in steps of CACHE_STEP_TOKENS. */
+export function kvBytes(info: ModelInfo, tokens: number): number {
+  const positions = Math.ceil(Math.max(tokens, 1) / CACHE_STEP_TOKENS) * CACHE_STEP_TOKENS;
+  return positions * info.numLayers * 2 * info.kvHeads * info.headDim * 4;
 }
 
 /**
- * One request's generation, advanced a step at a time by the engine's scheduler: the first step looks
- * the prompt up in the prefix cache and restores what it can, later steps compute one prefill chunk or
- * decode one token, and the last one hands the sequence's KV (prompt and generated tokens) to the cache.
+ * One request's generation, advanced by the engine's scheduler: `begin` looks the prompt up in the
+ * prefix cache and restores what it can, prefill chunks compute the rest of the prompt and sample the
+ * first token, and decode steps (run batched with other sequences by the engine) give the others. The
+ * last step hands the sequence's KV (prompt and generated tokens) to the cache.
  */
 export class Sequence implements Job {
   readonly id: number;
-  private readonly kv: ModelCache;
+  readonly tenant: string;
+  readonly memoryBytes: number;
+  /** Allocated when the sequence begins, not while it waits for admission. */
+  private kv!: ModelCache;
+  private readonly reserveTokens: number;
   private readonly sampler: Sampler;
   private readonly detokenizer: IncrementalDetokenizer;
   private readonly stops: StopStringFilter;
@@ -79,11 +101,12 @@ export class Sequence implements Job {
     private readonly tokenizer: ModelTokenizer,
     private readonly info: ModelInfo,
     private readonly cache: PrefixCache | undefined,
-    private readonly chunkTokens: number,
     private readonly send: (msg: FromEngine) => void,
   ) {
     this.id = req.id;
-    this.kv = model.newCache(Math.min(req.tokens.length + req.sampling.maxTokens, info.contextTokens));
+    this.tenant = req.tenant;
+    this.reserveTokens = Math.min(req.tokens.length + req.sampling.maxTokens, info.contextTokens);
+    this.memoryBytes = kvBytes(info, this.reserveTokens);
     const { temperature, topP, topK, seed } = req.sampling;
     this.sampler = new Sampler({ temperature, topP, topK, seed, vocabLimit: tokenizer.vocabSize });
     // Tool-call and reasoning markers stay in the text when the front end parses them out of it.
@@ -108,42 +131,65 @@ export class Sequence implements Job {
   waiting?: Promise<unknown>;
   private restoreError: unknown;
 
-  async step(): Promise<boolean> {
-    if (!this.started) {
-      // The restore runs while other requests keep computing: its disk reads happen on the store's
-      // threads, and its MLX work interleaves with other jobs' steps on this thread.
-      this.waiting = this.start().then(
-        () => (this.waiting = undefined),
-        (err) => {
-          this.restoreError = err;
-          this.waiting = undefined;
-        },
-      );
-      return false;
-    }
+  get need(): JobNeed {
+    if (!this.started) return "start";
+    return this.prefilled < this.req.tokens.length ? "prefill" : "decode";
+  }
+
+  /** The sequence's KV, for a batched decode step. */
+  get kvCache(): ModelCache {
+    return this.kv;
+  }
+
+  begin(): void {
+    this.started = true;
+    this.kv = this.model.newCache(this.reserveTokens);
+    // The restore runs while other requests keep computing: its disk reads happen on the store's
+    // threads, and its MLX work interleaves with other jobs' steps on this thread.
+    this.waiting = this.start().then(
+      () => (this.waiting = undefined),
+      (err) => {
+        this.restoreError = err;
+        this.waiting = undefined;
+      },
+    );
+  }
+
+  async prefillChunk(chunkTokens: number): Promise<boolean> {
     if (this.restoreError !== undefined) throw this.restoreError;
     const prompt = this.req.tokens;
+    const t0 = performance.now();
+    const chunk = prompt.slice(this.prefilled, this.prefilled + chunkTokens);
+    const logits = this.model.forward(chunk, this.kv);
+    this.prefilled += chunk.length;
     if (this.prefilled < prompt.length) {
-      const t0 = performance.now();
-      const chunk = prompt.slice(this.prefilled, this.prefilled + this.chunkTokens);
-      const logits = this.model.forward(chunk, this.kv);
-      this.prefilled += chunk.length;
-      if (this.prefilled < prompt.length) {
-        this.model.materialize(this.kv);
-        this.prefillMs += performance.now() - t0;
-        this.reportProgress(t0);
-        return false;
-      }
-      const token = await this.pick(logits);
+      this.model.materialize(this.kv);
       this.prefillMs += performance.now() - t0;
-      this.cache?.observePrefill(this.report.recomputedTokens, this.prefillMs);
-      this.firstTokenAt = now();
-      return token === undefined ? this.finish("eos", []) : this.accept(token);
+      this.reportProgress(t0);
+      return false;
     }
-    const last = this.generated[this.generated.length - 1];
-    // A complete grammar ends the output without another forward pass: only EOS could follow.
-    if (this.constraint && (await this.constraint.next())) return this.finish("eos", []);
-    const token = await this.pick(this.model.forward([last], this.kv));
+    const token = await this.pick(logits);
+    this.prefillMs += performance.now() - t0;
+    this.cache?.observePrefill(this.report.recomputedTokens, this.prefillMs);
+    this.firstTokenAt = now();
+    return token === undefined ? this.finish("eos", []) : this.accept(token);
+  }
+
+  /**
+   * The token this sequence feeds to the next decode step, or undefined when it has finished without
+   * one (a complete grammar: only EOS could follow, so no forward pass is needed).
+   */
+  async decodeInput(): Promise<number | undefined> {
+    if (this.constraint && (await this.constraint.next())) {
+      this.finish("eos", []);
+      return undefined;
+    }
+    return this.generated[this.generated.length - 1];
+  }
+
+  /** Samples from this sequence's row of a decode step's logits; resolves true when it has finished. */
+  async acceptLogits(logits: mx.array): Promise<boolean> {
+    const token = await this.pick(logits);
     return token === undefined ? this.finish("eos", []) : this.accept(token);
   }
 
@@ -166,7 +212,6 @@ export class Sequence implements Job {
 
   /** Looks the prompt up and restores its cached prefix; at least one token is always computed. */
   private async start(): Promise<void> {
-    this.started = true;
     this.startedAt = now();
     const spec = this.req.sampling.constraint;
     if (spec) {
@@ -290,5 +335,23 @@ export class Sequence implements Job {
   abort(): void {
     this.abortController.abort();
     this.constraint?.dispose();
+  }
+}
+
+/**
+ * Runs one sequence to its end by itself, as the engine would with nothing else running: for tools
+ * that time a request's own path (the benchmark).
+ */
+export async function runAlone(seq: Sequence, model: LoadedModel, chunkTokens: number): Promise<void> {
+  seq.begin();
+  for (;;) {
+    if (seq.waiting) await seq.waiting;
+    if (seq.need === "prefill") {
+      if (await seq.prefillChunk(chunkTokens)) return;
+      continue;
+    }
+    const token = await seq.decodeInput();
+    if (token === undefined) return;
+    if (await seq.acceptLogits(model.decodeBatch([token], [seq.kvCache]))) return;
   }
 }

@@ -9,7 +9,7 @@ import Ajv2020 from "ajv/dist/2020";
 import { toolCallConstraint } from "../../src/constraint-spec";
 import { ConstraintCompiler } from "../../src/engine/constraint";
 import { modelInfo } from "../../src/engine/engine";
-import { Sequence } from "../../src/engine/sequence";
+import { runAlone, Sequence } from "../../src/engine/sequence";
 import type {
   ConstraintSpec,
   FinishReason,
@@ -67,10 +67,10 @@ async function generate(sampling: Partial<SamplingSettings>, tokens = prompt): P
     arrivedAt: Date.now(),
     keepOutputMarkers: false,
   };
-  const seq = new Sequence(req, model, tokenizer, info, undefined, 64, (m) => msgs.push(m));
+  const seq = new Sequence(req, model, tokenizer, info, undefined, (m) => msgs.push(m));
   const out: Output = { text: "", ids: [], started: false };
   try {
-    while (!(await seq.step())) if (seq.waiting) await seq.waiting;
+    await runAlone(seq, model, 64);
   } catch (err) {
     const e = toKvparkError(err);
     out.error = { code: e.code, message: e.message };

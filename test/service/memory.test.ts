@@ -59,4 +59,54 @@ describe("memory", () => {
       await cached.stop();
     }
   }, 180_000);
+
+  it("keeps the engine within --engine-memory-max under 16 concurrent prompts: the rest wait, none fails", async () => {
+    // Room for the loaded engine, the RAM tier and a step's work, and a few sequences beside: the
+    // other requests must queue in the engine rather than fail or grow it.
+    const memoryMax = 640 * 1024 * 1024;
+    const server = await startServer({
+      model: "small",
+      args: ["--ram-bytes-max", String(RAM_BYTES_MAX), "--engine-memory-max", String(memoryMax)],
+    });
+    try {
+      const enginePid = (await server.waitEvent("engine_start")).pid as number;
+      const client = createClient(InferenceService, createGrpcTransport({ baseUrl: server.url }));
+      const blocks = createClient(KVBlocksService, createGrpcTransport({ baseUrl: server.url }));
+      let peak = 0;
+      let waited = 0;
+      let reported = 0;
+      const sampler = setInterval(() => (peak = Math.max(peak, rssBytes(enginePid))), 25);
+      const poller = setInterval(() => {
+        void blocks.stats({}).then((s) => {
+          waited = Math.max(waited, s.engine?.sequencesWaiting ?? 0);
+          reported = Math.max(reported, Number(s.engine?.rssBytes ?? 0));
+        });
+      }, 100);
+      const finished = await Promise.all(
+        Array.from({ length: 16 }, async (_, k) => {
+          const ids = Array.from({ length: 500 }, (_, i) => (i * 37 + k * 1009) % 8000);
+          let reason = "";
+          for await (const r of client.generate({
+            prompt: { kind: { case: "tokens", value: { ids } } },
+            sampling: { maxTokens: 64 },
+          })) {
+            if (r.event.case === "finished") reason = String(r.event.value.finishReason);
+          }
+          return reason;
+        }),
+      ).finally(() => {
+        clearInterval(sampler);
+        clearInterval(poller);
+      });
+      expect(finished.every((r) => r !== "")).toBe(true);
+      const stats = await blocks.stats({});
+      expect(Number(stats.engine!.memoryMaxBytes)).toBe(memoryMax);
+      // Some requests waited for memory, and the engine stayed within its bound.
+      expect(waited).toBeGreaterThan(0);
+      expect(reported).toBeGreaterThan(0);
+      expect(peak).toBeLessThanOrEqual(memoryMax);
+    } finally {
+      await server.stop();
+    }
+  }, 180_000);
 });

@@ -704,14 +704,15 @@ export type EngineStats = Message<"kvpark.v1.EngineStats"> & {
   rssBytes: bigint;
 
   /**
-   * The engine's memory budget (--engine-memory-max, or weights + RAM tier + 2 GiB).
+   * The engine's memory budget (--engine-memory-max, or its loaded size + RAM tier + 2 GiB).
    *
    * @generated from field: uint64 memory_max_bytes = 2;
    */
   memoryMaxBytes: bigint;
 
   /**
-   * Bytes the budget counts as taken: weights, the RAM tier's budget and admitted sequences' work.
+   * Bytes the budget counts as taken: the loaded process, the RAM tier's budget, one prefill step's
+   * working memory and admitted sequences' KV.
    *
    * @generated from field: uint64 memory_reserved_bytes = 3;
    */
