@@ -311,6 +311,10 @@ export class Engine {
         // Nothing ran: every job waited for I/O or for more context. A restore may have ended
         // meanwhile (the steps await); otherwise sleep until one ends or new work arrives.
         if (this.active.some((j) => !j.waiting && j.need !== "idle")) continue;
+        // Requests that arrived during the step are admitted now, not after the next wake-up.
+        const admitted = this.active.length;
+        this.admit();
+        if (this.active.length > admitted) continue;
         const waits = this.active.map((j) => j.waiting).filter((w): w is Promise<unknown> => w !== undefined);
         if (waits.length === 0 && this.queued.length === 0) break; // prefill sessions waiting for context
         await Promise.race([...waits, new Promise<void>((r) => (this.wake = r))]);
