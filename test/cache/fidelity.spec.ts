@@ -4,6 +4,7 @@ import type { LoadedModel } from "../../src/model/loader";
 import {
   expectSameAsScratch,
   generate,
+  maxAbsDiff,
   openCache,
   randomTokens,
   removeTempDirs,
@@ -82,6 +83,63 @@ describe("restored KV gives the logits and greedy tokens of a run from scratch",
     const run = await generate(after, model, "t", prompt);
     expect(run.report).toMatchObject({ restoredTokens: 69, ramTokens: 0, ssdTokens: 69 });
     expectSameAsScratch(model, prompt, run);
+  });
+
+  it("restored from RAM and SSD, then decoded together in one batch: each as from scratch", async () => {
+    const cache = await track(openCache(model, { ssdDir: tempDir("ssd"), ramBytesMax: 8 * BLOCK_BYTES }));
+    model.calibrateBatchRows(4);
+    const prompts = [
+      randomTokens(21, 45, vocab()),
+      randomTokens(22, 30, vocab()),
+      randomTokens(23, 61, vocab()),
+    ];
+    for (const p of prompts) await generate(cache, model, "t", p);
+    await cache.flush();
+    // The last prompt's blocks are in RAM, the first's were pushed out to SSD.
+    expect(cache.lookup("t", prompts[0]).ssdTokens).toBeGreaterThan(0);
+    expect(cache.lookup("t", prompts[2]).ramTokens).toBeGreaterThan(0);
+    const steps = 4;
+    const sequences = [];
+    const logits: Float32Array[][] = prompts.map(() => []);
+    const tokens: number[][] = prompts.map(() => []);
+    for (const [i, p] of prompts.entries()) {
+      const sequence = model.newCache(p.length + steps);
+      const report = await cache.restore(cache.lookup("t", p, { tokensMax: p.length - 1 }), sequence);
+      expect(report.restoredTokens).toBe(p.length - 1);
+      const first = Float32Array.from(
+        model.forward(p.slice(sequence.offset), sequence).reshape([-1]).tolist() as number[],
+      );
+      logits[i].push(first);
+      tokens[i].push(first.indexOf(Math.max(...first)));
+      sequences.push(sequence);
+    }
+    while (tokens[0].length < steps) {
+      const rows = model
+        .decodeBatch(
+          tokens.map((t) => t[t.length - 1]),
+          sequences,
+        )
+        .tolist() as number[][];
+      rows.forEach((row, i) => {
+        logits[i].push(Float32Array.from(row));
+        tokens[i].push(row.indexOf(Math.max(...row)));
+      });
+    }
+    prompts.forEach((p, i) => expectSameAsScratch(model, p, { tokens: tokens[i], logits: logits[i][0] }));
+    // Every decode step, not only the first token, matches a run from scratch.
+    for (const [i, p] of prompts.entries()) {
+      const scratch = model.newCache(p.length + steps);
+      model.forward(p, scratch);
+      for (let step = 1; step < steps; step++) {
+        const want = Float32Array.from(
+          model
+            .forward([tokens[i][step - 1]], scratch)
+            .reshape([-1])
+            .tolist() as number[],
+        );
+        expect(maxAbsDiff(logits[i][step], want)).toBeLessThanOrEqual(1e-4);
+      }
+    }
   });
 
   it("a trailing partial block is stored and reused by a longer prompt", async () => {
