@@ -1,12 +1,12 @@
 import type { Config } from "../config.js";
 import { createLogger, type Logger } from "../log.js";
-import { ModelTokenizer } from "../model/tokenizer.js";
 import { Readiness } from "../rpc/health.js";
 import { startTelemetry, type Telemetry } from "../telemetry/index.js";
 import { Admission } from "./admission.js";
 import { EngineClient } from "./engine-client.js";
 import { HandleTable } from "./handles.js";
 import { listen, SERVICE_NAMES, type ServerDeps } from "./server.js";
+import { TokenizePool } from "./tokenize-pool.js";
 
 /** The front end's parts: the engine client, serving state, and what the RPC handlers depend on. */
 export function frontEnd(
@@ -17,21 +17,29 @@ export function frontEnd(
   const readiness = new Readiness(SERVICE_NAMES.filter((s) => s.startsWith("kvpark.")));
   const engine = new EngineClient(config, log, (serving) => readiness.set(serving));
   telemetry?.observeCache(engine);
-  let tokenizer: ModelTokenizer | undefined;
-  let tokenizerDir = "";
-  // The front end tokenizes prompts itself so that validation and lookups never wait for the engine.
+  let tokenizers: TokenizePool | undefined;
+  let closed = false;
+  // The front end tokenizes prompts itself so that validation and lookups never wait for the engine,
+  // long ones on worker threads so that they never hold its event loop.
   readiness.on("change", (serving: boolean) => {
-    if (!serving || !engine.info || engine.info.dir === tokenizerDir) return;
-    tokenizer = ModelTokenizer.fromDir(engine.info.dir);
-    tokenizerDir = engine.info.dir;
+    if (closed || !serving || !engine.info || engine.info.dir === tokenizers?.dir) return;
+    const old = tokenizers;
+    tokenizers = new TokenizePool(engine.info.dir, config.tokenizerWorkers);
+    // Calls already tokenizing with the previous model's tokenizer finish with it.
+    void old?.close();
   });
   const deps: ServerDeps = {
     config,
     log,
     readiness,
     engine,
-    tokenizer: () => tokenizer,
-    admission: new Admission(config.requestsMax),
+    tokenizer: () => tokenizers?.tokenizer,
+    encoder: () => tokenizers,
+    close: async () => {
+      closed = true;
+      await tokenizers?.close();
+    },
+    admission: new Admission(config.requestsMax, config.tenantRequestsMax),
     handles: new HandleTable(config.handlesMax, config.handleTtlSeconds * 1000),
     telemetry,
   };

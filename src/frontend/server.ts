@@ -50,6 +50,8 @@ export interface ServerDeps extends RpcDeps {
   log: Logger;
   readiness: Readiness;
   registerExtra?: (router: ConnectRouter) => void;
+  /** Frees what only calls use (the tokenizer's worker threads); shutdown calls it once every call has ended. */
+  close?: () => Promise<void>;
 }
 
 // Health checks stay open without a token so that load balancers and Kubernetes probes, which cannot
@@ -293,6 +295,7 @@ export async function listen(config: Config, deps: ServerDeps): Promise<RunningS
       for (const s of sessions) s.destroy();
       for (const socket of sockets) socket.destroy();
       await closed;
+      await deps.close?.();
     },
   };
 }

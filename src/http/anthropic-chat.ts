@@ -10,7 +10,7 @@ import {
 } from "../../gen/kvpark/v1/common_pb.js";
 import { GenerateRequestSchema, type GenerateRequest } from "../../gen/kvpark/v1/inference_pb.js";
 import type { ModelInfo, PinHint } from "../engine-ipc.js";
-import type { ModelTokenizer } from "../model/tokenizer.js";
+import type { PromptEncoder } from "../rpc/deps.js";
 import { promptInput } from "../rpc/validation.js";
 import type { Cut, MessagesRequest } from "./anthropic-request.js";
 
@@ -138,9 +138,13 @@ export function anthropicFields(message: string, paths: readonly string[]): stri
 }
 
 /** The prompt's token ids, exactly as Generate computes them. */
-export function promptIds(chat: ChatPromptInit, tokenizer: ModelTokenizer, info: ModelInfo): number[] {
+export async function promptIds(
+  chat: ChatPromptInit,
+  encoder: PromptEncoder,
+  info: ModelInfo,
+): Promise<number[]> {
   const prompt = create(PromptSchema, { kind: { case: "chat", value: chat } });
-  return promptInput(prompt, "prompt", tokenizer, info).ids;
+  return (await promptInput(prompt, "prompt", encoder, info)).ids;
 }
 
 /**
@@ -150,7 +154,13 @@ export function promptIds(chat: ChatPromptInit, tokenizer: ModelTokenizer, info:
  * cut conversation (one that must end with a user turn, say) gets a one-character user message after
  * it; one that refuses that too gets no pin.
  */
-function cutTokens(r: MessagesRequest, cut: Cut, ids: number[], tokenizer: ModelTokenizer, info: ModelInfo) {
+async function cutTokens(
+  r: MessagesRequest,
+  cut: Cut,
+  ids: number[],
+  encoder: PromptEncoder,
+  info: ModelInfo,
+): Promise<number> {
   const { chat } = chatPrompt(r, cut);
   const padded: ChatPromptInit = {
     ...chat,
@@ -159,7 +169,7 @@ function cutTokens(r: MessagesRequest, cut: Cut, ids: number[], tokenizer: Model
   for (const attempt of chat.messages.length > 0 ? [chat, padded] : [padded]) {
     let cutIds: number[];
     try {
-      cutIds = promptIds(attempt, tokenizer, info);
+      cutIds = await promptIds(attempt, encoder, info);
     } catch {
       continue;
     }
@@ -171,16 +181,18 @@ function cutTokens(r: MessagesRequest, cut: Cut, ids: number[], tokenizer: Model
 }
 
 /** The prefixes the request's breakpoints pin, as token ids, each with its pin. */
-export function breakpointPrefixes(
+export async function breakpointPrefixes(
   r: MessagesRequest,
   chat: ChatPromptInit,
-  tokenizer: ModelTokenizer,
+  encoder: PromptEncoder,
   info: ModelInfo,
-): { tokens: number[]; pin: PinHint }[] {
+): Promise<{ tokens: number[]; pin: PinHint }[]> {
   if (r.breakpoints.length === 0) return [];
-  const ids = promptIds(chat, tokenizer, info);
-  return r.breakpoints.flatMap((bp) => {
-    const n = cutTokens(r, bp.at, ids, tokenizer, info);
-    return n > 0 ? [{ tokens: ids.slice(0, n), pin: bp.pin }] : [];
-  });
+  const ids = await promptIds(chat, encoder, info);
+  const prefixes: { tokens: number[]; pin: PinHint }[] = [];
+  for (const bp of r.breakpoints) {
+    const n = await cutTokens(r, bp.at, ids, encoder, info);
+    if (n > 0) prefixes.push({ tokens: ids.slice(0, n), pin: bp.pin });
+  }
+  return prefixes;
 }

@@ -109,14 +109,14 @@ const id = (prefix: string) => `${prefix}_${randomBytes(12).toString("hex")}`;
 async function prepare(deps: RpcDeps, req: HttpRequest, config: Config, forGeneration: boolean) {
   const body = await readJson(req, config.messageBytesMax);
   const r = parseMessagesRequest(body, config, forGeneration);
-  const { info, tokenizer } = served(deps);
+  const { info, tokenizer, encoder } = served(deps);
   if (r.model !== info.name)
     throw new HttpError(
       404,
       `model: unknown model ${quoted(r.model)}; this server serves ${JSON.stringify(info.name)}`,
       "not_found_error",
     );
-  return { r, info, tokenizer, ...chatPrompt(r) };
+  return { r, info, tokenizer, encoder, ...chatPrompt(r) };
 }
 
 async function pinPrefixes(deps: RpcDeps, tenant: string, prefixes: { tokens: number[]; pin: PinHint }[]) {
@@ -151,9 +151,9 @@ interface Call {
 
 /** POST /v1/messages. */
 async function messages({ deps, config }: Api, { caller, req, res, requestId }: Call): Promise<void> {
-  const { r, info, tokenizer, chat, paths } = await prepare(deps, req, config, true);
+  const { r, info, tokenizer, encoder, chat, paths } = await prepare(deps, req, config, true);
   const signal = clientGone(req, res);
-  const prefixes = config.cache ? await named(paths, () => breakpointPrefixes(r, chat, tokenizer, info)) : [];
+  const prefixes = config.cache ? await named(paths, () => breakpointPrefixes(r, chat, encoder, info)) : [];
   const request = generateRequest(r, chat);
   const mapper = new MessageEvents(id("msg"), r.stop, config.cache, (ids) =>
     tokenizer.decode(ids, { skipSpecialTokens: true }),
@@ -197,8 +197,8 @@ async function messages({ deps, config }: Api, { caller, req, res, requestId }: 
 
 /** POST /v1/messages/count_tokens: the prompt tokens a generation of the same body would see. */
 async function countTokens({ deps, config }: Api, { req, res, requestId }: Call): Promise<void> {
-  const { info, tokenizer, chat, paths } = await prepare(deps, req, config, false);
-  const ids = await named(paths, () => promptIds(chat, tokenizer, info));
+  const { info, encoder, chat, paths } = await prepare(deps, req, config, false);
+  const ids = await named(paths, () => promptIds(chat, encoder, info));
   sendJson(res, 200, { input_tokens: ids.length }, { "request-id": requestId });
 }
 

@@ -28,6 +28,20 @@ export interface CheckedChat {
   toolSpecs: ToolSpec[];
   toolChoice: ToolChoice;
   addGenerationPrompt: boolean;
+  /** Characters of the request's own text (messages and tools), what rendering and tokenizing cost grows with. */
+  chars: number;
+}
+
+/** Characters of a chat prompt's text: messages, their tool calls, and the tools. */
+function chatChars(chat: ChatPrompt): number {
+  let chars = 0;
+  for (const m of chat.messages) {
+    chars += m.role.length + m.content.length + m.reasoning.length + m.name.length + m.toolCallId.length;
+    for (const call of m.toolCalls) chars += call.id.length + call.name.length + call.argumentsJson.length;
+  }
+  for (const tool of chat.tools)
+    chars += tool.name.length + tool.description.length + tool.parametersJson.length;
+  return chars;
 }
 
 function parseObject(json: string, field: string): Record<string, unknown> {
@@ -133,6 +147,7 @@ export function checkChat(chat: ChatPrompt, field: string): CheckedChat {
     toolSpecs,
     toolChoice,
     addGenerationPrompt: chat.addGenerationPrompt ?? true,
+    chars: chatChars(chat),
   };
 }
 

@@ -14,10 +14,9 @@ import type { Config } from "../config.js";
 import type { FinishReason as EngineFinishReason, ModelInfo, PinHint } from "../engine-ipc.js";
 import { invalidField, KvparkError } from "../errors.js";
 import { tenantKey } from "../frontend/auth.js";
-import type { ModelTokenizer } from "../model/tokenizer.js";
-import { served, type RpcDeps } from "./deps.js";
+import { served, type PromptEncoder, type RpcDeps } from "./deps.js";
 import { ModelOutput } from "./model-output.js";
-import { checkContext, pinHint, promptInput, quoted, samplingSettings } from "./validation.js";
+import { checkContext, checkTextSize, pinHint, promptInput, quoted, samplingSettings } from "./validation.js";
 
 const finishReasons: Record<EngineFinishReason, FinishReason> = {
   eos: FinishReason.EOS,
@@ -60,7 +59,7 @@ export async function* generate(
   const tenant = ctx.values.get(tenantKey);
   const sampling = samplingSettings(req.sampling, config);
   const pin = cachePin(req.cache, config);
-  const { info, tokenizer } = served(deps);
+  const { info, tokenizer, encoder } = served(deps);
   if (req.model && req.model !== info.name) {
     throw invalidField("model", `unknown model ${quoted(req.model)}; this server serves "${info.name}"`);
   }
@@ -73,12 +72,15 @@ export async function* generate(
   }
   let output: ModelOutput | undefined;
   if (!req.handle || req.prompt) {
-    const input = promptInput(req.prompt, "prompt", tokenizer, info, { continuation: Boolean(req.handle) });
+    const input = await promptInput(req.prompt, "prompt", encoder, info, {
+      continuation: Boolean(req.handle),
+      usedTokens: tokens.length,
+    });
     tokens = [...tokens, ...input.ids];
     output = ModelOutput.forRequest(input.chat, input.rendered, sampling, tokenizer);
   }
   checkContext(tokens.length, 1, info, "prompt");
-  const leave = deps.admission.enter();
+  const leave = deps.admission.enter(tenant);
   const trace = deps.telemetry?.generation(ctx, {
     prompt: req.prompt,
     handle: req.handle,
@@ -149,16 +151,23 @@ export async function* generate(
   }
 }
 
-/** Tokens of one PrefillStream piece; text is tokenized on its own, special tokens only at the very start. */
-function pieceTokens(
+/**
+ * Tokens of one PrefillStream piece; text is tokenized on its own, special tokens only at the very
+ * start, unless it is too long for what is left of the context after `usedTokens`.
+ */
+async function pieceTokens(
   req: PrefillStreamRequest,
   index: number,
   atStart: boolean,
-  tokenizer: ModelTokenizer,
+  usedTokens: number,
+  encoder: PromptEncoder,
   info: ModelInfo,
-): number[] {
+): Promise<number[]> {
   const chunk = req.chunk;
-  if (chunk.case === "text") return tokenizer.encode(chunk.value, { addSpecialTokens: atStart });
+  if (chunk.case === "text") {
+    checkTextSize(chunk.value.length, usedTokens, info, `requests[${index}].text`);
+    return encoder.encode(chunk.value, atStart);
+  }
   if (chunk.case === "tokens") {
     const bad = chunk.value.ids.findIndex((id) => id >= info.vocabSize);
     if (bad >= 0) {
@@ -173,15 +182,44 @@ function pieceTokens(
   throw invalidField(`requests[${index}].chunk`, "required: set text or tokens");
 }
 
+/**
+ * The next message of a PrefillStream, or DEADLINE_EXCEEDED once the client has sent none for
+ * --prefill-idle-seconds: an idle stream would otherwise hold its admission slot and its engine
+ * session for as long as its client keeps it open.
+ */
+async function nextMessage(
+  input: AsyncIterator<PrefillStreamRequest>,
+  idleSeconds: number,
+): Promise<IteratorResult<PrefillStreamRequest>> {
+  let timer: NodeJS.Timeout | undefined;
+  const idle = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new KvparkError(
+            "DEADLINE_EXCEEDED",
+            `PrefillStream idle: no message arrived for ${idleSeconds} seconds (--prefill-idle-seconds), so the call was ended and its context dropped; send the next piece sooner, or close the stream once the context is complete`,
+          ),
+        ),
+      idleSeconds * 1000,
+    );
+  });
+  try {
+    return await Promise.race([input.next(), idle]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function* prefillStream(
   deps: RpcDeps,
   requests: AsyncIterable<PrefillStreamRequest>,
   ctx: HandlerContext,
 ): AsyncGenerator<MessageInitShape<typeof PrefillStreamResponseSchema>> {
   const tenant = ctx.values.get(tenantKey);
-  const { info, tokenizer } = served(deps);
+  const { info, encoder } = served(deps);
   const input = requests[Symbol.asyncIterator]();
-  const first = await input.next();
+  const first = await nextMessage(input, deps.config.prefillIdleSeconds);
   if (first.done) throw invalidField("requests", "send at least one message");
   const head = first.value;
   let context: number[] = [];
@@ -193,11 +231,11 @@ async function* prefillStream(
   }
   if (cachePin(head.cache, deps.config))
     throw invalidField("cache.pin", "pin prefilled context with KVBlocks.Pin");
-  context.push(...pieceTokens(head, 0, context.length === 0, tokenizer, info));
+  context.push(...(await pieceTokens(head, 0, context.length === 0, context.length, encoder, info)));
   checkContext(context.length, 1, info, "context");
-  const leave = deps.admission.enter();
+  const leave = deps.admission.enter(tenant);
   try {
-    // A bad piece from the client ends the call in the engine as a cancellation would.
+    // A bad piece from the client, or its silence, ends the call in the engine as a cancellation would.
     const abort = new AbortController();
     const call = deps.engine.call(
       (id) => ({
@@ -213,11 +251,11 @@ async function* prefillStream(
     const pump = (async () => {
       try {
         for (let i = 1; ; i++) {
-          const next = await input.next();
+          const next = await nextMessage(input, deps.config.prefillIdleSeconds);
           if (next.done) break;
           if (next.value.handle)
             throw invalidField(`requests[${i}].handle`, "only the first message may carry a handle");
-          const piece = pieceTokens(next.value, i, false, tokenizer, info);
+          const piece = await pieceTokens(next.value, i, false, context.length, encoder, info);
           checkContext(context.length + piece.length, 1, info, "context");
           context.push(...piece);
           call.send({ type: "prefill-append", id: call.id, tokens: piece });

@@ -72,8 +72,8 @@ export function registerKVBlocks(router: ConnectRouter, deps: RpcDeps): void {
   const { engine } = deps;
   router.service(KVBlocksService, {
     lookup: async (req, ctx) => {
-      const { info, tokenizer } = served(deps);
-      const tokens = promptTokens(req.prompt, "prompt", tokenizer, info);
+      const { info, encoder } = served(deps);
+      const tokens = await promptTokens(req.prompt, "prompt", encoder, info);
       const r = await engine.lookup(ctx.values.get(tenantKey), tokens, ctx.signal);
       traceLookup(ctx, tokens.length, r);
       return {
@@ -171,7 +171,7 @@ export function registerKVBlocks(router: ConnectRouter, deps: RpcDeps): void {
     },
 
     pin: async (req, ctx) => {
-      const sel = blockSelection(req.blocks, "blocks", () => served(deps));
+      const sel = await blockSelection(req.blocks, "blocks", () => served(deps));
       const kind = pinHint(req.kind, req.ttlSeconds, { kind: "kind", ttl: "ttl_seconds" }, deps.config);
       const r = await engine.pin(ctx.values.get(tenantKey), sel, kind, ctx.signal);
       tracePin(ctx, kind.kind, r);
@@ -184,7 +184,7 @@ export function registerKVBlocks(router: ConnectRouter, deps: RpcDeps): void {
     },
 
     unpin: async (req, ctx) => {
-      const sel = blockSelection(req.blocks, "blocks", () => served(deps));
+      const sel = await blockSelection(req.blocks, "blocks", () => served(deps));
       const r = await engine.unpin(ctx.values.get(tenantKey), sel, ctx.signal);
       traceUnpin(ctx, r.unpinnedBlocks);
       return r;

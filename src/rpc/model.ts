@@ -45,10 +45,10 @@ function unknownId(ids: readonly number[], tokenizer: ModelTokenizer, info: Mode
 /** kvpark.v1.ModelService: the served model's tokenizer and what it can do. */
 export function registerModel(router: ConnectRouter, deps: RpcDeps): void {
   router.service(ModelService, {
-    tokenize: (req) => {
-      const { info, tokenizer } = served(deps);
+    tokenize: async (req) => {
+      const { info, encoder } = served(deps);
       // The ids are those Generate would compute from the same prompt.
-      const { ids, rendered } = promptInput(req.prompt, "prompt", tokenizer, info);
+      const { ids, rendered } = await promptInput(req.prompt, "prompt", encoder, info);
       return { ids, rendered: rendered ?? "" };
     },
 

@@ -7,14 +7,28 @@ import type { Config } from "../config.js";
 import { responseFormatConstraint } from "../constraint-spec.js";
 import type { BlockSelection, ModelInfo, PinHint, SamplingSettings } from "../engine-ipc.js";
 import { invalidField, KvparkError } from "../errors.js";
-import type { ModelTokenizer } from "../model/tokenizer.js";
-import { checkChat, renderChat, type CheckedChat } from "./chat.js";
+import { checkChat, type CheckedChat } from "./chat.js";
+import type { PromptEncoder } from "./deps.js";
 import { codePoints } from "./quote.js";
 
 export { codePoints, ECHO_CHARS_MAX, quoted } from "./quote.js";
 
 /** Limits on what a prompt may hold before it is tokenized. */
 export const PROMPT_TEXT_CHARS_MAX = 8 * 1024 * 1024;
+
+/**
+ * The most characters (UTF-16 code units: a string's length, known without reading the text) one
+ * token is taken to cover when text is measured before it is tokenized. Text longer than the tokens
+ * left in the model's context times this cannot fit, and is refused unread: tokenizing it would only
+ * cost seconds of CPU before the same refusal. Tokenizers of 32k to 150k tokens cover about 4
+ * characters of English per token, fewer of source code and other scripts (a CJK character or an
+ * emoji is a token or more), and the generated test models' small vocabularies under 2; 16 is four
+ * times the densest natural text, so a prompt that would fit is not refused by the estimate. Only text
+ * made of long runs of one character (a vocabulary may hold a token of 16 spaces or more) packs more
+ * into a token; such a prompt is refused, with the limit named. A larger factor refuses fewer of those
+ * and spends more tokenizer time (on a worker thread) on prompts that cannot fit.
+ */
+export const TEXT_CHARS_PER_TOKEN_MAX = 16;
 
 /** A prompt turned into token ids; a chat prompt also gives its checked form and rendered text. */
 export interface PromptInput {
@@ -23,28 +37,56 @@ export interface PromptInput {
   rendered?: string;
 }
 
+/** How a prompt is read: whether it continues a handle's context, and how many tokens that holds. */
+export interface PromptOptions {
+  /** A chat continues the conversation of a handle's context. */
+  continuation?: boolean;
+  /** Tokens of the context the prompt is appended to; they leave less room for its text. */
+  usedTokens?: number;
+}
+
+/**
+ * Refuses text of `chars` characters that cannot fit in what is left of the model's context after
+ * `usedTokens`, before it is tokenized (see TEXT_CHARS_PER_TOKEN_MAX), with the code and status of a
+ * context that is too long (OUT_OF_RANGE).
+ */
+export function checkTextSize(chars: number, usedTokens: number, info: ModelInfo, field: string): void {
+  const room = Math.max(0, info.contextTokens - usedTokens);
+  const limit = room * TEXT_CHARS_PER_TOKEN_MAX;
+  if (chars <= limit) return;
+  const context =
+    usedTokens > 0
+      ? `the ${room} tokens left of the model's context of ${info.contextTokens} tokens`
+      : `the model's context of ${info.contextTokens} tokens`;
+  throw new KvparkError(
+    "OUT_OF_RANGE",
+    `${field}: ${chars} ${chars === 1 ? "character" : "characters"} cannot fit in ${context}; at most ${limit} characters (${TEXT_CHARS_PER_TOKEN_MAX} per token) are tokenized`,
+  );
+}
+
 /** Turns a Prompt message into token ids, with errors that name the offending field. */
-export function promptTokens(
+export async function promptTokens(
   prompt: Prompt | undefined,
   field: string,
-  tokenizer: ModelTokenizer,
+  encoder: PromptEncoder,
   info: ModelInfo,
-  options: { continuation?: boolean } = {},
-): number[] {
-  return promptInput(prompt, field, tokenizer, info, options).ids;
+  options: PromptOptions = {},
+): Promise<number[]> {
+  return (await promptInput(prompt, field, encoder, info, options)).ids;
 }
 
 /**
  * Turns a Prompt message into token ids, keeping a chat prompt's checked messages and tools and its
- * rendered text. With `continuation`, a chat continues the conversation of a handle's context.
+ * rendered text. Text is measured against the model's context before it is tokenized.
  */
-export function promptInput(
+export async function promptInput(
   prompt: Prompt | undefined,
   field: string,
-  tokenizer: ModelTokenizer,
+  encoder: PromptEncoder,
   info: ModelInfo,
-  options: { continuation?: boolean } = {},
-): PromptInput {
+  options: PromptOptions = {},
+): Promise<PromptInput> {
+  const usedTokens = options.usedTokens ?? 0;
   const kind = prompt?.kind;
   if (!kind || kind.case === undefined) throw invalidField(field, "required: set text, chat or tokens");
   let ids: number[];
@@ -55,11 +97,14 @@ export function promptInput(
       if (kind.value.length === 0) throw invalidField(`${field}.text`, "must not be empty");
       if (kind.value.length > PROMPT_TEXT_CHARS_MAX)
         throw invalidField(`${field}.text`, `longer than ${PROMPT_TEXT_CHARS_MAX} characters`);
-      ids = tokenizer.encode(kind.value, { addSpecialTokens: true });
+      checkTextSize(kind.value.length, usedTokens, info, `${field}.text`);
+      ids = await encoder.encode(kind.value, true);
       break;
     case "chat": {
       chat = checkChat(kind.value, `${field}.chat`);
-      ({ ids, prompt: rendered } = renderChat(chat, tokenizer, `${field}.chat`, options.continuation));
+      checkTextSize(chat.chars, usedTokens, info, `${field}.chat`);
+      const continuation = options.continuation ?? false;
+      ({ ids, prompt: rendered } = await encoder.renderChat(chat, `${field}.chat`, continuation));
       break;
     }
     case "tokens": {
@@ -163,17 +208,17 @@ export function checkKeys(keys: readonly Uint8Array[], field: string): void {
 }
 
 /** Blocks chosen by keys or by a prompt; `model` is asked for only when a prompt must be tokenized. */
-export function blockSelection(
+export async function blockSelection(
   sel: BlockSelector | undefined,
   field: string,
-  model: () => { info: ModelInfo; tokenizer: ModelTokenizer },
-): BlockSelection {
+  model: () => { info: ModelInfo; encoder: PromptEncoder },
+): Promise<BlockSelection> {
   const target = sel?.target;
   if (!target || target.case === undefined) throw invalidField(field, "required: set keys or prompt");
   if (target.case === "keys") {
     checkKeys(target.value.keys, `${field}.keys.keys`);
     return { keys: target.value.keys.map((k) => Buffer.from(k)) };
   }
-  const { info, tokenizer } = model();
-  return { tokens: promptTokens(target.value, `${field}.prompt`, tokenizer, info) };
+  const { info, encoder } = model();
+  return { tokens: await promptTokens(target.value, `${field}.prompt`, encoder, info) };
 }
