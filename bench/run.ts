@@ -5,7 +5,7 @@
  *   npm run bench -- --full      qwen2.5-0.5b shape, 1k/2k/4k/8k contexts (about 40 minutes on 2 cores)
  *
  * Options: --out DIR, --model DIR (a model directory; default .kvpark/models/<preset>, generated if
- * missing), --preset NAME, --contexts 1024,2048, --cold-runs N, --sections tokenizer,store,reopen,ttft,concurrency,replay,constrained,agent
+ * missing), --preset NAME, --contexts 1024,2048, --cold-runs N, --sections tokenizer,store,reopen,ttft,concurrency,batching,replay,constrained,agent
  * (add `engine` for the in-process prefill/decode microbenchmark), --work-dir DIR (on the disk to
  * measure, not a tmpfs), --seed N, --keep (leave the work directory). Progress goes to stderr; results
  * to <out>/<mode>.json, <out>/<mode>.md and <out>/<mode>-ttft.svg.
@@ -26,6 +26,7 @@ import {
   type EngineResult,
 } from "./lib/report";
 import { dropPageCache, pageCacheDropWorks, Progress } from "./lib/util";
+import { runBatching, type BatchingResult } from "./sections/batching";
 import { runConcurrency, type ConcurrencyResult } from "./sections/concurrency";
 import { runConstrained, type ConstrainedResult } from "./sections/constrained";
 import { runReplay, type ReplayResult } from "./sections/replay";
@@ -52,6 +53,15 @@ interface Plan {
     decodeTokens: number;
     busyPromptTokens: number;
   };
+  batching: {
+    streams: number[];
+    runs: number;
+    promptTokensMin: number;
+    promptTokensMax: number;
+    decodeTokens: number;
+    busyStreams: number;
+    probeTokens: number;
+  };
   replay: { scale: number; rounds: number; answerTokens: number; ramTokens: number };
   store: { runs: number; targetBytes: number };
   tokenizer: { vocabSizes: number[]; runs: number };
@@ -71,6 +81,15 @@ const PLANS: Record<"quick" | "full", Plan> = {
     restartRuns: 2,
     decodeTokens: 16,
     concurrency: { streams: [1, 4, 8], runs: 1, prefixTokens: 256, decodeTokens: 16, busyPromptTokens: 2048 },
+    batching: {
+      streams: [1, 2, 4, 8, 16],
+      runs: 1,
+      promptTokensMin: 192,
+      promptTokensMax: 512,
+      decodeTokens: 24,
+      busyStreams: 8,
+      probeTokens: 384,
+    },
     replay: { scale: 0.3, rounds: 6, answerTokens: 8, ramTokens: 3072 },
     store: { runs: 1, targetBytes: 25e6 },
     tokenizer: { vocabSizes: [512, 4000, 8192], runs: 3 },
@@ -89,6 +108,17 @@ const PLANS: Record<"quick" | "full", Plan> = {
     restartRuns: 2,
     decodeTokens: 16,
     concurrency: { streams: [1, 4, 8], runs: 2, prefixTokens: 512, decodeTokens: 24, busyPromptTokens: 2048 },
+    // A run of all five levels (32 tokens per stream) takes one to two minutes here with continuous
+    // batching, and 2.5 at the 6.5 tokens/s the engine decoded before it: three runs fit the budget.
+    batching: {
+      streams: [1, 2, 4, 8, 16],
+      runs: 3,
+      promptTokensMin: 192,
+      promptTokensMax: 512,
+      decodeTokens: 32,
+      busyStreams: 8,
+      probeTokens: 384,
+    },
     replay: { scale: 0.5, rounds: 6, answerTokens: 12, ramTokens: 6144 },
     store: { runs: 3, targetBytes: 100e6 },
     tokenizer: { vocabSizes: [512, 4000, 8192], runs: 5 },
@@ -104,6 +134,7 @@ const DEFAULT_SECTIONS = [
   "reopen",
   "ttft",
   "concurrency",
+  "batching",
   "replay",
   "constrained",
   "agent",
@@ -272,6 +303,7 @@ async function main(): Promise<void> {
   let store: StoreRestoreResult | undefined;
   let ttft: ContextResult[] = [];
   let concurrency: ConcurrencyResult | undefined;
+  let batching: BatchingResult | undefined;
   let replay: ReplayResult | undefined;
   let engine: EngineResult | undefined;
   let tokenizer: TokenizerResult | undefined;
@@ -310,6 +342,9 @@ async function main(): Promise<void> {
     }
     if (args.sections.includes("concurrency")) {
       concurrency = await runConcurrency({ model, ...plan.concurrency, workDir, progress, tokenLimit });
+    }
+    if (args.sections.includes("batching")) {
+      batching = await runBatching({ model, ...plan.batching, workDir, progress, tokenLimit });
     }
     if (args.sections.includes("replay")) {
       replay = await runReplay({ model, seed: args.seed, ...plan.replay, workDir, progress });
@@ -384,6 +419,14 @@ async function main(): Promise<void> {
           busy: concurrency.busy,
         }
       : undefined,
+    batching: batching
+      ? {
+          summary: batching.summary,
+          promptTokens: batching.promptTokens,
+          decodeTokens: batching.decodeTokens,
+        }
+      : undefined,
+    batchingTable: batching?.table,
     replay,
     storeTable: store?.table,
     storeNote,
@@ -407,6 +450,7 @@ async function main(): Promise<void> {
     raw: {
       ttft,
       concurrency,
+      batching: batching ? { runs: batching.runs, probes: batching.probes } : undefined,
       store: store ? { ...store, table: undefined } : undefined,
       reopen: reopen ? { ...reopen, table: undefined } : undefined,
       constrained: constrained ? { ...constrained, table: undefined } : undefined,

@@ -34,6 +34,8 @@ export interface GenerateOptions {
   maxTokens: number;
   persist?: boolean;
   signal?: AbortSignal;
+  /** Called with the arrival time of every delta that carries tokens, as it arrives. */
+  onDelta?: (now: number, tokens: number) => void;
 }
 
 /** One Generate call as the client saw it, with the server's own report. */
@@ -55,6 +57,9 @@ export interface GenerateResult {
   clientTotalMs: number;
   /** performance.now() of the first and of every later token received (for concurrency windows). */
   tokenTimes: number[];
+  /** performance.now() of every delta that carried tokens, and how many it carried (inter-token latency). */
+  deltaTimes: number[];
+  deltaTokens: number[];
 }
 
 /** Greedy generation (temperature 0), streamed; times measured on the client too. */
@@ -89,6 +94,8 @@ export async function generate(
     clientTtftMs: Number.NaN,
     clientTotalMs: 0,
     tokenTimes: [],
+    deltaTimes: [],
+    deltaTokens: [],
   };
   for await (const res of c.inference.generate(req, { signal: options.signal })) {
     const ev = res.event;
@@ -107,6 +114,11 @@ export async function generate(
     } else if (ev.case === "delta") {
       const now = performance.now();
       for (let i = 0; i < ev.value.tokenIds.length; i++) out.tokenTimes.push(now);
+      if (ev.value.tokenIds.length > 0) {
+        out.deltaTimes.push(now);
+        out.deltaTokens.push(ev.value.tokenIds.length);
+        options.onDelta?.(now, ev.value.tokenIds.length);
+      }
       if (ev.value.tokenIds.length > 0 && Number.isNaN(out.clientTtftMs)) out.clientTtftMs = now - t0;
       out.completionIds.push(...ev.value.tokenIds);
     } else if (ev.case === "finished") {

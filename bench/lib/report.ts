@@ -153,6 +153,8 @@ export interface ReportInput {
     decodeTokens: number;
     busy?: BusyResult;
   };
+  /** bench/sections/batching.ts's text and table, when the batching section ran. */
+  batchingTable?: string;
   replay?: ReplayResult;
   storeTable?: string;
   storeNote?: string;
@@ -286,6 +288,9 @@ export function markdown(r: ReportInput): string {
     }
     out.push("");
   }
+
+  if (r.batchingTable)
+    out.push("### Continuous batching: decode by concurrent streams", "", r.batchingTable, "");
 
   if (r.constrainedTable) {
     out.push("### Structured outputs (constrained decoding)", "");

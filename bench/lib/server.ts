@@ -107,6 +107,21 @@ export class BenchServer {
     }
   }
 
+  /**
+   * Resident set size of the engine process as the kernel reports it (VmRSS), in bytes; NaN when
+   * unknown. A cross-check of the engine's own report in Stats, read without asking the server.
+   */
+  engineRssBytes(): number {
+    const pid = this.enginePid;
+    if (pid === undefined) return Number.NaN;
+    try {
+      const kib = /^VmRSS:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
+      return kib === undefined ? Number.NaN : Number(kib) * 1024;
+    } catch {
+      return Number.NaN;
+    }
+  }
+
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
   }

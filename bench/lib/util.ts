@@ -10,6 +10,19 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
+/**
+ * The p-th percentile (0..100) of a list, interpolated linearly between the closest ranks (numpy's
+ * default); NaN for an empty one.
+ */
+export function percentile(values: readonly number[], p: number): number {
+  const sorted = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (sorted.length === 0) return Number.NaN;
+  const rank = (p / 100) * (sorted.length - 1);
+  const lo = Math.floor(rank);
+  const hi = Math.ceil(rank);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo);
+}
+
 /** Median with the spread of the samples, as stored in the JSON results. */
 export interface Summary {
   median: number;
@@ -40,9 +53,9 @@ export function msSince(start: number): number {
 export class Progress {
   private readonly t0 = performance.now();
   log(message: string): void {
-    const s = (performance.now() - this.t0) / 1000;
+    const s = Math.round((performance.now() - this.t0) / 1000);
     const mm = Math.floor(s / 60);
-    const ss = (s % 60).toFixed(0).padStart(2, "0");
+    const ss = String(s % 60).padStart(2, "0");
     process.stderr.write(`[${mm}:${ss}] ${message}\n`);
   }
   elapsedSeconds(): number {

@@ -61,7 +61,16 @@ export interface ConcurrencyResult {
   busy?: BusyResult;
 }
 
-function measure(results: GenerateResult[]): Omit<ConcurrencyRun, "streams"> {
+/**
+ * Decode throughput of streams run together, over the window in which all of them decode: from the
+ * moment every stream has its first token to the moment the first one ends, the tokens all streams
+ * received in it over its length (NaN when the window is empty).
+ */
+export function decodeWindow(results: GenerateResult[]): {
+  tokensPerSecond: number;
+  windowMs: number;
+  tokens: number;
+} {
   const firsts = results.map((r) => r.tokenTimes[0] ?? Number.POSITIVE_INFINITY);
   const lasts = results.map((r) => r.tokenTimes.at(-1) ?? Number.NEGATIVE_INFINITY);
   const from = Math.max(...firsts);
@@ -69,12 +78,17 @@ function measure(results: GenerateResult[]): Omit<ConcurrencyRun, "streams"> {
   let tokens = 0;
   for (const r of results) tokens += r.tokenTimes.filter((t) => t > from && t <= to).length;
   const windowMs = to - from;
+  return { tokensPerSecond: windowMs > 0 ? (tokens * 1000) / windowMs : Number.NaN, windowMs, tokens };
+}
+
+function measure(results: GenerateResult[]): Omit<ConcurrencyRun, "streams"> {
+  const w = decodeWindow(results);
   const rates = results.map((r) => r.timings.decodeTokensPerSecond);
   return {
-    aggregateTokensPerSecond: windowMs > 0 ? (tokens * 1000) / windowMs : Number.NaN,
+    aggregateTokensPerSecond: w.tokensPerSecond,
     perStreamTokensPerSecond: rates.reduce((a, b) => a + b, 0) / rates.length,
-    windowMs,
-    tokensInWindow: tokens,
+    windowMs: w.windowMs,
+    tokensInWindow: w.tokens,
     completionTokens: results.map((r) => r.completionIds.length),
   };
 }

@@ -150,6 +150,7 @@ const RPC = sc.METRIC_RPC_SERVER_CALL_DURATION;
 const SOURCE = prom(sc.ATTR_KVPARK_CACHE_SOURCE);
 const TIER = prom(sc.ATTR_KVPARK_CACHE_TIER);
 const RESTORE_TIER = prom(sc.ATTR_KVPARK_RESTORE_TIER);
+const ENGINE_STATE = prom(sc.ATTR_KVPARK_ENGINE_SEQUENCE_STATE);
 
 /** Opens the trace dashboard on the same time range and model, listing requests slower than the threshold. */
 const slowTracesLink = {
@@ -160,7 +161,7 @@ const slowTracesLink = {
 const requests = dashboard(
   "kvpark-requests",
   "kvpark: requests",
-  "Latency, throughput and errors of kvpark's generation requests, from the gen_ai.server.* and rpc.server.* metrics.",
+  "Latency, throughput and errors of kvpark's generation requests, from the gen_ai.server.* and rpc.server.* metrics, and the engine's memory and batching (kvpark.engine.*).",
   [
     {
       title: "Time to first token by model (p50, p95, p99)",
@@ -243,6 +244,33 @@ const requests = dashboard(
           `sum by (gen_ai_token_type) (rate(${series(sc.METRIC_KVPARK_TOKEN_USAGE, "", "_sum")}[$__rate_interval]))`,
           "{{gen_ai_token_type}}",
         ),
+      ],
+    },
+    {
+      title: "Engine memory against its bound",
+      description:
+        "The engine's last report: kvpark.engine.memory.rss (resident memory of the engine process), kvpark.engine.memory.reserved (what admission counts as taken: weights, RAM tier budget, running sequences) and kvpark.engine.memory.limit (the bound; work beyond it waits).",
+      type: "timeseries",
+      unit: "bytes",
+      targets: [
+        promTarget("A", `sum(${series(sc.METRIC_KVPARK_ENGINE_MEMORY_RSS, "bytes", "")})`, "RSS"),
+        promTarget("B", `sum(${series(sc.METRIC_KVPARK_ENGINE_MEMORY_RESERVED, "bytes", "")})`, "reserved"),
+        promTarget("C", `sum(${series(sc.METRIC_KVPARK_ENGINE_MEMORY_LIMIT, "bytes", "")})`, "bound"),
+      ],
+    },
+    {
+      title: "Engine sequences and decode batch",
+      description:
+        "kvpark.engine.sequences by state (running: admitted; waiting: held back for memory) and kvpark.engine.decode.batch_size (sequences in the latest batched decode step).",
+      type: "timeseries",
+      unit: "short",
+      targets: [
+        promTarget(
+          "A",
+          `sum by (${ENGINE_STATE}) (${prom(sc.METRIC_KVPARK_ENGINE_SEQUENCES)})`,
+          `{{${ENGINE_STATE}}}`,
+        ),
+        promTarget("B", `sum(${prom(sc.METRIC_KVPARK_ENGINE_DECODE_BATCH_SIZE)})`, "decode batch"),
       ],
     },
   ],

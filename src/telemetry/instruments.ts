@@ -126,3 +126,36 @@ export function createCacheInstruments(meter: Meter) {
 
 /** The cache's instruments, as observeCache reports them. */
 export type CacheInstruments = ReturnType<typeof createCacheInstruments>;
+
+/**
+ * The engine's gauges, observed from its last report (EngineStats, about once a second): its resident
+ * memory against the bound it admits work under, the sequences it runs and holds back, and its decode
+ * batch.
+ */
+export function createEngineInstruments(meter: Meter) {
+  const gauge = (name: string, unit: string, description: string) =>
+    meter.createObservableGauge(name, { unit, description });
+  return {
+    rss: gauge(sc.METRIC_KVPARK_ENGINE_MEMORY_RSS, "By", "Resident set size of the engine process."),
+    limit: gauge(
+      sc.METRIC_KVPARK_ENGINE_MEMORY_LIMIT,
+      "By",
+      "The engine's memory budget (--engine-memory-max, or weights + RAM tier + 2 GiB).",
+    ),
+    reserved: gauge(
+      sc.METRIC_KVPARK_ENGINE_MEMORY_RESERVED,
+      "By",
+      "Bytes of the budget taken: weights, the RAM tier's budget and admitted sequences' work.",
+    ),
+    sequences: gauge(
+      sc.METRIC_KVPARK_ENGINE_SEQUENCES,
+      "{sequence}",
+      "Sequences admitted (running: restoring, prefilling or decoding) and waiting for memory.",
+    ),
+    decodeBatch: gauge(
+      sc.METRIC_KVPARK_ENGINE_DECODE_BATCH_SIZE,
+      "{sequence}",
+      "Sequences in the engine's most recent batched decode step.",
+    ),
+  };
+}

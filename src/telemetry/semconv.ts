@@ -130,6 +130,10 @@ export const KEYS_RECORDED_MAX = 16;
 export const ATTR_KVPARK_CACHE_SOURCE = "kvpark.cache.source";
 /** A cache tier: ram or ssd. */
 export const ATTR_KVPARK_CACHE_TIER = "kvpark.cache.tier";
+/** State of the engine's sequences: running (admitted) or waiting (for memory). */
+export const ATTR_KVPARK_ENGINE_SEQUENCE_STATE = "kvpark.engine.sequence.state";
+export const ENGINE_SEQUENCE_STATE_RUNNING = "running";
+export const ENGINE_SEQUENCE_STATE_WAITING = "waiting";
 
 // ---- Span and event names ---------------------------------------------------------------------
 
@@ -163,6 +167,12 @@ export const METRIC_KVPARK_CACHE_WRITE_ERRORS = "kvpark.cache.write.errors";
 export const METRIC_KVPARK_CACHE_WRITE_SKIPS = "kvpark.cache.write.skips";
 export const METRIC_KVPARK_CACHE_WRITE_QUEUE_DEPTH = "kvpark.cache.write_queue.depth";
 export const METRIC_KVPARK_CACHE_WRITE_QUEUE_SIZE = "kvpark.cache.write_queue.size";
+/** The engine process, from its last report (EngineStats): memory against its bound, and its scheduler. */
+export const METRIC_KVPARK_ENGINE_MEMORY_RSS = "kvpark.engine.memory.rss";
+export const METRIC_KVPARK_ENGINE_MEMORY_LIMIT = "kvpark.engine.memory.limit";
+export const METRIC_KVPARK_ENGINE_MEMORY_RESERVED = "kvpark.engine.memory.reserved";
+export const METRIC_KVPARK_ENGINE_SEQUENCES = "kvpark.engine.sequences";
+export const METRIC_KVPARK_ENGINE_DECODE_BATCH_SIZE = "kvpark.engine.decode.batch_size";
 
 // ---- Histogram buckets ------------------------------------------------------------------------
 

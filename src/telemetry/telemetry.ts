@@ -14,7 +14,12 @@ import type { CacheStats } from "../cache/index.js";
 import type { EngineClient } from "../frontend/engine-client.js";
 import type { CacheReport, PrefillProgress } from "../engine-ipc.js";
 import * as sc from "./semconv.js";
-import { createCacheInstruments, createInstruments, type Instruments } from "./instruments.js";
+import {
+  createCacheInstruments,
+  createEngineInstruments,
+  createInstruments,
+  type Instruments,
+} from "./instruments.js";
 import { rpcInterceptor } from "./rpc-span.js";
 import {
   GenerationTrace,
@@ -149,6 +154,29 @@ export class Telemetry {
       result.observe(c.queueDepth, s.writeQueueDepth);
       result.observe(c.queueSize, s.writeQueueBytes);
     }, Object.values(c));
+    // The engine's gauges come with the cache's: the front end wires one call for both.
+    this.observeEngine(engine);
+  }
+
+  /**
+   * The engine's gauges, read from its last report (`engine.engineStats`) without a round trip to the
+   * engine. Nothing is observed before its first report or while it restarts (the report is cleared
+   * then), rather than zeros that would read as an idle engine without memory.
+   */
+  observeEngine(engine: Pick<EngineClient, "engineStats">): void {
+    const m = this.meter;
+    const g = createEngineInstruments(m);
+    m.addBatchObservableCallback((result) => {
+      const e = engine.engineStats;
+      if (!e) return;
+      result.observe(g.rss, e.rssBytes);
+      result.observe(g.limit, e.memoryMaxBytes);
+      result.observe(g.reserved, e.memoryReservedBytes);
+      const state = sc.ATTR_KVPARK_ENGINE_SEQUENCE_STATE;
+      result.observe(g.sequences, e.sequencesRunning, { [state]: sc.ENGINE_SEQUENCE_STATE_RUNNING });
+      result.observe(g.sequences, e.sequencesWaiting, { [state]: sc.ENGINE_SEQUENCE_STATE_WAITING });
+      result.observe(g.decodeBatch, e.decodeBatch);
+    }, Object.values(g));
   }
 
   /** Flushes what is buffered and stops the exporters; bounded so a dead collector cannot hold up exit. */

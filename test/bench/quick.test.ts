@@ -38,6 +38,30 @@ interface BenchJson {
     summary: Array<{ streams: number; aggregateTokensPerSecond: number }>;
     busy: { promptTokens: number; longTtftMs: number; shortTtftMs: number; healthMs: { n: number } };
   };
+  batching: {
+    summary: {
+      levels: Array<{
+        streams: number;
+        runs: number;
+        aggregateTokensPerSecond: number;
+        ratioToSingle: number;
+        itlP50Ms: number;
+        itlP99Ms: number;
+        // null in JSON where the engine sent no report (NaN)
+        rssBytesMax: number | null;
+        memoryMaxBytes: number | null;
+        procRssBytesMax: number;
+      }>;
+      goal: { streams: number; ratio: number; ratio8: number; met: boolean };
+      busy: {
+        streams: number;
+        promptTokens: number;
+        idleTtftMs: number;
+        busyTtftMs: number;
+        decodingAtFirstTokenMin: number;
+      };
+    };
+  };
   tokenizer: { builds: Array<{ vocabSize: number; buildMs: { median: number; n: number } }> };
   replay: {
     turns: Array<{
@@ -123,6 +147,34 @@ describe("npm run bench -- --quick", () => {
     expect(busy.shortTtftMs).toBeGreaterThan(0);
     expect(Number.isInteger(busy.healthMs.n)).toBe(true);
 
+    const batching = json.batching.summary;
+    expect(batching.levels.map((l) => l.streams)).toEqual([1, 2, 4, 8, 16]);
+    for (const l of batching.levels) {
+      expect(l.runs).toBe(1);
+      expect(l.aggregateTokensPerSecond).toBeGreaterThan(0);
+      expect(l.itlP50Ms).toBeGreaterThan(0);
+      expect(l.itlP99Ms).toBeGreaterThanOrEqual(l.itlP50Ms);
+      expect(l.procRssBytesMax).toBeGreaterThan(0);
+      // The engine's own report (Stats.engine), once the engine sends one; absent until then.
+      if (l.memoryMaxBytes !== null) {
+        expect(l.rssBytesMax).toBeGreaterThan(0);
+        expect(l.memoryMaxBytes).toBeGreaterThan(0);
+      } else expect(l.rssBytesMax).toBeNull();
+    }
+    expect(batching.levels[0].ratioToSingle).toBe(1);
+    expect(batching.goal).toEqual({
+      streams: 8,
+      ratio: 4,
+      ratio8: batching.levels[3].ratioToSingle,
+      met: batching.levels[3].ratioToSingle >= 4,
+    });
+    expect(batching.busy.streams).toBe(8);
+    expect(batching.busy.promptTokens).toBe(384);
+    expect(batching.busy.idleTtftMs).toBeGreaterThan(0);
+    expect(batching.busy.busyTtftMs).toBeGreaterThan(0);
+    expect(batching.busy.decodingAtFirstTokenMin).toBeGreaterThanOrEqual(0);
+    expect(batching.busy.decodingAtFirstTokenMin).toBeLessThanOrEqual(8);
+
     expect(json.tokenizer.builds.map((b) => b.vocabSize)).toEqual([512, 4000, 8192]);
     for (const b of json.tokenizer.builds) {
       expect(b.buildMs.n).toBe(3);
@@ -169,6 +221,13 @@ describe("npm run bench -- --quick", () => {
     expect(md).toContain("### Structured outputs (constrained decoding)");
     expect(md).toMatch(/\| 4,000 tokens \| [\d,.]+ m?s \|/);
     expect(md).toMatch(/While the engine prefilled a cold 2,048-token prompt .*: health checks/);
+    expect(md).toContain("### Continuous batching: decode by concurrent streams");
+    expect(md).toMatch(
+      /\| 8 \| [\d,.]+ \| [\d,.]+x \(goal >= 4x: (met|not met)\) \| [\d,.]+ m?s \/ [\d,.]+ m?s \|/,
+    );
+    expect(md).toMatch(
+      /A new request \(a never-seen 384-token prompt\) sent while 8 streams decode: first token after [\d,.]+ m?s/,
+    );
     expect(md).toContain(`Machine: ${json.machine.cpu}, ${json.machine.cores} cores`);
 
     const svg = fs.readFileSync(path.join(out, "quick-ttft.svg"), "utf8");

@@ -91,7 +91,7 @@ describe("Grafana dashboards", () => {
 
   it("have PromQL that parses", () => {
     const exprs = targets.filter((t) => t.datasource.type === "prometheus");
-    expect(exprs.length).toBe(31);
+    expect(exprs.length).toBe(36);
     for (const t of exprs)
       expect([t.panel, t.expr, errors(promql.parse(interpolate(t.expr)))]).toEqual([t.panel, t.expr, []]);
     // The parser does report mistakes.
@@ -119,6 +119,8 @@ describe("Grafana dashboards", () => {
         "Corruptions, write errors and skipped writes",
         "Error ratio",
         "Slow requests",
+        "Engine memory against its bound",
+        "Engine sequences and decode batch",
       ]),
     );
     // A slow TTFT series links to that model's slow requests in the traces dashboard.

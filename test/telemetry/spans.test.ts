@@ -378,6 +378,22 @@ describe("spans and metrics (in-memory exporter)", () => {
     expect(sums("kvpark.cache.corrupt_blocks")).toEqual({ "": 0 });
     expect(sums("kvpark.cache.write.errors")).toEqual({ ENOSPC: 0, EIO: 0, other: 0 });
     expect(sums("kvpark.cache.write_queue.depth")).toEqual({ "": stats.writeQueueDepth });
+    // The engine's gauges read its last report, which Stats returns too; none before its first report.
+    const engineMetrics = [
+      "kvpark.engine.memory.rss",
+      "kvpark.engine.memory.limit",
+      "kvpark.engine.memory.reserved",
+      "kvpark.engine.sequences",
+      "kvpark.engine.decode.batch_size",
+    ];
+    if (stats.engine) {
+      expect(sums("kvpark.engine.memory.limit")).toEqual({ "": Number(stats.engine.memoryMaxBytes) });
+      expect(sums("kvpark.engine.memory.rss")[""]).toBeGreaterThan(0);
+      expect(Object.keys(sums("kvpark.engine.sequences")).sort()).toEqual(["running", "waiting"]);
+      for (const name of engineMetrics) expect(all.get(name)!.dataPoints.length).toBeGreaterThan(0);
+    } else {
+      for (const name of engineMetrics) expect([name, all.get(name)?.dataPoints ?? []]).toEqual([name, []]);
+    }
     const rpcCalls = Object.fromEntries(
       (all.get("rpc.server.call.duration") as HistogramMetricData).dataPoints.map((p) => [
         `${p.attributes["rpc.method"]}:${p.attributes["rpc.grpc.status_code"]}`,
