@@ -1,14 +1,22 @@
+import * as fs from "node:fs";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
   createClient,
+  type CallOptions,
   type Client,
   type Interceptor,
   type Transport,
 } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { InferenceService } from "../gen/kvpark/v1/inference_pb.js";
-import { KVBlocksService } from "../gen/kvpark/v1/kvblocks_pb.js";
+import {
+  KVBlocksService,
+  type ExportRequestSchema,
+  type ImportRequestSchema,
+  type ImportResponse,
+} from "../gen/kvpark/v1/kvblocks_pb.js";
 import { ModelService } from "../gen/kvpark/v1/model_pb.js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 
@@ -90,4 +98,58 @@ export function createKvparkClient(options: KvparkClientOptions): KvparkClient {
     model: createClient(ModelService, transport),
     health: createClient(Health, transport),
   };
+}
+
+/** Bytes read from a bundle file per ImportRequest message. */
+const IMPORT_PIECE_BYTES = 1024 * 1024;
+
+/**
+ * Streams an Export of the caller's blocks (or those `request` selects) into `file`, written as
+ * `<file>.part` and renamed when the bundle is complete, so a failed export leaves no file that
+ * looks like a bundle. Returns the bundle's size in bytes.
+ */
+export async function exportBundleToFile(
+  client: KvparkClient,
+  file: string,
+  request: MessageInitShape<typeof ExportRequestSchema> = {},
+  options?: CallOptions,
+): Promise<number> {
+  const part = `${file}.part`;
+  const out = await fs.promises.open(part, "w");
+  let bytes = 0;
+  try {
+    for await (const res of client.kvBlocks.export(request, options)) {
+      await out.write(res.data);
+      bytes += res.data.byteLength;
+    }
+    await out.sync();
+  } catch (err) {
+    await out.close();
+    await fs.promises.rm(part, { force: true });
+    throw err;
+  }
+  await out.close();
+  await fs.promises.rename(part, file);
+  return bytes;
+}
+
+/**
+ * Streams the bundle in `file` to Import, in pieces of 1 MiB. `tenant` (operators only) stores the
+ * blocks under that tenant instead of the caller's.
+ */
+export async function importBundleFromFile(
+  client: KvparkClient,
+  file: string,
+  options: CallOptions & { tenant?: string } = {},
+): Promise<ImportResponse> {
+  const { tenant = "", ...callOptions } = options;
+  async function* requests(): AsyncGenerator<MessageInitShape<typeof ImportRequestSchema>> {
+    let first = true;
+    for await (const data of fs.createReadStream(file, { highWaterMark: IMPORT_PIECE_BYTES })) {
+      yield { data: data as Buffer, tenant: first ? tenant : "" };
+      first = false;
+    }
+    if (first) yield { data: new Uint8Array(0), tenant };
+  }
+  return client.kvBlocks.import(requests(), callOptions);
 }

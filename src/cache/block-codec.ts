@@ -289,9 +289,23 @@ export interface VerifyContext {
   model: ModelShape;
   /** Longest block accepted: the cache's blockTokens. */
   blockTokens: number;
-  /** The caller's root key: the parent of a block whose parent_key is empty. */
-  root: Buffer;
+  /**
+   * The caller's root key: the parent of a block whose parent_key is empty. Null when the tenant is
+   * not known (a bundle checked offline): a first block's key is then not checked.
+   */
+  root: Buffer | null;
 }
+
+/**
+ * Why a chain's first block does not verify when its key is right for another tenant: keys are
+ * salted per tenant (through the root), so a block fetched or exported under one tenant, or on a
+ * node without authentication (the default tenant), verifies under that tenant only.
+ */
+export const FIRST_BLOCK_KEY_MISMATCH =
+  "key differs from the key computed from parent key and token ids: a chain's first block hangs " +
+  "off the tenant's root and keys are salted per tenant, so this block was likely exported under " +
+  "another tenant (or on a node with authentication set up differently); send it under the tenant " +
+  "that exported it";
 
 /**
  * Checks a block received from a client or another node before anything is stored: format
@@ -341,10 +355,13 @@ export function verifyRecord(record: KVBlockRecord, ctx: VerifyContext): ParsedB
       }
     }
   }
-  const parent = record.parentKey.length === 0 ? ctx.root : record.parentKey;
-  const key = blockKey(parent, record.tokenIds, model.fingerprint);
-  if (!key.equals(record.key))
-    fail("KEY_MISMATCH", "key differs from the key computed from parent key and token ids");
+  if (record.parentKey.length > 0) {
+    if (!blockKey(record.parentKey, record.tokenIds, model.fingerprint).equals(record.key))
+      fail("KEY_MISMATCH", "key differs from the key computed from parent key and token ids");
+  } else if (ctx.root && !blockKey(ctx.root, record.tokenIds, model.fingerprint).equals(record.key)) {
+    // A first block's parent is the tenant's root, so its key is the one that depends on the tenant.
+    fail("KEY_MISMATCH", FIRST_BLOCK_KEY_MISMATCH);
+  }
   return parsed;
 }
 

@@ -23,9 +23,11 @@ export interface BlockEntry {
   ssd: "none" | "queued" | "stored";
   /** Times the block was persisted by a request: the "reused" admission policy writes it at 2. */
   sightings: number;
+  /** When a request last stored or restored the block (Unix ms); 0 for a block found on SSD at open. */
+  usedAtMs: number;
 }
 
-/** Lookups' hits and misses per tier, and evictions. */
+/** Lookups' hits and misses per tier, evictions, and blocks removed on request (Evict, Clear). */
 export interface IndexCounters {
   ramHits: number;
   ramMisses: number;
@@ -33,10 +35,27 @@ export interface IndexCounters {
   ssdMisses: number;
   ramEvictions: number;
   ssdEvictions: number;
+  ramRemoved: number;
+  ssdRemoved: number;
 }
 
 function newCounters(): IndexCounters {
-  return { ramHits: 0, ramMisses: 0, ssdHits: 0, ssdMisses: 0, ramEvictions: 0, ssdEvictions: 0 };
+  return {
+    ramHits: 0,
+    ramMisses: 0,
+    ssdHits: 0,
+    ssdMisses: 0,
+    ramEvictions: 0,
+    ssdEvictions: 0,
+    ramRemoved: 0,
+    ssdRemoved: 0,
+  };
+}
+
+/** The tiers a removal takes a block out of. */
+export interface TierChoice {
+  ram: boolean;
+  ssd: boolean;
 }
 
 // Blocks the search for the longest cached line below a divergence looks at, at most.
@@ -75,6 +94,19 @@ export class BlockIndex {
 
   get(keyHex: string): BlockEntry | undefined {
     return this.entries.get(keyHex);
+  }
+
+  /** Every entry, or those of the tenant with root `rootHex`; a copy, safe to change the index under. */
+  entriesOf(rootHex: string | null): BlockEntry[] {
+    const out: BlockEntry[] = [];
+    for (const entry of this.entries.values())
+      if (rootHex === null || entry.rootHex === rootHex) out.push(entry);
+    return out;
+  }
+
+  /** The blocks whose parent is `keyHex` (a block key, or a tenant's root), ordered by key. */
+  childrenOf(keyHex: string): BlockEntry[] {
+    return [...(this.children.get(keyHex)?.values() ?? [])].sort((a, b) => (a.keyHex < b.keyHex ? -1 : 1));
   }
 
   /**
@@ -267,6 +299,7 @@ export class BlockIndex {
       bytes: blockDataBytes(this.model, record.tokenIds.length),
       ssd: "stored",
       sightings: 1,
+      usedAtMs: 0,
     });
   }
 
@@ -318,6 +351,41 @@ export class BlockIndex {
     let n = 0;
     for (const entry of this.entries.values()) if (entry.rootHex === rootHex) n++;
     return n;
+  }
+
+  /**
+   * Takes a block out of the tiers `from` names, on request (Evict, Clear, a refused Import), and
+   * counts it; returns the bytes each tier freed. A RAM copy goes even while requests hold it (a
+   * restore keeps the arrays it took: see RamTier.evict). An SSD copy still waiting in the write
+   * queue stays: the caller flushes the queue first. A block that leaves every tier leaves the
+   * index, and its pins go with it (in the store and the pin journal too, so that a block stored
+   * again under the same key is not pinned by a stale record).
+   */
+  async evict(entry: BlockEntry, from: TierChoice): Promise<{ ramBytes: number; ssdBytes: number }> {
+    this.tierOf(entry); // forgets an SSD copy the store has evicted since
+    const ramHeld = this.ram.has(entry.keyHex);
+    const ssdHeld = entry.ssd === "stored";
+    const ramGoes = ramHeld && from.ram;
+    const ssdGoes = ssdHeld && from.ssd;
+    const stays = (ramHeld && !ramGoes) || (ssdHeld && !ssdGoes) || entry.ssd === "queued";
+    if (!stays && this.pins.isPinned(entry.keyHex)) this.pins.unpin([entry]);
+    const counters = [this.counters, this.countersOf(entry.rootHex)];
+    let ssdBytes = 0;
+    let ramBytes = 0;
+    let deleted: Promise<void> | undefined;
+    if (ssdGoes) {
+      ssdBytes = this.ssd!.storedBytesOf(entry.keyHex);
+      entry.ssd = "none";
+      counters.forEach((c) => c.ssdRemoved++);
+      deleted = this.ssd!.delete(entry.key);
+    }
+    if (ramGoes) {
+      ramBytes = this.ram.evict(entry.keyHex);
+      counters.forEach((c) => c.ramRemoved++);
+    }
+    this.dropIfUnheld(entry);
+    await deleted;
+    return { ramBytes, ssdBytes };
   }
 
   /** Deletes a block that failed verification on SSD, and counts it. */

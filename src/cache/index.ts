@@ -13,19 +13,31 @@ export type { AdmissionPolicy, CacheOptions } from "./config";
 export { BLOCK_ERROR_CODES, BlockError } from "./errors";
 export type { BlockErrorCode } from "./errors";
 export { PrefixCache } from "./prefix-cache";
+export { BUNDLE_FORMAT_VERSION, BundleError, BundleReader, BundleWriter } from "./bundle";
+export type { BundleEntry } from "./bundle";
+export { LIST_PAGE_BLOCKS_MAX } from "./maintenance";
 export type { FileIo } from "./file-io";
 export type {
+  BlockListing,
   BlockRejection,
   BlockSelector,
   CacheSeams,
   CacheStats,
+  ClearReport,
+  EvictReport,
+  EvictTier,
+  ExportReport,
   GetBlockResult,
+  ImportReport,
+  ListScope,
+  ListedBlock,
   LookupOptions,
   MatchedBlock,
   PersistOptions,
   PersistReport,
   PinReport,
   PinRequestKind,
+  PinState,
   PrefixMatch,
   PutBlocksReport,
   RestoreReport,

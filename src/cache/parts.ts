@@ -17,6 +17,8 @@ export interface CacheParts {
   readonly ssd: SsdTier | null;
   readonly staging: Staging;
   readonly payloads: BlockPayloads;
+  /** Unix milliseconds (Date.now unless a test sets the clock). */
+  readonly nowMs: () => number;
 }
 
 /**
@@ -32,6 +34,7 @@ export abstract class CachePart {
   protected readonly ssd: SsdTier | null;
   protected readonly staging: Staging;
   protected readonly payloads: BlockPayloads;
+  protected readonly nowMs: () => number;
   /** MLX bytes the part dropped (temporaries, exports the RAM tier refused), for collectIfNeeded. */
   protected droppedBytes = 0;
 
@@ -44,6 +47,7 @@ export abstract class CachePart {
     this.ssd = parts.ssd;
     this.staging = parts.staging;
     this.payloads = parts.payloads;
+    this.nowMs = parts.nowMs;
   }
 
   /** MLX bytes dropped since the previous call. */

@@ -41,6 +41,7 @@ export class Persister extends CachePart {
     const root = this.index.rootOf(tenant);
     const rootHex = root.toString("hex");
     const used: string[] = [];
+    const nowMs = this.nowMs();
     for (const link of chainKeys(root, tokens, B, this.model.fingerprint, end)) {
       if (link.end <= fromTokens) continue;
       const keyHex = link.key.toString("hex");
@@ -49,6 +50,7 @@ export class Persister extends CachePart {
       const ramBlock = this.ram.get(keyHex);
       if (entry && ramBlock) {
         entry.sightings++;
+        entry.usedAtMs = nowMs;
         report.blocksPresent++;
         used.push(keyHex);
         this.admit(entry, ramBlock.layers, report);
@@ -66,8 +68,10 @@ export class Persister extends CachePart {
         bytes,
         ssd: "none",
         sightings: 0,
+        usedAtMs: 0,
       };
       entry.sightings++;
+      entry.usedAtMs = nowMs;
       if (!this.ram.insert(keyHex, layers, blockTokens, bytes)) {
         report.ramRejects++;
         this.droppedBytes += bytes;

@@ -68,6 +68,14 @@ export class Pins {
     return null;
   }
 
+  /** The block's pin as ListBlocks shows it: hard, or soft until an epoch time; null when unpinned. */
+  describe(keyHex: string): { kind: "hard" } | { kind: "soft"; untilMs: number } | null {
+    const kind = this.pinKind(keyHex);
+    if (kind === null) return null;
+    if (kind === "hard") return { kind: "hard" };
+    return { kind: "soft", untilMs: this.pins.get(keyHex)!.softUntilMs };
+  }
+
   /** The bytes the tenant with root `rootHex` has pinned now. */
   usage(rootHex: string): PinUsage {
     const usage = { hardPinnedBytes: 0, softPinnedBytes: 0 };

@@ -2,12 +2,20 @@ import * as path from "node:path";
 import type { ModelShape } from "./block-codec";
 import { BlockIndex } from "./block-index";
 import { resolveCacheOptions, type CacheOptions } from "./config";
+import { CacheMaintenance } from "./maintenance";
 import { BlockPayloads } from "./payloads";
 import { Persister } from "./persist";
 import { Pins } from "./pins";
 import { RamTier } from "./ram-tier";
 import { nodeFileIo } from "./file-io";
-import type { BlockSelector, CacheSeams, CacheStats, PinReport, PinRequestKind } from "./reports";
+import type {
+  BlockSelector,
+  CacheSeams,
+  CacheStats,
+  ClearReport,
+  PinReport,
+  PinRequestKind,
+} from "./reports";
 import { Restorer } from "./restore";
 import { SsdTier } from "./ssd-tier";
 import { Staging, removeStaleStagingDirs } from "./staging";
@@ -33,6 +41,7 @@ export class PrefixCache {
   private readonly restorer: Restorer;
   private readonly persister: Persister;
   private readonly transfer: BlockTransfer;
+  private readonly maintenance: CacheMaintenance;
   private droppedBytes = 0;
 
   private constructor(
@@ -60,10 +69,12 @@ export class PrefixCache {
       pins: this.pins,
       ram: this.ram,
       index: this.index,
+      nowMs,
     };
     this.restorer = new Restorer(parts);
     this.persister = new Persister(parts);
     this.transfer = new BlockTransfer(parts);
+    this.maintenance = new CacheMaintenance(parts);
   }
 
   /**
@@ -146,6 +157,31 @@ export class PrefixCache {
     return this.transfer.putBlocks(...args);
   }
 
+  /** A bundle of the tenant's blocks, entry by entry, for Export: BlockTransfer.exportBundle. */
+  exportBundle(...args: Parameters<BlockTransfer["exportBundle"]>) {
+    return this.transfer.exportBundle(...args);
+  }
+
+  /** Verifies and stores a bundle's blocks, for Import: BlockTransfer.importBundle. */
+  importBundle(...args: Parameters<BlockTransfer["importBundle"]>) {
+    return this.transfer.importBundle(...args);
+  }
+
+  /** One page of the cached blocks, for ListBlocks: CacheMaintenance.listBlocks. */
+  listBlocks(...args: Parameters<CacheMaintenance["listBlocks"]>) {
+    return this.maintenance.listBlocks(...args);
+  }
+
+  /** Takes selected blocks of the tenant out of RAM, SSD or both, for Evict: CacheMaintenance.evict. */
+  evict(...args: Parameters<CacheMaintenance["evict"]>) {
+    return this.maintenance.evict(...args);
+  }
+
+  /** Removes every block of the tenant, or with no tenant every block, for Clear. */
+  clear(tenant?: string): Promise<ClearReport> {
+    return this.maintenance.clear(tenant === undefined ? null : this.index.rootOf(tenant).toString("hex"));
+  }
+
   /**
    * Pins blocks of the tenant in every tier that holds them; RAM-only blocks are also queued for
    * SSD (whatever the admission policy) so the pin outlives RAM pressure, and the pin is recorded
@@ -226,6 +262,7 @@ export class PrefixCache {
         misses: counters.ramMisses,
         evictions: rootHex === null ? ram.evictions : counters.ramEvictions,
         pinnedBlocks: ram.pinnedBlocks,
+        removed: counters.ramRemoved,
       },
       ssd: {
         ...ssdHeld,
@@ -233,6 +270,7 @@ export class PrefixCache {
         hits: counters.ssdHits,
         misses: counters.ssdMisses,
         evictions: rootHex === null ? (ssd?.store.evictions ?? 0) : counters.ssdEvictions,
+        removed: counters.ssdRemoved,
       },
       writeQueueDepth: ssd?.queueBlocks ?? 0,
       writeQueueBytes: ssd?.queueBytes ?? 0,

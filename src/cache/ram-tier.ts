@@ -109,6 +109,18 @@ export class RamTier {
     return true;
   }
 
+  /**
+   * Drops a block on request (Evict, Clear), referenced or not; returns its bytes, 0 when absent.
+   * A request restoring from it keeps the arrays it acquired (the block object stays valid, and its
+   * release only drops the reference), so its restore completes; the block is just no longer found.
+   */
+  evict(keyHex: string): number {
+    const block = this.blocks.get(keyHex);
+    if (!block) return 0;
+    this.drop(block);
+    return block.bytes;
+  }
+
   /** Bytes dropped since the previous call: what a garbage collection could give back. */
   takeFreedBytes(): number {
     const bytes = this.freedBytesUntaken;

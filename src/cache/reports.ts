@@ -181,6 +181,89 @@ export interface TierStats {
   misses: number;
   evictions: number;
   pinnedBlocks: number;
+  /** Blocks removed on request (evict, clear, a refused import), not counted in evictions. */
+  removed: number;
+}
+
+/** A block's pin as listBlocks() shows it. */
+export type PinState = { kind: "hard" } | { kind: "soft"; untilMs: number } | null;
+
+/** A cached block, as listBlocks() describes it. */
+export interface ListedBlock {
+  key: Buffer;
+  /** The previous block's key; empty for a chain's first block. */
+  parentKey: Buffer;
+  /** Every tier holding the block, fastest first. */
+  tiers: Tier[];
+  tokens: number;
+  /** Bytes of its KV in float32 (its size in the RAM tier). */
+  bytes: number;
+  /** Bytes of its stored form on SSD; 0 when the SSD tier does not hold it. */
+  ssdBytes: number;
+  pin: PinState;
+  /** When a request last stored or restored it (Unix ms); 0 for a block found on SSD at open and unused since. */
+  usedAtMs: number;
+  /** Its tenant, when listing every tenant and one of the names given has its root. */
+  tenant?: string;
+}
+
+/** Whose blocks listBlocks() lists: one tenant's, or every tenant's (naming those in `names`). */
+export type ListScope = { tenant: string } | { names: readonly string[] };
+
+/** One page of listBlocks(). */
+export interface BlockListing {
+  /** Blocks ordered by key. */
+  blocks: ListedBlock[];
+  /** The hex key to pass as `after` for the next page; "" on the last page. */
+  nextAfter: string;
+  /** Blocks in every page together, now. */
+  total: number;
+}
+
+/** Where evict() takes blocks from. */
+export type EvictTier = "ram" | "ssd" | "both";
+
+/** The outcome of evict(). */
+export interface EvictReport {
+  /** Selected blocks removed from at least one of the tiers asked for. */
+  evictedBlocks: number;
+  /** Selected blocks left in place because they are pinned (no force). */
+  skippedPinnedBlocks: number;
+  /** Keys asked for that the tenant has not cached. */
+  missingKeys: Buffer[];
+  ramBytesFreed: number;
+  ssdBytesFreed: number;
+}
+
+/** The outcome of clear(). */
+export interface ClearReport {
+  /** Blocks removed from every tier. */
+  removedBlocks: number;
+  /** Of those, blocks that were pinned. */
+  unpinnedBlocks: number;
+  ramBytesFreed: number;
+  ssdBytesFreed: number;
+}
+
+/** What exportBundle() wrote. */
+export interface ExportReport {
+  blocks: number;
+  /** Blocks selected but left out (gone or failed verification while exporting, with those below them). */
+  skippedBlocks: number;
+  /** Bytes of the bundle. */
+  bytes: number;
+}
+
+/** The outcome of importBundle(). */
+export interface ImportReport {
+  /** Blocks in the bundle. */
+  blocks: number;
+  /** Of those, blocks this call stored. */
+  storedBlocks: number;
+  /** Of those, blocks the cache held already. */
+  presentBlocks: number;
+  /** Tokens in the bundle's blocks. */
+  tokens: number;
 }
 
 /**

@@ -118,11 +118,13 @@ export class Restorer extends CachePart {
   /** The blocks of a match still available, RAM ones referenced; stops at the first that is gone. */
   private planRestore(match: PrefixMatch): PlanStep[] {
     const plan: PlanStep[] = [];
+    const nowMs = this.nowMs();
     for (const block of match.blocks) {
       const entry = this.index.get(block.key.toString("hex"));
       if (!entry) break;
       const ram = this.ram.acquire(entry.keyHex) ?? null;
       if (!ram && this.index.tierOf(entry) !== "ssd") break;
+      entry.usedAtMs = nowMs;
       plan.push({ block, entry, ram });
     }
     return plan;

@@ -217,6 +217,17 @@ export class SsdTier {
     if (this.store.has(key)) await this.store.delete(key);
   }
 
+  /** Bytes of a block the tier holds (envelope and payload); 0 when it holds none. */
+  storedBytesOf(keyHex: string): number {
+    const record = this.records.get(keyHex);
+    return record && this.has(record.key) ? record.storedBytes : 0;
+  }
+
+  /** Every key the store holds, whether or not the tier indexed it. */
+  storedKeys(): AsyncIterable<Buffer> {
+    return this.store.keys();
+  }
+
   /** Forgets a block the store no longer has (evicted by its cap). */
   forget(keyHex: string): void {
     this.records.delete(keyHex);

@@ -1,20 +1,24 @@
-import type { ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Tier } from "../../gen/kvpark/v1/common_pb.js";
+import { PinKind, Tier } from "../../gen/kvpark/v1/common_pb.js";
 import {
   BlockErrorCode,
   KVBlocksService,
   type GetBlocksResponseSchema,
+  type ImportRequest,
   type PutBlocksRequest,
 } from "../../gen/kvpark/v1/kvblocks_pb.js";
+import type { Config } from "../config.js";
 import type {
   BlockErrorCode as CacheBlockErrorCode,
   CacheStats,
   EngineStats,
+  EvictTier,
+  ListedBlock,
   PutBlocksReport,
 } from "../engine-ipc.js";
 import { invalidField, KvparkError } from "../errors.js";
-import { adminKey, tenantKey } from "../frontend/auth.js";
+import { adminKey, DEFAULT_TENANT, parseAuthTokens, tenantKey } from "../frontend/auth.js";
 import { GetBlocksTrace, traceLookup, tracePin, tracePutBlocks, traceUnpin } from "../telemetry/index.js";
 import { served, type RpcDeps } from "./deps.js";
 import { blockSelection, checkKeys, pinHint, promptTokens } from "./validation.js";
@@ -49,6 +53,7 @@ function stats(s: CacheStats, engine: EngineStats | undefined) {
     misses: BigInt(t.misses),
     evictions: BigInt(t.evictions),
     pinnedBlocks: BigInt(t.pinnedBlocks),
+    removedBlocks: BigInt(t.removed),
   });
   return {
     ram: tierStats(s.ram),
@@ -67,9 +72,67 @@ function stats(s: CacheStats, engine: EngineStats | undefined) {
   };
 }
 
+function cachedBlock(b: ListedBlock) {
+  return {
+    key: b.key,
+    parentKey: b.parentKey,
+    tiers: b.tiers.map(tier),
+    tokenCount: b.tokens,
+    bytes: BigInt(b.bytes),
+    ssdBytes: BigInt(b.ssdBytes),
+    pin: b.pin === null ? PinKind.UNSPECIFIED : b.pin.kind === "hard" ? PinKind.HARD : PinKind.SOFT,
+    pinExpiresUnixMs: BigInt(b.pin?.kind === "soft" ? b.pin.untilMs : 0),
+    lastUsedUnixMs: BigInt(b.usedAtMs),
+    tenant: b.tenant ?? "",
+  };
+}
+
+const LIST_PAGE_SIZE_DEFAULT = 100;
+/** As the cache's LIST_PAGE_BLOCKS_MAX (the front end does not load the cache's code). */
+const LIST_PAGE_SIZE_MAX = 1000;
+
+function evictTier(t: Tier): EvictTier {
+  switch (t) {
+    case Tier.UNSPECIFIED:
+      return "both";
+    case Tier.RAM:
+      return "ram";
+    case Tier.SSD:
+      return "ssd";
+    default:
+      throw invalidField("tier", `unknown tier ${t}: TIER_RAM, TIER_SSD, or TIER_UNSPECIFIED for both`);
+  }
+}
+
+/** Tenants the server's tokens name (the default tenant without authentication). */
+function knownTenants(config: Config): string[] {
+  const names = new Set([
+    ...parseAuthTokens(config.authTokens).values(),
+    ...parseAuthTokens(config.adminTokens, "--admin-tokens").values(),
+  ]);
+  return names.size === 0 ? [DEFAULT_TENANT] : [...names];
+}
+
+/** Refuses an operators-only request field to other callers. */
+function requireAdmin(ctx: HandlerContext, field: string): void {
+  if (!ctx.values.get(adminKey)) {
+    throw new ConnectError(`${field}: only operators (--admin-tokens) may set it`, Code.PermissionDenied);
+  }
+}
+
+/** The tenant a request names (operators only, and one the server's tokens name), or the caller's. */
+function namedTenant(name: string, field: string, ctx: HandlerContext, tenants: () => string[]): string {
+  if (name === "") return ctx.values.get(tenantKey);
+  requireAdmin(ctx, field);
+  if (!tenants().includes(name)) throw invalidField(field, "no token of the server names this tenant");
+  return name;
+}
+
 /** kvpark.v1.KVBlocksService: thin translation to the engine's prefix cache. */
 export function registerKVBlocks(router: ConnectRouter, deps: RpcDeps): void {
   const { engine } = deps;
+  let tenantNames: string[] | undefined;
+  const tenants = () => (tenantNames ??= knownTenants(deps.config));
   router.service(KVBlocksService, {
     lookup: async (req, ctx) => {
       const { info, encoder } = served(deps);
@@ -195,6 +258,81 @@ export function registerKVBlocks(router: ConnectRouter, deps: RpcDeps): void {
       const all = ctx.values.get(adminKey);
       const s = await engine.stats(ctx.values.get(tenantKey), all, ctx.signal);
       return stats(s, engine.engineStats);
+    },
+
+    listBlocks: async (req, ctx) => {
+      served(deps);
+      if (req.allTenants) requireAdmin(ctx, "all_tenants");
+      if (req.pageSize > LIST_PAGE_SIZE_MAX)
+        throw invalidField("page_size", `at most ${LIST_PAGE_SIZE_MAX}, got ${req.pageSize}`);
+      if (req.pageToken !== "" && !/^[0-9a-f]{64}$/.test(req.pageToken))
+        throw invalidField("page_token", "not a next_page_token this server gave");
+      const page = await engine.listBlocks(
+        ctx.values.get(tenantKey),
+        {
+          ...(req.allTenants && { names: tenants() }),
+          pageSize: req.pageSize || LIST_PAGE_SIZE_DEFAULT,
+          after: req.pageToken,
+        },
+        ctx.signal,
+      );
+      return {
+        blocks: page.blocks.map(cachedBlock),
+        nextPageToken: page.nextAfter,
+        totalBlocks: BigInt(page.total),
+      };
+    },
+
+    evict: async (req, ctx) => {
+      const tier = evictTier(req.tier);
+      const sel = await blockSelection(req.blocks, "blocks", () => served(deps));
+      const r = await engine.evict(ctx.values.get(tenantKey), sel, { tier, force: req.force }, ctx.signal);
+      return {
+        evictedBlocks: r.evictedBlocks,
+        skippedPinnedBlocks: r.skippedPinnedBlocks,
+        missingKeys: r.missingKeys,
+        ramBytesFreed: BigInt(r.ramBytesFreed),
+        ssdBytesFreed: BigInt(r.ssdBytesFreed),
+      };
+    },
+
+    clear: async (req, ctx) => {
+      served(deps);
+      if (req.allTenants) requireAdmin(ctx, "all_tenants");
+      const r = await engine.clear(ctx.values.get(tenantKey), req.allTenants, ctx.signal);
+      return {
+        removedBlocks: r.removedBlocks,
+        unpinnedBlocks: r.unpinnedBlocks,
+        ramBytesFreed: BigInt(r.ramBytesFreed),
+        ssdBytesFreed: BigInt(r.ssdBytesFreed),
+      };
+    },
+
+    async *export(req, ctx) {
+      served(deps);
+      const tenant = namedTenant(req.tenant, "tenant", ctx, tenants);
+      const sel = req.blocks ? await blockSelection(req.blocks, "blocks", () => served(deps)) : undefined;
+      for await (const data of engine.exportBundle(tenant, sel, ctx.signal)) yield { data };
+    },
+
+    import: async (requests: AsyncIterable<ImportRequest>, ctx) => {
+      served(deps);
+      // The tenant comes from the first message, so it is read before the engine call starts.
+      const it = requests[Symbol.asyncIterator]();
+      const first = await it.next();
+      if (first.done) throw invalidField("requests", "send the bundle's bytes");
+      const tenant = namedTenant(first.value.tenant, "tenant", ctx, tenants);
+      const pieces = async function* () {
+        yield first.value.data;
+        for (let next = await it.next(); !next.done; next = await it.next()) yield next.value.data;
+      };
+      const r = await engine.importBundle(tenant, pieces(), ctx.signal);
+      return {
+        blocks: r.blocks,
+        storedBlocks: r.storedBlocks,
+        presentBlocks: r.presentBlocks,
+        tokens: BigInt(r.tokens),
+      };
     },
   });
 }

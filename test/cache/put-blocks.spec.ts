@@ -1,6 +1,11 @@
 import * as crypto from "node:crypto";
 import type { KVBlockRecord, PrefixCache } from "../../src/cache";
-import { encodePayloadHeader, parseBlockPayload, type BlockHeader } from "../../src/cache/block-codec";
+import {
+  FIRST_BLOCK_KEY_MISMATCH,
+  encodePayloadHeader,
+  parseBlockPayload,
+  type BlockHeader,
+} from "../../src/cache/block-codec";
 import type { LoadedModel } from "../../src/model/loader";
 import { generate, openCache, randomTokens, removeTempDirs, tempDir, tinyModel } from "./helpers";
 
@@ -59,6 +64,12 @@ describe("putBlocks verifies every block before storing it", () => {
     [
       "a wrong key",
       () => [reencode(records[0], { key: Buffer.alloc(32, 1) })],
+      "KEY_MISMATCH",
+      FIRST_BLOCK_KEY_MISMATCH,
+    ],
+    [
+      "a wrong key after the first block",
+      () => [reencode(records[1], { key: Buffer.alloc(32, 1) })],
       "KEY_MISMATCH",
       "key differs from the key computed from parent key and token ids",
     ],
@@ -150,15 +161,15 @@ describe("putBlocks verifies every block before storing it", () => {
     const target = await openCache(model);
     expect(await target.putBlocks("u", [records[0]])).toEqual({
       accepted: 0,
-      rejected: [
-        {
-          index: 0,
-          key: records[0].key,
-          code: "KEY_MISMATCH",
-          message: "key differs from the key computed from parent key and token ids",
-        },
-      ],
+      rejected: [{ index: 0, key: records[0].key, code: "KEY_MISMATCH", message: FIRST_BLOCK_KEY_MISMATCH }],
     });
+    // The message says why without naming a tenant.
+    expect(FIRST_BLOCK_KEY_MISMATCH).toBe(
+      "key differs from the key computed from parent key and token ids: a chain's first block hangs " +
+        "off the tenant's root and keys are salted per tenant, so this block was likely exported under " +
+        "another tenant (or on a node with authentication set up differently); send it under the tenant " +
+        "that exported it",
+    );
     await target.close();
   });
 

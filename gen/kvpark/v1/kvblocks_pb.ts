@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvpark/v1/kvblocks.proto.
  */
 export const file_kvpark_v1_kvblocks: GenFile = /*@__PURE__*/
-  fileDesc("ChhrdnBhcmsvdjEva3ZibG9ja3MucHJvdG8SCWt2cGFyay52MSLMAQoHS1ZCbG9jaxIWCg5mb3JtYXRfdmVyc2lvbhgBIAEoDRIZChFtb2RlbF9maW5nZXJwcmludBgCIAEoCRILCgNrZXkYAyABKAwSEgoKcGFyZW50X2tleRgEIAEoDBIRCgl0b2tlbl9pZHMYBSADKA0SEwoLbGF5ZXJfY291bnQYBiABKA0SDQoFZHR5cGUYByABKAkSDQoFc2hhcGUYCCADKA0SDwoHcGF5bG9hZBgJIAEoDBIWCg5wYXlsb2FkX3NoYTI1NhgKIAEoDCIyCg1Mb29rdXBSZXF1ZXN0EiEKBnByb21wdBgBIAEoCzIRLmt2cGFyay52MS5Qcm9tcHQiiwEKDkxvb2t1cFJlc3BvbnNlEhUKDXByb21wdF90b2tlbnMYASABKA0SFQoNY2FjaGVkX3Rva2VucxgCIAEoDRISCgpyYW1fdG9rZW5zGAMgASgNEhIKCnNzZF90b2tlbnMYBCABKA0SIwoGYmxvY2tzGAUgAygLMhMua3ZwYXJrLnYxLkJsb2NrUmVmImAKCEJsb2NrUmVmEgsKA2tleRgBIAEoDBIdCgR0aWVyGAIgASgOMg8ua3ZwYXJrLnYxLlRpZXISEwoLc3RhcnRfdG9rZW4YAyABKA0SEwoLdG9rZW5fY291bnQYBCABKA0iIAoQR2V0QmxvY2tzUmVxdWVzdBIMCgRrZXlzGAEgAygMIncKEUdldEJsb2Nrc1Jlc3BvbnNlEgsKA2tleRgBIAEoDBIjCgVibG9jaxgCIAEoCzISLmt2cGFyay52MS5LVkJsb2NrSAASJgoFZXJyb3IYAyABKAsyFS5rdnBhcmsudjEuQmxvY2tFcnJvckgAQggKBnJlc3VsdCJGCgpCbG9ja0Vycm9yEicKBGNvZGUYASABKA4yGS5rdnBhcmsudjEuQmxvY2tFcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCSI1ChBQdXRCbG9ja3NSZXF1ZXN0EiEKBWJsb2NrGAEgASgLMhIua3ZwYXJrLnYxLktWQmxvY2siUgoRUHV0QmxvY2tzUmVzcG9uc2USEAoIYWNjZXB0ZWQYASABKA0SKwoIcmVqZWN0ZWQYAiADKAsyGS5rdnBhcmsudjEuQmxvY2tSZWplY3Rpb24iUgoOQmxvY2tSZWplY3Rpb24SDQoFaW5kZXgYASABKA0SCwoDa2V5GAIgASgMEiQKBWVycm9yGAMgASgLMhUua3ZwYXJrLnYxLkJsb2NrRXJyb3IiZAoNQmxvY2tTZWxlY3RvchIkCgRrZXlzGAEgASgLMhQua3ZwYXJrLnYxLkJsb2NrS2V5c0gAEiMKBnByb21wdBgCIAEoCzIRLmt2cGFyay52MS5Qcm9tcHRIAEIICgZ0YXJnZXQiGQoJQmxvY2tLZXlzEgwKBGtleXMYASADKAwibQoKUGluUmVxdWVzdBIoCgZibG9ja3MYASABKAsyGC5rdnBhcmsudjEuQmxvY2tTZWxlY3RvchIgCgRraW5kGAIgASgOMhIua3ZwYXJrLnYxLlBpbktpbmQSEwoLdHRsX3NlY29uZHMYAyABKA0icwoLUGluUmVzcG9uc2USFQoNcGlubmVkX2Jsb2NrcxgBIAEoDRIUCgxtaXNzaW5nX2tleXMYAiADKAwSGQoRaGFyZF9waW5uZWRfYnl0ZXMYAyABKAQSHAoUaGFyZF9waW5fcXVvdGFfYnl0ZXMYBCABKAQiOAoMVW5waW5SZXF1ZXN0EigKBmJsb2NrcxgBIAEoCzIYLmt2cGFyay52MS5CbG9ja1NlbGVjdG9yIigKDVVucGluUmVzcG9uc2USFwoPdW5waW5uZWRfYmxvY2tzGAEgASgNIg4KDFN0YXRzUmVxdWVzdCKBAwoNU3RhdHNSZXNwb25zZRIhCgNyYW0YASABKAsyFC5rdnBhcmsudjEuVGllclN0YXRzEiEKA3NzZBgCIAEoCzIULmt2cGFyay52MS5UaWVyU3RhdHMSFAoMYmxvY2tfdG9rZW5zGAMgASgNEhkKEW1vZGVsX2ZpbmdlcnByaW50GAQgASgJEhkKEXdyaXRlX3F1ZXVlX2RlcHRoGAUgASgNEhMKC3dyaXRlX3NraXBzGAYgASgEEhYKDmNvcnJ1cHRfYmxvY2tzGAcgASgEEhQKDHdyaXRlX2Vycm9ycxgIIAEoBBIbChN3cml0ZV9lcnJvcnNfZW5vc3BjGAkgASgEEhgKEHdyaXRlX2Vycm9yc19laW8YCiABKAQSGgoSd3JpdGVfZXJyb3JzX290aGVyGAsgASgEEiAKGHNzZF9xdWFyYW50aW5lZF9zZWdtZW50cxgMIAEoDRImCgZlbmdpbmUYDSABKAsyFi5rdnBhcmsudjEuRW5naW5lU3RhdHMitAEKC0VuZ2luZVN0YXRzEhEKCXJzc19ieXRlcxgBIAEoBBIYChBtZW1vcnlfbWF4X2J5dGVzGAIgASgEEh0KFW1lbW9yeV9yZXNlcnZlZF9ieXRlcxgDIAEoBBIZChFzZXF1ZW5jZXNfcnVubmluZxgEIAEoDRIZChFzZXF1ZW5jZXNfd2FpdGluZxgFIAEoDRIUCgxkZWNvZGVfYmF0Y2gYBiABKA0SDQoFc3RlcHMYByABKAQihQEKCVRpZXJTdGF0cxINCgVieXRlcxgBIAEoBBIRCglieXRlc19tYXgYAiABKAQSDgoGYmxvY2tzGAMgASgEEgwKBGhpdHMYBCABKAQSDgoGbWlzc2VzGAUgASgEEhEKCWV2aWN0aW9ucxgGIAEoBBIVCg1waW5uZWRfYmxvY2tzGAcgASgEKvECCg5CbG9ja0Vycm9yQ29kZRIgChxCTE9DS19FUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASHgoaQkxPQ0tfRVJST1JfQ09ERV9OT1RfRk9VTkQQARIcChhCTE9DS19FUlJPUl9DT0RFX0NPUlJVUFQQAhIoCiRCTE9DS19FUlJPUl9DT0RFX1VOU1VQUE9SVEVEX1ZFUlNJT04QAxIjCh9CTE9DS19FUlJPUl9DT0RFX01PREVMX01JU01BVENIEAQSIQodQkxPQ0tfRVJST1JfQ09ERV9LRVlfTUlTTUFUQ0gQBRIjCh9CTE9DS19FUlJPUl9DT0RFX1NIQVBFX01JU01BVENIEAYSJAogQkxPQ0tfRVJST1JfQ09ERV9JTlZBTElEX1BBWUxPQUQQBxIjCh9CTE9DS19FUlJPUl9DT0RFX1BBUkVOVF9NSVNTSU5HEAgSHQoZQkxPQ0tfRVJST1JfQ09ERV9DQVBBQ0lUWRAJMpIDCg9LVkJsb2Nrc1NlcnZpY2USPQoGTG9va3VwEhgua3ZwYXJrLnYxLkxvb2t1cFJlcXVlc3QaGS5rdnBhcmsudjEuTG9va3VwUmVzcG9uc2USSAoJR2V0QmxvY2tzEhsua3ZwYXJrLnYxLkdldEJsb2Nrc1JlcXVlc3QaHC5rdnBhcmsudjEuR2V0QmxvY2tzUmVzcG9uc2UwARJICglQdXRCbG9ja3MSGy5rdnBhcmsudjEuUHV0QmxvY2tzUmVxdWVzdBocLmt2cGFyay52MS5QdXRCbG9ja3NSZXNwb25zZSgBEjQKA1BpbhIVLmt2cGFyay52MS5QaW5SZXF1ZXN0GhYua3ZwYXJrLnYxLlBpblJlc3BvbnNlEjoKBVVucGluEhcua3ZwYXJrLnYxLlVucGluUmVxdWVzdBoYLmt2cGFyay52MS5VbnBpblJlc3BvbnNlEjoKBVN0YXRzEhcua3ZwYXJrLnYxLlN0YXRzUmVxdWVzdBoYLmt2cGFyay52MS5TdGF0c1Jlc3BvbnNlYgZwcm90bzM", [file_kvpark_v1_common]);
+  fileDesc("ChhrdnBhcmsvdjEva3ZibG9ja3MucHJvdG8SCWt2cGFyay52MSLMAQoHS1ZCbG9jaxIWCg5mb3JtYXRfdmVyc2lvbhgBIAEoDRIZChFtb2RlbF9maW5nZXJwcmludBgCIAEoCRILCgNrZXkYAyABKAwSEgoKcGFyZW50X2tleRgEIAEoDBIRCgl0b2tlbl9pZHMYBSADKA0SEwoLbGF5ZXJfY291bnQYBiABKA0SDQoFZHR5cGUYByABKAkSDQoFc2hhcGUYCCADKA0SDwoHcGF5bG9hZBgJIAEoDBIWCg5wYXlsb2FkX3NoYTI1NhgKIAEoDCIyCg1Mb29rdXBSZXF1ZXN0EiEKBnByb21wdBgBIAEoCzIRLmt2cGFyay52MS5Qcm9tcHQiiwEKDkxvb2t1cFJlc3BvbnNlEhUKDXByb21wdF90b2tlbnMYASABKA0SFQoNY2FjaGVkX3Rva2VucxgCIAEoDRISCgpyYW1fdG9rZW5zGAMgASgNEhIKCnNzZF90b2tlbnMYBCABKA0SIwoGYmxvY2tzGAUgAygLMhMua3ZwYXJrLnYxLkJsb2NrUmVmImAKCEJsb2NrUmVmEgsKA2tleRgBIAEoDBIdCgR0aWVyGAIgASgOMg8ua3ZwYXJrLnYxLlRpZXISEwoLc3RhcnRfdG9rZW4YAyABKA0SEwoLdG9rZW5fY291bnQYBCABKA0iIAoQR2V0QmxvY2tzUmVxdWVzdBIMCgRrZXlzGAEgAygMIncKEUdldEJsb2Nrc1Jlc3BvbnNlEgsKA2tleRgBIAEoDBIjCgVibG9jaxgCIAEoCzISLmt2cGFyay52MS5LVkJsb2NrSAASJgoFZXJyb3IYAyABKAsyFS5rdnBhcmsudjEuQmxvY2tFcnJvckgAQggKBnJlc3VsdCJGCgpCbG9ja0Vycm9yEicKBGNvZGUYASABKA4yGS5rdnBhcmsudjEuQmxvY2tFcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCSI1ChBQdXRCbG9ja3NSZXF1ZXN0EiEKBWJsb2NrGAEgASgLMhIua3ZwYXJrLnYxLktWQmxvY2siUgoRUHV0QmxvY2tzUmVzcG9uc2USEAoIYWNjZXB0ZWQYASABKA0SKwoIcmVqZWN0ZWQYAiADKAsyGS5rdnBhcmsudjEuQmxvY2tSZWplY3Rpb24iUgoOQmxvY2tSZWplY3Rpb24SDQoFaW5kZXgYASABKA0SCwoDa2V5GAIgASgMEiQKBWVycm9yGAMgASgLMhUua3ZwYXJrLnYxLkJsb2NrRXJyb3IiZAoNQmxvY2tTZWxlY3RvchIkCgRrZXlzGAEgASgLMhQua3ZwYXJrLnYxLkJsb2NrS2V5c0gAEiMKBnByb21wdBgCIAEoCzIRLmt2cGFyay52MS5Qcm9tcHRIAEIICgZ0YXJnZXQiGQoJQmxvY2tLZXlzEgwKBGtleXMYASADKAwibQoKUGluUmVxdWVzdBIoCgZibG9ja3MYASABKAsyGC5rdnBhcmsudjEuQmxvY2tTZWxlY3RvchIgCgRraW5kGAIgASgOMhIua3ZwYXJrLnYxLlBpbktpbmQSEwoLdHRsX3NlY29uZHMYAyABKA0icwoLUGluUmVzcG9uc2USFQoNcGlubmVkX2Jsb2NrcxgBIAEoDRIUCgxtaXNzaW5nX2tleXMYAiADKAwSGQoRaGFyZF9waW5uZWRfYnl0ZXMYAyABKAQSHAoUaGFyZF9waW5fcXVvdGFfYnl0ZXMYBCABKAQiOAoMVW5waW5SZXF1ZXN0EigKBmJsb2NrcxgBIAEoCzIYLmt2cGFyay52MS5CbG9ja1NlbGVjdG9yIigKDVVucGluUmVzcG9uc2USFwoPdW5waW5uZWRfYmxvY2tzGAEgASgNIg4KDFN0YXRzUmVxdWVzdCKBAwoNU3RhdHNSZXNwb25zZRIhCgNyYW0YASABKAsyFC5rdnBhcmsudjEuVGllclN0YXRzEiEKA3NzZBgCIAEoCzIULmt2cGFyay52MS5UaWVyU3RhdHMSFAoMYmxvY2tfdG9rZW5zGAMgASgNEhkKEW1vZGVsX2ZpbmdlcnByaW50GAQgASgJEhkKEXdyaXRlX3F1ZXVlX2RlcHRoGAUgASgNEhMKC3dyaXRlX3NraXBzGAYgASgEEhYKDmNvcnJ1cHRfYmxvY2tzGAcgASgEEhQKDHdyaXRlX2Vycm9ycxgIIAEoBBIbChN3cml0ZV9lcnJvcnNfZW5vc3BjGAkgASgEEhgKEHdyaXRlX2Vycm9yc19laW8YCiABKAQSGgoSd3JpdGVfZXJyb3JzX290aGVyGAsgASgEEiAKGHNzZF9xdWFyYW50aW5lZF9zZWdtZW50cxgMIAEoDRImCgZlbmdpbmUYDSABKAsyFi5rdnBhcmsudjEuRW5naW5lU3RhdHMitAEKC0VuZ2luZVN0YXRzEhEKCXJzc19ieXRlcxgBIAEoBBIYChBtZW1vcnlfbWF4X2J5dGVzGAIgASgEEh0KFW1lbW9yeV9yZXNlcnZlZF9ieXRlcxgDIAEoBBIZChFzZXF1ZW5jZXNfcnVubmluZxgEIAEoDRIZChFzZXF1ZW5jZXNfd2FpdGluZxgFIAEoDRIUCgxkZWNvZGVfYmF0Y2gYBiABKA0SDQoFc3RlcHMYByABKAQinQEKCVRpZXJTdGF0cxINCgVieXRlcxgBIAEoBBIRCglieXRlc19tYXgYAiABKAQSDgoGYmxvY2tzGAMgASgEEgwKBGhpdHMYBCABKAQSDgoGbWlzc2VzGAUgASgEEhEKCWV2aWN0aW9ucxgGIAEoBBIVCg1waW5uZWRfYmxvY2tzGAcgASgEEhYKDnJlbW92ZWRfYmxvY2tzGAggASgEIk8KEUxpc3RCbG9ja3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC2FsbF90ZW5hbnRzGAMgASgIImsKEkxpc3RCbG9ja3NSZXNwb25zZRImCgZibG9ja3MYASADKAsyFi5rdnBhcmsudjEuQ2FjaGVkQmxvY2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhQKDHRvdGFsX2Jsb2NrcxgDIAEoBCLuAQoLQ2FjaGVkQmxvY2sSCwoDa2V5GAEgASgMEhIKCnBhcmVudF9rZXkYAiABKAwSHgoFdGllcnMYAyADKA4yDy5rdnBhcmsudjEuVGllchITCgt0b2tlbl9jb3VudBgEIAEoDRINCgVieXRlcxgFIAEoBBIRCglzc2RfYnl0ZXMYBiABKAQSHwoDcGluGAcgASgOMhIua3ZwYXJrLnYxLlBpbktpbmQSGwoTcGluX2V4cGlyZXNfdW5peF9tcxgIIAEoBBIZChFsYXN0X3VzZWRfdW5peF9tcxgJIAEoBBIOCgZ0ZW5hbnQYCiABKAkiZgoMRXZpY3RSZXF1ZXN0EigKBmJsb2NrcxgBIAEoCzIYLmt2cGFyay52MS5CbG9ja1NlbGVjdG9yEh0KBHRpZXIYAiABKA4yDy5rdnBhcmsudjEuVGllchINCgVmb3JjZRgDIAEoCCKOAQoNRXZpY3RSZXNwb25zZRIWCg5ldmljdGVkX2Jsb2NrcxgBIAEoDRIdChVza2lwcGVkX3Bpbm5lZF9ibG9ja3MYAiABKA0SFAoMbWlzc2luZ19rZXlzGAMgAygMEhcKD3JhbV9ieXRlc19mcmVlZBgEIAEoBBIXCg9zc2RfYnl0ZXNfZnJlZWQYBSABKAQiIwoMQ2xlYXJSZXF1ZXN0EhMKC2FsbF90ZW5hbnRzGAEgASgIInIKDUNsZWFyUmVzcG9uc2USFgoOcmVtb3ZlZF9ibG9ja3MYASABKA0SFwoPdW5waW5uZWRfYmxvY2tzGAIgASgNEhcKD3JhbV9ieXRlc19mcmVlZBgDIAEoBBIXCg9zc2RfYnl0ZXNfZnJlZWQYBCABKAQiSQoNRXhwb3J0UmVxdWVzdBIoCgZibG9ja3MYASABKAsyGC5rdnBhcmsudjEuQmxvY2tTZWxlY3RvchIOCgZ0ZW5hbnQYAiABKAkiHgoORXhwb3J0UmVzcG9uc2USDAoEZGF0YRgBIAEoDCItCg1JbXBvcnRSZXF1ZXN0EgwKBGRhdGEYASABKAwSDgoGdGVuYW50GAIgASgJIl8KDkltcG9ydFJlc3BvbnNlEg4KBmJsb2NrcxgBIAEoDRIVCg1zdG9yZWRfYmxvY2tzGAIgASgNEhYKDnByZXNlbnRfYmxvY2tzGAMgASgNEg4KBnRva2VucxgEIAEoBCKpAQoMQnVuZGxlSGVhZGVyEhYKDmZvcm1hdF92ZXJzaW9uGAEgASgNEhkKEW1vZGVsX2ZpbmdlcnByaW50GAIgASgJEhQKDGJsb2NrX3Rva2VucxgDIAEoDRITCgtsYXllcl9jb3VudBgEIAEoDRIQCghrdl9oZWFkcxgFIAEoDRIQCghoZWFkX2RpbRgGIAEoDRIXCg9jcmVhdGVkX3VuaXhfbXMYByABKAQixgEKDkJ1bmRsZU1hbmlmZXN0EhYKDmZvcm1hdF92ZXJzaW9uGAEgASgNEhkKEW1vZGVsX2ZpbmdlcnByaW50GAIgASgJEhQKDGJsb2NrX3Rva2VucxgDIAEoDRImCgZibG9ja3MYBCADKAsyFi5rdnBhcmsudjEuQnVuZGxlQmxvY2sSEwoLZW50cnlfY291bnQYBSABKA0SFgoOZW50cmllc19zaGEyNTYYBiABKAwSFgoOc2tpcHBlZF9ibG9ja3MYByABKA0iWwoLQnVuZGxlQmxvY2sSCwoDa2V5GAEgASgMEhIKCnBhcmVudF9rZXkYAiABKAwSEwoLdG9rZW5fY291bnQYAyABKA0SFgoOcGF5bG9hZF9zaGEyNTYYBCABKAwq8QIKDkJsb2NrRXJyb3JDb2RlEiAKHEJMT0NLX0VSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIeChpCTE9DS19FUlJPUl9DT0RFX05PVF9GT1VORBABEhwKGEJMT0NLX0VSUk9SX0NPREVfQ09SUlVQVBACEigKJEJMT0NLX0VSUk9SX0NPREVfVU5TVVBQT1JURURfVkVSU0lPThADEiMKH0JMT0NLX0VSUk9SX0NPREVfTU9ERUxfTUlTTUFUQ0gQBBIhCh1CTE9DS19FUlJPUl9DT0RFX0tFWV9NSVNNQVRDSBAFEiMKH0JMT0NLX0VSUk9SX0NPREVfU0hBUEVfTUlTTUFUQ0gQBhIkCiBCTE9DS19FUlJPUl9DT0RFX0lOVkFMSURfUEFZTE9BRBAHEiMKH0JMT0NLX0VSUk9SX0NPREVfUEFSRU5UX01JU1NJTkcQCBIdChlCTE9DS19FUlJPUl9DT0RFX0NBUEFDSVRZEAky1wUKD0tWQmxvY2tzU2VydmljZRI9CgZMb29rdXASGC5rdnBhcmsudjEuTG9va3VwUmVxdWVzdBoZLmt2cGFyay52MS5Mb29rdXBSZXNwb25zZRJICglHZXRCbG9ja3MSGy5rdnBhcmsudjEuR2V0QmxvY2tzUmVxdWVzdBocLmt2cGFyay52MS5HZXRCbG9ja3NSZXNwb25zZTABEkgKCVB1dEJsb2NrcxIbLmt2cGFyay52MS5QdXRCbG9ja3NSZXF1ZXN0Ghwua3ZwYXJrLnYxLlB1dEJsb2Nrc1Jlc3BvbnNlKAESNAoDUGluEhUua3ZwYXJrLnYxLlBpblJlcXVlc3QaFi5rdnBhcmsudjEuUGluUmVzcG9uc2USOgoFVW5waW4SFy5rdnBhcmsudjEuVW5waW5SZXF1ZXN0Ghgua3ZwYXJrLnYxLlVucGluUmVzcG9uc2USOgoFU3RhdHMSFy5rdnBhcmsudjEuU3RhdHNSZXF1ZXN0Ghgua3ZwYXJrLnYxLlN0YXRzUmVzcG9uc2USSQoKTGlzdEJsb2NrcxIcLmt2cGFyay52MS5MaXN0QmxvY2tzUmVxdWVzdBodLmt2cGFyay52MS5MaXN0QmxvY2tzUmVzcG9uc2USOgoFRXZpY3QSFy5rdnBhcmsudjEuRXZpY3RSZXF1ZXN0Ghgua3ZwYXJrLnYxLkV2aWN0UmVzcG9uc2USOgoFQ2xlYXISFy5rdnBhcmsudjEuQ2xlYXJSZXF1ZXN0Ghgua3ZwYXJrLnYxLkNsZWFyUmVzcG9uc2USPwoGRXhwb3J0Ehgua3ZwYXJrLnYxLkV4cG9ydFJlcXVlc3QaGS5rdnBhcmsudjEuRXhwb3J0UmVzcG9uc2UwARI/CgZJbXBvcnQSGC5rdnBhcmsudjEuSW1wb3J0UmVxdWVzdBoZLmt2cGFyay52MS5JbXBvcnRSZXNwb25zZSgBYgZwcm90bzM", [file_kvpark_v1_common]);
 
 /**
  * A block of KV cache, self-describing so that any node or language can check and use it.
@@ -808,6 +808,13 @@ export type TierStats = Message<"kvpark.v1.TierStats"> & {
    * @generated from field: uint64 pinned_blocks = 7;
    */
   pinnedBlocks: bigint;
+
+  /**
+   * Blocks removed by Evict, Clear and refused Imports since start (not counted in evictions).
+   *
+   * @generated from field: uint64 removed_blocks = 8;
+   */
+  removedBlocks: bigint;
 };
 
 /**
@@ -816,6 +823,601 @@ export type TierStats = Message<"kvpark.v1.TierStats"> & {
  */
 export const TierStatsSchema: GenMessage<TierStats> = /*@__PURE__*/
   messageDesc(file_kvpark_v1_kvblocks, 19);
+
+/**
+ * A ListBlocks request.
+ *
+ * @generated from message kvpark.v1.ListBlocksRequest
+ */
+export type ListBlocksRequest = Message<"kvpark.v1.ListBlocksRequest"> & {
+  /**
+   * Blocks per page, at most 1000; 0 selects 100.
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page; empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * List every tenant's blocks, each with its tenant: operators only (PERMISSION_DENIED otherwise).
+   *
+   * @generated from field: bool all_tenants = 3;
+   */
+  allTenants: boolean;
+};
+
+/**
+ * Describes the message kvpark.v1.ListBlocksRequest.
+ * Use `create(ListBlocksRequestSchema)` to create a new message.
+ */
+export const ListBlocksRequestSchema: GenMessage<ListBlocksRequest> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 20);
+
+/**
+ * One page of cached blocks, ordered by key.
+ *
+ * @generated from message kvpark.v1.ListBlocksResponse
+ */
+export type ListBlocksResponse = Message<"kvpark.v1.ListBlocksResponse"> & {
+  /**
+   * The blocks of this page.
+   *
+   * @generated from field: repeated kvpark.v1.CachedBlock blocks = 1;
+   */
+  blocks: CachedBlock[];
+
+  /**
+   * The page_token of the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * Blocks in all pages together, counted when this page was made.
+   *
+   * @generated from field: uint64 total_blocks = 3;
+   */
+  totalBlocks: bigint;
+};
+
+/**
+ * Describes the message kvpark.v1.ListBlocksResponse.
+ * Use `create(ListBlocksResponseSchema)` to create a new message.
+ */
+export const ListBlocksResponseSchema: GenMessage<ListBlocksResponse> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 21);
+
+/**
+ * A cached block, as ListBlocks describes it.
+ *
+ * @generated from message kvpark.v1.CachedBlock
+ */
+export type CachedBlock = Message<"kvpark.v1.CachedBlock"> & {
+  /**
+   * The block key.
+   *
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * Key of the previous block of its chain; empty for a chain's first block.
+   *
+   * @generated from field: bytes parent_key = 2;
+   */
+  parentKey: Uint8Array;
+
+  /**
+   * Every tier that holds the block, fastest first.
+   *
+   * @generated from field: repeated kvpark.v1.Tier tiers = 3;
+   */
+  tiers: Tier[];
+
+  /**
+   * Tokens in the block.
+   *
+   * @generated from field: uint32 token_count = 4;
+   */
+  tokenCount: number;
+
+  /**
+   * Bytes of its KV (float32 tensors, as the RAM tier holds them).
+   *
+   * @generated from field: uint64 bytes = 5;
+   */
+  bytes: bigint;
+
+  /**
+   * Bytes it takes on SSD (envelope and payload); 0 when the SSD tier does not hold it.
+   *
+   * @generated from field: uint64 ssd_bytes = 6;
+   */
+  ssdBytes: bigint;
+
+  /**
+   * PIN_KIND_HARD, PIN_KIND_SOFT (until pin_expires_unix_ms), or PIN_KIND_UNSPECIFIED when unpinned.
+   *
+   * @generated from field: kvpark.v1.PinKind pin = 7;
+   */
+  pin: PinKind;
+
+  /**
+   * A soft pin's expiry in Unix milliseconds; 0 for other blocks.
+   *
+   * @generated from field: uint64 pin_expires_unix_ms = 8;
+   */
+  pinExpiresUnixMs: bigint;
+
+  /**
+   * When a request last stored or restored the block, in Unix milliseconds; 0 for a block found on
+   * SSD at start and not used since.
+   *
+   * @generated from field: uint64 last_used_unix_ms = 9;
+   */
+  lastUsedUnixMs: bigint;
+
+  /**
+   * The block's tenant as the server's tokens name it: set for operators listing all_tenants only;
+   * empty also for the default tenant (no authentication) and for a tenant no token names any more.
+   *
+   * @generated from field: string tenant = 10;
+   */
+  tenant: string;
+};
+
+/**
+ * Describes the message kvpark.v1.CachedBlock.
+ * Use `create(CachedBlockSchema)` to create a new message.
+ */
+export const CachedBlockSchema: GenMessage<CachedBlock> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 22);
+
+/**
+ * An Evict request.
+ *
+ * @generated from message kvpark.v1.EvictRequest
+ */
+export type EvictRequest = Message<"kvpark.v1.EvictRequest"> & {
+  /**
+   * The blocks to evict: keys, or the cached prefix of a prompt (as Pin selects them).
+   *
+   * @generated from field: kvpark.v1.BlockSelector blocks = 1;
+   */
+  blocks?: BlockSelector | undefined;
+
+  /**
+   * The tier to evict from: TIER_RAM, TIER_SSD, or TIER_UNSPECIFIED for both.
+   *
+   * @generated from field: kvpark.v1.Tier tier = 2;
+   */
+  tier: Tier;
+
+  /**
+   * Evict pinned blocks too; a block that leaves every tier loses its pins.
+   *
+   * @generated from field: bool force = 3;
+   */
+  force: boolean;
+};
+
+/**
+ * Describes the message kvpark.v1.EvictRequest.
+ * Use `create(EvictRequestSchema)` to create a new message.
+ */
+export const EvictRequestSchema: GenMessage<EvictRequest> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 23);
+
+/**
+ * The outcome of an Evict request.
+ *
+ * @generated from message kvpark.v1.EvictResponse
+ */
+export type EvictResponse = Message<"kvpark.v1.EvictResponse"> & {
+  /**
+   * Selected blocks removed from at least one of the tiers asked for.
+   *
+   * @generated from field: uint32 evicted_blocks = 1;
+   */
+  evictedBlocks: number;
+
+  /**
+   * Selected blocks left where they are because they are pinned (force not set).
+   *
+   * @generated from field: uint32 skipped_pinned_blocks = 2;
+   */
+  skippedPinnedBlocks: number;
+
+  /**
+   * Keys asked for that are not cached for this tenant.
+   *
+   * @generated from field: repeated bytes missing_keys = 3;
+   */
+  missingKeys: Uint8Array[];
+
+  /**
+   * Bytes of KV the RAM tier freed.
+   *
+   * @generated from field: uint64 ram_bytes_freed = 4;
+   */
+  ramBytesFreed: bigint;
+
+  /**
+   * Bytes of stored blocks the SSD tier freed (the store reclaims their space as it compacts).
+   *
+   * @generated from field: uint64 ssd_bytes_freed = 5;
+   */
+  ssdBytesFreed: bigint;
+};
+
+/**
+ * Describes the message kvpark.v1.EvictResponse.
+ * Use `create(EvictResponseSchema)` to create a new message.
+ */
+export const EvictResponseSchema: GenMessage<EvictResponse> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 24);
+
+/**
+ * A Clear request.
+ *
+ * @generated from message kvpark.v1.ClearRequest
+ */
+export type ClearRequest = Message<"kvpark.v1.ClearRequest"> & {
+  /**
+   * Clear every tenant's blocks: operators only (PERMISSION_DENIED otherwise).
+   *
+   * @generated from field: bool all_tenants = 1;
+   */
+  allTenants: boolean;
+};
+
+/**
+ * Describes the message kvpark.v1.ClearRequest.
+ * Use `create(ClearRequestSchema)` to create a new message.
+ */
+export const ClearRequestSchema: GenMessage<ClearRequest> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 25);
+
+/**
+ * The outcome of a Clear request.
+ *
+ * @generated from message kvpark.v1.ClearResponse
+ */
+export type ClearResponse = Message<"kvpark.v1.ClearResponse"> & {
+  /**
+   * Blocks removed from every tier.
+   *
+   * @generated from field: uint32 removed_blocks = 1;
+   */
+  removedBlocks: number;
+
+  /**
+   * Of those, blocks that were pinned (their pins are gone with them).
+   *
+   * @generated from field: uint32 unpinned_blocks = 2;
+   */
+  unpinnedBlocks: number;
+
+  /**
+   * Bytes of KV the RAM tier freed.
+   *
+   * @generated from field: uint64 ram_bytes_freed = 3;
+   */
+  ramBytesFreed: bigint;
+
+  /**
+   * Bytes of stored blocks the SSD tier freed.
+   *
+   * @generated from field: uint64 ssd_bytes_freed = 4;
+   */
+  ssdBytesFreed: bigint;
+};
+
+/**
+ * Describes the message kvpark.v1.ClearResponse.
+ * Use `create(ClearResponseSchema)` to create a new message.
+ */
+export const ClearResponseSchema: GenMessage<ClearResponse> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 26);
+
+/**
+ * An Export request.
+ *
+ * @generated from message kvpark.v1.ExportRequest
+ */
+export type ExportRequest = Message<"kvpark.v1.ExportRequest"> & {
+  /**
+   * The blocks to export, each with the blocks before it in its chain; unset exports every block of
+   * the tenant that a lookup can reach.
+   *
+   * @generated from field: kvpark.v1.BlockSelector blocks = 1;
+   */
+  blocks?: BlockSelector | undefined;
+
+  /**
+   * Export this tenant's blocks instead of the caller's: operators only (PERMISSION_DENIED otherwise).
+   *
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
+};
+
+/**
+ * Describes the message kvpark.v1.ExportRequest.
+ * Use `create(ExportRequestSchema)` to create a new message.
+ */
+export const ExportRequestSchema: GenMessage<ExportRequest> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 27);
+
+/**
+ * A piece of an exported bundle.
+ *
+ * @generated from message kvpark.v1.ExportResponse
+ */
+export type ExportResponse = Message<"kvpark.v1.ExportResponse"> & {
+  /**
+   * The bundle's next bytes. Concatenated, the data of every message is the bundle file; where one
+   * message ends and the next begins carries no meaning.
+   *
+   * @generated from field: bytes data = 1;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message kvpark.v1.ExportResponse.
+ * Use `create(ExportResponseSchema)` to create a new message.
+ */
+export const ExportResponseSchema: GenMessage<ExportResponse> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 28);
+
+/**
+ * A piece of a bundle to import.
+ *
+ * @generated from message kvpark.v1.ImportRequest
+ */
+export type ImportRequest = Message<"kvpark.v1.ImportRequest"> & {
+  /**
+   * The bundle's next bytes, in order; the file may be split anywhere.
+   *
+   * @generated from field: bytes data = 1;
+   */
+  data: Uint8Array;
+
+  /**
+   * Store the blocks under this tenant instead of the caller's: operators only (PERMISSION_DENIED
+   * otherwise), read from the first message. Block keys are salted per tenant, so a bundle imports
+   * only under the tenant it was exported under.
+   *
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
+};
+
+/**
+ * Describes the message kvpark.v1.ImportRequest.
+ * Use `create(ImportRequestSchema)` to create a new message.
+ */
+export const ImportRequestSchema: GenMessage<ImportRequest> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 29);
+
+/**
+ * The outcome of an Import call.
+ *
+ * @generated from message kvpark.v1.ImportResponse
+ */
+export type ImportResponse = Message<"kvpark.v1.ImportResponse"> & {
+  /**
+   * Blocks in the bundle.
+   *
+   * @generated from field: uint32 blocks = 1;
+   */
+  blocks: number;
+
+  /**
+   * Of those, blocks this call stored.
+   *
+   * @generated from field: uint32 stored_blocks = 2;
+   */
+  storedBlocks: number;
+
+  /**
+   * Of those, blocks this node held already (not stored twice).
+   *
+   * @generated from field: uint32 present_blocks = 3;
+   */
+  presentBlocks: number;
+
+  /**
+   * Tokens in the bundle's blocks.
+   *
+   * @generated from field: uint64 tokens = 4;
+   */
+  tokens: bigint;
+};
+
+/**
+ * Describes the message kvpark.v1.ImportResponse.
+ * Use `create(ImportResponseSchema)` to create a new message.
+ */
+export const ImportResponseSchema: GenMessage<ImportResponse> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 30);
+
+/**
+ * The first entry of a bundle (src/cache/FORMAT.md): the model and block size of its blocks.
+ *
+ * @generated from message kvpark.v1.BundleHeader
+ */
+export type BundleHeader = Message<"kvpark.v1.BundleHeader"> & {
+  /**
+   * Version of the bundle format; this server writes and reads version 1.
+   *
+   * @generated from field: uint32 format_version = 1;
+   */
+  formatVersion: number;
+
+  /**
+   * Fingerprint of the model that computed the blocks (hex SHA-256).
+   *
+   * @generated from field: string model_fingerprint = 2;
+   */
+  modelFingerprint: string;
+
+  /**
+   * Tokens per full block on the exporting node (--block-tokens); an importing node must use the same.
+   *
+   * @generated from field: uint32 block_tokens = 3;
+   */
+  blockTokens: number;
+
+  /**
+   * Transformer layers of the model.
+   *
+   * @generated from field: uint32 layer_count = 4;
+   */
+  layerCount: number;
+
+  /**
+   * KV heads of the model.
+   *
+   * @generated from field: uint32 kv_heads = 5;
+   */
+  kvHeads: number;
+
+  /**
+   * Head dimension of the model.
+   *
+   * @generated from field: uint32 head_dim = 6;
+   */
+  headDim: number;
+
+  /**
+   * When the export began, in Unix milliseconds.
+   *
+   * @generated from field: uint64 created_unix_ms = 7;
+   */
+  createdUnixMs: bigint;
+};
+
+/**
+ * Describes the message kvpark.v1.BundleHeader.
+ * Use `create(BundleHeaderSchema)` to create a new message.
+ */
+export const BundleHeaderSchema: GenMessage<BundleHeader> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 31);
+
+/**
+ * The last entry of a bundle: what it holds, and a checksum over every entry before it.
+ *
+ * @generated from message kvpark.v1.BundleManifest
+ */
+export type BundleManifest = Message<"kvpark.v1.BundleManifest"> & {
+  /**
+   * As in the header.
+   *
+   * @generated from field: uint32 format_version = 1;
+   */
+  formatVersion: number;
+
+  /**
+   * As in the header.
+   *
+   * @generated from field: string model_fingerprint = 2;
+   */
+  modelFingerprint: string;
+
+  /**
+   * As in the header.
+   *
+   * @generated from field: uint32 block_tokens = 3;
+   */
+  blockTokens: number;
+
+  /**
+   * The bundle's blocks in the order of their entries: blocks[i] is entry i + 1.
+   *
+   * @generated from field: repeated kvpark.v1.BundleBlock blocks = 4;
+   */
+  blocks: BundleBlock[];
+
+  /**
+   * Entries before the manifest: the header and the blocks.
+   *
+   * @generated from field: uint32 entry_count = 5;
+   */
+  entryCount: number;
+
+  /**
+   * SHA-256 over the checksums of the entries before the manifest, in order.
+   *
+   * @generated from field: bytes entries_sha256 = 6;
+   */
+  entriesSha256: Uint8Array;
+
+  /**
+   * Blocks selected for export but left out because they left the cache or failed verification
+   * while the export ran, counting the blocks below them.
+   *
+   * @generated from field: uint32 skipped_blocks = 7;
+   */
+  skippedBlocks: number;
+};
+
+/**
+ * Describes the message kvpark.v1.BundleManifest.
+ * Use `create(BundleManifestSchema)` to create a new message.
+ */
+export const BundleManifestSchema: GenMessage<BundleManifest> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 32);
+
+/**
+ * A block as the manifest lists it.
+ *
+ * @generated from message kvpark.v1.BundleBlock
+ */
+export type BundleBlock = Message<"kvpark.v1.BundleBlock"> & {
+  /**
+   * The block key.
+   *
+   * @generated from field: bytes key = 1;
+   */
+  key: Uint8Array;
+
+  /**
+   * Key of the previous block; empty for a chain's first block.
+   *
+   * @generated from field: bytes parent_key = 2;
+   */
+  parentKey: Uint8Array;
+
+  /**
+   * Tokens in the block.
+   *
+   * @generated from field: uint32 token_count = 3;
+   */
+  tokenCount: number;
+
+  /**
+   * SHA-256 of the block's payload.
+   *
+   * @generated from field: bytes payload_sha256 = 4;
+   */
+  payloadSha256: Uint8Array;
+};
+
+/**
+ * Describes the message kvpark.v1.BundleBlock.
+ * Use `create(BundleBlockSchema)` to create a new message.
+ */
+export const BundleBlockSchema: GenMessage<BundleBlock> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 33);
 
 /**
  * Stable reasons for a block-level failure.
@@ -901,8 +1503,10 @@ export const BlockErrorCodeSchema: GenEnum<BlockErrorCode> = /*@__PURE__*/
   enumDesc(file_kvpark_v1_kvblocks, 0);
 
 /**
- * Direct access to the cached KV blocks, for orchestrators and other kvpark nodes. Every call acts
- * on the caller's tenant only: blocks of other tenants are invisible.
+ * Direct access to the cached KV blocks, for orchestrators, operators and other kvpark nodes. Every
+ * call acts on the caller's tenant only: blocks of other tenants are invisible. Operators (tokens of
+ * --admin-tokens, or every caller without authentication) may also list and clear every tenant's
+ * blocks and name the tenant of an Export or Import.
  *
  * @generated from service kvpark.v1.KVBlocksService
  */
@@ -966,6 +1570,63 @@ export const KVBlocksService: GenService<{
     methodKind: "unary";
     input: typeof StatsRequestSchema;
     output: typeof StatsResponseSchema;
+  },
+  /**
+   * Lists the caller's cached blocks, a page at a time, ordered by key; an operator may list every
+   * tenant's.
+   *
+   * @generated from rpc kvpark.v1.KVBlocksService.ListBlocks
+   */
+  listBlocks: {
+    methodKind: "unary";
+    input: typeof ListBlocksRequestSchema;
+    output: typeof ListBlocksResponseSchema;
+  },
+  /**
+   * Removes blocks from RAM, from SSD or from both. Pinned blocks stay unless `force` is set.
+   *
+   * @generated from rpc kvpark.v1.KVBlocksService.Evict
+   */
+  evict: {
+    methodKind: "unary";
+    input: typeof EvictRequestSchema;
+    output: typeof EvictResponseSchema;
+  },
+  /**
+   * Removes every block of the caller's tenant, pinned ones included; an operator may clear every
+   * tenant's. Other tenants' blocks are untouched.
+   *
+   * @generated from rpc kvpark.v1.KVBlocksService.Clear
+   */
+  clear: {
+    methodKind: "unary";
+    input: typeof ClearRequestSchema;
+    output: typeof ClearResponseSchema;
+  },
+  /**
+   * Streams a bundle of the tenant's blocks (every block, or the selected ones with the chains that
+   * lead to them): framed entries, a header first and a manifest with checksums last (the bundle
+   * format is in src/cache/FORMAT.md). The messages' data, concatenated, is the bundle file.
+   *
+   * @generated from rpc kvpark.v1.KVBlocksService.Export
+   */
+  export: {
+    methodKind: "server_streaming";
+    input: typeof ExportRequestSchema;
+    output: typeof ExportResponseSchema;
+  },
+  /**
+   * Stores the blocks of a bundle (an Export's output, from this node or another of the same model and
+   * block size) under the caller's tenant. The bundle and every block are verified as they arrive, as
+   * PutBlocks verifies blocks; a truncated, damaged or refused bundle fails the call, naming the entry,
+   * and what the call had stored is removed again.
+   *
+   * @generated from rpc kvpark.v1.KVBlocksService.Import
+   */
+  import: {
+    methodKind: "client_streaming";
+    input: typeof ImportRequestSchema;
+    output: typeof ImportResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kvpark_v1_kvblocks, 0);

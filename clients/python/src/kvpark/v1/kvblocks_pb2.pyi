@@ -61,6 +61,96 @@ class BlockSelector(_message.Message):
     prompt: _common_pb2.Prompt
     def __init__(self, keys: _Optional[_Union[BlockKeys, _Mapping]] = ..., prompt: _Optional[_Union[_common_pb2.Prompt, _Mapping]] = ...) -> None: ...
 
+class BundleBlock(_message.Message):
+    __slots__ = ["key", "parent_key", "payload_sha256", "token_count"]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    parent_key: bytes
+    payload_sha256: bytes
+    token_count: int
+    def __init__(self, key: _Optional[bytes] = ..., parent_key: _Optional[bytes] = ..., token_count: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ...) -> None: ...
+
+class BundleHeader(_message.Message):
+    __slots__ = ["block_tokens", "created_unix_ms", "format_version", "head_dim", "kv_heads", "layer_count", "model_fingerprint"]
+    BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    KV_HEADS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    block_tokens: int
+    created_unix_ms: int
+    format_version: int
+    head_dim: int
+    kv_heads: int
+    layer_count: int
+    model_fingerprint: str
+    def __init__(self, format_version: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., block_tokens: _Optional[int] = ..., layer_count: _Optional[int] = ..., kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+
+class BundleManifest(_message.Message):
+    __slots__ = ["block_tokens", "blocks", "entries_sha256", "entry_count", "format_version", "model_fingerprint", "skipped_blocks"]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    block_tokens: int
+    blocks: _containers.RepeatedCompositeFieldContainer[BundleBlock]
+    entries_sha256: bytes
+    entry_count: int
+    format_version: int
+    model_fingerprint: str
+    skipped_blocks: int
+    def __init__(self, format_version: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., block_tokens: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BundleBlock, _Mapping]]] = ..., entry_count: _Optional[int] = ..., entries_sha256: _Optional[bytes] = ..., skipped_blocks: _Optional[int] = ...) -> None: ...
+
+class CachedBlock(_message.Message):
+    __slots__ = ["bytes", "key", "last_used_unix_ms", "parent_key", "pin", "pin_expires_unix_ms", "ssd_bytes", "tenant", "tiers", "token_count"]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    PIN_EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    SSD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    bytes: int
+    key: bytes
+    last_used_unix_ms: int
+    parent_key: bytes
+    pin: _common_pb2.PinKind
+    pin_expires_unix_ms: int
+    ssd_bytes: int
+    tenant: str
+    tiers: _containers.RepeatedScalarFieldContainer[_common_pb2.Tier]
+    token_count: int
+    def __init__(self, key: _Optional[bytes] = ..., parent_key: _Optional[bytes] = ..., tiers: _Optional[_Iterable[_Union[_common_pb2.Tier, str]]] = ..., token_count: _Optional[int] = ..., bytes: _Optional[int] = ..., ssd_bytes: _Optional[int] = ..., pin: _Optional[_Union[_common_pb2.PinKind, str]] = ..., pin_expires_unix_ms: _Optional[int] = ..., last_used_unix_ms: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class ClearRequest(_message.Message):
+    __slots__ = ["all_tenants"]
+    ALL_TENANTS_FIELD_NUMBER: _ClassVar[int]
+    all_tenants: bool
+    def __init__(self, all_tenants: bool = ...) -> None: ...
+
+class ClearResponse(_message.Message):
+    __slots__ = ["ram_bytes_freed", "removed_blocks", "ssd_bytes_freed", "unpinned_blocks"]
+    RAM_BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SSD_BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    UNPINNED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    ram_bytes_freed: int
+    removed_blocks: int
+    ssd_bytes_freed: int
+    unpinned_blocks: int
+    def __init__(self, removed_blocks: _Optional[int] = ..., unpinned_blocks: _Optional[int] = ..., ram_bytes_freed: _Optional[int] = ..., ssd_bytes_freed: _Optional[int] = ...) -> None: ...
+
 class EngineStats(_message.Message):
     __slots__ = ["decode_batch", "memory_max_bytes", "memory_reserved_bytes", "rss_bytes", "sequences_running", "sequences_waiting", "steps"]
     DECODE_BATCH_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +169,44 @@ class EngineStats(_message.Message):
     steps: int
     def __init__(self, rss_bytes: _Optional[int] = ..., memory_max_bytes: _Optional[int] = ..., memory_reserved_bytes: _Optional[int] = ..., sequences_running: _Optional[int] = ..., sequences_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
 
+class EvictRequest(_message.Message):
+    __slots__ = ["blocks", "force", "tier"]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    blocks: BlockSelector
+    force: bool
+    tier: _common_pb2.Tier
+    def __init__(self, blocks: _Optional[_Union[BlockSelector, _Mapping]] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., force: bool = ...) -> None: ...
+
+class EvictResponse(_message.Message):
+    __slots__ = ["evicted_blocks", "missing_keys", "ram_bytes_freed", "skipped_pinned_blocks", "ssd_bytes_freed"]
+    EVICTED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_KEYS_FIELD_NUMBER: _ClassVar[int]
+    RAM_BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_PINNED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SSD_BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    evicted_blocks: int
+    missing_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    ram_bytes_freed: int
+    skipped_pinned_blocks: int
+    ssd_bytes_freed: int
+    def __init__(self, evicted_blocks: _Optional[int] = ..., skipped_pinned_blocks: _Optional[int] = ..., missing_keys: _Optional[_Iterable[bytes]] = ..., ram_bytes_freed: _Optional[int] = ..., ssd_bytes_freed: _Optional[int] = ...) -> None: ...
+
+class ExportRequest(_message.Message):
+    __slots__ = ["blocks", "tenant"]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    blocks: BlockSelector
+    tenant: str
+    def __init__(self, blocks: _Optional[_Union[BlockSelector, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class ExportResponse(_message.Message):
+    __slots__ = ["data"]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
 class GetBlocksRequest(_message.Message):
     __slots__ = ["keys"]
     KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +222,26 @@ class GetBlocksResponse(_message.Message):
     error: BlockError
     key: bytes
     def __init__(self, key: _Optional[bytes] = ..., block: _Optional[_Union[KVBlock, _Mapping]] = ..., error: _Optional[_Union[BlockError, _Mapping]] = ...) -> None: ...
+
+class ImportRequest(_message.Message):
+    __slots__ = ["data", "tenant"]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    tenant: str
+    def __init__(self, data: _Optional[bytes] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class ImportResponse(_message.Message):
+    __slots__ = ["blocks", "present_blocks", "stored_blocks", "tokens"]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    STORED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    blocks: int
+    present_blocks: int
+    stored_blocks: int
+    tokens: int
+    def __init__(self, blocks: _Optional[int] = ..., stored_blocks: _Optional[int] = ..., present_blocks: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class KVBlock(_message.Message):
     __slots__ = ["dtype", "format_version", "key", "layer_count", "model_fingerprint", "parent_key", "payload", "payload_sha256", "shape", "token_ids"]
@@ -118,6 +266,26 @@ class KVBlock(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, format_version: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., key: _Optional[bytes] = ..., parent_key: _Optional[bytes] = ..., token_ids: _Optional[_Iterable[int]] = ..., layer_count: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., payload_sha256: _Optional[bytes] = ...) -> None: ...
+
+class ListBlocksRequest(_message.Message):
+    __slots__ = ["all_tenants", "page_size", "page_token"]
+    ALL_TENANTS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    all_tenants: bool
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., all_tenants: bool = ...) -> None: ...
+
+class ListBlocksResponse(_message.Message):
+    __slots__ = ["blocks", "next_page_token", "total_blocks"]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    blocks: _containers.RepeatedCompositeFieldContainer[CachedBlock]
+    next_page_token: str
+    total_blocks: int
+    def __init__(self, blocks: _Optional[_Iterable[_Union[CachedBlock, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_blocks: _Optional[int] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
     __slots__ = ["prompt"]
@@ -210,7 +378,7 @@ class StatsResponse(_message.Message):
     def __init__(self, ram: _Optional[_Union[TierStats, _Mapping]] = ..., ssd: _Optional[_Union[TierStats, _Mapping]] = ..., block_tokens: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., write_queue_depth: _Optional[int] = ..., write_skips: _Optional[int] = ..., corrupt_blocks: _Optional[int] = ..., write_errors: _Optional[int] = ..., write_errors_enospc: _Optional[int] = ..., write_errors_eio: _Optional[int] = ..., write_errors_other: _Optional[int] = ..., ssd_quarantined_segments: _Optional[int] = ..., engine: _Optional[_Union[EngineStats, _Mapping]] = ...) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ["blocks", "bytes", "bytes_max", "evictions", "hits", "misses", "pinned_blocks"]
+    __slots__ = ["blocks", "bytes", "bytes_max", "evictions", "hits", "misses", "pinned_blocks", "removed_blocks"]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     BYTES_MAX_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +386,7 @@ class TierStats(_message.Message):
     HITS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     PINNED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     blocks: int
     bytes: int
     bytes_max: int
@@ -225,7 +394,8 @@ class TierStats(_message.Message):
     hits: int
     misses: int
     pinned_blocks: int
-    def __init__(self, bytes: _Optional[int] = ..., bytes_max: _Optional[int] = ..., blocks: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., pinned_blocks: _Optional[int] = ...) -> None: ...
+    removed_blocks: int
+    def __init__(self, bytes: _Optional[int] = ..., bytes_max: _Optional[int] = ..., blocks: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., pinned_blocks: _Optional[int] = ..., removed_blocks: _Optional[int] = ...) -> None: ...
 
 class UnpinRequest(_message.Message):
     __slots__ = ["blocks"]

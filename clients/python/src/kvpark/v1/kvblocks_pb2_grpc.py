@@ -6,8 +6,10 @@ from kvpark.v1 import kvblocks_pb2 as kvpark_dot_v1_dot_kvblocks__pb2
 
 
 class KVBlocksServiceStub(object):
-    """Direct access to the cached KV blocks, for orchestrators and other kvpark nodes. Every call acts
-    on the caller's tenant only: blocks of other tenants are invisible.
+    """Direct access to the cached KV blocks, for orchestrators, operators and other kvpark nodes. Every
+    call acts on the caller's tenant only: blocks of other tenants are invisible. Operators (tokens of
+    --admin-tokens, or every caller without authentication) may also list and clear every tenant's
+    blocks and name the tenant of an Export or Import.
     """
 
     def __init__(self, channel):
@@ -46,11 +48,38 @@ class KVBlocksServiceStub(object):
                 request_serializer=kvpark_dot_v1_dot_kvblocks__pb2.StatsRequest.SerializeToString,
                 response_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.StatsResponse.FromString,
                 )
+        self.ListBlocks = channel.unary_unary(
+                '/kvpark.v1.KVBlocksService/ListBlocks',
+                request_serializer=kvpark_dot_v1_dot_kvblocks__pb2.ListBlocksRequest.SerializeToString,
+                response_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.ListBlocksResponse.FromString,
+                )
+        self.Evict = channel.unary_unary(
+                '/kvpark.v1.KVBlocksService/Evict',
+                request_serializer=kvpark_dot_v1_dot_kvblocks__pb2.EvictRequest.SerializeToString,
+                response_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.EvictResponse.FromString,
+                )
+        self.Clear = channel.unary_unary(
+                '/kvpark.v1.KVBlocksService/Clear',
+                request_serializer=kvpark_dot_v1_dot_kvblocks__pb2.ClearRequest.SerializeToString,
+                response_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.ClearResponse.FromString,
+                )
+        self.Export = channel.unary_stream(
+                '/kvpark.v1.KVBlocksService/Export',
+                request_serializer=kvpark_dot_v1_dot_kvblocks__pb2.ExportRequest.SerializeToString,
+                response_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.ExportResponse.FromString,
+                )
+        self.Import = channel.stream_unary(
+                '/kvpark.v1.KVBlocksService/Import',
+                request_serializer=kvpark_dot_v1_dot_kvblocks__pb2.ImportRequest.SerializeToString,
+                response_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.ImportResponse.FromString,
+                )
 
 
 class KVBlocksServiceServicer(object):
-    """Direct access to the cached KV blocks, for orchestrators and other kvpark nodes. Every call acts
-    on the caller's tenant only: blocks of other tenants are invisible.
+    """Direct access to the cached KV blocks, for orchestrators, operators and other kvpark nodes. Every
+    call acts on the caller's tenant only: blocks of other tenants are invisible. Operators (tokens of
+    --admin-tokens, or every caller without authentication) may also list and clear every tenant's
+    blocks and name the tenant of an Export or Import.
     """
 
     def Lookup(self, request, context):
@@ -95,6 +124,48 @@ class KVBlocksServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBlocks(self, request, context):
+        """Lists the caller's cached blocks, a page at a time, ordered by key; an operator may list every
+        tenant's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Evict(self, request, context):
+        """Removes blocks from RAM, from SSD or from both. Pinned blocks stay unless `force` is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Clear(self, request, context):
+        """Removes every block of the caller's tenant, pinned ones included; an operator may clear every
+        tenant's. Other tenants' blocks are untouched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Export(self, request, context):
+        """Streams a bundle of the tenant's blocks (every block, or the selected ones with the chains that
+        lead to them): framed entries, a header first and a manifest with checksums last (the bundle
+        format is in src/cache/FORMAT.md). The messages' data, concatenated, is the bundle file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Import(self, request_iterator, context):
+        """Stores the blocks of a bundle (an Export's output, from this node or another of the same model and
+        block size) under the caller's tenant. The bundle and every block are verified as they arrive, as
+        PutBlocks verifies blocks; a truncated, damaged or refused bundle fails the call, naming the entry,
+        and what the call had stored is removed again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVBlocksServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +199,31 @@ def add_KVBlocksServiceServicer_to_server(servicer, server):
                     request_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.StatsRequest.FromString,
                     response_serializer=kvpark_dot_v1_dot_kvblocks__pb2.StatsResponse.SerializeToString,
             ),
+            'ListBlocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBlocks,
+                    request_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.ListBlocksRequest.FromString,
+                    response_serializer=kvpark_dot_v1_dot_kvblocks__pb2.ListBlocksResponse.SerializeToString,
+            ),
+            'Evict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evict,
+                    request_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.EvictRequest.FromString,
+                    response_serializer=kvpark_dot_v1_dot_kvblocks__pb2.EvictResponse.SerializeToString,
+            ),
+            'Clear': grpc.unary_unary_rpc_method_handler(
+                    servicer.Clear,
+                    request_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.ClearRequest.FromString,
+                    response_serializer=kvpark_dot_v1_dot_kvblocks__pb2.ClearResponse.SerializeToString,
+            ),
+            'Export': grpc.unary_stream_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.ExportRequest.FromString,
+                    response_serializer=kvpark_dot_v1_dot_kvblocks__pb2.ExportResponse.SerializeToString,
+            ),
+            'Import': grpc.stream_unary_rpc_method_handler(
+                    servicer.Import,
+                    request_deserializer=kvpark_dot_v1_dot_kvblocks__pb2.ImportRequest.FromString,
+                    response_serializer=kvpark_dot_v1_dot_kvblocks__pb2.ImportResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'kvpark.v1.KVBlocksService', rpc_method_handlers)
@@ -136,8 +232,10 @@ def add_KVBlocksServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class KVBlocksService(object):
-    """Direct access to the cached KV blocks, for orchestrators and other kvpark nodes. Every call acts
-    on the caller's tenant only: blocks of other tenants are invisible.
+    """Direct access to the cached KV blocks, for orchestrators, operators and other kvpark nodes. Every
+    call acts on the caller's tenant only: blocks of other tenants are invisible. Operators (tokens of
+    --admin-tokens, or every caller without authentication) may also list and clear every tenant's
+    blocks and name the tenant of an Export or Import.
     """
 
     @staticmethod
@@ -239,5 +337,90 @@ class KVBlocksService(object):
         return grpc.experimental.unary_unary(request, target, '/kvpark.v1.KVBlocksService/Stats',
             kvpark_dot_v1_dot_kvblocks__pb2.StatsRequest.SerializeToString,
             kvpark_dot_v1_dot_kvblocks__pb2.StatsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/kvpark.v1.KVBlocksService/ListBlocks',
+            kvpark_dot_v1_dot_kvblocks__pb2.ListBlocksRequest.SerializeToString,
+            kvpark_dot_v1_dot_kvblocks__pb2.ListBlocksResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Evict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/kvpark.v1.KVBlocksService/Evict',
+            kvpark_dot_v1_dot_kvblocks__pb2.EvictRequest.SerializeToString,
+            kvpark_dot_v1_dot_kvblocks__pb2.EvictResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Clear(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/kvpark.v1.KVBlocksService/Clear',
+            kvpark_dot_v1_dot_kvblocks__pb2.ClearRequest.SerializeToString,
+            kvpark_dot_v1_dot_kvblocks__pb2.ClearResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/kvpark.v1.KVBlocksService/Export',
+            kvpark_dot_v1_dot_kvblocks__pb2.ExportRequest.SerializeToString,
+            kvpark_dot_v1_dot_kvblocks__pb2.ExportResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Import(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(request_iterator, target, '/kvpark.v1.KVBlocksService/Import',
+            kvpark_dot_v1_dot_kvblocks__pb2.ImportRequest.SerializeToString,
+            kvpark_dot_v1_dot_kvblocks__pb2.ImportResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
