@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Generates the Python message classes (*_pb2.py), their type stubs (*_pb2.pyi) and the gRPC stubs
 # (*_pb2_grpc.py) of the kvpark package from proto/, with Debian's protoc and gRPC Python plugin:
-#   apt-get install protobuf-compiler protobuf-compiler-grpc
+#   apt-get install protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
+# (libprotobuf-dev carries the well-known types, google/protobuf/*.proto, under /usr/include).
 # The output is committed under clients/python/src (the default OUT); the test suite regenerates it into
 # a temporary directory and fails when the two differ. Run it again after changing a .proto file.
 #
@@ -16,7 +17,7 @@ out="${1:-$root/clients/python/src}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-protoc -I "$root/proto" \
+protoc -I "$root/proto" -I /usr/include \
   --python_out="$tmp" \
   --pyi_out="$tmp" \
   --grpc_python_out="$tmp" \

@@ -159,7 +159,7 @@ async function messages({ deps, config }: Api, { caller, req, res, requestId }: 
     tokenizer.decode(ids, { skipSpecialTokens: true }),
   );
   const events = (async function* () {
-    for await (const res of generate(deps, request, { values: callValues(caller), signal })) {
+    for await (const res of generate(deps, request, { values: callValues(caller, "anthropic"), signal })) {
       // The generation's blocks are in the cache once it has finished: pin before the answer ends.
       if (res.event.case === "finished") await pinPrefixes(deps, caller.tenant, prefixes);
       yield* mapper.map(res);

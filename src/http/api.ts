@@ -3,8 +3,12 @@
 // context a generation runs under. Each API writes its own error shape.
 import type * as http from "node:http";
 import type * as http2 from "node:http2";
+import { AsyncLocalStorage } from "node:async_hooks";
+import type { Span } from "@opentelemetry/api";
 import { createContextValues, type ContextValues } from "@connectrpc/connect";
+import { callApiKey, type CallApi } from "../console/recent-requests.js";
 import { adminKey, tenantKey, type Caller } from "../frontend/auth.js";
+import { rpcSpanKey } from "../telemetry/rpc-span.js";
 
 /** A request of either HTTP version. */
 export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
@@ -77,10 +81,27 @@ export function sendJson(
   res.end(text);
 }
 
-/** The context values a generation runs under for this caller (tenant, operator or not). */
-export function callValues(caller: Caller): ContextValues {
-  return createContextValues().set(tenantKey, caller.tenant).set(adminKey, caller.admin);
+/** The context values a generation runs under for this caller (tenant, operator or not) of `api`. */
+export function callValues(caller: Caller, api: CallApi): ContextValues {
+  const call = httpCall.getStore();
+  if (call) call.tenant = caller.tenant;
+  return createContextValues()
+    .set(tenantKey, caller.tenant)
+    .set(adminKey, caller.admin)
+    .set(callApiKey, api)
+    .set(rpcSpanKey, call?.span);
 }
+
+/** What the request log line and the generation's trace learn of an HTTP API call while it runs. */
+export interface HttpCall {
+  /** The call's SERVER span (telemetry on), which its generation's trace continues. */
+  span?: Span;
+  /** The caller's tenant, once authenticated. */
+  tenant?: string;
+}
+
+/** The HTTP API call being served, set around each route's handler (see httpRoutes). */
+export const httpCall = new AsyncLocalStorage<HttpCall>();
 
 /**
  * Aborts when the client goes away before the response has ended. (An HTTP/2 stream the client

@@ -76,7 +76,7 @@ async function complete(
   const parsed = endpoint === "chat" ? chatRequest(body) : textRequest(body);
   const signal = clientGone(req, res);
   const responder = new Responder(endpoint, info, parsed.includeUsage);
-  const events = generate(deps, parsed.request, { values: callValues(caller), signal });
+  const events = generate(deps, parsed.request, { values: callValues(caller, "openai"), signal });
   try {
     // The request's checks run before its first event: they fail with a status, not in a stream.
     let next = await events.next();

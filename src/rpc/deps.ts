@@ -1,4 +1,5 @@
 import type { Config } from "../config.js";
+import type { RecentRequests } from "../console/recent-requests.js";
 import type { ModelInfo } from "../engine-ipc.js";
 import { KvparkError } from "../errors.js";
 import type { Admission } from "../frontend/admission.js";
@@ -34,6 +35,8 @@ export interface RpcDeps {
   handles: HandleTable;
   /** Traces and metrics; undefined when telemetry is off. */
   telemetry?: Telemetry;
+  /** The web console's recent requests, which every generation adds to; undefined without --console. */
+  recentRequests?: RecentRequests;
 }
 
 /** The served model, its tokenizer and its prompt encoder, or UNAVAILABLE while the engine starts. */

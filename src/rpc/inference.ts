@@ -13,6 +13,7 @@ import type { CacheOptions, PrefillStreamRequest } from "../../gen/kvpark/v1/inf
 import type { Config } from "../config.js";
 import type { FinishReason as EngineFinishReason, ModelInfo, PinHint } from "../engine-ipc.js";
 import { invalidField, KvparkError } from "../errors.js";
+import { callApiKey } from "../console/recent-requests.js";
 import { tenantKey } from "../frontend/auth.js";
 import { served, type PromptEncoder, type RpcDeps } from "./deps.js";
 import { ModelOutput } from "./model-output.js";
@@ -89,6 +90,7 @@ export async function* generate(
     info,
     arrivedAt: performance.timeOrigin + arrivedAt,
   });
+  const recent = deps.recentRequests?.begin(tenant, ctx.values.get(callApiKey));
   try {
     const events = engine.generate(
       {
@@ -106,6 +108,7 @@ export async function* generate(
       switch (ev.type) {
         case "started":
           trace?.started(ev.cache);
+          recent?.started(ev.cache);
           yield response({
             case: "started",
             value: {
@@ -134,6 +137,7 @@ export async function* generate(
           const toolCalls =
             (output?.toolCalls ?? 0) > 0 && (ev.reason === "eos" || ev.reason === "stop_string");
           const finishReason = toolCalls ? FinishReason.TOOL_CALLS : finishReasons[ev.reason];
+          recent?.finished(finishReason, ev.usage, ev.timings);
           yield response({
             case: "finished",
             value: { finishReason, usage: ev.usage, timings: ev.timings },
