@@ -9,9 +9,16 @@ import type { ToolCallFormat } from "./model/tool-syntax.js";
 
 export type {
   BlockErrorCode,
+  BlockListing,
   CacheStats,
+  ClearReport,
+  EvictReport,
+  EvictTier,
+  ExportReport,
   GetBlockResult,
+  ImportReport,
   KVBlockInput,
+  ListedBlock,
   PinReport,
   PutBlocksReport,
   Tier,
@@ -164,8 +171,12 @@ export interface LookupResult {
 
 /**
  * Every KVBlocks operation the engine answers (it owns the cache): what the front end sends
- * (`request`), what streams back before the answer (`item`, GetBlocks only) and the answer (`result`).
- * PutBlocks streams its blocks to the engine as `kv-put` messages.
+ * (`request`) and the answer (`result`). What streams besides: GetBlocks' blocks come back as
+ * `kv-item` messages before the answer; PutBlocks' blocks go to the engine as `kv-put` messages;
+ * Export's bundle comes back as `kv-data` messages, each acknowledged with a `kv-ack` once the
+ * client took it; Import's bundle goes to the engine as `kv-data` messages, each acknowledged with a
+ * `kv-ack` once the engine read it. The acknowledgements keep at most KV_STREAM_WINDOW_BYTES in
+ * flight, so a slow client or disk holds up the sender instead of filling a process's memory.
  */
 export interface KvOps {
   lookup: { request: { tokens: number[] }; result: LookupResult };
@@ -175,7 +186,30 @@ export interface KvOps {
   unpin: { request: { selection: BlockSelection }; result: { unpinnedBlocks: number } };
   /** `all`: server-wide numbers (an admin's call); otherwise the calling tenant's own blocks only. */
   stats: { request: { all: boolean }; result: cache.CacheStats };
+  /**
+   * One page of cached blocks, after the hex key `after` ("" first). With `names` (an admin listing
+   * every tenant's blocks), every tenant's, each named when one of `names` (the tenants the server's
+   * tokens name) has its root; without, the calling tenant's.
+   */
+  listBlocks: {
+    request: { names?: string[]; pageSize: number; after: string };
+    result: cache.BlockListing;
+  };
+  /** Takes the selected blocks out of a tier or both; pinned ones only with `force`. */
+  evict: {
+    request: { selection: BlockSelection; tier: cache.EvictTier; force: boolean };
+    result: cache.EvictReport;
+  };
+  /** Removes every block of the calling tenant, or with `all` (an admin's call) every block. */
+  clear: { request: { all: boolean }; result: cache.ClearReport };
+  /** A bundle of the tenant's blocks (or the selected ones, with their chains) as `kv-data`. */
+  exportBundle: { request: { selection?: BlockSelection }; result: cache.ExportReport };
+  /** Stores the bundle that arrives as `kv-data` messages (the last one without data). */
+  importBundle: { request: object; result: cache.ImportReport };
 }
+
+/** Bytes a streaming KV call (Export, Import) may have sent and not had acknowledged. */
+export const KV_STREAM_WINDOW_BYTES = 64 * 1024 * 1024;
 
 /** The name of a KVBlocks operation. */
 export type KvOpName = keyof KvOps;
@@ -209,7 +243,11 @@ export type ToEngine =
   | { type: "prefill-close"; id: number }
   | ({ type: "kv"; id: number; tenant: string } & KvOp)
   /** One block of a PutBlocks stream; `block` undefined ends the stream. */
-  | { type: "kv-put"; id: number; block?: cache.KVBlockInput };
+  | { type: "kv-put"; id: number; block?: cache.KVBlockInput }
+  /** Bytes of an Import's bundle; `data` undefined ends the stream. */
+  | { type: "kv-data"; id: number; data?: Uint8Array }
+  /** The front end passed `bytes` of an Export's bundle on to the client. */
+  | { type: "kv-ack"; id: number; bytes: number };
 
 export type FromEngine =
   | { type: "loading"; loadedBytes: number; totalBytes: number; what: string }
@@ -235,6 +273,10 @@ export type FromEngine =
   | { type: "prefill-progress"; id: number; progress: PrefillProgress; done: boolean }
   /** One block (or the reason it is not served) of a GetBlocks answer. */
   | { type: "kv-item"; id: number; item: cache.GetBlockResult }
+  /** Bytes of an Export's bundle. */
+  | { type: "kv-data"; id: number; data: Uint8Array }
+  /** The engine read `bytes` of an Import's bundle. */
+  | { type: "kv-ack"; id: number; bytes: number }
   /** The answer of a KV operation; ends the stream for GetBlocks. */
   | { type: "kv-result"; id: number; result: KvResult };
 
@@ -247,6 +289,12 @@ export interface EngineStats {
   sequencesWaiting: number;
   decodeBatch: number;
   steps: number;
+  /** V8 heap in use (MLX's native memory is in rssBytes only). */
+  heapUsedBytes?: number;
+  /** Event-loop delay since the previous report (a long synchronous MLX step shows here). */
+  eventLoopDelayMeanMs?: number;
+  eventLoopDelayP99Ms?: number;
+  eventLoopDelayMaxMs?: number;
 }
 
 export interface PrefillProgress {

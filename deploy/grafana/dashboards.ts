@@ -273,6 +273,43 @@ const requests = dashboard(
         promTarget("B", `sum(${prom(sc.METRIC_KVPARK_ENGINE_DECODE_BATCH_SIZE)})`, "decode batch"),
       ],
     },
+    {
+      title: "Process memory: front end and engine",
+      description:
+        "The front end's process.memory.usage (resident memory) and v8js.memory.heap.used, and the engine's kvpark.engine.memory.rss and kvpark.engine.heap.used. The engine's RSS far above its heap is MLX's native memory (weights, KV).",
+      type: "timeseries",
+      unit: "bytes",
+      targets: [
+        promTarget("A", `sum(${series(sc.METRIC_PROCESS_MEMORY_USAGE, "bytes", "")})`, "front end RSS"),
+        promTarget("B", `sum(${series(sc.METRIC_V8JS_MEMORY_HEAP_USED, "bytes", "")})`, "front end heap"),
+        promTarget("C", `sum(${series(sc.METRIC_KVPARK_ENGINE_MEMORY_RSS, "bytes", "")})`, "engine RSS"),
+        promTarget("D", `sum(${series(sc.METRIC_KVPARK_ENGINE_HEAP_USED, "bytes", "")})`, "engine heap"),
+      ],
+    },
+    {
+      title: "Event-loop delay (p99) and front-end CPU",
+      description:
+        "nodejs.eventloop.delay.p99 of the front end (a slow tokenizer or JSON work shows here) and kvpark.engine.eventloop.delay (p99) of the engine (a long synchronous MLX step); CPU seconds per second of the front end (process.cpu.time).",
+      type: "timeseries",
+      unit: "s",
+      targets: [
+        promTarget(
+          "A",
+          `max(${series(sc.METRIC_NODEJS_EVENTLOOP_DELAY_P99, "seconds", "")})`,
+          "front end p99",
+        ),
+        promTarget(
+          "B",
+          `max(${series(sc.METRIC_KVPARK_ENGINE_EVENTLOOP_DELAY, "seconds", "", `${prom(sc.ATTR_KVPARK_ENGINE_EVENTLOOP_STAT)}="p99"`)})`,
+          "engine p99",
+        ),
+        promTarget(
+          "C",
+          `sum(rate(${series(sc.METRIC_PROCESS_CPU_TIME, "seconds", "_total")}[$__rate_interval]))`,
+          "front end CPU",
+        ),
+      ],
+    },
   ],
 );
 

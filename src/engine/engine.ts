@@ -1,4 +1,5 @@
 import * as path from "node:path";
+import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { core as mx } from "@frost-beta/mlx";
 import { cacheOptionsFrom, PrefixCache, type CacheOptions, type KVBlockInput } from "../cache/index.js";
@@ -9,7 +10,13 @@ import { ModelTokenizer } from "../model/tokenizer.js";
 import { AsyncQueue } from "../util/async-queue.js";
 import { resolveModelDir } from "../model-gen/generate.js";
 import { PrefillSession } from "./prefill-session.js";
-import type { BlockSelection, FromEngine, ModelInfo, ToEngine } from "../engine-ipc.js";
+import {
+  KV_STREAM_WINDOW_BYTES,
+  type BlockSelection,
+  type FromEngine,
+  type ModelInfo,
+  type ToEngine,
+} from "../engine-ipc.js";
 import { Sequence, type Job } from "./sequence.js";
 
 /** Phrase that, with --test-engine-abort, makes the engine run an operation MLX aborts on. */
@@ -109,6 +116,8 @@ function decodeGarbageBytes(model: LoadedModel, rows: number): number {
 
 /** How often the engine reports its memory and scheduler to the front end. */
 const STATS_INTERVAL_MS = 1000;
+/** The engine's event-loop delay between two stats reports (sampled every 20 ms; created on first report). */
+let loopDelay: IntervalHistogram | undefined;
 
 /** Bytes of MLX temporaries the engine lets pile up before it collects (see collect). */
 const GARBAGE_BYTES_MAX = 256 * 1024 * 1024;
@@ -131,6 +140,8 @@ export class Engine {
   private readonly queued: Job[] = [];
   private readonly sessions = new Map<number, PrefillSession>();
   private readonly puts = new Map<number, AsyncQueue<KVBlockInput>>();
+  /** Export and Import calls in flight: what the front end sends them after they started. */
+  private readonly kvStreams = new Map<number, KvStream>();
   private running = false;
   /** Resolves the scheduler's sleep when new work arrives while every job waits for I/O. */
   private wake?: () => void;
@@ -253,6 +264,10 @@ export class Engine {
         else q.push(msg.block);
         return;
       }
+      case "kv-data":
+      case "kv-ack":
+        this.kvStreams.get(msg.id)?.receive(msg);
+        return;
     }
   }
 
@@ -263,6 +278,7 @@ export class Engine {
     }
     this.sessions.delete(id);
     this.puts.get(id)?.end();
+    this.kvStreams.get(id)?.end();
   }
 
   private enqueue(job: Job): void {
@@ -425,6 +441,18 @@ export class Engine {
 
   private reportStats(): void {
     this.statsAt = performance.now();
+    if (!loopDelay) {
+      loopDelay = monitorEventLoopDelay({ resolution: 20 });
+      loopDelay.enable();
+    }
+    // Nanoseconds; no sample yet (NaN mean) reports nothing rather than a zero delay.
+    const ms = (ns: number) => (Number.isFinite(ns) && loopDelay!.count > 0 ? ns / 1e6 : undefined);
+    const delay = {
+      eventLoopDelayMeanMs: ms(loopDelay.mean),
+      eventLoopDelayP99Ms: ms(loopDelay.percentile(99)),
+      eventLoopDelayMaxMs: ms(loopDelay.max),
+    };
+    loopDelay.reset();
     this.send({
       type: "engine-stats",
       stats: {
@@ -435,6 +463,8 @@ export class Engine {
         sequencesWaiting: this.queued.length,
         decodeBatch: this.lastDecodeBatch,
         steps: this.steps,
+        heapUsedBytes: process.memoryUsage().heapUsed,
+        ...delay,
       },
     });
   }
@@ -498,6 +528,61 @@ export class Engine {
             result: { op: "stats", value: cache.stats(msg.all ? undefined : tenant) },
           });
           return;
+        case "listBlocks": {
+          const scope = msg.names ? { names: msg.names } : { tenant };
+          const value = cache.listBlocks(scope, { size: msg.pageSize, after: msg.after });
+          this.send({ type: "kv-result", id, result: { op: "listBlocks", value } });
+          return;
+        }
+        case "evict": {
+          const options = { tier: msg.tier, force: msg.force };
+          const value = await cache.evict(tenant, selection(msg.selection), options);
+          this.send({ type: "kv-result", id, result: { op: "evict", value } });
+          return;
+        }
+        case "clear": {
+          const value = await cache.clear(msg.all ? undefined : tenant);
+          this.send({ type: "kv-result", id, result: { op: "clear", value } });
+          return;
+        }
+        case "exportBundle": {
+          const stream = new KvStream();
+          this.kvStreams.set(id, stream);
+          try {
+            const value = { blocks: 0, skippedBlocks: 0, bytes: 0 };
+            const sel = msg.selection && selection(msg.selection);
+            for await (const data of cache.exportBundle(tenant, sel, {
+              signal: stream.signal,
+              report: value,
+            })) {
+              this.send({ type: "kv-data", id, data });
+              await stream.sent(data.length);
+            }
+            this.send({ type: "kv-result", id, result: { op: "exportBundle", value } });
+          } finally {
+            this.kvStreams.delete(id);
+          }
+          return;
+        }
+        case "importBundle": {
+          const stream = new KvStream();
+          this.kvStreams.set(id, stream);
+          const send = this.send;
+          // Each piece is acknowledged once the import asks for the next: it has been read.
+          const pieces = async function* () {
+            for await (const piece of stream.pieces) {
+              yield piece;
+              send({ type: "kv-ack", id, bytes: piece.length });
+            }
+          };
+          try {
+            const value = await cache.importBundle(tenant, pieces());
+            this.send({ type: "kv-result", id, result: { op: "importBundle", value } });
+          } finally {
+            this.kvStreams.delete(id);
+          }
+          return;
+        }
       }
     } catch (err) {
       this.send({ type: "failed", id, ...errorOf(err) });
@@ -509,5 +594,49 @@ export class Engine {
     clearInterval(this.statsTimer);
     for (const job of [...this.active.splice(0), ...this.queued.splice(0)]) job.abort();
     await this.cache?.close();
+  }
+}
+
+/**
+ * What an Export or Import call receives from the front end after it started: Import's bundle
+ * pieces (`kv-data`, the last without data) and Export's acknowledgements (`kv-ack`), with which
+ * Export keeps at most KV_STREAM_WINDOW_BYTES unacknowledged. Ended when the call is cancelled.
+ */
+class KvStream {
+  readonly pieces = new AsyncQueue<Buffer>();
+  private readonly abort = new AbortController();
+  private unacked = 0;
+  private wake?: () => void;
+
+  /** Aborted when the call is cancelled. */
+  get signal(): AbortSignal {
+    return this.abort.signal;
+  }
+
+  receive(msg: Extract<ToEngine, { type: "kv-data" | "kv-ack" }>): void {
+    if (msg.type === "kv-ack") {
+      this.unacked -= msg.bytes;
+      this.wake?.();
+    } else if (msg.data === undefined) {
+      this.pieces.end();
+    } else {
+      this.pieces.push(buf(msg.data));
+    }
+  }
+
+  /** The call was cancelled. */
+  end(): void {
+    this.pieces.end();
+    this.abort.abort(new KvparkError("CANCELLED", "cancelled"));
+    this.wake?.();
+  }
+
+  /** Counts `bytes` sent; resolves once the window has room again, throws once the call is cancelled. */
+  async sent(bytes: number): Promise<void> {
+    this.unacked += bytes;
+    while (this.unacked > KV_STREAM_WINDOW_BYTES && !this.signal.aborted) {
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    }
+    this.signal.throwIfAborted();
   }
 }

@@ -1,6 +1,6 @@
-import * as fs from "node:fs";
 import { timingSafeEqual, createHash } from "node:crypto";
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { ConfigError, parseTokens } from "../config.js";
 
 /** The tenant of a request, derived from its bearer token (never from the request body). */
 export const tenantKey = createContextKey<string>("", { description: "tenant of the request" });
@@ -12,24 +12,12 @@ export const adminKey = createContextKey<boolean>(true, { description: "the call
 export const DEFAULT_TENANT = "";
 
 /**
- * Parses --auth-tokens (or --admin-tokens, named by `flag`): `tenant=token,tenant2=token2` or `@file`
- * with one `tenant=token` per line.
+ * The tokens of --auth-tokens (or --admin-tokens, named by `flag`), token → tenant. loadConfig has
+ * checked them already (parseTokens), so a ConfigError here means a Config that did not come from it.
  */
 export function parseAuthTokens(spec: string, flag = "--auth-tokens"): Map<string, string> {
-  const tokens = new Map<string, string>();
-  if (!spec) return tokens;
-  const text = spec.startsWith("@") ? fs.readFileSync(spec.slice(1), "utf8") : spec.replace(/,/g, "\n");
-  for (const [i, raw] of text.split("\n").entries()) {
-    const line = raw.trim();
-    if (!line || line.startsWith("#")) continue;
-    const eq = line.indexOf("=");
-    const tenant = line.slice(0, eq).trim();
-    const token = line.slice(eq + 1).trim();
-    if (eq <= 0 || !token || !tenant) throw new Error(`${flag} entry ${i + 1}: expected tenant=token`);
-    if (token.length < 16)
-      throw new Error(`${flag} entry ${i + 1} (tenant ${tenant}): token must have at least 16 characters`);
-    tokens.set(token, tenant);
-  }
+  const { tokens, problems } = parseTokens(spec, flag);
+  if (problems.length) throw new ConfigError(problems);
   return tokens;
 }
 

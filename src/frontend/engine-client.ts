@@ -2,18 +2,25 @@ import { fork, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Config } from "../config.js";
-import type {
-  EngineStats,
-  BlockSelection,
-  CacheStats,
-  FromEngine,
-  KvOp,
-  KvResult,
-  LookupResult,
-  ModelInfo,
-  PinHint,
-  PinReport,
-  ToEngine,
+import {
+  KV_STREAM_WINDOW_BYTES,
+  type EngineStats,
+  type BlockListing,
+  type BlockSelection,
+  type CacheStats,
+  type ClearReport,
+  type EvictReport,
+  type EvictTier,
+  type ExportReport,
+  type FromEngine,
+  type ImportReport,
+  type KvOp,
+  type KvResult,
+  type LookupResult,
+  type ModelInfo,
+  type PinHint,
+  type PinReport,
+  type ToEngine,
 } from "../engine-ipc.js";
 import { KvparkError, type ErrorCode } from "../errors.js";
 import type { Logger } from "../log.js";
@@ -67,6 +74,8 @@ export class EngineClient {
   restarts = 0;
   /** The running engine's last report of its memory and scheduler; undefined until its first. */
   engineStats?: EngineStats;
+  /** Which of the engine's loading messages make a log line (a few per load, not one per tensor). */
+  private readonly loadingLog = new LoadingLog();
   /** Called when the engine cannot start at all (a model that does not load). */
   onFatal?: (fatal: { code: ErrorCode; message: string }) => void;
 
@@ -102,18 +111,23 @@ export class EngineClient {
 
   private onMessage(msg: FromEngine): void {
     switch (msg.type) {
-      case "loading":
+      case "loading": {
+        const step = this.loadingLog.step(msg.what, msg.loadedBytes, msg.totalBytes);
+        if (step === undefined) return;
         this.log.info(
           {
             event: "model_loading",
             what: msg.what,
             loadedBytes: msg.loadedBytes,
             totalBytes: msg.totalBytes,
+            percent: step,
           },
-          "loading model",
+          msg.what === "weights" ? `loading model weights: ${step}%` : msg.what,
         );
         return;
+      }
       case "ready":
+        this.loadingLog.reset();
         this.info = msg.info;
         this.fatal = undefined;
         this.log.info(
@@ -250,6 +264,110 @@ export class EngineClient {
     throw mismatch("stats", r);
   }
 
+  /**
+   * One page of cached blocks after the hex key `after`: the tenant's, or with `names` (an admin's
+   * call) every tenant's, named by those of `names` that own them.
+   */
+  async listBlocks(
+    tenant: string,
+    page: { names?: string[]; pageSize: number; after: string },
+    signal: AbortSignal,
+  ): Promise<BlockListing> {
+    const r = await this.kv(tenant, { op: "listBlocks", ...page }, signal);
+    if (r.op === "listBlocks") return r.value;
+    throw mismatch("listBlocks", r);
+  }
+
+  /** Takes the selected blocks out of a tier or both (pinned ones only with `force`). */
+  async evict(
+    tenant: string,
+    selection: BlockSelection,
+    options: { tier: EvictTier; force: boolean },
+    signal: AbortSignal,
+  ): Promise<EvictReport> {
+    const r = await this.kv(tenant, { op: "evict", selection, ...options }, signal);
+    if (r.op === "evict") return r.value;
+    throw mismatch("evict", r);
+  }
+
+  /** Removes the tenant's blocks, or with `all` every block. */
+  async clear(tenant: string, all: boolean, signal: AbortSignal): Promise<ClearReport> {
+    const r = await this.kv(tenant, { op: "clear", all }, signal);
+    if (r.op === "clear") return r.value;
+    throw mismatch("clear", r);
+  }
+
+  /**
+   * A bundle of the tenant's blocks (or the selected ones, with their chains), piece by piece. Each
+   * piece is acknowledged to the engine when the caller asks for the next one, so the engine reads
+   * ahead of a slow client by KV_STREAM_WINDOW_BYTES at most. Returns what was exported.
+   */
+  async *exportBundle(
+    tenant: string,
+    selection: BlockSelection | undefined,
+    signal: AbortSignal,
+  ): AsyncGenerator<Uint8Array, ExportReport> {
+    const call = this.call(
+      (id) => ({ type: "kv", id, tenant, op: "exportBundle", ...(selection && { selection }) }),
+      signal,
+    );
+    for await (const ev of call.events) {
+      if (ev.type === "kv-data") {
+        yield ev.data;
+        call.send({ type: "kv-ack", id: call.id, bytes: ev.data.byteLength });
+      } else if (ev.type === "kv-result") {
+        if (ev.result.op === "exportBundle") return ev.result.value;
+        throw mismatch("exportBundle", ev.result);
+      }
+    }
+    throw new KvparkError("INTERNAL", "the engine ended an Export without a result");
+  }
+
+  /**
+   * Sends a bundle's pieces to the engine, which stores its blocks under the tenant, and returns
+   * its answer. At most KV_STREAM_WINDOW_BYTES wait unread in the engine: past that, the next piece
+   * waits for the engine to read. Stops sending as soon as the engine has answered (a refusal).
+   */
+  async importBundle(
+    tenant: string,
+    pieces: AsyncIterable<Uint8Array>,
+    signal: AbortSignal,
+  ): Promise<ImportReport> {
+    const call = this.call((id) => ({ type: "kv", id, tenant, op: "importBundle" }), signal);
+    let unacked = 0;
+    let wake: (() => void) | undefined;
+    let result: KvResult | undefined;
+    let failure: unknown;
+    let answered = false;
+    const events = (async () => {
+      try {
+        for await (const ev of call.events) {
+          if (ev.type === "kv-ack") unacked -= ev.bytes;
+          else if (ev.type === "kv-result") result = ev.result;
+          wake?.();
+        }
+      } catch (err) {
+        failure = err;
+      } finally {
+        answered = true;
+        wake?.();
+      }
+    })();
+    for await (const piece of pieces) {
+      if (answered) break;
+      call.send({ type: "kv-data", id: call.id, data: piece });
+      unacked += piece.byteLength;
+      while (unacked > KV_STREAM_WINDOW_BYTES && !answered) await new Promise<void>((r) => (wake = r));
+    }
+    call.send({ type: "kv-data", id: call.id });
+    await events;
+    if (failure !== undefined) throw failure;
+    if (result?.op === "importBundle") return result.value;
+    throw result
+      ? mismatch("importBundle", result)
+      : new KvparkError("INTERNAL", "the engine ended an Import without a result");
+  }
+
   /** Runs a unary KVBlocks operation in the engine and returns its answer. */
   private async kv(tenant: string, op: KvOp, signal: AbortSignal): Promise<KvResult> {
     for await (const ev of this.call((id) => ({ type: "kv", id, tenant, ...op }), signal).events) {
@@ -274,5 +392,34 @@ export class EngineClient {
     const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
     await exited;
     clearTimeout(timer);
+  }
+}
+
+/**
+ * Thins the engine's loading progress to a few log lines: for each thing loaded (`what`), its start and
+ * then each quarter reached (25, 50, 75, 100 %), so a load logs at most five lines however many
+ * progress messages the engine sends.
+ */
+export class LoadingLog {
+  private what = "";
+  private logged = -1;
+
+  /** Starts over: the next load (an engine restart) logs its progress again. */
+  reset(): void {
+    this.what = "";
+    this.logged = -1;
+  }
+
+  /** The percentage to log for this progress message, or undefined to stay quiet. */
+  step(what: string, done: number, total: number): number | undefined {
+    const percent = total > 0 ? Math.floor((Math.min(done, total) / total) * 100) : 100;
+    const quarter = percent === 0 ? 0 : Math.floor(percent / 25) * 25;
+    if (what !== this.what) {
+      this.what = what;
+      this.logged = -1;
+    }
+    if (quarter <= this.logged) return undefined;
+    this.logged = quarter;
+    return quarter;
   }
 }

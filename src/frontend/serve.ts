@@ -1,5 +1,6 @@
 import type { Config } from "../config.js";
 import { createLogger, type Logger } from "../log.js";
+import { RecentRequests } from "../console/recent-requests.js";
 import { Readiness } from "../rpc/health.js";
 import { startTelemetry, type Telemetry } from "../telemetry/index.js";
 import { Admission } from "./admission.js";
@@ -42,6 +43,7 @@ export function frontEnd(
     admission: new Admission(config.requestsMax, config.tenantRequestsMax),
     handles: new HandleTable(config.handlesMax, config.handleTtlSeconds * 1000),
     telemetry,
+    recentRequests: config.console ? new RecentRequests() : undefined,
   };
   return { engine, deps };
 }
@@ -52,7 +54,11 @@ export async function serve(config: Config): Promise<void> {
   // Before listening, so that the first call is traced; undefined (and nothing loaded) when off.
   const telemetry = await startTelemetry(config, log);
   const { engine, deps } = frontEnd(config, log, telemetry);
-  const server = await listen(config, deps);
+  // A port in use is a ConfigError (exit 2); the telemetry already started must not keep the process up.
+  const server = await listen(config, deps).catch(async (err: unknown) => {
+    await telemetry?.shutdown();
+    throw err;
+  });
   log.info(
     {
       event: "listening",

@@ -12,9 +12,11 @@ import { file_grpc_reflection_v1alpha_reflection } from "../../gen/grpc/reflecti
 import { file_kvpark_v1_inference } from "../../gen/kvpark/v1/inference_pb.js";
 import { file_kvpark_v1_kvblocks } from "../../gen/kvpark/v1/kvblocks_pb.js";
 import { file_kvpark_v1_model } from "../../gen/kvpark/v1/model_pb.js";
+import { file_kvpark_v1_console } from "../../gen/kvpark/v1/console_pb.js";
 import { authInterceptor, Authenticator, parseAuthTokens, tenantKey } from "./auth.js";
 import { corsStep } from "./cors.js";
-import type { Config } from "../config.js";
+import { consoleFiles } from "../console/static.js";
+import { ConfigError, type Config } from "../config.js";
 import type { Logger } from "../log.js";
 import { errorInterceptor, observeCallEnd } from "../rpc/call-end.js";
 import type { RpcDeps } from "../rpc/deps.js";
@@ -22,8 +24,10 @@ import { registerHealth, type Readiness } from "../rpc/health.js";
 import { registerInference } from "../rpc/inference.js";
 import { registerKVBlocks } from "../rpc/kvblocks.js";
 import { registerModel } from "../rpc/model.js";
+import { registerConsole } from "../rpc/console.js";
 import { ReflectionIndex, registerReflection } from "../rpc/reflection.js";
 import { findRoute, httpRoutes } from "../http/index.js";
+import { rpcSpanKey, traceFields } from "../telemetry/rpc-span.js";
 import { checkRequestWire, unknownMethod } from "./wire-checks.js";
 
 /** Fully qualified names of the services this server exposes. */
@@ -31,6 +35,7 @@ export const SERVICE_NAMES = [
   "kvpark.v1.InferenceService",
   "kvpark.v1.KVBlocksService",
   "kvpark.v1.ModelService",
+  "kvpark.v1.ConsoleService",
   "grpc.health.v1.Health",
   "grpc.reflection.v1.ServerReflection",
   "grpc.reflection.v1alpha.ServerReflection",
@@ -40,6 +45,7 @@ const DESCRIPTOR_FILES: DescFile[] = [
   file_kvpark_v1_inference,
   file_kvpark_v1_kvblocks,
   file_kvpark_v1_model,
+  file_kvpark_v1_console,
   file_grpc_health_v1_health,
   file_grpc_reflection_v1_reflection,
   file_grpc_reflection_v1alpha_reflection,
@@ -70,6 +76,8 @@ function loggingInterceptor(log: Logger): Interceptor {
         code,
         ms: Math.round((performance.now() - started) * 10) / 10,
         tenant: req.contextValues.get(tenantKey) || undefined,
+        // The tracing interceptor, outermost, has set the call's span (telemetry on).
+        ...traceFields(req.contextValues.get(rpcSpanKey)),
       };
       if (err === undefined) log.info(line, "request done");
       else {
@@ -158,6 +166,7 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
       registerInference(router, deps);
       registerKVBlocks(router, deps);
       registerModel(router, deps);
+      registerConsole(router, deps);
       deps.registerExtra?.(router);
       checkRequestWire(router, config.messageBytesMax);
     },
@@ -170,7 +179,10 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
   const grpc = withSpecGrpcMessages(adapter as NodeHandler);
   // The OpenAI- and Anthropic-compatible JSON APIs share the port; everything else is Connect's.
   const routes = httpRoutes(deps, authenticator, config);
+  // The web console's page (--console): static files under its own path; its data comes over Connect.
+  const consolePage = config.console ? consoleFiles() : undefined;
   const dispatch: NodeHandler = (req, res) => {
+    if (consolePage?.serve(req, res)) return;
     const route = findRoute(routes, req);
     if (!route) return grpc(req, res);
     route.handle(req, res).catch((err: unknown) => {
@@ -183,6 +195,27 @@ export function buildHandler(config: Config, deps: ServerDeps, shutdownSignal: A
   // responses of every protocol carry the CORS headers.
   const cors = corsStep(config.corsOrigins);
   return cors ? (req, res) => cors(req, res, () => dispatch(req, res)) : dispatch;
+}
+
+/**
+ * A ConfigError naming the flag that fixes a failed listen, for the failures the configuration causes
+ * (the port taken, an address this machine does not have); other errors as they are.
+ */
+function listenError(err: Error, config: Config): Error {
+  const where = `--port ${config.port} on ${config.host}`;
+  switch ((err as NodeJS.ErrnoException).code) {
+    case "EADDRINUSE":
+      return new ConfigError([`${where} is already in use (set --port; 0 picks a free one)`]);
+    case "EACCES":
+      return new ConfigError([`${where}: permission denied (ports below 1024 need privileges)`]);
+    case "EADDRNOTAVAIL":
+      return new ConfigError([`--host ${config.host} is not an address of this machine`]);
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+      return new ConfigError([`--host ${config.host}: no such host`]);
+    default:
+      return err;
+  }
 }
 
 /** A listening server and the means to stop it gracefully. */
@@ -273,7 +306,7 @@ export async function listen(config: Config, deps: ServerDeps): Promise<RunningS
     socket.once("close", () => sockets.delete(socket));
   });
   await new Promise<void>((resolve, reject) => {
-    front.once("error", reject);
+    front.once("error", (err) => reject(listenError(err, config)));
     front.listen(config.port, config.host, () => resolve());
   });
   const port = (front.address() as net.AddressInfo).port;

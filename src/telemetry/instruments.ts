@@ -157,5 +157,11 @@ export function createEngineInstruments(meter: Meter) {
       "{sequence}",
       "Sequences in the engine's most recent batched decode step.",
     ),
+    heapUsed: gauge(sc.METRIC_KVPARK_ENGINE_HEAP_USED, "By", "V8 heap in use in the engine process."),
+    eventLoopDelay: gauge(
+      sc.METRIC_KVPARK_ENGINE_EVENTLOOP_DELAY,
+      "s",
+      "The engine's event-loop delay over its last report's window, by statistic (mean, p99, max).",
+    ),
   };
 }

@@ -1,4 +1,5 @@
 import {
+  isSpanContextValid,
   propagation,
   ROOT_CONTEXT,
   SpanKind,
@@ -25,6 +26,54 @@ const headerGetter: TextMapGetter<Headers> = {
   get: (carrier, key) => carrier.get(key) ?? undefined,
   keys: (carrier) => [...carrier.keys()],
 };
+
+/**
+ * The trace_id and span_id a request's log line carries, so that a log store can jump to its trace; none
+ * when there is no span or it is not traced (telemetry off, or metrics only).
+ */
+export function traceFields(span: Span | undefined): { trace_id?: string; span_id?: string } {
+  const ids = span?.spanContext();
+  if (!ids || !isSpanContextValid(ids)) return {};
+  return { trace_id: ids.traceId, span_id: ids.spanId };
+}
+
+/**
+ * A SERVER span for a call of the HTTP APIs (OpenAI, Anthropic), continuing the caller's W3C trace
+ * context, named as the HTTP conventions name it ("POST /v1/chat/completions"). The generation it runs
+ * becomes its child, as a Generate call's is of its RPC span.
+ */
+export function startHttpSpan(
+  tracer: Tracer,
+  method: string,
+  route: string,
+  headers: Record<string, string | string[] | undefined>,
+): Span {
+  const parent = propagation.extract(ROOT_CONTEXT, headers, {
+    get: (carrier, key) => {
+      const v = carrier[key];
+      return Array.isArray(v) ? v[0] : v;
+    },
+    keys: (carrier) => Object.keys(carrier),
+  });
+  return tracer.startSpan(
+    `${method} ${route}`,
+    {
+      kind: SpanKind.SERVER,
+      attributes: { [sc.ATTR_HTTP_REQUEST_METHOD]: method, [sc.ATTR_HTTP_ROUTE]: route },
+    },
+    parent,
+  );
+}
+
+/** Ends an HTTP API call's span with its response status; 5xx marks it failed. */
+export function endHttpSpan(span: Span, status: number): void {
+  span.setAttribute(sc.ATTR_HTTP_RESPONSE_STATUS_CODE, status);
+  if (status >= 500) {
+    span.setAttribute(sc.ATTR_ERROR_TYPE, String(status));
+    span.setStatus({ code: SpanStatusCode.ERROR });
+  }
+  span.end();
+}
 
 /** gRPC's canonical status name, e.g. INVALID_ARGUMENT, for error.type. */
 export function grpcCodeName(code: number): string {

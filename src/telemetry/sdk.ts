@@ -109,12 +109,60 @@ async function metricReaders(plan: TelemetryPlan, config: Config, env: NodeJS.Pr
   return readers;
 }
 
-/** The SDK's own warnings (failed exports, dropped spans) go to kvpark's JSON log. */
-function diagToLog(log: Logger): DiagLogger {
+/** How long the log stays quiet about telemetry failures after one it reported. */
+export const TELEMETRY_FAILURE_QUIET_MS = 5 * 60_000;
+
+/**
+ * Failures of the SDK and its exporters (a collector that is down or refuses), logged at warn: the first
+ * of each kind at once, then at most one line per TELEMETRY_FAILURE_QUIET_MS counting what was held
+ * back. An unreachable collector fails every export, every few seconds, and a line for each would bury
+ * the log; it is an operating condition, not the server's fault, so never error-level.
+ */
+export class TelemetryFailureLog {
+  private readonly kinds = new Map<string, { quietUntil: number; suppressed: number }>();
+
+  constructor(
+    private readonly log: Logger,
+    private readonly quietMs = TELEMETRY_FAILURE_QUIET_MS,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Reports a failure; `kind` groups the ones rate-limited together (default: the message). */
+  failed(message: string, detail?: unknown, kind = message.slice(0, 80)): void {
+    const t = this.now();
+    const k = this.kinds.get(kind) ?? { quietUntil: 0, suppressed: 0 };
+    this.kinds.set(kind, k);
+    if (t < k.quietUntil) {
+      k.suppressed++;
+      return;
+    }
+    const held = k.suppressed;
+    k.suppressed = 0;
+    k.quietUntil = t + this.quietMs;
+    this.log.warn(
+      {
+        event: "otel",
+        detail: detail instanceof Error ? detail.message : detail,
+        suppressed: held || undefined,
+      },
+      held > 0
+        ? `${message} (${held} more since the last report)`
+        : `${message} (repeats are reported at most every ${this.quietMs / 1000} s)`,
+    );
+  }
+}
+
+/** The SDK's own diagnostics go to kvpark's log; its errors and warnings through the failure log. */
+function diagToLog(log: Logger, failures: TelemetryFailureLog): DiagLogger {
   const child = log.child({ event: "otel" });
+  const text = (msg: string, args: unknown[]) =>
+    [msg, ...args.map((a) => (a instanceof Error ? a.message : typeof a === "string" ? a : ""))]
+      .filter(Boolean)
+      .join(" ")
+      .slice(0, 500);
   return {
-    error: (msg, ...args) => child.error({ args }, msg),
-    warn: (msg, ...args) => child.warn({ args }, msg),
+    error: (msg, ...args) => failures.failed(text(msg, args)),
+    warn: (msg, ...args) => failures.failed(text(msg, args)),
     info: (msg, ...args) => child.info({ args }, msg),
     debug: (msg, ...args) => child.debug({ args }, msg),
     verbose: (msg, ...args) => child.trace({ args }, msg),
@@ -136,10 +184,17 @@ export async function startTelemetry(
   const overridden = overrides.spanProcessors !== undefined || overrides.metricReaders !== undefined;
   if (!overridden && !plan.traces && plan.metricExporters.length === 0 && plan.prometheusPort === 0)
     return undefined;
-  if (!env.OTEL_LOG_LEVEL) diag.setLogger(diagToLog(log), DiagLogLevel.WARN);
+  const failures = new TelemetryFailureLog(log);
+  if (!env.OTEL_LOG_LEVEL) diag.setLogger(diagToLog(log, failures), DiagLogLevel.WARN);
+  // Failed exports reach the global error handler, whose default logs each one through diag.error.
+  const { setGlobalErrorHandler } = await import("@opentelemetry/core");
+  setGlobalErrorHandler((err) => failures.failed("telemetry export failed", err, "export"));
   const { NodeSDK } = await import("@opentelemetry/sdk-node");
+  const { RuntimeNodeInstrumentation } = await import("@opentelemetry/instrumentation-runtime-node");
+  const { HostMetricsInstrumentation } = await import("@opentelemetry/instrumentation-host-metrics");
   const { defaultResource, resourceFromAttributes } = await import("@opentelemetry/resources");
   const readers = overrides.metricReaders ?? (await metricReaders(plan, config, env));
+  const metricsOn = readers.length > 0;
   const sdk = new NodeSDK({
     // service.name and service.version are defaults: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES,
     // read by the environment detector, override them.
@@ -154,7 +209,16 @@ export async function startTelemetry(
     metricReaders: readers,
     // kvpark logs JSON to stdout; an OTLP log pipeline would only add a second, idle exporter.
     logRecordProcessors: [],
-    instrumentations: [],
+    // The front end's process and runtime metrics: CPU time and memory of the process (the system-wide
+    // groups are left out: a container's host is not kvpark's to report) and V8 heap, event-loop delay
+    // and utilization. The engine reports its own in EngineStats. No auto-instrumentation: kvpark
+    // traces its calls itself.
+    instrumentations: metricsOn
+      ? [
+          new HostMetricsInstrumentation({ metricGroups: ["process.cpu", "process.memory"] }),
+          new RuntimeNodeInstrumentation({ monitoringPrecision: 20 }),
+        ]
+      : [],
   });
   sdk.start();
   const tracing = overrides.spanProcessors ? overrides.spanProcessors.length > 0 : plan.traces;
@@ -171,7 +235,7 @@ export async function startTelemetry(
   return new Telemetry({
     recordContent: config.telemetryRecordContent,
     tracing,
-    metrics: readers.length > 0,
+    metrics: metricsOn,
     shutdown: () => sdk.shutdown(),
   });
 }

@@ -45,6 +45,10 @@ export const ATTR_RPC_METHOD = "rpc.method";
 export const ATTR_RPC_GRPC_STATUS_CODE = "rpc.grpc.status_code";
 export const ATTR_ERROR_TYPE = "error.type";
 export const RPC_SYSTEM_GRPC = "grpc";
+/** The HTTP APIs' server spans (stable HTTP conventions). */
+export const ATTR_HTTP_REQUEST_METHOD = "http.request.method";
+export const ATTR_HTTP_ROUTE = "http.route";
+export const ATTR_HTTP_RESPONSE_STATUS_CODE = "http.response.status_code";
 export const METRIC_RPC_SERVER_CALL_DURATION = "rpc.server.call.duration";
 /** Resource attributes; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override kvpark's defaults. */
 export const ATTR_SERVICE_NAME = "service.name";
@@ -173,19 +177,45 @@ export const METRIC_KVPARK_ENGINE_MEMORY_LIMIT = "kvpark.engine.memory.limit";
 export const METRIC_KVPARK_ENGINE_MEMORY_RESERVED = "kvpark.engine.memory.reserved";
 export const METRIC_KVPARK_ENGINE_SEQUENCES = "kvpark.engine.sequences";
 export const METRIC_KVPARK_ENGINE_DECODE_BATCH_SIZE = "kvpark.engine.decode.batch_size";
+/** The engine's V8 heap in use, and its event loop's delay (mean and p99 over the last report's window). */
+export const METRIC_KVPARK_ENGINE_HEAP_USED = "kvpark.engine.heap.used";
+export const METRIC_KVPARK_ENGINE_EVENTLOOP_DELAY = "kvpark.engine.eventloop.delay";
+/** kvpark.engine.eventloop.delay's statistic: mean, p99 or max. */
+export const ATTR_KVPARK_ENGINE_EVENTLOOP_STAT = "kvpark.engine.eventloop.stat";
+
+// ---- The front end's process and runtime (host-metrics and instrumentation-runtime-node) ----------
+
+/**
+ * Names the front end's process and runtime instrumentations emit (OpenTelemetry semantic
+ * conventions), listed so that dashboards and tests query what is exported.
+ */
+export const METRIC_PROCESS_CPU_TIME = "process.cpu.time";
+export const METRIC_PROCESS_CPU_UTILIZATION = "process.cpu.utilization";
+export const METRIC_PROCESS_MEMORY_USAGE = "process.memory.usage";
+export const METRIC_V8JS_MEMORY_HEAP_USED = "v8js.memory.heap.used";
+export const METRIC_NODEJS_EVENTLOOP_DELAY_P99 = "nodejs.eventloop.delay.p99";
+export const METRIC_NODEJS_EVENTLOOP_UTILIZATION = "nodejs.eventloop.utilization";
 
 // ---- Histogram buckets ------------------------------------------------------------------------
 
 /** Bucket boundaries the GenAI conventions recommend, and kvpark's own sized to what it measures. */
 export const BUCKETS = {
-  timeToFirstToken: [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10],
+  // The conventions' boundaries stop at 10 s; a cold prompt of 8k tokens takes minutes on a CPU, so the
+  // upper buckets continue to 10 minutes (past the last one, a histogram only says "more").
+  timeToFirstToken: [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 30, 60, 120,
+    180, 300, 600,
+  ],
   timePerOutputToken: [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5],
-  requestDuration: [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92],
+  requestDuration: [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92, 120, 180, 300,
+    600,
+  ],
   tokens: [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304],
   // A RAM restore takes well under a millisecond per block; a cold SSD restore of a long context, seconds.
   restoreDuration: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
   // From one small block (tens of KiB) to a long context of a 0.5B model (hundreds of MiB).
   restoreBytes: [65536, 262144, 1048576, 4194304, 16777216, 67108864, 268435456, 1073741824],
   restoreThroughput: [1e7, 2.5e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2.5e9, 5e9],
-  rpcDuration: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+  rpcDuration: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600],
 } as const;

@@ -20,7 +20,7 @@ import {
   createInstruments,
   type Instruments,
 } from "./instruments.js";
-import { rpcInterceptor } from "./rpc-span.js";
+import { endHttpSpan, rpcInterceptor, startHttpSpan } from "./rpc-span.js";
 import {
   GenerationTrace,
   restoreTier,
@@ -63,6 +63,16 @@ export class Telemetry {
   /** Outermost interceptor: a SERVER span and a duration metric per RPC. */
   interceptor(): Interceptor {
     return rpcInterceptor(this.tracer, this.instruments.rpcDuration);
+  }
+
+  /** A SERVER span for one call of the HTTP APIs; `end` records its response status and ends it. */
+  httpSpan(
+    method: string,
+    route: string,
+    headers: Record<string, string | string[] | undefined>,
+  ): { span: Span; end: (status: number) => void } {
+    const span = startHttpSpan(this.tracer, method, route, headers);
+    return { span, end: (status) => endHttpSpan(span, status) };
   }
 
   /** Starts the trace of one Generate call, a child of its RPC span. */
@@ -176,6 +186,15 @@ export class Telemetry {
       result.observe(g.sequences, e.sequencesRunning, { [state]: sc.ENGINE_SEQUENCE_STATE_RUNNING });
       result.observe(g.sequences, e.sequencesWaiting, { [state]: sc.ENGINE_SEQUENCE_STATE_WAITING });
       result.observe(g.decodeBatch, e.decodeBatch);
+      // Engines of an older build (during a rolling restart) do not report these.
+      if (e.heapUsedBytes !== undefined) result.observe(g.heapUsed, e.heapUsedBytes);
+      const stat = sc.ATTR_KVPARK_ENGINE_EVENTLOOP_STAT;
+      if (e.eventLoopDelayMeanMs !== undefined)
+        result.observe(g.eventLoopDelay, e.eventLoopDelayMeanMs / 1000, { [stat]: "mean" });
+      if (e.eventLoopDelayP99Ms !== undefined)
+        result.observe(g.eventLoopDelay, e.eventLoopDelayP99Ms / 1000, { [stat]: "p99" });
+      if (e.eventLoopDelayMaxMs !== undefined)
+        result.observe(g.eventLoopDelay, e.eventLoopDelayMaxMs / 1000, { [stat]: "max" });
     }, Object.values(g));
   }
 

@@ -5,6 +5,7 @@ import Ajv from "ajv";
 import draft7 from "ajv/dist/refs/json-schema-draft-07.json";
 import { Deployment } from "kubernetes-models/apps/v1/Deployment";
 import { ConfigMap } from "kubernetes-models/v1/ConfigMap";
+import { Pod } from "kubernetes-models/v1/Pod";
 import { PersistentVolumeClaim } from "kubernetes-models/v1/PersistentVolumeClaim";
 import { Service } from "kubernetes-models/v1/Service";
 import * as YAML from "yaml";
@@ -37,6 +38,7 @@ describe("Kubernetes manifests", () => {
       "ConfigMap",
       "Deployment",
       "PersistentVolumeClaim",
+      "PersistentVolumeClaim",
       "Service",
     ]);
     for (const doc of docs) expect(() => new models[doc.kind](doc).validate()).not.toThrow();
@@ -61,6 +63,15 @@ describe("Kubernetes manifests", () => {
     expect(data.OTEL_EXPORTER_OTLP_PROTOCOL).toBe("grpc");
   });
 
+  it("has a model loader pod, valid, on the models volume the Deployment mounts", () => {
+    const pod = YAML.parse(fs.readFileSync(path.join(dir, "model-loader", "pod.yaml"), "utf8"));
+    expect(() => new Pod(pod).validate()).not.toThrow();
+    expect(pod.spec.volumes).toEqual([
+      { name: "models", persistentVolumeClaim: { claimName: "kvpark-models" } },
+    ]);
+    expect(pod.spec.containers[0].volumeMounts).toEqual([{ name: "models", mountPath: "/models" }]);
+  });
+
   it("wires probes, ports, volumes and the Service to the container", () => {
     const d = byKind("Deployment")[0];
     const pod = d.spec.template.spec;
@@ -76,6 +87,14 @@ describe("Kubernetes manifests", () => {
     const claim = pod.volumes.find((v: Any) => v.name === "data").persistentVolumeClaim.claimName;
     expect(claim).toBe(byKind("PersistentVolumeClaim")[0].metadata.name);
     expect(c.volumeMounts).toContainEqual({ name: "data", mountPath: "/data" });
+    // Real models come from their own volume, read-only at /models.
+    const models = pod.volumes.find((v: Any) => v.name === "models").persistentVolumeClaim;
+    expect(models).toEqual({ claimName: "kvpark-models", readOnly: true });
+    expect(byKind("PersistentVolumeClaim").map((p) => p.metadata.name)).toEqual([
+      "kvpark-data",
+      "kvpark-models",
+    ]);
+    expect(c.volumeMounts).toContainEqual({ name: "models", mountPath: "/models", readOnly: true });
     // The grace period covers kvpark's own shutdown grace, so SIGTERM never cuts the telemetry flush.
     expect(pod.terminationGracePeriodSeconds * 1000).toBeGreaterThan(
       Number(byKind("ConfigMap")[0].data.KVPARK_SHUTDOWN_GRACE_MS) + 5000,
@@ -129,8 +148,16 @@ describe("compose stack", () => {
   });
 
   it("wires kvpark -> Collector -> Tempo and Prometheus -> Grafana at matching addresses", () => {
-    const env = compose.services.kvpark.environment;
+    // Compose's ${VAR:-default} with the variable unset: the default.
+    const env = Object.fromEntries(
+      Object.entries<string>(compose.services.kvpark.environment).map(([k, v]) => [
+        k,
+        String(v).replace(/\$\{\w+:-([^}]*)\}/g, "$1"),
+      ]),
+    );
     expect(loadConfig([], env)).toMatchObject({ model: "small" });
+    expect(compose.services.kvpark.environment.KVPARK_MODEL).toBe("${KVPARK_MODEL:-small}");
+    expect(compose.services.kvpark.volumes).toContain("./models:/models:ro");
     expect(env.OTEL_EXPORTER_OTLP_ENDPOINT).toBe("http://otel-collector:4317");
     expect(env.OTEL_EXPORTER_OTLP_PROTOCOL).toBe("grpc");
     expect(collector.receivers.otlp.protocols.grpc.endpoint).toBe("0.0.0.0:4317");

@@ -9,7 +9,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { InferenceService } from "../../gen/kvpark/v1/inference_pb";
 import { KVBlocksService } from "../../gen/kvpark/v1/kvblocks_pb";
 import { loadConfig } from "../../src/config";
-import { createLogger } from "../../src/log";
+import { createLogger, type Logger } from "../../src/log";
 import { frontEnd } from "../../src/frontend/serve";
 import { listen } from "../../src/frontend/server";
 import { startTelemetry } from "../../src/telemetry";
@@ -39,14 +39,14 @@ export interface InProcessServer {
 }
 
 export async function startInProcess(
-  opts: { args?: string[]; dataDir?: string } = {},
+  opts: { args?: string[]; dataDir?: string; log?: Logger } = {},
 ): Promise<InProcessServer> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), "kvpark-tel-"));
   const config = loadConfig(
     ["--port", "0", "--data-dir", dataDir, "--model", testModel(), ...(opts.args ?? [])],
     {},
   );
-  const log = createLogger("silent");
+  const log = opts.log ?? createLogger("silent");
   const spans = new InMemorySpanExporter();
   const reader = new PullReader();
   const telemetry = await startTelemetry(

@@ -385,15 +385,29 @@ describe("spans and metrics (in-memory exporter)", () => {
       "kvpark.engine.memory.reserved",
       "kvpark.engine.sequences",
       "kvpark.engine.decode.batch_size",
+      "kvpark.engine.heap.used",
     ];
     if (stats.engine) {
       expect(sums("kvpark.engine.memory.limit")).toEqual({ "": Number(stats.engine.memoryMaxBytes) });
       expect(sums("kvpark.engine.memory.rss")[""]).toBeGreaterThan(0);
       expect(Object.keys(sums("kvpark.engine.sequences")).sort()).toEqual(["running", "waiting"]);
       for (const name of engineMetrics) expect(all.get(name)!.dataPoints.length).toBeGreaterThan(0);
+      expect(sums("kvpark.engine.heap.used")[""]).toBeGreaterThan(0);
+      // The event-loop delay comes once the engine has sampled a window (not in its very first report).
+      if (all.get("kvpark.engine.eventloop.delay")?.dataPoints.length)
+        expect(Object.keys(sums("kvpark.engine.eventloop.delay")).sort()).toEqual(["max", "mean", "p99"]);
     } else {
       for (const name of engineMetrics) expect([name, all.get(name)?.dataPoints ?? []]).toEqual([name, []]);
     }
+    // The front end's own process and runtime metrics (host-metrics, runtime-node).
+    for (const name of [
+      "process.cpu.time",
+      "process.memory.usage",
+      "v8js.memory.heap.used",
+      "nodejs.eventloop.delay.p99",
+      "nodejs.eventloop.utilization",
+    ])
+      expect([name, (all.get(name)?.dataPoints.length ?? 0) > 0]).toEqual([name, true]);
     const rpcCalls = Object.fromEntries(
       (all.get("rpc.server.call.duration") as HistogramMetricData).dataPoints.map((p) => [
         `${p.attributes["rpc.method"]}:${p.attributes["rpc.grpc.status_code"]}`,
