@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and builds everything kvpark needs on a Debian machine with Node 20 and npm:
-# Debian packages (BLAS/LAPACK for MLX, protoc and gRPC Python for the cross-language tests,
+# Debian packages (BLAS/LAPACK for MLX, protoc, gRPC Python, venv and wheel for the cross-language tests,
 # xxhash for the SSD store; for the tests also Chromium, which the browser tests drive headless through
 # playwright-core), npm packages, the native addon and the TypeScript build.
 # Idempotent and quick when nothing changed. `--test` adds what only the test suite needs.
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 packages=(libopenblas0 liblapack3 libxxhash-dev g++ make python3)
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(openssl protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf chromium)
+  packages+=(openssl protobuf-compiler protobuf-compiler-grpc libprotobuf-dev python3-grpcio python3-protobuf python3-venv python3-wheel chromium)
 fi
 
 missing=()
@@ -61,6 +61,14 @@ if [[ ! -f $types/lib/nn/index.d.ts || $mlx/package.json -nt $types/lib/nn/index
   test -f "$types/lib/nn/index.d.ts"
 fi
 
-# tsc, plus the data files it does not copy into dist/ (npm run build).
-echo "kvpark setup: compiling TypeScript"
+# tsc, plus the data files it does not copy into dist/ (npm run build). `tsc -b --incremental` keeps
+# its state in dist/tsconfig.tsbuildinfo and compiles only the files that changed and those that
+# depend on them, nothing when no source did. It does not look at installed packages: new ones, or new
+# MLX declarations, drop that state so that everything is compiled again. A clone without dist/
+# compiles everything.
+info=dist/tsconfig.tsbuildinfo
+if [[ -f $info && (node_modules/.package-lock.json -nt $info || $types/lib/nn/index.d.ts -nt $info) ]]; then
+  rm -f "$info"
+fi
+echo "kvpark setup: compiling TypeScript (what changed)"
 npm run --silent build

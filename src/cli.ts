@@ -11,6 +11,8 @@ Usage: kvpark <command> [options]
 Commands:
   serve            Run the gRPC server (gRPC, gRPC-Web and Connect on one port).
   model generate   Write a seeded random-weight model in the Hugging Face layout.
+  cache            Inspect and manage a server's prefix cache: stats, ls, evict, clear, export,
+                   import, verify (export and verify also offline, on a stopped server's --data-dir).
   help             Show this text; \`kvpark <command> --help\` shows a command's options.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.`;
@@ -25,7 +27,10 @@ async function main(argv: string[]): Promise<number> {
     case "serve": {
       if (rest.includes("--help") || rest.includes("-h")) {
         console.log(
-          `Usage: kvpark serve [options]\n\nEvery option can also be set by its environment variable; flags win.\n\n${configHelp()}`,
+          `Usage: kvpark serve [options]\n\nEvery option can also be set by its environment variable; flags win.\n` +
+            `Sizes take a unit: KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000),\n` +
+            `as in 2GiB, 1.5GiB or 512MiB; a plain number is bytes.\n` +
+            `A bad value exits 2 before the server listens, naming the flag.\n\n${configHelp()}`,
         );
         return EXIT.ok;
       }
@@ -37,6 +42,10 @@ async function main(argv: string[]): Promise<number> {
     case "model": {
       const { modelCommand } = await import("./commands/model.js");
       return modelCommand(rest);
+    }
+    case "cache": {
+      const { cacheCommand } = await import("./commands/cache.js");
+      return cacheCommand(rest);
     }
     default:
       console.error(`kvpark: unknown command "${command}"\n\n${USAGE}`);

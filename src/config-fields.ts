@@ -23,6 +23,7 @@ export interface Config {
   authTokens: string;
   adminTokens: string;
   corsOrigins: string;
+  console: boolean;
   messageBytesMax: number;
   keepaliveMs: number;
   keepaliveTimeoutMs: number;

@@ -1,6 +1,9 @@
+import * as fs from "node:fs";
 import * as path from "node:path";
+import * as tls from "node:tls";
 import { parseArgs } from "node:util";
 import { KvparkError } from "./errors";
+import { PRESETS } from "./model-gen/presets";
 import { parseOrigins } from "./origins";
 
 export { parseOrigins } from "./origins";
@@ -8,7 +11,8 @@ import { ADMISSION_POLICIES, FSYNC_MODES, LOG_LEVELS, TELEMETRY_MODES, type Conf
 
 export * from "./config-fields";
 
-type Kind = "string" | "int" | "bool" | "enum";
+// "bytes" is an integer option that also takes a size with a unit (2GiB, 512MiB, 2GB).
+type Kind = "string" | "int" | "bytes" | "bool" | "enum";
 
 interface OptionSpec<K extends keyof Config> {
   key: K;
@@ -47,7 +51,7 @@ const specs: OptionSpec<keyof Config>[] = [
     flag: "--model",
     kind: "string",
     default: "small",
-    help: "Model directory (Hugging Face layout) or a preset name (tiny, small, qwen2.5-0.5b, with -4bit or -sharded) generated under the data directory on first use.",
+    help: "Model directory (Hugging Face layout) or a preset name (tiny, small, qwen2.5-0.5b, with -4bit or -sharded) generated under the data directory on first use. Anything else is refused at start.",
   },
   {
     key: "modelName",
@@ -89,7 +93,7 @@ const specs: OptionSpec<keyof Config>[] = [
     flag: "--auth-tokens",
     kind: "string",
     default: "",
-    help: "Bearer tokens as tenant=token pairs separated by commas, or @file with one pair per line. When set, every RPC needs `authorization: Bearer <token>`; the tenant salts cache keys.",
+    help: "Bearer tokens as tenant=token pairs separated by commas, or @file with one pair per line (# starts a comment). Tokens have at least 16 characters and no spaces, each token one tenant. When set, every RPC needs `authorization: Bearer <token>`; the tenant salts cache keys.",
   },
   {
     key: "adminTokens",
@@ -106,13 +110,20 @@ const specs: OptionSpec<keyof Config>[] = [
     help: "Origins of web pages allowed to call the HTTP APIs, Connect and gRPC-Web from a browser, as scheme://host[:port] separated by commas, or * for any: preflights are answered and these origins' requests get CORS headers. Empty: no CORS headers, so browsers refuse pages of other origins.",
   },
   {
+    key: "console",
+    flag: "--console",
+    kind: "bool",
+    default: false,
+    help: "Serve the web console at /console/ on the same port: cache tiers and hit rates, the engine's memory, recent requests (newest 100, kept in memory) and a chat box. Its data calls need a token when tokens are set; a tenant sees its own requests, an operator every tenant's.",
+  },
+  {
     key: "messageBytesMax",
     flag: "--message-bytes-max",
-    kind: "int",
+    kind: "bytes",
     default: 32 * MiB,
     min: 1024,
     max: 1024 * MiB,
-    help: "Largest request or response message, in bytes; larger ones get RESOURCE_EXHAUSTED.",
+    help: "Largest request or response message; larger ones get RESOURCE_EXHAUSTED.",
   },
   {
     key: "keepaliveMs",
@@ -224,7 +235,7 @@ const specs: OptionSpec<keyof Config>[] = [
   {
     key: "engineMemoryMax",
     flag: "--engine-memory-max",
-    kind: "int",
+    kind: "bytes",
     default: 0,
     min: 0,
     max: 2 ** 50,
@@ -258,7 +269,7 @@ const specs: OptionSpec<keyof Config>[] = [
   {
     key: "ramBytesMax",
     flag: "--ram-bytes-max",
-    kind: "int",
+    kind: "bytes",
     default: 2 * GiB,
     min: 0,
     max: 2 ** 50,
@@ -267,7 +278,7 @@ const specs: OptionSpec<keyof Config>[] = [
   {
     key: "ssdBytesMax",
     flag: "--ssd-bytes-max",
-    kind: "int",
+    kind: "bytes",
     default: 32 * GiB,
     min: 0,
     max: 2 ** 50,
@@ -301,7 +312,7 @@ const specs: OptionSpec<keyof Config>[] = [
   {
     key: "hardPinQuotaBytes",
     flag: "--hard-pin-quota-bytes",
-    kind: "int",
+    kind: "bytes",
     default: 1 * GiB,
     min: 0,
     max: 2 ** 50,
@@ -406,6 +417,56 @@ export class ConfigError extends KvparkError<"CONFIG_INVALID"> {
   }
 }
 
+// Sizes are parsed here rather than with the `bytes` package, which reads KB as 1024 and knows no
+// KiB, or its fork `bytes-iec`, which throws on "1ib" and rounds fractions down silently: the whole
+// parser is a table and a regular expression. BigInt keeps 1.1GB exact.
+const BYTE_UNITS = new Map<string, bigint>([
+  ["b", 1n],
+  ["kb", 10n ** 3n],
+  ["mb", 10n ** 6n],
+  ["gb", 10n ** 9n],
+  ["tb", 10n ** 12n],
+  ["pb", 10n ** 15n],
+  ["kib", 1n << 10n],
+  ["mib", 1n << 20n],
+  ["gib", 1n << 30n],
+  ["tib", 1n << 40n],
+  ["pib", 1n << 50n],
+]);
+
+/**
+ * A size as the byte options take it: a whole number of bytes, or a number with a unit, binary
+ * (KiB, MiB, GiB, TiB, PiB: powers of 1024) or decimal (KB, MB, GB, TB, PB: powers of 1000), in any
+ * case and with or without a space: `2GiB`, `1.5 GiB`, `512MiB`, `2GB`, `1048576`.
+ */
+export function parseBytes(text: string): { bytes: number } | { problem: string } {
+  const m = /^\s*(\d+)(?:\.(\d+))?\s*([a-z]*)\s*$/i.exec(text);
+  const unit = m?.[3] ? BYTE_UNITS.get(m[3].toLowerCase()) : 1n;
+  if (!m || unit === undefined)
+    return {
+      problem: `expected a size such as 512MiB, 1.5GiB or 2GB (KiB, MiB, GiB, TiB: powers of 1024; KB, MB, GB, TB: powers of 1000) or a number of bytes, got "${text}"`,
+    };
+  const fraction = m[2] ?? "";
+  const scaled = BigInt(m[1] + fraction) * unit;
+  const divisor = 10n ** BigInt(fraction.length);
+  if (scaled % divisor !== 0n) return { problem: `"${text}" is not a whole number of bytes` };
+  return { bytes: Number(scaled / divisor) };
+}
+
+// Largest first; of two units of about the same size, the binary one.
+const UNITS_SHOWN = (["PiB", "PB", "TiB", "TB", "GiB", "GB", "MiB", "MB", "KiB", "KB"] as const).map(
+  (name) => [name, BYTE_UNITS.get(name.toLowerCase())!] as const,
+);
+
+/** A byte count as people read it: in the largest unit that shows it exactly in two decimals. */
+export function formatBytes(n: number): string {
+  if (!Number.isSafeInteger(n)) return String(n);
+  const b = BigInt(n);
+  for (const [name, size] of UNITS_SHOWN)
+    if (b >= size && (b * 100n) % size === 0n) return `${Number((b * 100n) / size) / 100} ${name}`;
+  return String(n);
+}
+
 function parseValue(opt: Option<keyof Config>, raw: string, source: string, problems: string[]): unknown {
   switch (opt.kind) {
     case "string":
@@ -433,6 +494,20 @@ function parseValue(opt: Option<keyof Config>, raw: string, source: string, prob
       }
       return n;
     }
+    case "bytes": {
+      const size = parseBytes(raw);
+      if ("problem" in size) {
+        problems.push(`${source}: ${size.problem} (set ${opt.flag})`);
+        return opt.default;
+      }
+      const n = size.bytes;
+      if ((opt.min !== undefined && n < opt.min) || (opt.max !== undefined && n > opt.max)) {
+        const range = `${formatBytes(opt.min ?? 0)}..${formatBytes(opt.max ?? Number.MAX_SAFE_INTEGER)}`;
+        problems.push(`${source}: ${raw.trim()} is outside ${range} (set ${opt.flag})`);
+        return opt.default;
+      }
+      return n;
+    }
   }
 }
 
@@ -444,7 +519,7 @@ export const CONFIG_DEFAULTS: Readonly<Config> = Object.freeze(
 /** The bounds the table gives an integer option. */
 export function optionRange(key: keyof Config): { min: number; max: number } {
   const opt = options.find((o) => o.key === key);
-  if (opt?.kind !== "int") throw new Error(`${key} is not an integer option`);
+  if (opt?.kind !== "int" && opt?.kind !== "bytes") throw new Error(`${key} is not an integer option`);
   return { min: opt.min ?? Number.MIN_SAFE_INTEGER, max: opt.max ?? Number.MAX_SAFE_INTEGER };
 }
 
@@ -489,7 +564,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     problems.push("--tls-ca (mTLS) needs TLS: set --tls-cert and --tls-key too");
   if (config.ssdBytesMax > 0 && config.ssdBytesMax < 256 * MiB)
     problems.push(
-      `--ssd-bytes-max (${config.ssdBytesMax}) must be 0 (no SSD tier) or at least 268435456 (256 MiB)`,
+      `--ssd-bytes-max (${formatBytes(config.ssdBytesMax)}) must be 0 (no SSD tier) or at least 256 MiB`,
     );
   if (config.maxTokensDefault > config.maxTokensLimit)
     problems.push(
@@ -500,15 +575,126 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
       `--soft-pin-ttl-seconds (${config.softPinTtlSeconds}) exceeds --soft-pin-ttl-max-seconds (${config.softPinTtlMaxSeconds})`,
     );
   problems.push(...parseOrigins(config.corsOrigins).problems);
+  problems.push(...machineProblems(config));
   if (problems.length) throw new ConfigError(problems);
   config.dataDir = path.resolve(config.dataDir);
   return config;
 }
 
+/** What is wrong with a file an option names, or undefined when it is a readable file. */
+function unreadable(file: string): string | undefined {
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+    return fs.statSync(file).isFile() ? undefined : "not a file";
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : String(e);
+  }
+}
+
+/**
+ * Names of the models kvpark generates itself, as generate.ts's presetNames() lists them (config.spec.ts
+ * checks that they agree): generate.ts loads MLX, which the front end never loads.
+ */
+function presetNames(): string[] {
+  return Object.keys(PRESETS).flatMap((p) => [p, `${p}-4bit`, `${p}-sharded`]);
+}
+
+/**
+ * Problems only the machine shows: files and a model directory that do not exist, tokens that
+ * cannot be used. Checked with the arguments, so that `kvpark serve` exits 2 before it listens
+ * instead of failing once it serves.
+ */
+function machineProblems(config: Config): string[] {
+  const problems: string[] = [];
+  const model = config.model;
+  const isDir = fs.existsSync(model) && fs.statSync(model).isDirectory();
+  if (!isDir && !presetNames().includes(model))
+    problems.push(`--model ${model}: no such directory, and not a preset (${presetNames().join(", ")})`);
+  const tlsFiles = (["tlsCert", "tlsKey", "tlsCa"] as const).filter((k) => config[k]);
+  const tlsProblems = tlsFiles.flatMap((k) => {
+    const problem = unreadable(config[k]);
+    return problem ? [`${flagOf(k)} ${config[k]}: ${problem}`] : [];
+  });
+  problems.push(...tlsProblems);
+  if (!tlsProblems.length && config.tlsCert && config.tlsKey) {
+    // What the server would do when it listens, so that a bad PEM or a key that is not the
+    // certificate's is a configuration error, not a stack trace.
+    try {
+      tls.createSecureContext({
+        cert: fs.readFileSync(config.tlsCert),
+        key: fs.readFileSync(config.tlsKey),
+        ca: config.tlsCa ? fs.readFileSync(config.tlsCa) : undefined,
+      });
+    } catch (e) {
+      const flags = config.tlsCa ? "--tls-cert, --tls-key, --tls-ca" : "--tls-cert, --tls-key";
+      problems.push(`${flags}: not a usable certificate and key (${(e as Error).message})`);
+    }
+  }
+  const auth = parseTokens(config.authTokens, "--auth-tokens");
+  const admin = parseTokens(config.adminTokens, "--admin-tokens");
+  problems.push(...auth.problems, ...admin.problems);
+  for (const [token, tenant] of admin.tokens)
+    if (auth.tokens.has(token))
+      problems.push(
+        `--admin-tokens (tenant ${tenant}): the same token as --auth-tokens' tenant ${auth.tokens.get(token)}; operators need tokens of their own`,
+      );
+  return problems;
+}
+
+function flagOf(key: keyof Config): string {
+  return options.find((o) => o.key === key)!.flag;
+}
+
+/** Shortest bearer token --auth-tokens and --admin-tokens accept, so that tokens cannot be guessed. */
+export const TOKEN_CHARS_MIN = 16;
+
+/**
+ * The tokens of --auth-tokens or --admin-tokens (named by `flag`), token → tenant: `tenant=token`
+ * pairs separated by commas, or `@file` with one pair per line (blank lines and `#` comments are
+ * skipped); and what is wrong with them, never quoting a token.
+ */
+export function parseTokens(spec: string, flag: string): { tokens: Map<string, string>; problems: string[] } {
+  const tokens = new Map<string, string>();
+  const problems: string[] = [];
+  if (!spec) return { tokens, problems };
+  let text = spec.replace(/,/g, "\n");
+  let where = (i: number) => `${flag} entry ${i + 1}`;
+  if (spec.startsWith("@")) {
+    const file = spec.slice(1);
+    const problem = unreadable(file);
+    if (problem) return { tokens, problems: [`${flag} ${spec}: ${problem}`] };
+    text = fs.readFileSync(file, "utf8");
+    where = (i) => `${flag} ${spec} line ${i + 1}`;
+  }
+  for (const [i, raw] of text.split("\n").entries()) {
+    const line = raw.trim();
+    if (!line || line.startsWith("#")) continue;
+    const eq = line.indexOf("=");
+    const tenant = line.slice(0, eq).trim();
+    const token = line.slice(eq + 1).trim();
+    if (eq <= 0 || !tenant || !token) problems.push(`${where(i)}: expected tenant=token`);
+    else if (token.length < TOKEN_CHARS_MIN)
+      problems.push(
+        `${where(i)} (tenant ${tenant}): the token has ${token.length} characters; tokens need at least ${TOKEN_CHARS_MIN}`,
+      );
+    else if (/\s/.test(token)) problems.push(`${where(i)} (tenant ${tenant}): the token contains a space`);
+    else if (tokens.has(token))
+      problems.push(`${where(i)} (tenant ${tenant}): the same token as tenant ${tokens.get(token)}`);
+    else tokens.set(token, tenant);
+  }
+  return { tokens, problems };
+}
+
+/** An option's default as --help and the README show it: sizes in units. */
+function shown(o: Option<keyof Config>): string {
+  return o.kind === "bytes" ? formatBytes(o.default as number) : String(o.default);
+}
+
 /** The `--help` text of `kvpark serve`. */
 export function configHelp(): string {
   const rows = options.map((o) => {
-    const def = o.default === "" ? "" : ` (default: ${o.default})`;
+    const def = o.default === "" ? "" : ` (default: ${shown(o)})`;
     return `  ${o.flag.padEnd(28)} ${o.env}\n      ${o.help}${def}`;
   });
   return rows.join("\n");
@@ -519,7 +705,7 @@ export function configMarkdown(): string {
   const lines = ["| flag | environment | default | meaning |", "| --- | --- | --- | --- |"];
   for (const o of options)
     lines.push(
-      `| \`${o.flag}\` | \`${o.env}\` | ${o.default === "" ? "" : `\`${o.default}\``} | ${o.help.replace(/\|/g, "\\|")} |`,
+      `| \`${o.flag}\` | \`${o.env}\` | ${o.default === "" ? "" : `\`${shown(o)}\``} | ${o.help.replace(/\|/g, "\\|")} |`,
     );
   return lines.join("\n");
 }

@@ -145,13 +145,3 @@ describe("engine serving", () => {
     expect(after.ids.length).toBe(2);
   });
 });
-
-describe("a model that cannot load", () => {
-  it("makes `kvpark serve` exit 1 with the reason", async () => {
-    const server = await startServer({ model: "/nonexistent/model-dir", ready: false });
-    expect(await server.exited).toEqual({ code: 1, signal: null });
-    expect(server.stderr).toContain(
-      "kvpark: the model cannot be served: --model /nonexistent/model-dir: no such directory, and not a preset (tiny, tiny-4bit, tiny-sharded, small",
-    );
-  });
-});
