@@ -96,10 +96,18 @@ export class EngineClient {
       execArgv: ["--expose-gc"],
       env: { ...process.env, KVPARK_ENGINE_CONFIG: JSON.stringify(this.config) },
       stdio: ["ignore", "inherit", "inherit", "ipc"],
+      // A process group of its own: a terminal's Ctrl-C reaches the front end only, which stops the
+      // engine itself (SIGTERM: the cache's queued writes are flushed). The engine still ends
+      // with the front end (parent-watch.ts).
+      detached: true,
     });
     this.child = child;
     child.on("message", (msg: FromEngine) => this.onMessage(msg));
     child.on("exit", (code, signal) => this.onExit(child, code, signal));
+    // A message sent just as the engine died fails with EPIPE; its calls fail on the exit that follows.
+    child.on("error", (err) =>
+      this.log.warn({ event: "engine_ipc_error", err: err.message }, "engine IPC failed"),
+    );
     this.log.info({ event: "engine_start", pid: child.pid, model: this.config.model }, "engine starting");
   }
 
@@ -195,7 +203,7 @@ export class EngineClient {
    * aborted signal cancels the call in the engine.
    */
   call(first: (id: number) => ToEngine, signal: AbortSignal): EngineCall {
-    if (!this.child || !this.info) {
+    if (!this.child?.connected || !this.info) {
       throw new KvparkError(
         "ENGINE_UNAVAILABLE",
         this.fatal ? `no model is served: ${this.fatal.message}` : "the engine is starting; retry shortly",
@@ -387,11 +395,14 @@ export class EngineClient {
     clearTimeout(this.restartTimer);
     const child = this.child;
     if (!child || child.exitCode !== null) return;
-    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once("exit", (code, signal) => resolve({ code, signal })),
+    );
     child.kill("SIGTERM");
     const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-    await exited;
+    const { code, signal } = await exited;
     clearTimeout(timer);
+    this.log.info({ event: "engine_stopped", code, signal }, "engine stopped");
   }
 }
 

@@ -28,4 +28,21 @@ describe("graceful shutdown", () => {
     expect(await server.exited).toEqual({ code: 0, signal: null });
     expect(server.logs.some((l) => l.event === "stopped")).toBe(true);
   });
+
+  it("stops cleanly on a Ctrl-C sent to its whole process group, as a terminal does", async () => {
+    const server = await startServer({ detached: true });
+    const client = createClient(InferenceService, createGrpcTransport({ baseUrl: server.url }));
+    for await (const _ of client.generate({
+      prompt: { kind: { case: "text", value: "hello" } },
+      sampling: { maxTokens: 4 },
+    }));
+    process.kill(-server.child.pid!, "SIGINT");
+    expect(await server.exited).toEqual({ code: 0, signal: null });
+    // The engine was stopped by the front end, not by the terminal's signal: no restart, no error.
+    expect(server.logs.filter((l) => l.event === "engine_exit")).toEqual([]);
+    // It flushed its cache and exited 0 on the front end's SIGTERM, not on the terminal's SIGINT.
+    expect(server.logs.find((l) => l.event === "engine_stopped")).toMatchObject({ code: 0, signal: null });
+    expect(server.logs.filter((l) => Number(l.level) >= 50)).toEqual([]);
+    expect(server.logs.some((l) => l.event === "stopped")).toBe(true);
+  });
 });

@@ -102,6 +102,8 @@ export interface StartOptions {
   model?: string;
   /** Wait until the engine reports ready (default true). */
   ready?: boolean;
+  /** Start the server in a process group of its own, as a shell does (signal it with -pid). */
+  detached?: boolean;
 }
 
 /** Starts `kvpark serve` on a free loopback port with a fresh data directory. */
@@ -121,6 +123,7 @@ export async function startServer(opts: StartOptions = {}): Promise<ServerProces
   const child = spawn(process.execPath, args, {
     env: { ...process.env, KVPARK_LOG_LEVEL: "info", ...opts.env },
     stdio: ["ignore", "pipe", "pipe"],
+    detached: opts.detached ?? false,
   });
   const server = new ServerProcess(child, dataDir);
   const listening = await Promise.race([
