@@ -6,7 +6,8 @@
  *
  * Options: --out DIR, --model DIR (a model directory; default .kvpark/models/<preset>, generated if
  * missing), --preset NAME, --contexts 1024,2048, --cold-runs N, --sections tokenizer,store,reopen,ttft,concurrency,batching,replay,constrained,agent
- * (add `engine` for the in-process prefill/decode microbenchmark), --work-dir DIR (on the disk to
+ * (add `engine` for the in-process prefill/decode microbenchmark, `peer` for llama.cpp side by side with
+ * it and the memory-bandwidth floors), --work-dir DIR (on the disk to
  * measure, not a tmpfs), --seed N, --keep (leave the work directory). Progress goes to stderr; results
  * to <out>/<mode>.json, <out>/<mode>.md and <out>/<mode>-ttft.svg.
  */
@@ -32,6 +33,7 @@ import { runConstrained, type ConstrainedResult } from "./sections/constrained";
 import { runReplay, type ReplayResult } from "./sections/replay";
 import { runAgent, type AgentResult } from "./sections/agent";
 import { runReopen, type ReopenResult } from "./sections/reopen";
+import { runPeer, type PeerResult } from "./sections/peer";
 import { runTokenizer, type TokenizerResult } from "./sections/tokenizer";
 import { runTtft, type ContextResult } from "./sections/ttft";
 
@@ -139,8 +141,12 @@ const DEFAULT_SECTIONS = [
   "constrained",
   "agent",
 ];
-// The in-process forward-pass benchmark runs only when asked for.
-const ALL_SECTIONS = [...DEFAULT_SECTIONS, "engine"];
+// The in-process forward-pass benchmark and the llama.cpp peer (needs node-llama-cpp, a
+// devDependency, and about 1 GB of GGUF) run only when asked for.
+const ALL_SECTIONS = [...DEFAULT_SECTIONS, "engine", "peer"];
+// The peer comparison is about the real model's shape, also in a quick run (which only shortens
+// the contexts), unless --preset/--model say otherwise.
+const PEER_PRESET = "qwen2.5-0.5b";
 
 function usage(): never {
   process.stderr.write(
@@ -310,6 +316,7 @@ async function main(): Promise<void> {
   let reopen: ReopenResult | undefined;
   let constrained: ConstrainedResult | undefined;
   let agent: AgentResult | undefined;
+  let peer: PeerResult | undefined;
   try {
     if (args.sections.includes("tokenizer")) {
       tokenizer = runTokenizer({ ...plan.tokenizer, progress });
@@ -357,6 +364,19 @@ async function main(): Promise<void> {
     }
     if (args.sections.includes("engine")) {
       engine = runEngine(modelDir, plan.preset, plan.contexts, path.join(workDir, "engine.json"), progress);
+    }
+    if (args.sections.includes("peer")) {
+      const peerPreset = args.preset ?? PEER_PRESET;
+      const peerDir = args.model ? modelDir : path.join(REPO, ".kvpark/models", peerPreset);
+      ensureModel(peerPreset, peerDir, args.model === undefined, (m) => progress.log(m));
+      peer = await runPeer({
+        modelDir: peerDir,
+        preset: peerPreset,
+        contexts: plan.contexts,
+        decodeTokens: plan.decodeTokens,
+        workDir,
+        progress,
+      });
     }
   } finally {
     if (!args.keep) fs.rmSync(workDir, { recursive: true, force: true });
@@ -439,7 +459,9 @@ async function main(): Promise<void> {
         `server-measured TTFT per turn, median of ${agent.runs} run(s), the same conversation on a server with the cache and one without:\n\n${agent.table}`
       : undefined,
   };
-  const md = markdown(report);
+  const md = peer
+    ? `${markdown(report)}\n\n### llama.cpp side by side, and memory-bandwidth floors\n\n${peer.markdown}\n`
+    : markdown(report);
   const json = {
     schema: "kvpark-bench/1",
     startedAt: started.toISOString(),
@@ -455,6 +477,7 @@ async function main(): Promise<void> {
       reopen: reopen ? { ...reopen, table: undefined } : undefined,
       constrained: constrained ? { ...constrained, table: undefined } : undefined,
       agent: agent ? { ...agent, table: undefined } : undefined,
+      peer: peer ? { ...peer, markdown: undefined } : undefined,
     },
   };
   const base = path.join(outDir, args.mode);
