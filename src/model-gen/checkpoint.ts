@@ -45,8 +45,19 @@ export interface CheckpointInfo {
 
 /** Standard deviation of generated linear and embedding weights and of biases. */
 export const INIT_STD = 0.02;
-/** Standard deviation of generated norm weights around 1: not exactly 1, so tests see them applied. */
+/**
+ * Standard deviation of generated norm weights around their identity value: not exactly identity,
+ * so tests see them applied.
+ */
 export const NORM_INIT_STD = 0.1;
+
+/**
+ * The norm weight that leaves a normalised input unchanged: 1, or 0 where the architecture scales
+ * by (1 + weight) as Gemma does (its checkpoints store weights near 0).
+ */
+function identityNormWeight(modelType: string): number {
+  return modelType === "gemma3_text" ? 0 : 1;
+}
 
 /**
  * Writes a random-weight model in the Hugging Face / mlx-community layout: config.json,
@@ -134,7 +145,12 @@ export async function writeRandomCheckpoint(
         });
 
   const storage = dtype === "float32" ? mx.float32 : mx.bfloat16;
-  const generators = new TensorGenerators(storage, opts.quantizeBits ?? null, groupSize);
+  const generators = new TensorGenerators(
+    storage,
+    opts.quantizeBits ?? null,
+    groupSize,
+    identityNormWeight(config.modelType),
+  );
   const weightMap: Record<string, string> = {};
   let weightBytes = 0;
   for (let s = 0; s < shards; s++) {
@@ -184,7 +200,7 @@ function isQuantizable(shape: number[], groupSize: number): boolean {
 
 /**
  * Seeded tensors as stored: [weight] or, for a quantized layer, [packed, scales, biases]. Norm
- * weights are centred on 1, everything else on 0, with std NORM_INIT_STD and INIT_STD. Uniform
+ * weights are centred on their identity value (see identityNormWeight), everything else on 0, with std NORM_INIT_STD and INIT_STD. Uniform
  * rather than normal because this MLX build draws normals about 5x slower, which decided how long
  * generating the 0.5B preset takes; the spread is what matters, not the distribution's shape.
  * Each tensor's key comes from the seed and its name alone, so tensors do not depend on each other.
@@ -201,6 +217,7 @@ class TensorGenerators {
     private readonly storage: mx.Dtype,
     private readonly quantizeBits: number | null,
     private readonly groupSize: number,
+    private readonly normCentre: number,
   ) {}
 
   generate(name: string, shape: number[], seed: number): mx.array[] {
@@ -211,7 +228,7 @@ class TensorGenerators {
     if (!generate) {
       // U(-a, a) has std a / sqrt(3).
       const halfWidth = (isNorm ? NORM_INIT_STD : INIT_STD) * Math.sqrt(3);
-      const centre = isNorm ? 1 : 0;
+      const centre = isNorm ? this.normCentre : 0;
       generate = mx.compile((key: mx.array): mx.array[] => {
         const value = mx.random.uniform(centre - halfWidth, centre + halfWidth, shape, mx.float32, key);
         if (!quantize) return [value];

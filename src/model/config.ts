@@ -21,6 +21,9 @@ export interface LinearRopeScaling {
 
 export type RopeScaling = Llama3RopeScaling | LinearRopeScaling;
 
+/** How a layer attends (Hugging Face's `layer_types` spelling). */
+export type LayerType = "sliding_attention" | "full_attention";
+
 /** How an MLX-quantized checkpoint packs one linear or embedding layer. */
 export interface QuantizationParams {
   groupSize: number;
@@ -55,11 +58,26 @@ export interface ModelConfig {
   /** q/k/v (and for llama, o) projections carry a bias. Always true for qwen2. */
   attentionBias: boolean;
   /**
-   * Mistral's sliding window in tokens: a query at position p attends to keys at positions
-   * p - slidingWindow + 1 ..= p (as Hugging Face's Mistral does). The KV cache still keeps every
-   * position, so a prefix cache can restore any of them. Null means full causal attention.
+   * Sliding window in tokens (Mistral's, and Gemma 3's local layers'): a query at position p
+   * attends to keys at positions p - slidingWindow + 1 ..= p (as Hugging Face's Mistral and
+   * Gemma 3 do). The KV cache still keeps every position, so a prefix cache can restore any of
+   * them. Null means full causal attention. Which layers apply it: layerTypes.
    */
   slidingWindow: number | null;
+  /**
+   * Attention kind of each layer, numHiddenLayers entries: "sliding_attention" layers apply
+   * slidingWindow, "full_attention" layers see every earlier position. Gemma 3 interleaves both;
+   * in other architectures every layer is sliding exactly when slidingWindow is set.
+   */
+  layerTypes: LayerType[];
+  /**
+   * Rope base of the sliding layers when it differs from ropeTheta (Gemma 3's
+   * `rope_local_base_freq`); ropeScaling then applies to the full-attention layers only. Null: every
+   * layer uses ropeTheta and ropeScaling.
+   */
+  ropeLocalTheta: number | null;
+  /** Gemma's `query_pre_attn_scalar`: the softmax scale is its inverse square root. Null: head_dim. */
+  queryPreAttnScalar: number | null;
   quantization: QuantizationConfig | null;
   bosTokenId: number | null;
   eosTokenIds: number[];
@@ -78,6 +96,15 @@ const DEFAULTS: Record<string, { rmsNormEps: number; ropeTheta: number; maxPosit
   mistral: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 32768 },
   qwen2: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 32768 },
   qwen3: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 32768 },
+  gemma3_text: { rmsNormEps: 1e-6, ropeTheta: 1000000, maxPositionEmbeddings: 131072 },
+};
+
+/** Hugging Face's Gemma3TextConfig defaults for the Gemma-only fields. */
+const GEMMA3_DEFAULTS = {
+  slidingWindow: 4096,
+  slidingWindowPattern: 6,
+  ropeLocalBaseFreq: 10000,
+  queryPreAttnScalar: 256,
 };
 
 /** Reads and validates `<dir>/config.json`. */
@@ -137,7 +164,7 @@ export function parseModelConfig(json: unknown, file = "config.json"): ModelConf
 
   const modelType = c.model_type;
   if (typeof modelType !== "string" || modelType === "") {
-    throw invalid("model_type", 'is required (e.g. "llama", "qwen2", "qwen3", "mistral")');
+    throw invalid("model_type", 'is required (e.g. "llama", "qwen2", "qwen3", "mistral", "gemma3_text")');
   }
   const defaults = DEFAULTS[modelType] ?? DEFAULTS.llama;
 
@@ -160,13 +187,18 @@ export function parseModelConfig(json: unknown, file = "config.json"): ModelConf
   if (headDim % 2 !== 0) throw invalid("head_dim", `must be even for rotary embeddings, got ${headDim}`);
 
   const maxPositionEmbeddings = int("max_position_embeddings", defaults.maxPositionEmbeddings);
+  const numHiddenLayers = int("num_hidden_layers");
 
   // Qwen2/3 configs always carry sliding_window but only use it when use_sliding_window is set,
   // and then only on some layers; that variant is not implemented, so refuse it rather than run
   // the wrong attention.
   let slidingWindow: number | null = null;
+  let gemma: GemmaFields | null = null;
   if (modelType === "mistral") {
     slidingWindow = c.sliding_window == null ? null : int("sliding_window");
+  } else if (modelType === "gemma3_text") {
+    gemma = parseGemma3Fields(c, numHiddenLayers, file);
+    slidingWindow = int("sliding_window", GEMMA3_DEFAULTS.slidingWindow);
   } else if (c.use_sliding_window === true) {
     throw new ModelError(
       "MODEL_UNSUPPORTED",
@@ -176,6 +208,7 @@ export function parseModelConfig(json: unknown, file = "config.json"): ModelConf
 
   // The architecture, not the config, decides where biases go for qwen2.
   const attentionBias = modelType === "qwen2" ? true : bool("attention_bias", false);
+  const layerType: LayerType = slidingWindow === null ? "full_attention" : "sliding_attention";
   if (c.mlp_bias === true) {
     throw new ModelError(
       "MODEL_UNSUPPORTED",
@@ -186,7 +219,7 @@ export function parseModelConfig(json: unknown, file = "config.json"): ModelConf
   return {
     modelType,
     hiddenSize,
-    numHiddenLayers: int("num_hidden_layers"),
+    numHiddenLayers,
     numAttentionHeads,
     numKeyValueHeads,
     headDim,
@@ -196,12 +229,91 @@ export function parseModelConfig(json: unknown, file = "config.json"): ModelConf
     ropeScaling: parseRopeScaling(c.rope_scaling, file),
     maxPositionEmbeddings,
     vocabSize: int("vocab_size"),
-    tieWordEmbeddings: bool("tie_word_embeddings", false),
+    // Gemma ties its output projection to the embeddings unless told otherwise.
+    tieWordEmbeddings: bool("tie_word_embeddings", modelType === "gemma3_text"),
     attentionBias,
     slidingWindow,
+    layerTypes: gemma?.layerTypes ?? Array.from({ length: numHiddenLayers }, () => layerType),
+    ropeLocalTheta: gemma?.ropeLocalTheta ?? null,
+    queryPreAttnScalar: gemma?.queryPreAttnScalar ?? null,
     quantization: parseQuantization(c.quantization, file),
     bosTokenId: optionalTokenId(c.bos_token_id, "bos_token_id", file),
     eosTokenIds: tokenIdList(c.eos_token_id, "eos_token_id", file),
+  };
+}
+
+/** The fields only gemma3_text reads, validated. */
+interface GemmaFields {
+  layerTypes: LayerType[];
+  ropeLocalTheta: number;
+  queryPreAttnScalar: number;
+}
+
+/**
+ * Gemma 3's text settings. Which layers slide comes from `layer_types` when the config lists it
+ * (transformers 4.53 and later write it), else from `sliding_window_pattern`: every pattern-th
+ * layer is global, as in Gemma 3's released configs (pattern 6: five local layers, then one
+ * global). Settings Gemma 3 does not use but its config class accepts are refused rather than
+ * ignored.
+ */
+function parseGemma3Fields(c: Json, numHiddenLayers: number, file: string): GemmaFields {
+  const invalid = (field: string, why: string): ModelError =>
+    new ModelError("MODEL_INVALID", `${file}: field "${field}" ${why}`);
+  const unsupported = (what: string, hint: string): ModelError =>
+    new ModelError(
+      "MODEL_UNSUPPORTED",
+      `${file}: ${what} is not supported for model_type "gemma3_text"; ${hint}`,
+    );
+  const positive = (field: string, fallback: number, integer: boolean): number => {
+    const v = c[field] ?? fallback;
+    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) {
+      throw invalid(field, `must be a positive ${integer ? "integer" : "number"}, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  };
+
+  const activation = c.hidden_activation ?? c.hidden_act ?? "gelu_pytorch_tanh";
+  if (activation !== "gelu_pytorch_tanh") {
+    throw unsupported(`hidden_activation ${JSON.stringify(activation)}`, 'only "gelu_pytorch_tanh" is');
+  }
+  for (const field of ["final_logit_softcapping", "attn_logit_softcapping"]) {
+    if (c[field] != null) {
+      throw unsupported(`"${field}": ${JSON.stringify(c[field])}`, "Gemma 3 sets it to null");
+    }
+  }
+  if (c.use_bidirectional_attention === true) {
+    throw unsupported('"use_bidirectional_attention": true', "kvpark runs causal language models");
+  }
+  // Newer transformers releases may write the rope settings per layer type in one object; reading
+  // it is not implemented, and ignoring it could drop the global layers' scaling.
+  if (c.rope_parameters != null) {
+    throw unsupported('"rope_parameters"', "write rope_theta, rope_local_base_freq and rope_scaling instead");
+  }
+
+  let layerTypes: LayerType[];
+  if (c.layer_types != null) {
+    const types = c.layer_types;
+    if (
+      !Array.isArray(types) ||
+      types.length !== numHiddenLayers ||
+      !types.every((t) => t === "sliding_attention" || t === "full_attention")
+    ) {
+      throw invalid(
+        "layer_types",
+        `must list "sliding_attention" or "full_attention" for each of the ${numHiddenLayers} layers`,
+      );
+    }
+    layerTypes = types as LayerType[];
+  } else {
+    const pattern = positive("sliding_window_pattern", GEMMA3_DEFAULTS.slidingWindowPattern, true);
+    layerTypes = Array.from({ length: numHiddenLayers }, (_, i) =>
+      (i + 1) % pattern === 0 ? "full_attention" : "sliding_attention",
+    );
+  }
+  return {
+    layerTypes,
+    ropeLocalTheta: positive("rope_local_base_freq", GEMMA3_DEFAULTS.ropeLocalBaseFreq, false),
+    queryPreAttnScalar: positive("query_pre_attn_scalar", GEMMA3_DEFAULTS.queryPreAttnScalar, false),
   };
 }
 

@@ -61,4 +61,26 @@ export const ARCHITECTURE_CASES: ArchitectureCase[] = [
     name: "mistral with a sliding window",
     config: { model_type: "mistral", sliding_window: 6, tie_word_embeddings: false },
   },
+  {
+    // Three layers with pattern 2: local, global, local, and a window shorter than the test
+    // sequences. hidden_size 48 makes sqrt(hidden_size) round in bfloat16 (6.928 -> 6.9375);
+    // query_pre_attn_scalar differs from head_dim; the linear rope scaling must reach only the
+    // global layer. Tied embeddings are Gemma's default.
+    name: "gemma3_text with local and global layers",
+    config: {
+      model_type: "gemma3_text",
+      hidden_size: 48,
+      num_hidden_layers: 3,
+      head_dim: 32,
+      query_pre_attn_scalar: 24,
+      sliding_window: 6,
+      sliding_window_pattern: 2,
+      rope_theta: 1000000,
+      rope_local_base_freq: 10000,
+      rope_scaling: { rope_type: "linear", factor: 8 },
+      hidden_activation: "gelu_pytorch_tanh",
+      final_logit_softcapping: null,
+      attn_logit_softcapping: null,
+    },
+  },
 ];

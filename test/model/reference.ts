@@ -17,8 +17,19 @@ interface ArchitectureTraits {
   qkvBias: (c: ModelConfig) => boolean;
   outputBias: (c: ModelConfig) => boolean;
   qkNorm: boolean;
-  slidingWindow: (c: ModelConfig) => number | null;
+  /** The sliding window of a layer, or null where it attends to every earlier position. */
+  slidingWindow: (c: ModelConfig, layer: number) => number | null;
+  /** Gemma: (1 + weight) norms, scaled embeddings, norms after attention and MLP too, GELU. */
+  gemma?: boolean;
 }
+
+const GEMMA3: ArchitectureTraits = {
+  qkvBias: (c) => c.attentionBias,
+  outputBias: (c) => c.attentionBias,
+  qkNorm: true,
+  slidingWindow: (c, layer) => (c.layerTypes[layer] === "sliding_attention" ? c.slidingWindow : null),
+  gemma: true,
+};
 
 const TRAITS: Record<string, ArchitectureTraits> = {
   llama: {
@@ -40,6 +51,7 @@ const TRAITS: Record<string, ArchitectureTraits> = {
     qkNorm: true,
     slidingWindow: () => null,
   },
+  gemma3_text: GEMMA3,
 };
 
 /** Logits [T][vocab] for `tokens` at positions 0..T-1 (no cache: every position is recomputed). */
@@ -57,16 +69,32 @@ export function referenceForward(
   };
   const { hiddenSize, numAttentionHeads: heads, numKeyValueHeads: kvHeads, headDim } = config;
   const eps = config.rmsNormEps;
-  const inverseFrequencies = ropeInverseFrequencies(config);
-  const window = traits.slidingWindow(config);
+  const gemma = traits.gemma === true;
+  // Gemma's norms scale by (1 + weight); Hugging Face computes that in float32 from the weight.
+  const norm = (x: Float64Array, name: string) =>
+    rmsNorm(x, gemma ? w(name).data.map((v) => 1 + v) : w(name).data, eps);
+  // Gemma's local layers rotate with their own base and no scaling.
+  const localFrequencies =
+    config.ropeLocalTheta === null
+      ? null
+      : ropeInverseFrequencies({ ...config, ropeTheta: config.ropeLocalTheta, ropeScaling: null });
+  const globalFrequencies = ropeInverseFrequencies(config);
+  const scoreScale = 1 / Math.sqrt(config.queryPreAttnScalar ?? headDim);
 
   const embeddings = w("model.embed_tokens.weight");
-  let hidden: Float64Array[] = tokens.map((t) => embeddings.data.slice(t * hiddenSize, (t + 1) * hiddenSize));
+  // Gemma multiplies embeddings by sqrt(hidden_size) rounded to bfloat16 (Hugging Face rounds it
+  // to the checkpoint's dtype, bfloat16 for Gemma 3; mlx-lm always to bfloat16).
+  const embedScale = gemma ? roundToBfloat16(Math.sqrt(hiddenSize)) : 1;
+  let hidden: Float64Array[] = tokens.map((t) =>
+    embeddings.data.slice(t * hiddenSize, (t + 1) * hiddenSize).map((v) => v * embedScale),
+  );
 
   for (let layer = 0; layer < config.numHiddenLayers; layer++) {
     const p = `model.layers.${layer}.`;
+    const window = traits.slidingWindow(config, layer);
+    const inverseFrequencies = window !== null && localFrequencies ? localFrequencies : globalFrequencies;
     const bias = (name: string, present: boolean) => (present ? w(`${p}${name}.bias`) : null);
-    const normed = hidden.map((x) => rmsNorm(x, w(`${p}input_layernorm.weight`).data, eps));
+    const normed = hidden.map((x) => norm(x, `${p}input_layernorm.weight`));
     let q = normed.map((x) =>
       linear(x, w(`${p}self_attn.q_proj.weight`), bias("self_attn.q_proj", traits.qkvBias(config))),
     );
@@ -77,12 +105,8 @@ export function referenceForward(
       linear(x, w(`${p}self_attn.v_proj.weight`), bias("self_attn.v_proj", traits.qkvBias(config))),
     );
     if (traits.qkNorm) {
-      q = q.map((x) =>
-        perHead(x, heads, headDim, (h) => rmsNorm(h, w(`${p}self_attn.q_norm.weight`).data, eps)),
-      );
-      k = k.map((x) =>
-        perHead(x, kvHeads, headDim, (h) => rmsNorm(h, w(`${p}self_attn.k_norm.weight`).data, eps)),
-      );
+      q = q.map((x) => perHead(x, heads, headDim, (h) => norm(h, `${p}self_attn.q_norm.weight`)));
+      k = k.map((x) => perHead(x, kvHeads, headDim, (h) => norm(h, `${p}self_attn.k_norm.weight`)));
     }
     q = q.map((x, pos) => perHead(x, heads, headDim, (h) => rotate(h, pos, inverseFrequencies)));
     k = k.map((x, pos) => perHead(x, kvHeads, headDim, (h) => rotate(h, pos, inverseFrequencies)));
@@ -97,7 +121,7 @@ export function referenceForward(
         for (let j = first; j <= pos; j++) {
           let dot = 0;
           for (let d = 0; d < headDim; d++) dot += query[h * headDim + d] * k[j][kvHead * headDim + d];
-          scores.push(dot / Math.sqrt(headDim));
+          scores.push(dot * scoreScale);
         }
         const probs = softmax(scores);
         for (let j = first; j <= pos; j++) {
@@ -110,20 +134,40 @@ export function referenceForward(
     const attention = attended.map((x) =>
       linear(x, w(`${p}self_attn.o_proj.weight`), bias("self_attn.o_proj", traits.outputBias(config))),
     );
-    hidden = hidden.map((x, i) => add(x, attention[i]));
+    // Gemma normalises the attention output before the residual and the MLP input with its own
+    // norm; the others normalise the MLP input with post_attention_layernorm.
+    hidden = gemma
+      ? hidden.map((x, i) => add(x, norm(attention[i], `${p}post_attention_layernorm.weight`)))
+      : hidden.map((x, i) => add(x, attention[i]));
 
-    const mlpIn = hidden.map((x) => rmsNorm(x, w(`${p}post_attention_layernorm.weight`).data, eps));
+    const mlpNorm = gemma ? "pre_feedforward_layernorm" : "post_attention_layernorm";
+    const mlpIn = hidden.map((x) => norm(x, `${p}${mlpNorm}.weight`));
     const mlpOut = mlpIn.map((x) => {
       const gate = linear(x, w(`${p}mlp.gate_proj.weight`), null);
       const up = linear(x, w(`${p}mlp.up_proj.weight`), null);
-      const act = gate.map((g, i) => (g / (1 + Math.exp(-g))) * up[i]);
+      const act = gate.map((g, i) => (gemma ? geluTanh(g) : g / (1 + Math.exp(-g))) * up[i]);
       return linear(act, w(`${p}mlp.down_proj.weight`), null);
     });
-    hidden = hidden.map((x, i) => add(x, mlpOut[i]));
+    hidden = gemma
+      ? hidden.map((x, i) => add(x, norm(mlpOut[i], `${p}post_feedforward_layernorm.weight`)))
+      : hidden.map((x, i) => add(x, mlpOut[i]));
   }
 
   const head = config.tieWordEmbeddings ? embeddings : w("lm_head.weight");
-  return hidden.map((x) => linear(rmsNorm(x, w("model.norm.weight").data, eps), head, null));
+  return hidden.map((x) => linear(norm(x, "model.norm.weight"), head, null));
+}
+
+/** GELU, tanh approximation (PyTorch's approximate="tanh"). */
+function geluTanh(x: number): number {
+  return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
+}
+
+/** The nearest bfloat16 value (ties to even), through float32's bits. */
+function roundToBfloat16(x: number): number {
+  const f = new Float32Array([x]);
+  const bits = new Uint32Array(f.buffer);
+  bits[0] = (bits[0] + 0x7fff + ((bits[0] >>> 16) & 1)) & 0xffff0000;
+  return f[0];
 }
 
 /** Radians per position of each rotated pair, with the config's rope scaling. */

@@ -398,11 +398,7 @@ export class DecoderStack extends Module {
 
   /** Hidden states [1, rows, hidden] after the final norm, for the positions `logitsFor` asks. */
   forward(inputs: mx.array, segments: Segment[], logitsFor: LogitsFor): mx.array {
-    const masks = segments.map(({ rows, cache }) => {
-      const offset = cache.offset;
-      cache.reserve(offset + rows);
-      return attentionMask(rows, offset, attentionSpan(offset + rows, cache.capacity), this.#slidingWindow);
-    });
+    const masks = segments.map((s) => segmentMask(s, this.#slidingWindow));
     let h = this.embed_tokens.forward(inputs);
     this.layers.forEach((layer, i) => {
       h = layer.forward(
@@ -412,17 +408,43 @@ export class DecoderStack extends Module {
     });
     // The final norm is per position, so dropping positions first saves work, most of all in
     // the vocabulary projection that follows.
-    if (logitsFor === "last" && h.shape[1] > segments.length) {
-      if (segments.length === 1) {
-        h = h.index(mx.Slice(), mx.Slice(h.shape[1] - 1), mx.Slice());
-      } else {
-        let end = 0;
-        const lastRows = segments.map((s) => (end += s.rows) - 1);
-        h = mx.take(h, mx.array(lastRows, mx.int32), 1);
-      }
-    }
-    return this.norm.forward(h);
+    return this.norm.forward(rowsForLogits(h, segments, logitsFor));
   }
+}
+
+/**
+ * Reserves a segment's cache for its rows and returns their causal mask over the span attention
+ * reads, with an optional sliding window. Shared by every layer of that segment with this window.
+ */
+export function segmentMask({ rows, cache }: Segment, slidingWindow: number | null): mx.array {
+  const offset = cache.offset;
+  cache.reserve(offset + rows);
+  return attentionMask(rows, offset, attentionSpan(offset + rows, cache.capacity), slidingWindow);
+}
+
+/** Hidden states h [1, R, hidden] reduced to the rows `logitsFor` asks (each segment's last for "last"). */
+export function rowsForLogits(h: mx.array, segments: Segment[], logitsFor: LogitsFor): mx.array {
+  if (logitsFor !== "last" || h.shape[1] <= segments.length) return h;
+  if (segments.length === 1) return h.index(mx.Slice(), mx.Slice(h.shape[1] - 1), mx.Slice());
+  let end = 0;
+  const lastRows = segments.map((s) => (end += s.rows) - 1);
+  return mx.take(h, mx.array(lastRows, mx.int32), 1);
+}
+
+/**
+ * Every Linear under `root`, plus the embedding table when it doubles as the output projection:
+ * the products a forward pass runs over all rows at once.
+ */
+export function collectRowProducts(root: Module, tiedEmbedding: Embedding | null): RowProduct[] {
+  const products: RowProduct[] = [];
+  const visit = (value: unknown): void => {
+    if (value instanceof Linear) products.push(value);
+    else if (value instanceof Module) Object.values(value).forEach(visit);
+    else if (Array.isArray(value)) value.forEach(visit);
+  };
+  visit(root);
+  if (tiedEmbedding) products.push(tiedEmbedding);
+  return products;
 }
 
 /** Decoder stack plus the vocabulary projection, tied to the embeddings or a separate lm_head. */
@@ -437,16 +459,8 @@ export class DecoderLM extends Module implements CausalLM {
   }
 
   rowProducts(): RowProduct[] {
-    const products: RowProduct[] = [];
-    const visit = (value: unknown): void => {
-      if (value instanceof Linear) products.push(value);
-      else if (value instanceof Module) Object.values(value).forEach(visit);
-      else if (Array.isArray(value)) value.forEach(visit);
-    };
-    visit(this);
     // The embedding table is a product only where it doubles as the output projection.
-    if (!this.lm_head) products.push(this.model.embed_tokens);
-    return products;
+    return collectRowProducts(this, this.lm_head ? null : this.model.embed_tokens);
   }
 
   forward(inputs: mx.array, segments: Segment[], logitsFor: LogitsFor): mx.array {

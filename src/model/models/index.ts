@@ -1,5 +1,6 @@
 import type { ModelConfig } from "../config";
 import type { CausalLM } from "./base";
+import * as gemma3Text from "./gemma3_text";
 import * as llama from "./llama";
 import * as mistral from "./mistral";
 import * as qwen2 from "./qwen2";
@@ -12,6 +13,7 @@ export type { CausalLM, LogitsFor } from "./base";
  * under models/, one entry here, and one entry in test/model/architectures.spec.ts.
  */
 export const ARCHITECTURES: Readonly<Record<string, (config: ModelConfig) => CausalLM>> = {
+  gemma3_text: gemma3Text.createModel,
   llama: llama.createModel,
   mistral: mistral.createModel,
   qwen2: qwen2.createModel,
