@@ -295,12 +295,49 @@ function attentionFor(scale: number): (q: mx.array, k: mx.array, v: mx.array, ma
       const span = mx.Slice(0, mask.shape[1]);
       const keys = keysBuffer.index(mx.Slice(), mx.Slice(), span, mx.Slice());
       const values = valuesBuffer.index(mx.Slice(), mx.Slice(), span, mx.Slice());
+      const [, heads, tokens, headDim] = queries.shape;
+      const kvHeads = keys.shape[1];
+      if (tokens <= FOLDED_QUERIES_MAX && heads > kvHeads) {
+        return foldedAttention(queries, keys, values, mask, scale, kvHeads, heads / kvHeads, tokens, headDim);
+      }
       // scaledDotProductAttention broadcasts KV heads over query groups (GQA) itself.
       return mx.fast.scaledDotProductAttention(queries, keys, values, scale, mask);
     });
     compiledAttention.set(scale, attend);
   }
   return attend;
+}
+
+/** Queries up to which attention folds each KV head's query group into one product (decode). */
+const FOLDED_QUERIES_MAX = 8;
+
+/**
+ * Grouped-query attention for a few queries, with each KV head's group of query heads folded into
+ * the rows of one product: [kvHeads, group * tokens, headDim] against that head's keys. On this CPU
+ * backend scaledDotProductAttention is MLX's decomposed fallback, which broadcasts the keys and
+ * values over the group. Measured on the qwen2.5-0.5b shape, a decode step took 179 instead of 196 ms
+ * at 8k positions and 147 instead of 153 ms at 1k (median of paired runs). The result is the same
+ * softmax(q kᵀ · scale + mask) v, summed in another order (logits within 2e-5 at 8k).
+ */
+function foldedAttention(
+  queries: mx.array,
+  keys: mx.array,
+  values: mx.array,
+  mask: mx.array,
+  scale: number,
+  kvHeads: number,
+  group: number,
+  tokens: number,
+  headDim: number,
+): mx.array {
+  const span = keys.shape[2];
+  const q = mx.multiply(queries, scale).reshape(1, kvHeads, group * tokens, headDim);
+  const scores = mx.add(
+    mx.matmul(q, keys.transpose(0, 1, 3, 2)).reshape(1, kvHeads, group, tokens, span),
+    mask,
+  );
+  const weights = mx.softmax(scores, -1, true).reshape(1, kvHeads, group * tokens, span);
+  return mx.matmul(weights, values).reshape(1, kvHeads * group, tokens, headDim);
 }
 
 /** One compiled attention per softmax scale (1 / sqrt(head_dim)), which the trace bakes in. */
