@@ -1,7 +1,7 @@
 import type { PrefixCache } from "../cache/index.js";
 import type { LoadedModel, ModelCache } from "../model/loader.js";
 import type { FromEngine, ModelInfo, PrefillProgress } from "../engine-ipc.js";
-import { kvBytes, type Job, type JobNeed } from "./sequence.js";
+import { kvBytes, prefixCacheFor, type Job, type JobNeed } from "./sequence.js";
 
 /**
  * A PrefillStream call inside the engine: context arrives in pieces while, for example, a tool runs,
@@ -11,6 +11,8 @@ import { kvBytes, type Job, type JobNeed } from "./sequence.js";
 export class PrefillSession implements Job {
   private readonly tokens: number[] = [];
   private readonly kv: ModelCache;
+  /** The prefix cache, or undefined when there is none or the model cannot use it (prefixCacheFor). */
+  private readonly cache: PrefixCache | undefined;
   private restored = false;
   private closing = false;
   private readonly progress: PrefillProgress = {
@@ -30,9 +32,10 @@ export class PrefillSession implements Job {
     private readonly persist: boolean,
     private readonly model: LoadedModel,
     private readonly info: ModelInfo,
-    private readonly cache: PrefixCache | undefined,
+    cache: PrefixCache | undefined,
     private readonly send: (msg: FromEngine) => void,
   ) {
+    this.cache = prefixCacheFor(model, cache);
     this.kv = model.newCache();
   }
 

@@ -65,6 +65,8 @@ export class Sequence implements Job {
   readonly memoryBytes: number;
   /** Allocated when the sequence begins, not while it waits for admission. */
   private kv!: ModelCache;
+  /** The prefix cache, or undefined when there is none or the model cannot use it (prefixCacheFor). */
+  private readonly cache: PrefixCache | undefined;
   private readonly reserveTokens: number;
   private readonly sampler: Sampler;
   private readonly detokenizer: IncrementalDetokenizer;
@@ -100,9 +102,10 @@ export class Sequence implements Job {
     private readonly model: LoadedModel,
     private readonly tokenizer: ModelTokenizer,
     private readonly info: ModelInfo,
-    private readonly cache: PrefixCache | undefined,
+    cache: PrefixCache | undefined,
     private readonly send: (msg: FromEngine) => void,
   ) {
+    this.cache = prefixCacheFor(model, cache);
     this.id = req.id;
     this.tenant = req.tenant;
     this.reserveTokens = Math.min(req.tokens.length + req.sampling.maxTokens, info.contextTokens);
@@ -355,3 +358,24 @@ export async function runAlone(seq: Sequence, model: LoadedModel, chunkTokens: n
     if (await seq.acceptLogits(model.decodeBatch([token], [seq.kvCache]))) return;
   }
 }
+
+/**
+ * The prefix cache a job may use: none for a model with recurrent layers (qwen3_5's Gated
+ * DeltaNet). The cache's blocks hold per-token keys and values only, and a recurrent layer's state
+ * after a prefix is not among them, so restoring a prefix would continue from the wrong state.
+ * Such a model's prompts are neither looked up, restored nor persisted (every prompt is computed
+ * in full) until the cache learns layer kinds. Said once per process on stderr.
+ */
+export function prefixCacheFor(model: LoadedModel, cache: PrefixCache | undefined): PrefixCache | undefined {
+  if (!cache || !model.hasRecurrentState) return cache;
+  if (!recurrentBypassLogged) {
+    recurrentBypassLogged = true;
+    console.error(
+      `kvpark: model_type "${model.config.modelType}" has recurrent layers; the prefix cache is bypassed ` +
+        "(no lookup, restore or persist): this model's prompts are not cached",
+    );
+  }
+  return undefined;
+}
+
+let recurrentBypassLogged = false;

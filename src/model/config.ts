@@ -21,8 +21,21 @@ export interface LinearRopeScaling {
 
 export type RopeScaling = Llama3RopeScaling | LinearRopeScaling;
 
-/** How a layer attends (Hugging Face's `layer_types` spelling). */
-export type LayerType = "sliding_attention" | "full_attention";
+/**
+ * How a layer attends (Hugging Face's `layer_types` spelling). "linear_attention" is qwen3_5's
+ * Gated DeltaNet: a recurrent layer that keeps a fixed-size state instead of keys and values.
+ */
+export type LayerType = "sliding_attention" | "full_attention" | "linear_attention";
+
+/** qwen3_5's Gated DeltaNet layers (the `linear_*` fields of its config). */
+export interface LinearAttentionConfig {
+  numKeyHeads: number;
+  numValueHeads: number;
+  keyHeadDim: number;
+  valueHeadDim: number;
+  /** Width of the causal depthwise convolution over the projected q/k/v. */
+  convKernel: number;
+}
 
 /** How an MLX-quantized checkpoint packs one linear or embedding layer. */
 export interface QuantizationParams {
@@ -78,6 +91,13 @@ export interface ModelConfig {
   ropeLocalTheta: number | null;
   /** Gemma's `query_pre_attn_scalar`: the softmax scale is its inverse square root. Null: head_dim. */
   queryPreAttnScalar: number | null;
+  /**
+   * Leading dimensions of each head that rope rotates: head_dim * partial_rotary_factor (qwen3_5),
+   * else head_dim. The rest pass through unrotated.
+   */
+  ropeDims: number;
+  /** The recurrent layers' shapes, for configs with "linear_attention" layers; else null. */
+  linearAttention: LinearAttentionConfig | null;
   quantization: QuantizationConfig | null;
   bosTokenId: number | null;
   eosTokenIds: number[];
@@ -97,6 +117,7 @@ const DEFAULTS: Record<string, { rmsNormEps: number; ropeTheta: number; maxPosit
   qwen2: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 32768 },
   qwen3: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositionEmbeddings: 32768 },
   gemma3_text: { rmsNormEps: 1e-6, ropeTheta: 1000000, maxPositionEmbeddings: 131072 },
+  qwen3_5: { rmsNormEps: 1e-6, ropeTheta: 100000, maxPositionEmbeddings: 131072 },
 };
 
 /** Hugging Face's Gemma3TextConfig defaults for the Gemma-only fields. */
@@ -164,7 +185,10 @@ export function parseModelConfig(json: unknown, file = "config.json"): ModelConf
 
   const modelType = c.model_type;
   if (typeof modelType !== "string" || modelType === "") {
-    throw invalid("model_type", 'is required (e.g. "llama", "qwen2", "qwen3", "mistral", "gemma3_text")');
+    throw invalid(
+      "model_type",
+      'is required (e.g. "llama", "qwen2", "qwen3", "qwen3_5", "mistral", "gemma3_text")',
+    );
   }
   const defaults = DEFAULTS[modelType] ?? DEFAULTS.llama;
 
@@ -194,6 +218,8 @@ export function parseModelConfig(json: unknown, file = "config.json"): ModelConf
   // the wrong attention.
   let slidingWindow: number | null = null;
   let gemma: GemmaFields | null = null;
+  let qwen35: Qwen35Fields | null = null;
+  if (modelType === "qwen3_5") qwen35 = parseQwen35Fields(c, numHiddenLayers, headDim, file);
   if (modelType === "mistral") {
     slidingWindow = c.sliding_window == null ? null : int("sliding_window");
   } else if (modelType === "gemma3_text") {
@@ -225,17 +251,20 @@ export function parseModelConfig(json: unknown, file = "config.json"): ModelConf
     headDim,
     intermediateSize: int("intermediate_size"),
     rmsNormEps: num("rms_norm_eps", defaults.rmsNormEps),
-    ropeTheta: num("rope_theta", defaults.ropeTheta),
-    ropeScaling: parseRopeScaling(c.rope_scaling, file),
+    ropeTheta: qwen35?.ropeTheta ?? num("rope_theta", defaults.ropeTheta),
+    ropeScaling: qwen35 ? null : parseRopeScaling(c.rope_scaling, file),
     maxPositionEmbeddings,
     vocabSize: int("vocab_size"),
     // Gemma ties its output projection to the embeddings unless told otherwise.
     tieWordEmbeddings: bool("tie_word_embeddings", modelType === "gemma3_text"),
     attentionBias,
     slidingWindow,
-    layerTypes: gemma?.layerTypes ?? Array.from({ length: numHiddenLayers }, () => layerType),
+    layerTypes:
+      gemma?.layerTypes ?? qwen35?.layerTypes ?? Array.from({ length: numHiddenLayers }, () => layerType),
     ropeLocalTheta: gemma?.ropeLocalTheta ?? null,
     queryPreAttnScalar: gemma?.queryPreAttnScalar ?? null,
+    ropeDims: qwen35?.ropeDims ?? headDim,
+    linearAttention: qwen35?.linearAttention ?? null,
     quantization: parseQuantization(c.quantization, file),
     bosTokenId: optionalTokenId(c.bos_token_id, "bos_token_id", file),
     eosTokenIds: tokenIdList(c.eos_token_id, "eos_token_id", file),
@@ -315,6 +344,113 @@ function parseGemma3Fields(c: Json, numHiddenLayers: number, file: string): Gemm
     ropeLocalTheta: positive("rope_local_base_freq", GEMMA3_DEFAULTS.ropeLocalBaseFreq, false),
     queryPreAttnScalar: positive("query_pre_attn_scalar", GEMMA3_DEFAULTS.queryPreAttnScalar, false),
   };
+}
+
+/** The fields only qwen3_5 reads, validated. */
+interface Qwen35Fields {
+  layerTypes: LayerType[];
+  linearAttention: LinearAttentionConfig;
+  ropeTheta: number;
+  ropeDims: number;
+}
+
+/**
+ * Qwen3.5 dense text models (mlx-lm models/qwen3_5.py, the text part of Hugging Face's
+ * Qwen3_5 config, written flat). Which layers are Gated DeltaNet ("linear_attention") comes from
+ * `layer_types` when listed, else every `full_attention_interval`-th layer attends. Rope settings
+ * sit either in `rope_parameters` (rope_theta, partial_rotary_factor, and an `mrope_section` that
+ * changes nothing for text, whose three position ids are equal) or at the top level. Mixture-of-
+ * experts variants and scaled rope are refused.
+ */
+function parseQwen35Fields(c: Json, numHiddenLayers: number, headDim: number, file: string): Qwen35Fields {
+  const invalid = (field: string, why: string): ModelError =>
+    new ModelError("MODEL_INVALID", `${file}: field "${field}" ${why}`);
+  const unsupported = (what: string, hint: string): ModelError =>
+    new ModelError(
+      "MODEL_UNSUPPORTED",
+      `${file}: ${what} is not supported for model_type "qwen3_5"; ${hint}`,
+    );
+  const positive = (source: Json, field: string, fallback: number, integer: boolean): number => {
+    const v = source[field] ?? fallback;
+    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) {
+      throw invalid(field, `must be a positive ${integer ? "integer" : "number"}, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  };
+
+  if (typeof c.num_experts === "number" && c.num_experts > 0) {
+    throw unsupported(`"num_experts": ${c.num_experts}`, "only dense models run");
+  }
+  if (c.text_config != null) {
+    throw unsupported('a nested "text_config"', "write the text model's fields at the top level");
+  }
+  let rope: Json = c;
+  if (c.rope_parameters != null) {
+    if (typeof c.rope_parameters !== "object" || Array.isArray(c.rope_parameters)) {
+      throw invalid("rope_parameters", "must be an object");
+    }
+    rope = c.rope_parameters as Json;
+  }
+  const ropeType = rope.rope_type ?? rope.type ?? "default";
+  if (ropeType !== "default") throw unsupported(`rope type ${JSON.stringify(ropeType)}`, 'only "default" is');
+  if (c.rope_scaling != null) throw unsupported('"rope_scaling"', "qwen3_5 rotates without scaling");
+  const factor = positive(
+    rope,
+    "partial_rotary_factor",
+    positive(c, "partial_rotary_factor", 0.25, false),
+    false,
+  );
+  const ropeDims = Math.round(headDim * factor);
+  if (factor > 1 || ropeDims % 2 !== 0 || ropeDims === 0) {
+    throw invalid(
+      "partial_rotary_factor",
+      `must rotate an even number of head_dim's ${headDim} dims, got ${factor}`,
+    );
+  }
+
+  const linearAttention: LinearAttentionConfig = {
+    numKeyHeads: positive(c, "linear_num_key_heads", 16, true),
+    numValueHeads: positive(c, "linear_num_value_heads", 32, true),
+    keyHeadDim: positive(c, "linear_key_head_dim", 128, true),
+    valueHeadDim: positive(c, "linear_value_head_dim", 128, true),
+    convKernel: positive(c, "linear_conv_kernel_dim", 4, true),
+  };
+  if (linearAttention.numValueHeads % linearAttention.numKeyHeads !== 0) {
+    throw invalid("linear_num_key_heads", "must divide linear_num_value_heads");
+  }
+  if (linearAttention.convKernel < 2) throw invalid("linear_conv_kernel_dim", "must be at least 2");
+
+  let layerTypes: LayerType[];
+  if (c.layer_types != null) {
+    const types = c.layer_types;
+    if (
+      !Array.isArray(types) ||
+      types.length !== numHiddenLayers ||
+      !types.every((t) => t === "linear_attention" || t === "full_attention")
+    ) {
+      throw invalid(
+        "layer_types",
+        `must list "linear_attention" or "full_attention" for each of the ${numHiddenLayers} layers`,
+      );
+    }
+    layerTypes = types as LayerType[];
+  } else {
+    const interval = positive(c, "full_attention_interval", 4, true);
+    layerTypes = Array.from({ length: numHiddenLayers }, (_, i) =>
+      (i + 1) % interval === 0 ? "full_attention" : "linear_attention",
+    );
+  }
+  // Token positions (a cache's offset) are counted by the attention layers.
+  if (!layerTypes.includes("full_attention")) {
+    throw invalid("layer_types", "must include at least one full_attention layer");
+  }
+  const ropeTheta = positive(
+    rope,
+    "rope_theta",
+    positive(c, "rope_theta", DEFAULTS.qwen3_5.ropeTheta, false),
+    false,
+  );
+  return { layerTypes, linearAttention, ropeTheta, ropeDims };
 }
 
 function parseRopeScaling(value: unknown, file: string): RopeScaling | null {

@@ -141,37 +141,80 @@ export class KVCache {
   }
 }
 
-/** The KV caches of all layers of one sequence. */
+/**
+ * What a recurrent layer (qwen3_5's Gated DeltaNet) carries from one token to the next, in place
+ * of keys and values: the last kernel - 1 inputs of its causal convolution and the delta rule's
+ * state. Both are replaced, not appended to, at every step, so unlike a KVCache this cannot be
+ * exported by token range, trimmed, or rebuilt from a prefix cache's blocks. Null until the
+ * layer first runs; the layer knows the shapes.
+ */
+export class RecurrentState {
+  /** [1, kernel - 1, convChannels]: the convolution's input rows before the next token. */
+  conv: mx.array | null = null;
+  /** [1, valueHeads, valueHeadDim, keyHeadDim]: the delta rule's state S. */
+  delta: mx.array | null = null;
+
+  /** The arrays, for evaluating pending updates. */
+  state(): mx.array[] {
+    return [this.conv, this.delta].filter((a): a is mx.array => a !== null);
+  }
+}
+
+/**
+ * The caches of all layers of one sequence: a KVCache per layer, and for the layers listed as
+ * recurrent a RecurrentState they use instead (their KVCache stays empty and unallocated).
+ * Token positions (offset, capacity) are those of the attention layers.
+ */
 export class ModelCache {
   readonly layers: KVCache[];
+  /** Per layer: its recurrent state, or null for an attention layer. */
+  readonly recurrent: (RecurrentState | null)[];
+  /** The layers that hold keys and values. */
+  readonly #attention: KVCache[];
 
-  constructor(numLayers: number, kvHeads: number, headDim: number, stepTokens = CACHE_STEP_TOKENS) {
+  constructor(
+    numLayers: number,
+    kvHeads: number,
+    headDim: number,
+    stepTokens = CACHE_STEP_TOKENS,
+    recurrentLayers: readonly number[] = [],
+  ) {
     this.layers = Array.from({ length: numLayers }, () => new KVCache(kvHeads, headDim, stepTokens));
+    this.recurrent = this.layers.map((_, i) => (recurrentLayers.includes(i) ? new RecurrentState() : null));
+    this.#attention = this.layers.filter((_, i) => this.recurrent[i] === null);
+    if (this.#attention.length === 0) throw new RangeError("ModelCache: at least one layer must attend");
+  }
+
+  /** True when some layer carries recurrent state, which token ranges of KV cannot restore. */
+  get hasRecurrentState(): boolean {
+    return this.#attention.length < this.layers.length;
   }
 
   /** Number of cached tokens (the same in every layer). */
   get offset(): number {
-    return this.layers[0].offset;
+    return this.#attention[0].offset;
   }
 
   /** Allocated positions per layer. */
   get capacity(): number {
-    return this.layers[0].capacity;
+    return this.#attention[0].capacity;
   }
 
   /** Preallocates room for `tokens` positions in every layer, e.g. prompt plus max_tokens. */
   reserve(tokens: number): void {
-    for (const layer of this.layers) layer.reserve(tokens);
+    for (const layer of this.#attention) layer.reserve(tokens);
     mx.eval(...this.state());
   }
 
   /** Copies positions [start, end) of every layer; see KVCache.exportRange. */
   export(start: number, end: number): LayerKV[] {
+    this.refuseRecurrent("export");
     return this.layers.map((layer) => layer.exportRange(start, end));
   }
 
   /** Writes one LayerKV per layer at positions [at, at + n); see KVCache.importRange. */
   import(at: number, ranges: LayerKV[]): void {
+    this.refuseRecurrent("import");
     if (ranges.length !== this.layers.length) {
       throw new RangeError(`import: got ${ranges.length} layers, the model has ${this.layers.length}`);
     }
@@ -181,13 +224,24 @@ export class ModelCache {
 
   /** Drops the last `n` tokens of every layer; returns how many were dropped. */
   trim(n: number): number {
+    this.refuseRecurrent("trim");
     let dropped = 0;
     for (const layer of this.layers) dropped = layer.trim(n);
     return dropped;
   }
 
-  /** Every layer's buffers. */
+  /** Every layer's buffers and recurrent states. */
   state(): mx.array[] {
-    return this.layers.flatMap((layer) => layer.state());
+    return [
+      ...this.#attention.flatMap((layer) => layer.state()),
+      ...this.recurrent.flatMap((r) => r?.state() ?? []),
+    ];
+  }
+
+  /** A recurrent state holds the whole past in one array: no token range of it exists to move. */
+  private refuseRecurrent(op: string): void {
+    if (this.hasRecurrentState) {
+      throw new RangeError(`${op}: this cache holds recurrent layer state, which has no token ranges`);
+    }
   }
 }

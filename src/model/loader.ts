@@ -65,6 +65,17 @@ export class LoadedModel {
     this.numLayers = config.numHiddenLayers;
     this.kvHeads = config.numKeyValueHeads;
     this.headDim = config.headDim;
+    this.recurrentLayers = config.layerTypes.flatMap((t, i) => (t === "linear_attention" ? [i] : []));
+  }
+
+  /**
+   * Layers that carry recurrent state (qwen3_5's Gated DeltaNet) instead of keys and values. The
+   * prefix cache, whose blocks hold per-token KV only, cannot restore such a model's sequences.
+   */
+  readonly recurrentLayers: number[];
+
+  get hasRecurrentState(): boolean {
+    return this.recurrentLayers.length > 0;
   }
 
   /**
@@ -72,7 +83,7 @@ export class LoadedModel {
    * it so it never has to grow.
    */
   newCache(reserveTokens = 0): ModelCache {
-    const cache = new ModelCache(this.numLayers, this.kvHeads, this.headDim);
+    const cache = new ModelCache(this.numLayers, this.kvHeads, this.headDim, undefined, this.recurrentLayers);
     if (reserveTokens > 0) cache.reserve(reserveTokens);
     return cache;
   }
@@ -146,7 +157,11 @@ export class LoadedModel {
         throw new RangeError(`forward: token id ${t} outside the vocabulary [0, ${this.config.vocabSize})`);
       }
     }
-    if (cache.layers.length !== this.numLayers || cache.layers[0].kvHeads !== this.kvHeads) {
+    if (
+      cache.layers.length !== this.numLayers ||
+      cache.layers[0].kvHeads !== this.kvHeads ||
+      cache.recurrent.some((r, i) => (r !== null) !== this.recurrentLayers.includes(i))
+    ) {
       throw new RangeError("forward: the cache was made for a different model");
     }
   }

@@ -83,4 +83,25 @@ export const ARCHITECTURE_CASES: ArchitectureCase[] = [
       attn_logit_softcapping: null,
     },
   },
+  {
+    // Four layers with interval 2: Gated DeltaNet, attention, DeltaNet, attention. Two key heads
+    // shared by four value heads (repeat), key and value head dims that differ, a kernel-4
+    // convolution whose carried rows cross the chunk borders the spec uses (5, 6, then 1 by 1),
+    // head_dim 32 with partial_rotary_factor 0.25 (8 rotated dims), and rope settings in
+    // rope_parameters as Qwen3.5's configs write them.
+    name: "qwen3_5 with Gated DeltaNet and gated attention layers",
+    config: {
+      model_type: "qwen3_5",
+      num_hidden_layers: 4,
+      head_dim: 32,
+      full_attention_interval: 2,
+      linear_num_key_heads: 2,
+      linear_num_value_heads: 4,
+      linear_key_head_dim: 16,
+      linear_value_head_dim: 8,
+      linear_conv_kernel_dim: 4,
+      rope_parameters: { rope_type: "default", rope_theta: 1000000, partial_rotary_factor: 0.25 },
+      tie_word_embeddings: false,
+    },
+  },
 ];

@@ -217,7 +217,7 @@ describe("errors", () => {
     const err = await modelError(() => loadModel(dir));
     expect(err.code).toBe("MODEL_UNSUPPORTED");
     expect(err.message).toBe(
-      'config.json: model_type "gpt2" is not supported; supported: gemma3_text, llama, mistral, qwen2, qwen3',
+      'config.json: model_type "gpt2" is not supported; supported: gemma3_text, llama, mistral, qwen2, qwen3, qwen3_5',
     );
   });
 

@@ -5,6 +5,7 @@ import * as llama from "./llama";
 import * as mistral from "./mistral";
 import * as qwen2 from "./qwen2";
 import * as qwen3 from "./qwen3";
+import * as qwen35 from "./qwen3_5";
 
 export type { CausalLM, LogitsFor } from "./base";
 
@@ -18,6 +19,7 @@ export const ARCHITECTURES: Readonly<Record<string, (config: ModelConfig) => Cau
   mistral: mistral.createModel,
   qwen2: qwen2.createModel,
   qwen3: qwen3.createModel,
+  qwen3_5: qwen35.createModel,
 };
 
 /** The model_type values kvpark can run, sorted. */
