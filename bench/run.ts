@@ -390,33 +390,34 @@ async function main(): Promise<void> {
     const perToken = [...r.cold, ...r.coldCacheOff].map((s) => s.prefillMs / s.recomputedTokens);
     return Math.max(...perToken) / Math.min(...perToken);
   });
-  notes.push(
-    `Each context length runs on two fresh servers, warmed up alike with a short request: one with the cache off, and one ` +
-      `whose RAM tier holds exactly one prompt of that length, so persisting the next prompt ` +
-      `pushes the previous one out of RAM; SSD samples restore a prompt found on SSD only. Cold runs per context: ` +
-      `${plan.contexts.map((L) => `${L}: ${coldRuns(L)}`).join(", ")} with the cache on and as many with it off; ` +
-      `${plan.ramRuns} RAM hits per cold run; ${plan.ssdRuns} SSD restores; ${plan.restartRuns} restarts. Medians.`,
-    `Page cache: ${machine.pageCacheDrop}. SSD writes: --ssd-fsync batch (the default: a block counts as persisted after fdatasync).`,
-    `TTFT always includes computing the prompt's last token (its logits give the first generated token) and, ` +
-      `for every path, the lookup; prompts are random token ids, one generated token per TTFT request.`,
-    `Noise: ${machine.cores} shared cores; other work ran on this machine during the run (load average above). ` +
-      `During cold prefills the engine process got a median ${list(contexts.map((c) => c.coldEngineCpuPercent))} ` +
-      `and at worst ${list(contexts.map((c) => c.coldEngineCpuPercentMin))} of one core (per context length; ` +
-      `${machine.cores * 100}% = all cores); the slowest cold run of a context length took ` +
-      `${spreads.length ? spreads.map((x) => `${x.toFixed(2)}x`).join(" / ") : "n/a"} as long per token as the fastest. ` +
-      `Ratios come from requests made side by side, alternating which side goes first; the persist cost is also given ` +
-      `in engine CPU time, which other work on the machine barely moves. "After restart" is the first request of a new ` +
-      `server process, so it includes that process's one-time costs.`,
-    `Control: a RAM hit right after dropping the page cache took ${list(
-      contexts.map((c) => c.ramAfterDropMs),
-      " ms",
-    )} ` +
-      `against ${list(
-        contexts.map((c) => c.ttftMs.ram.median),
+  if (ttft.length > 0)
+    notes.push(
+      `Each context length runs on two fresh servers, warmed up alike with a short request: one with the cache off, and one ` +
+        `whose RAM tier holds exactly one prompt of that length, so persisting the next prompt ` +
+        `pushes the previous one out of RAM; SSD samples restore a prompt found on SSD only. Cold runs per context: ` +
+        `${plan.contexts.map((L) => `${L}: ${coldRuns(L)}`).join(", ")} with the cache on and as many with it off; ` +
+        `${plan.ramRuns} RAM hits per cold run; ${plan.ssdRuns} SSD restores; ${plan.restartRuns} restarts. Medians.`,
+      `Page cache: ${machine.pageCacheDrop}. SSD writes: --ssd-fsync batch (the default: a block counts as persisted after fdatasync).`,
+      `TTFT always includes computing the prompt's last token (its logits give the first generated token) and, ` +
+        `for every path, the lookup; prompts are random token ids, one generated token per TTFT request.`,
+      `Noise: ${machine.cores} shared cores; other work ran on this machine during the run (load average above). ` +
+        `During cold prefills the engine process got a median ${list(contexts.map((c) => c.coldEngineCpuPercent))} ` +
+        `and at worst ${list(contexts.map((c) => c.coldEngineCpuPercentMin))} of one core (per context length; ` +
+        `${machine.cores * 100}% = all cores); the slowest cold run of a context length took ` +
+        `${spreads.length ? spreads.map((x) => `${x.toFixed(2)}x`).join(" / ") : "n/a"} as long per token as the fastest. ` +
+        `Ratios come from requests made side by side, alternating which side goes first; the persist cost is also given ` +
+        `in engine CPU time, which other work on the machine barely moves. "After restart" is the first request of a new ` +
+        `server process, so it includes that process's one-time costs.`,
+      `Control: a RAM hit right after dropping the page cache took ${list(
+        contexts.map((c) => c.ramAfterDropMs),
         " ms",
-      )} for RAM hits in general: dropping the page cache costs ` +
-      `the server nothing besides the KV reads (the weights are in its own memory).`,
-  );
+      )} ` +
+        `against ${list(
+          contexts.map((c) => c.ttftMs.ram.median),
+          " ms",
+        )} for RAM hits in general: dropping the page cache costs ` +
+        `the server nothing besides the KV reads (the weights are in its own memory).`,
+    );
   const storeNote = store
     ? `About ${((store.results[0]?.totalBytes ?? 0) / 1e6).toFixed(0)} MB of KV blocks of the qwen2.5-0.5b shape (64 tokens, float32; ` +
       `whole blocks, and the same bytes as per-layer blocks), written and read back ` +

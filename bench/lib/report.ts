@@ -195,59 +195,62 @@ export function markdown(r: ReportInput): string {
   for (const n of r.notes) out.push(`- ${n}`);
   out.push("");
 
-  out.push("### Time to first token", "");
-  out.push(
-    "Server-side TTFT (request arrival to first token), median of the runs; the runs per cell are in the JSON. " +
-      "Speedups are against the cold request on a server with the cache off.",
-    "",
-  );
-  out.push(
-    "| context | cold, cache off | cold, cache on (miss) | RAM hit | SSD restore, page cache dropped | after restart, page cache dropped | speedup RAM / SSD / restart |",
-  );
-  out.push("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-  for (const c of r.contexts) {
+  // The TTFT, restore and model-speed tables come from the ttft section; a run without it has no rows.
+  if (r.contexts.length > 0) {
+    out.push("### Time to first token", "");
     out.push(
-      `| ${ctx(c.contextTokens)} | ${ms(c.ttftMs.coldCacheOff.median)} | ${ms(c.ttftMs.cold.median)} | ${ms(c.ttftMs.ram.median)} | ` +
-        `${ms(c.ttftMs.ssd.median)} | ${ms(c.ttftMs.restart.median)} | ${times(c.speedup.ram)} / ${times(c.speedup.ssd)} / ${times(c.speedup.restart)} |`,
+      "Server-side TTFT (request arrival to first token), median of the runs; the runs per cell are in the JSON. " +
+        "Speedups are against the cold request on a server with the cache off.",
+      "",
     );
-  }
-  out.push("");
-  out.push("Client-side TTFT (the bench's gRPC call to the first token received), same requests:", "");
-  out.push("| context | cold, cache off | cold, cache on | RAM hit | SSD restore | after restart |");
-  out.push("| ---: | ---: | ---: | ---: | ---: | ---: |");
-  for (const c of r.contexts) {
-    const t = c.clientTtftMs;
     out.push(
-      `| ${ctx(c.contextTokens)} | ${ms(t.coldCacheOff.median)} | ${ms(t.cold.median)} | ${ms(t.ram.median)} | ${ms(t.ssd.median)} | ${ms(t.restart.median)} |`,
+      "| context | cold, cache off | cold, cache on (miss) | RAM hit | SSD restore, page cache dropped | after restart, page cache dropped | speedup RAM / SSD / restart |",
     );
-  }
-  out.push("");
+    out.push("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (const c of r.contexts) {
+      out.push(
+        `| ${ctx(c.contextTokens)} | ${ms(c.ttftMs.coldCacheOff.median)} | ${ms(c.ttftMs.cold.median)} | ${ms(c.ttftMs.ram.median)} | ` +
+          `${ms(c.ttftMs.ssd.median)} | ${ms(c.ttftMs.restart.median)} | ${times(c.speedup.ram)} / ${times(c.speedup.ssd)} / ${times(c.speedup.restart)} |`,
+      );
+    }
+    out.push("");
+    out.push("Client-side TTFT (the bench's gRPC call to the first token received), same requests:", "");
+    out.push("| context | cold, cache off | cold, cache on | RAM hit | SSD restore | after restart |");
+    out.push("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (const c of r.contexts) {
+      const t = c.clientTtftMs;
+      out.push(
+        `| ${ctx(c.contextTokens)} | ${ms(t.coldCacheOff.median)} | ${ms(t.cold.median)} | ${ms(t.ram.median)} | ${ms(t.ssd.median)} | ${ms(t.restart.median)} |`,
+      );
+    }
+    out.push("");
 
-  out.push("### Restore, persistence, SSD footprint", "");
-  out.push(
-    "| context | SSD restore stage | restore MB/s | `dd iflag=direct` MB/s, same bytes | restore / dd (throughput) | persist cost, cache on / off: cold TTFT | request time | engine CPU time incl. SSD writes | SSD write after the request | SSD bytes per cached token (raw KV) | restart to ready |",
-  );
-  out.push("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-  for (const c of r.contexts) {
+    out.push("### Restore, persistence, SSD footprint", "");
     out.push(
-      `| ${ctx(c.contextTokens)} | ${ms(c.ssdRestoreMs.median)} | ${fmt(c.restoreMBps)} | ${fmt(c.ddMBps)} | ${fmt(c.restoreOverDd, 2)} | ` +
-        `${fmt(c.persistTtftRatio, 3)} | ${fmt(c.persistRequestRatio, 3)} | ${fmt(c.persistCpuRatio, 3)} | ${ms(c.persistDrainMs)} | ` +
-        `${fmt(c.ssdBytesPerToken)} (${fmt(c.kvBytesPerToken)}) | ${ms(c.restartReadyMs)} |`,
+      "| context | SSD restore stage | restore MB/s | `dd iflag=direct` MB/s, same bytes | restore / dd (throughput) | persist cost, cache on / off: cold TTFT | request time | engine CPU time incl. SSD writes | SSD write after the request | SSD bytes per cached token (raw KV) | restart to ready |",
     );
-  }
-  out.push("");
+    out.push("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (const c of r.contexts) {
+      out.push(
+        `| ${ctx(c.contextTokens)} | ${ms(c.ssdRestoreMs.median)} | ${fmt(c.restoreMBps)} | ${fmt(c.ddMBps)} | ${fmt(c.restoreOverDd, 2)} | ` +
+          `${fmt(c.persistTtftRatio, 3)} | ${fmt(c.persistRequestRatio, 3)} | ${fmt(c.persistCpuRatio, 3)} | ${ms(c.persistDrainMs)} | ` +
+          `${fmt(c.ssdBytesPerToken)} (${fmt(c.kvBytesPerToken)}) | ${ms(c.restartReadyMs)} |`,
+      );
+    }
+    out.push("");
 
-  out.push("### Model speed", "");
-  out.push(
-    "| context | prefill tok/s (cold requests) | decode tok/s (one stream) | engine CPU during cold prefill |",
-  );
-  out.push("| ---: | ---: | ---: | ---: |");
-  for (const c of r.contexts) {
+    out.push("### Model speed", "");
     out.push(
-      `| ${ctx(c.contextTokens)} | ${fmt(c.prefillTokensPerSecond, 1)} | ${fmt(c.decodeTokensPerSecond, 2)} | ${fmt(c.coldEngineCpuPercent, 0)}% of one core |`,
+      "| context | prefill tok/s (cold requests) | decode tok/s (one stream) | engine CPU during cold prefill |",
     );
+    out.push("| ---: | ---: | ---: | ---: |");
+    for (const c of r.contexts) {
+      out.push(
+        `| ${ctx(c.contextTokens)} | ${fmt(c.prefillTokensPerSecond, 1)} | ${fmt(c.decodeTokensPerSecond, 2)} | ${fmt(c.coldEngineCpuPercent, 0)}% of one core |`,
+      );
+    }
+    out.push("");
   }
-  out.push("");
   if (r.concurrency) {
     out.push(
       `Concurrent streams (${fmt(r.concurrency.contextTokens)}-token prompts sharing a cached prefix, ${r.concurrency.decodeTokens} tokens each):`,
