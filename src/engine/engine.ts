@@ -2,34 +2,19 @@ import * as path from "node:path";
 import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { core as mx } from "@frost-beta/mlx";
-import { cacheOptionsFrom, PrefixCache, type CacheOptions, type KVBlockInput } from "../cache/index.js";
+import { cacheOptionsFrom, PrefixCache, type CacheOptions } from "../cache/index.js";
 import type { Config } from "../config.js";
-import { KvparkError, toKvparkError, type ErrorCode } from "../errors.js";
+import { KvparkError } from "../errors.js";
 import { loadModel, type LoadedModel } from "../model/loader.js";
 import { ModelTokenizer } from "../model/tokenizer.js";
-import { AsyncQueue } from "../util/async-queue.js";
 import { resolveModelDir } from "../model-gen/generate.js";
 import { PrefillSession } from "./prefill-session.js";
-import {
-  KV_STREAM_WINDOW_BYTES,
-  type BlockSelection,
-  type FromEngine,
-  type ModelInfo,
-  type ToEngine,
-} from "../engine-ipc.js";
+import { type FromEngine, type ModelInfo, type ToEngine } from "../engine-ipc.js";
+import { errorOf, KvOperations } from "./kv-operations.js";
 import { Sequence, type Job } from "./sequence.js";
 
 /** Phrase that, with --test-engine-abort, makes the engine run an operation MLX aborts on. */
 export const TEST_ABORT_PHRASE = "__kvpark_abort__";
-
-/** Bytes that crossed IPC arrive as Uint8Array; the cache works on Buffers over the same memory. */
-function buf(bytes: Uint8Array): Buffer {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-}
-
-function selection(sel: BlockSelection): BlockSelection {
-  return "keys" in sel ? { keys: sel.keys.map(buf) } : sel;
-}
 
 /** What the engine reports about a loaded model, served under `name`. */
 export function modelInfo(name: string, dir: string, model: LoadedModel): ModelInfo {
@@ -68,12 +53,6 @@ async function openCache(
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   }
-}
-
-/** A failure as it crosses IPC: the stable code and the user-facing message. */
-function errorOf(err: unknown): { code: ErrorCode; message: string } {
-  const e = toKvparkError(err);
-  return { code: e.code, message: e.message };
 }
 
 /** Largest decode batch: beyond it, more sequences read the weights no cheaper per token here. */
@@ -139,9 +118,8 @@ export class Engine {
   /** Jobs waiting for memory, in arrival order. */
   private readonly queued: Job[] = [];
   private readonly sessions = new Map<number, PrefillSession>();
-  private readonly puts = new Map<number, AsyncQueue<KVBlockInput>>();
-  /** Export and Import calls in flight: what the front end sends them after they started. */
-  private readonly kvStreams = new Map<number, KvStream>();
+  /** KVBlocks calls, answered between steps. */
+  private readonly kvOps: KvOperations;
   private running = false;
   /** Resolves the scheduler's sleep when new work arrives while every job waits for I/O. */
   private wake?: () => void;
@@ -173,6 +151,7 @@ export class Engine {
     decodeRowsMax: number,
   ) {
     this.decodeRowsMax = decodeRowsMax;
+    this.kvOps = new KvOperations(cache, send);
     this.chunkTokens = Math.min(config.prefillChunkTokens, config.stepTokensMax);
     const ram = cache ? config.ramBytesMax : 0;
     // The process as loaded: weights, runtime, the tokenizer and the store's index.
@@ -255,18 +234,12 @@ export class Engine {
         return;
       }
       case "kv":
-        void this.kv(msg);
+        void this.kvOps.run(msg);
         return;
-      case "kv-put": {
-        const q = this.puts.get(msg.id);
-        if (!q) return;
-        if (msg.block === undefined) q.end();
-        else q.push(msg.block);
-        return;
-      }
+      case "kv-put":
       case "kv-data":
       case "kv-ack":
-        this.kvStreams.get(msg.id)?.receive(msg);
+        this.kvOps.receive(msg);
         return;
     }
   }
@@ -277,8 +250,7 @@ export class Engine {
       if (i >= 0) list.splice(i, 1)[0].abort();
     }
     this.sessions.delete(id);
-    this.puts.get(id)?.end();
-    this.kvStreams.get(id)?.end();
+    this.kvOps.end(id);
   }
 
   private enqueue(job: Job): void {
@@ -469,174 +441,10 @@ export class Engine {
     });
   }
 
-  private noCache(): never {
-    throw new KvparkError("FAILED_PRECONDITION", "the prefix cache is off on this server (--cache=false)");
-  }
-
-  /** Answers a KVBlocks call; results cross IPC as plain objects with Buffers. */
-  private async kv(msg: Extract<ToEngine, { type: "kv" }>): Promise<void> {
-    const { id, tenant } = msg;
-    try {
-      const cache = this.cache ?? this.noCache();
-      switch (msg.op) {
-        case "lookup": {
-          const m = cache.lookup(tenant, msg.tokens);
-          const blocks = m.blocks.map((b) => ({
-            key: b.key,
-            tier: b.tier,
-            start: b.start,
-            tokens: b.tokens,
-          }));
-          const value = { tokens: m.tokens, ramTokens: m.ramTokens, ssdTokens: m.ssdTokens, blocks };
-          this.send({ type: "kv-result", id, result: { op: "lookup", value } });
-          return;
-        }
-        case "getBlocks":
-          for await (const item of cache.getBlocks(tenant, msg.keys.map(buf)))
-            this.send({ type: "kv-item", id, item });
-          this.send({ type: "kv-result", id, result: { op: "getBlocks", value: null } });
-          return;
-        case "putBlocks": {
-          const q = new AsyncQueue<KVBlockInput>();
-          this.puts.set(id, q);
-          try {
-            const value = await cache.putBlocks(tenant, q);
-            this.send({ type: "kv-result", id, result: { op: "putBlocks", value } });
-          } finally {
-            this.puts.delete(id);
-          }
-          return;
-        }
-        case "pin": {
-          const kind =
-            msg.kind.kind === "hard"
-              ? { kind: "hard" as const }
-              : { kind: "soft" as const, ttlMs: msg.kind.ttlMs };
-          const value = cache.pin(tenant, selection(msg.selection), kind);
-          this.send({ type: "kv-result", id, result: { op: "pin", value } });
-          return;
-        }
-        case "unpin": {
-          const value = cache.unpin(tenant, selection(msg.selection));
-          this.send({ type: "kv-result", id, result: { op: "unpin", value } });
-          return;
-        }
-        case "stats":
-          this.send({
-            type: "kv-result",
-            id,
-            result: { op: "stats", value: cache.stats(msg.all ? undefined : tenant) },
-          });
-          return;
-        case "listBlocks": {
-          const scope = msg.names ? { names: msg.names } : { tenant };
-          const value = cache.listBlocks(scope, { size: msg.pageSize, after: msg.after });
-          this.send({ type: "kv-result", id, result: { op: "listBlocks", value } });
-          return;
-        }
-        case "evict": {
-          const options = { tier: msg.tier, force: msg.force };
-          const value = await cache.evict(tenant, selection(msg.selection), options);
-          this.send({ type: "kv-result", id, result: { op: "evict", value } });
-          return;
-        }
-        case "clear": {
-          const value = await cache.clear(msg.all ? undefined : tenant);
-          this.send({ type: "kv-result", id, result: { op: "clear", value } });
-          return;
-        }
-        case "exportBundle": {
-          const stream = new KvStream();
-          this.kvStreams.set(id, stream);
-          try {
-            const value = { blocks: 0, skippedBlocks: 0, bytes: 0 };
-            const sel = msg.selection && selection(msg.selection);
-            for await (const data of cache.exportBundle(tenant, sel, {
-              signal: stream.signal,
-              report: value,
-            })) {
-              this.send({ type: "kv-data", id, data });
-              await stream.sent(data.length);
-            }
-            this.send({ type: "kv-result", id, result: { op: "exportBundle", value } });
-          } finally {
-            this.kvStreams.delete(id);
-          }
-          return;
-        }
-        case "importBundle": {
-          const stream = new KvStream();
-          this.kvStreams.set(id, stream);
-          const send = this.send;
-          // Each piece is acknowledged once the import asks for the next: it has been read.
-          const pieces = async function* () {
-            for await (const piece of stream.pieces) {
-              yield piece;
-              send({ type: "kv-ack", id, bytes: piece.length });
-            }
-          };
-          try {
-            const value = await cache.importBundle(tenant, pieces());
-            this.send({ type: "kv-result", id, result: { op: "importBundle", value } });
-          } finally {
-            this.kvStreams.delete(id);
-          }
-          return;
-        }
-      }
-    } catch (err) {
-      this.send({ type: "failed", id, ...errorOf(err) });
-    }
-  }
-
   /** Writes what the cache has queued and releases the SSD store. */
   async close(): Promise<void> {
     clearInterval(this.statsTimer);
     for (const job of [...this.active.splice(0), ...this.queued.splice(0)]) job.abort();
     await this.cache?.close();
-  }
-}
-
-/**
- * What an Export or Import call receives from the front end after it started: Import's bundle
- * pieces (`kv-data`, the last without data) and Export's acknowledgements (`kv-ack`), with which
- * Export keeps at most KV_STREAM_WINDOW_BYTES unacknowledged. Ended when the call is cancelled.
- */
-class KvStream {
-  readonly pieces = new AsyncQueue<Buffer>();
-  private readonly abort = new AbortController();
-  private unacked = 0;
-  private wake?: () => void;
-
-  /** Aborted when the call is cancelled. */
-  get signal(): AbortSignal {
-    return this.abort.signal;
-  }
-
-  receive(msg: Extract<ToEngine, { type: "kv-data" | "kv-ack" }>): void {
-    if (msg.type === "kv-ack") {
-      this.unacked -= msg.bytes;
-      this.wake?.();
-    } else if (msg.data === undefined) {
-      this.pieces.end();
-    } else {
-      this.pieces.push(buf(msg.data));
-    }
-  }
-
-  /** The call was cancelled. */
-  end(): void {
-    this.pieces.end();
-    this.abort.abort(new KvparkError("CANCELLED", "cancelled"));
-    this.wake?.();
-  }
-
-  /** Counts `bytes` sent; resolves once the window has room again, throws once the call is cancelled. */
-  async sent(bytes: number): Promise<void> {
-    this.unacked += bytes;
-    while (this.unacked > KV_STREAM_WINDOW_BYTES && !this.signal.aborted) {
-      await new Promise<void>((resolve) => (this.wake = resolve));
-    }
-    this.signal.throwIfAborted();
   }
 }
