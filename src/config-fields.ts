@@ -51,6 +51,12 @@ export interface Config {
   softPinTtlSeconds: number;
   softPinTtlMaxSeconds: number;
   costModel: boolean;
+  sharedTier: string;
+  sharedTierCluster: boolean;
+  sharedTierTimeoutMs: number;
+  sharedTierTtlSeconds: number;
+  sharedTierAdmission: (typeof ADMISSION_POLICIES)[number];
+  sharedTierWriteQueueBlocksMax: number;
   handlesMax: number;
   handleTtlSeconds: number;
   telemetry: (typeof TELEMETRY_MODES)[number];

@@ -310,6 +310,55 @@ const specs: OptionSpec<keyof Config>[] = [
     help: "Blocks waiting for their SSD write; a block finding the queue full is skipped and counted.",
   },
   {
+    key: "sharedTier",
+    flag: "--shared-tier",
+    kind: "string",
+    default: "",
+    help: "A shared cache tier on Redis after RAM and SSD: redis://host:port (rediss:// for TLS, user and password in the URL), or several comma-separated seed addresses of a Redis Cluster. Nodes naming the same Redis serve each other's blocks.",
+  },
+  {
+    key: "sharedTierCluster",
+    flag: "--shared-tier-cluster",
+    kind: "bool",
+    default: false,
+    help: "Treat a single --shared-tier address as a seed of a Redis Cluster (several addresses always are).",
+  },
+  {
+    key: "sharedTierTimeoutMs",
+    flag: "--shared-tier-timeout-ms",
+    kind: "int",
+    default: 200,
+    min: 1,
+    max: 60_000,
+    help: "Time budget of a shared-tier lookup, and of each batch of blocks restored from it; past it the request goes on with what the local tiers have.",
+  },
+  {
+    key: "sharedTierTtlSeconds",
+    flag: "--shared-tier-ttl-seconds",
+    kind: "int",
+    default: 86_400,
+    min: 0,
+    max: 365 * 24 * 3600,
+    help: "Time to live of a block written to the shared tier (0: none, Redis evicts under maxmemory).",
+  },
+  {
+    key: "sharedTierAdmission",
+    flag: "--shared-tier-admission",
+    kind: "enum",
+    default: "reused",
+    choices: ADMISSION_POLICIES,
+    help: "Which blocks are written to the shared tier: all, those seen twice, or pinned ones only.",
+  },
+  {
+    key: "sharedTierWriteQueueBlocksMax",
+    flag: "--shared-tier-write-queue-blocks-max",
+    kind: "int",
+    default: 1024,
+    min: 0,
+    max: 1 << 20,
+    help: "Blocks waiting for their shared-tier write; a block finding the queue full is skipped and counted.",
+  },
+  {
     key: "hardPinQuotaBytes",
     flag: "--hard-pin-quota-bytes",
     kind: "bytes",
@@ -574,11 +623,40 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv = process.env)
     problems.push(
       `--soft-pin-ttl-seconds (${config.softPinTtlSeconds}) exceeds --soft-pin-ttl-max-seconds (${config.softPinTtlMaxSeconds})`,
     );
+  problems.push(...parseSharedTier(config.sharedTier).problems);
   problems.push(...parseOrigins(config.corsOrigins).problems);
   problems.push(...machineProblems(config));
   if (problems.length) throw new ConfigError(problems);
   config.dataDir = path.resolve(config.dataDir);
   return config;
+}
+
+/**
+ * The addresses of --shared-tier, and what is wrong with them: each a redis:// or rediss:// URL with
+ * a host (the port defaults to 6379), all with the same scheme.
+ */
+export function parseSharedTier(spec: string): { urls: string[]; problems: string[] } {
+  const urls: string[] = [];
+  const problems: string[] = [];
+  if (!spec.trim()) return { urls, problems };
+  for (const raw of spec.split(",").map((s) => s.trim())) {
+    let url: URL;
+    try {
+      url = new URL(raw);
+    } catch {
+      problems.push(`--shared-tier: "${raw}" is not a URL; expected redis://host:port`);
+      continue;
+    }
+    if (url.protocol !== "redis:" && url.protocol !== "rediss:")
+      problems.push(`--shared-tier: "${raw}" is not a redis:// or rediss:// address`);
+    else if (!url.hostname) problems.push(`--shared-tier: "${raw}" names no host`);
+    else if (url.pathname.length > 1 && !/^\/\d{1,2}$/.test(url.pathname))
+      problems.push(`--shared-tier: "${raw}": the path may only name a database number`);
+    else urls.push(url.toString());
+  }
+  if (new Set(urls.map((u) => new URL(u).protocol)).size > 1)
+    problems.push("--shared-tier: mix of redis:// and rediss:// addresses; use one scheme");
+  return { urls, problems };
 }
 
 /** What is wrong with a file an option names, or undefined when it is a readable file. */

@@ -87,6 +87,8 @@ export interface ModelInfo {
 export interface CacheReport {
   ramTokens: number;
   ssdTokens: number;
+  /** Leading prompt tokens restored from the shared tier (Redis). */
+  sharedTokens: number;
   recomputedTokens: number;
   recomputeChosenTokens: number;
   corruptBlocks: number;
@@ -128,7 +130,7 @@ export interface CacheActivity {
   blocksQueued: number;
   /** Each import of the restore (a run of RAM blocks or one SSD batch), with epoch-ms instants. */
   restoreBatches: {
-    tier: "ram" | "ssd";
+    tier: "ram" | "ssd" | "shared";
     blocks: number;
     tokens: number;
     bytes: number;

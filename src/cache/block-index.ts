@@ -25,6 +25,8 @@ export interface BlockEntry {
   sightings: number;
   /** When a request last stored or restored the block (Unix ms); 0 for a block found on SSD at open. */
   usedAtMs: number;
+  /** The shared tier's copy as this node knows it: queued, written (or read) by this node; absent otherwise. */
+  shared?: "queued" | "stored";
 }
 
 /** Lookups' hits and misses per tier, evictions, and blocks removed on request (Evict, Clear). */
@@ -191,6 +193,7 @@ export class BlockIndex {
       tokens: pos,
       ramTokens,
       ssdTokens,
+      sharedTokens: 0,
       // A walk that stopped before the limit stopped at a difference or a chain's end; one stopped
       // by the limit did not.
       divergedTokens: pos < limit ? this.divergedTokens(blocks) : 0,

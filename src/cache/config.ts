@@ -1,7 +1,15 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { ADMISSION_POLICIES, CONFIG_DEFAULTS, FSYNC_MODES, optionRange, type Config } from "../config";
+import {
+  ADMISSION_POLICIES,
+  CONFIG_DEFAULTS,
+  FSYNC_MODES,
+  optionRange,
+  parseSharedTier,
+  type Config,
+} from "../config";
+import type { SharedTierOptions } from "./shared-tier";
 
 /**
  * Which blocks the SSD tier accepts from the RAM tier. "all": every new block is written; "reused":
@@ -50,6 +58,10 @@ export interface CacheOptions {
   ssdRestoreBytesPerSecondPrior: number;
   /** Directory on a tmpfs where bytes are staged to enter and leave MLX. */
   stagingDir: string;
+  /** The shared tier on Redis after RAM and SSD, or null for none. */
+  shared: SharedTierOptions | null;
+  /** Prior for the shared tier's restore rate until restores from it are measured. */
+  sharedRestoreBytesPerSecondPrior: number;
 }
 
 const MiB = 1024 * 1024;
@@ -79,7 +91,26 @@ export const CACHE_DEFAULTS: Readonly<CacheOptions> = {
   prefillTokensPerSecondPrior: 50,
   ssdRestoreBytesPerSecondPrior: 400 * 1e6,
   stagingDir: defaultStagingDir(),
+  shared: null,
+  sharedRestoreBytesPerSecondPrior: 200 * 1e6,
 };
+
+/** The shared tier's options from the server's configuration; null without --shared-tier. */
+export function sharedOptionsFrom(config: Config): SharedTierOptions | null {
+  const { urls } = parseSharedTier(config.sharedTier);
+  if (urls.length === 0) return null;
+  return {
+    urls,
+    cluster: config.sharedTierCluster,
+    timeoutMs: config.sharedTierTimeoutMs,
+    ttlSeconds: config.sharedTierTtlSeconds,
+    admission: config.sharedTierAdmission,
+    writeQueueBlocksMax: config.sharedTierWriteQueueBlocksMax,
+    writeQueueBytesMax: 1 * GiB,
+    restoreBatchBytesMax: 16 * MiB,
+    keyPrefix: "kvpark:",
+  };
+}
 
 /** The cache options the server's configuration sets; the rest keep their defaults. */
 export function cacheOptionsFrom(config: Config, ssdDir: string): Partial<CacheOptions> {
@@ -94,6 +125,7 @@ export function cacheOptionsFrom(config: Config, ssdDir: string): Partial<CacheO
     softPinTtlMsDefault: config.softPinTtlSeconds * 1000,
     softPinTtlMsMax: config.softPinTtlMaxSeconds * 1000,
     costModel: config.costModel,
+    shared: sharedOptionsFrom(config),
   };
 }
 
@@ -138,6 +170,8 @@ export function resolveCacheOptions(options: Partial<CacheOptions> = {}): CacheO
   int("gcFreedBytesThreshold", 0);
   positive("prefillTokensPerSecondPrior");
   positive("ssdRestoreBytesPerSecondPrior");
+  positive("sharedRestoreBytesPerSecondPrior");
+  if (o.shared !== null) checkShared(o.shared);
   if (o.ssdDir !== null && (typeof o.ssdDir !== "string" || o.ssdDir === "")) {
     throw new RangeError("cache option ssdDir must be a directory path or null");
   }
@@ -154,4 +188,23 @@ export function resolveCacheOptions(options: Partial<CacheOptions> = {}): CacheO
     throw new RangeError("cache option stagingDir must be a directory path");
   }
   return o;
+}
+
+function checkShared(s: SharedTierOptions): void {
+  if (!Array.isArray(s.urls) || s.urls.length === 0 || parseSharedTier(s.urls.join(",")).problems.length) {
+    throw new RangeError(`cache option shared.urls must be redis:// addresses, got ${String(s.urls)}`);
+  }
+  const int = (field: keyof SharedTierOptions, min: number) => {
+    const v = s[field];
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min)
+      throw new RangeError(`cache option shared.${field} must be an integer >= ${min}, got ${String(v)}`);
+  };
+  int("timeoutMs", 1);
+  int("ttlSeconds", 0);
+  int("writeQueueBlocksMax", 0);
+  int("writeQueueBytesMax", 0);
+  int("restoreBatchBytesMax", 1);
+  if (!ADMISSION_POLICIES.includes(s.admission))
+    throw new RangeError(`cache option shared.admission must be one of ${ADMISSION_POLICIES.join(", ")}`);
+  if (typeof s.keyPrefix !== "string") throw new RangeError("cache option shared.keyPrefix must be a string");
 }

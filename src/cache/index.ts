@@ -8,11 +8,13 @@ export { BLOCK_KEY_BYTES, KV_LAYOUT_VERSION, blockKey, chainKeys, rootKey } from
 export type { BlockKey, ChainLink } from "./block-key";
 export { BLOCK_DTYPE, BLOCK_FORMAT_VERSION, verifyRecord } from "./block-codec";
 export type { BlockHeader, KVBlockInput, KVBlockRecord, ModelShape } from "./block-codec";
-export { CACHE_DEFAULTS, cacheOptionsFrom, resolveCacheOptions } from "./config";
+export { CACHE_DEFAULTS, cacheOptionsFrom, resolveCacheOptions, sharedOptionsFrom } from "./config";
 export type { AdmissionPolicy, CacheOptions } from "./config";
 export { BLOCK_ERROR_CODES, BlockError } from "./errors";
 export type { BlockErrorCode } from "./errors";
 export { PrefixCache } from "./prefix-cache";
+export { SharedTier } from "./shared-tier";
+export type { SharedTierOptions } from "./shared-tier";
 export { BUNDLE_FORMAT_VERSION, BundleError, BundleReader, BundleWriter } from "./bundle";
 export type { BundleEntry } from "./bundle";
 export { LIST_PAGE_BLOCKS_MAX } from "./maintenance";
@@ -33,6 +35,7 @@ export type {
   ListedBlock,
   LookupOptions,
   MatchedBlock,
+  MatchTier,
   PersistOptions,
   PersistReport,
   PinReport,
@@ -43,6 +46,7 @@ export type {
   RestoreReport,
   RestoreStages,
   SequenceKV,
+  SharedStats,
   Tier,
   TierStats,
 } from "./reports";

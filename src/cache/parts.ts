@@ -4,6 +4,7 @@ import type { CacheOptions } from "./config";
 import type { BlockPayloads } from "./payloads";
 import type { Pins } from "./pins";
 import type { RamTier } from "./ram-tier";
+import type { SharedTier } from "./shared-tier";
 import type { SsdTier } from "./ssd-tier";
 import type { Staging } from "./staging";
 
@@ -15,6 +16,7 @@ export interface CacheParts {
   readonly pins: Pins;
   readonly ram: RamTier;
   readonly ssd: SsdTier | null;
+  readonly shared: SharedTier | null;
   readonly staging: Staging;
   readonly payloads: BlockPayloads;
   /** Unix milliseconds (Date.now unless a test sets the clock). */
@@ -32,6 +34,7 @@ export abstract class CachePart {
   protected readonly pins: Pins;
   protected readonly ram: RamTier;
   protected readonly ssd: SsdTier | null;
+  protected readonly shared: SharedTier | null;
   protected readonly staging: Staging;
   protected readonly payloads: BlockPayloads;
   protected readonly nowMs: () => number;
@@ -45,6 +48,7 @@ export abstract class CachePart {
     this.pins = parts.pins;
     this.ram = parts.ram;
     this.ssd = parts.ssd;
+    this.shared = parts.shared;
     this.staging = parts.staging;
     this.payloads = parts.payloads;
     this.nowMs = parts.nowMs;

@@ -72,6 +72,12 @@ export class Persister extends CachePart {
       };
       entry.sightings++;
       entry.usedAtMs = nowMs;
+      if (this.shared?.takeRestored(keyHex)) {
+        // Restored from the shared tier: another node computed it, so this is a reuse, and the
+        // tier holds it already.
+        entry.sightings++;
+        entry.shared = "stored";
+      }
       if (!this.ram.insert(keyHex, layers, blockTokens, bytes)) {
         report.ramRejects++;
         this.droppedBytes += bytes;
@@ -90,9 +96,13 @@ export class Persister extends CachePart {
     return report;
   }
 
-  /** Queues a RAM block for SSD when the tier exists, does not have it, and the policy admits it. */
+  /**
+   * Queues a RAM block for SSD when the tier exists, does not have it, and the policy admits it;
+   * the same for the shared tier, by its own policy.
+   */
   private admit(entry: BlockEntry, layers: LayerKV[], report?: PersistReport): void {
     const pinned = this.pins.isPinned(entry.keyHex);
+    this.admitShared(entry, layers, pinned);
     if (!this.ssd || entry.ssd !== "none" || !this.ssd.admits(entry.sightings, pinned)) return;
     const queued = this.ssd.enqueue({
       keyHex: entry.keyHex,
@@ -107,6 +117,25 @@ export class Persister extends CachePart {
     } else if (report) {
       report.ssdSkips++;
     }
+  }
+
+  /** Queues a RAM block for the shared tier, when there is one that this node has not given it to. */
+  private admitShared(entry: BlockEntry, layers: LayerKV[], pinned: boolean): void {
+    if (!this.shared || entry.shared || !this.shared.admits(entry.sightings, pinned)) return;
+    const queued = this.shared.enqueue({
+      keyHex: entry.keyHex,
+      key: entry.key,
+      parent: Buffer.from(entry.parentHex, "hex"),
+      root: Buffer.from(entry.rootHex, "hex"),
+      tokenIds: entry.tokenIds,
+      bytes: entry.bytes,
+      layers,
+      done: (ok) => {
+        if (ok) entry.shared = "stored";
+        else delete entry.shared;
+      },
+    });
+    if (queued) entry.shared = "queued";
   }
 
   /**

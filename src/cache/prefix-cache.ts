@@ -1,9 +1,9 @@
 import * as path from "node:path";
-import type { ModelShape } from "./block-codec";
+import { makeHeader, toRecord, type ModelShape } from "./block-codec";
 import { BlockIndex } from "./block-index";
 import { resolveCacheOptions, type CacheOptions } from "./config";
 import { CacheMaintenance } from "./maintenance";
-import { BlockPayloads } from "./payloads";
+import { BlockPayloads, wireParent } from "./payloads";
 import { Persister } from "./persist";
 import { Pins } from "./pins";
 import { RamTier } from "./ram-tier";
@@ -13,10 +13,13 @@ import type {
   CacheSeams,
   CacheStats,
   ClearReport,
+  LookupOptions,
   PinReport,
   PinRequestKind,
+  PrefixMatch,
 } from "./reports";
 import { Restorer } from "./restore";
+import { SharedTier, type SharedWrite } from "./shared-tier";
 import { SsdTier } from "./ssd-tier";
 import { Staging, removeStaleStagingDirs } from "./staging";
 import { BlockTransfer } from "./transfer";
@@ -50,6 +53,7 @@ export class PrefixCache {
     private readonly staging: Staging,
     payloads: BlockPayloads,
     private readonly ssd: SsdTier | null,
+    private readonly shared: SharedTier | null,
     nowMs: () => number,
   ) {
     this.options = options;
@@ -66,6 +70,7 @@ export class PrefixCache {
       staging,
       payloads,
       ssd,
+      shared,
       pins: this.pins,
       ram: this.ram,
       index: this.index,
@@ -119,7 +124,13 @@ export class PrefixCache {
         throw err;
       }
     }
-    const cache = new PrefixCache(model, resolved, staging, payloads, ssd, nowMs);
+    const log = seams.log ?? ((line: string) => console.error(line));
+    // The shared tier connects in the background and never fails the open: a node whose Redis is
+    // down serves from its local tiers and starts using the tier once the client reconnects.
+    const shared = o.shared
+      ? new SharedTier(o.shared, (items) => encodeShared(model, payloads, items), log, nowMs)
+      : null;
+    const cache = new PrefixCache(model, resolved, staging, payloads, ssd, shared, nowMs);
     for (const record of ssd?.records.values() ?? []) cache.index.indexStored(record);
     for (const pin of ssd?.openPins ?? []) {
       const entry = cache.index.get(pin.key.toString("hex"));
@@ -135,6 +146,59 @@ export class PrefixCache {
   /** The longest cached prefix of a tenant's prompt: BlockIndex.lookup. */
   lookup(...args: Parameters<BlockIndex["lookup"]>) {
     return this.index.lookup(...args);
+  }
+
+  /**
+   * lookup, continued in the shared tier where the local tiers end (when the server has one and the
+   * local match ended on a whole full block): the blocks Redis holds after it, found by their keys
+   * in pipelined batches (a few round trips for a long prompt), then at most one block the prompt
+   * shares in part. Bounded by the tier's timeout; on a timeout or an error the local match is
+   * returned as it was. The only lookup that does network I/O, hence asynchronous.
+   */
+  async lookupShared(
+    tenant: string,
+    tokens: readonly number[],
+    options: LookupOptions = {},
+  ): Promise<PrefixMatch> {
+    const match = this.index.lookup(tenant, tokens, options);
+    const shared = this.shared;
+    if (!shared) return match;
+    const B = this.options.blockTokens;
+    const limit = Math.min(tokens.length, Math.max(0, options.tokensMax ?? tokens.length));
+    const last = match.blocks.at(-1);
+    if (match.tokens >= limit || (last && (last.tokens < last.blockTokens || last.blockTokens < B)))
+      return match;
+    const t0 = performance.now();
+    const parent = last ? last.key : this.index.rootOf(tenant);
+    const links = await shared.extend(
+      parent,
+      tokens,
+      match.tokens,
+      limit,
+      B,
+      this.model.fingerprint,
+      t0 + shared.options.timeoutMs,
+    );
+    match.lookupMs += performance.now() - t0;
+    if (links.length === 0) return match;
+    let pos = match.tokens;
+    for (const link of links) {
+      match.blocks.push({
+        key: link.key,
+        start: pos,
+        tokens: link.tokens,
+        blockTokens: link.tokenIds.length,
+        tier: "shared",
+        shared: { parent: link.parent, tokenIds: link.tokenIds },
+      });
+      pos += link.tokens;
+    }
+    const end = links[links.length - 1];
+    match.sharedTokens = pos - match.tokens;
+    match.tokens = pos;
+    // The walk now ends in the shared tier: what it left is the rest of its last block there.
+    match.divergedTokens = pos < limit ? end.tokenIds.length - end.tokens : 0;
+    return match;
   }
 
   /** Puts a match's KV into a fresh sequence: Restorer.restore. */
@@ -221,9 +285,9 @@ export class PrefixCache {
     return true;
   }
 
-  /** Resolves when every queued SSD write has been answered. */
+  /** Resolves when every queued SSD and shared-tier write has been answered. */
   async flush(): Promise<void> {
-    await this.ssd?.flush();
+    await Promise.all([this.ssd?.flush(), this.shared?.flush()]);
   }
 
   /**
@@ -285,14 +349,22 @@ export class PrefixCache {
       ssdIndexSource: ssd?.index.source ?? "none",
       ssdIndexReadBack: ssd?.index.readBack ?? 0,
       ssdQuarantinedSegments: ssd?.store.quarantinedSegments ?? 0,
+      shared: this.shared
+        ? {
+            ...this.shared.counters,
+            connected: this.shared.connected,
+            writeQueueDepth: this.shared.queueBlocks,
+            writeQueueBytes: this.shared.queuedBytes,
+          }
+        : null,
       rates: this.restorer.rates(),
     };
   }
 
-  /** Writes what is queued, closes the SSD tier and removes the staging directory. */
+  /** Writes what is queued, closes the SSD and shared tiers and removes the staging directory. */
   async close(): Promise<void> {
     try {
-      await this.ssd?.close();
+      await Promise.all([this.ssd?.close(), this.shared?.close()]);
     } finally {
       this.staging.close();
     }
@@ -308,4 +380,21 @@ function checkModel(model: ModelShape): void {
       throw new TypeError(`model ${field} must be a positive integer`);
     }
   }
+}
+
+/** The shared tier's encoder: a batch of RAM blocks through one staging file, as wire records. */
+function encodeShared(model: ModelShape, payloads: BlockPayloads, items: readonly SharedWrite[]) {
+  const records = items.map((item) => ({
+    key: item.key,
+    parent: item.parent,
+    root: item.root,
+    tokenIds: item.tokenIds,
+    storedBytes: 0,
+  }));
+  const encoded = payloads.payloadsFromLayers(
+    records.map((record, i) => ({ record, layers: items[i].layers })),
+  );
+  return records.map((record, i) =>
+    toRecord(makeHeader(model, record.key, wireParent(record), Array.from(record.tokenIds)), encoded[i]),
+  );
 }

@@ -11,6 +11,9 @@ export type SequenceKV = Pick<ModelCache, "offset" | "export" | "import">;
 /** Where a cached block is served from. */
 export type Tier = "ram" | "ssd";
 
+/** Where a matched block comes from: a local tier, or the shared tier on Redis (lookupShared). */
+export type MatchTier = Tier | "shared";
+
 /** One block of a prefix match. */
 export interface MatchedBlock {
   key: Buffer;
@@ -21,7 +24,9 @@ export interface MatchedBlock {
   /** Tokens the block holds. */
   blockTokens: number;
   /** The fastest tier holding it at lookup time. */
-  tier: Tier;
+  tier: MatchTier;
+  /** A shared block's parent key and token ids (what its value must say), from the lookup. */
+  shared?: { parent: Buffer; tokenIds: number[] };
 }
 
 /** The longest cached prefix of a prompt, found by lookup(). */
@@ -33,6 +38,8 @@ export interface PrefixMatch {
   tokens: number;
   ramTokens: number;
   ssdTokens: number;
+  /** Tokens of blocks found in the shared tier (lookupShared only). */
+  sharedTokens: number;
   /**
    * Cached tokens the prompt matched into and then left: reuse lost because the prompt differs
    * from what was cached, for example when a chat template re-renders an earlier answer
@@ -74,6 +81,8 @@ export interface RestoreStages {
   stageMs: number;
   /** Importing loaded SSD blocks into the sequence. */
   importMs: number;
+  /** Waiting for shared-tier reads that were not hidden behind other work. */
+  sharedReadWaitMs: number;
 }
 
 /** What restore() put into the sequence and what it cost. */
@@ -82,6 +91,10 @@ export interface RestoreReport {
   restoredTokens: number;
   ramTokens: number;
   ssdTokens: number;
+  /** Tokens restored from the shared tier. */
+  sharedTokens: number;
+  /** Bytes of values read from the shared tier. */
+  sharedBytes: number;
   /** Tokens cached on SSD (and RAM blocks after them) left to recompute because that was estimated faster. */
   recomputeChosenTokens: number;
   /** Blocks that failed verification; the match was cut before the first of them. */
@@ -100,7 +113,7 @@ export interface RestoreReport {
 
 /** One import of a restore, for tracing; times are performance.now() milliseconds. */
 export interface RestoreBatch {
-  tier: Tier;
+  tier: MatchTier;
   blocks: number;
   tokens: number;
   bytes: number;
@@ -301,12 +314,45 @@ export interface CacheStats {
   ssdIndexReadBack: number;
   /** Segment files of the SSD store set aside at open because their header was damaged. */
   ssdQuarantinedSegments: number;
+  /** The shared tier on Redis: null when the server has none. */
+  shared: SharedStats | null;
   /** Measured rates the cost model uses. */
   rates: {
+    sharedRestoreBytesPerSecond: number;
     ssdRestoreBytesPerSecond: number;
     ramRestoreBytesPerSecond: number;
     prefillTokensPerSecond: number;
   };
+}
+
+/** The shared tier's numbers, server-wide (Redis holds every node's blocks; its size is Redis' to report). */
+export interface SharedStats {
+  /** Connected to Redis now. */
+  connected: boolean;
+  /** Blocks lookups found in the tier. */
+  hits: number;
+  /** Lookups that reached the tier and found nothing more there. */
+  misses: number;
+  readBlocks: number;
+  readBytes: number;
+  writtenBlocks: number;
+  writtenBytes: number;
+  /** Blocks not written because the queue was full. */
+  writeSkips: number;
+  writeErrors: number;
+  writeQueueDepth: number;
+  writeQueueBytes: number;
+  /** Lookups and reads that failed (Redis down or refusing) or were skipped while too much was pending. */
+  readErrors: number;
+  /** Lookups and restore batches that ran out of --shared-tier-timeout-ms. */
+  timeouts: number;
+  /** Blocks read back that failed verification: refused, deleted from Redis, recomputed. */
+  rejectedBlocks: number;
+  /** Blocks found by a lookup and gone when restore read them. */
+  lostBlocks: number;
+  /** Round trips to Redis and their total time. */
+  requests: number;
+  requestMs: number;
 }
 
 /** What the cache's SSD tier writes its side files with, logs with and reads the time from; tests swap them. */

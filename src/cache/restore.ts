@@ -2,16 +2,23 @@ import { core as mx } from "@frost-beta/mlx";
 import type { LayerKV } from "../model/kv-cache";
 import { encodeHeader, type TensorSpec } from "../util/safetensors";
 import { blockDataBytes, blockTensor, headRows, type ParsedBlock } from "./block-codec";
+import { verifySharedBlock } from "./shared-verify";
 import type { BlockEntry } from "./block-index";
 import { BlockError } from "./errors";
 import { CachePart, type CacheParts } from "./parts";
 import type { RamBlock } from "./ram-tier";
-import type { CacheStats, MatchedBlock, PrefixMatch, RestoreReport, SequenceKV } from "./reports";
+import type { CacheStats, MatchTier, MatchedBlock, PrefixMatch, RestoreReport, SequenceKV } from "./reports";
 
 interface PlanStep {
   block: MatchedBlock;
-  entry: BlockEntry;
+  /** The index's entry; null for a block of the shared tier, which this node does not hold. */
+  entry: BlockEntry | null;
   ram: RamBlock | null;
+}
+
+/** Where a step of the plan is read from. */
+function stepTier(step: PlanStep): MatchTier {
+  return step.ram ? "ram" : step.block.tier === "shared" ? "shared" : "ssd";
 }
 
 // Exponential moving average weight of a new rate measurement.
@@ -32,11 +39,13 @@ export class Restorer extends CachePart {
   recomputeChosenTokens = 0;
   private ssdBytesPerMs: number;
   private ramBytesPerMs = RAM_RESTORE_BYTES_PER_SECOND_PRIOR / 1000;
+  private sharedBytesPerMs: number;
   private prefillTokensPerMs: number;
 
   constructor(parts: CacheParts) {
     super(parts);
     this.ssdBytesPerMs = this.options.ssdRestoreBytesPerSecondPrior / 1000;
+    this.sharedBytesPerMs = this.options.sharedRestoreBytesPerSecondPrior / 1000;
     this.prefillTokensPerMs = this.options.prefillTokensPerSecondPrior / 1000;
   }
 
@@ -61,12 +70,14 @@ export class Restorer extends CachePart {
       restoredTokens: 0,
       ramTokens: 0,
       ssdTokens: 0,
+      sharedTokens: 0,
+      sharedBytes: 0,
       recomputeChosenTokens: 0,
       corruptBlocks: 0,
       lostTokens: 0,
       ssdBytes: 0,
       restoreMs: 0,
-      stages: { ramMs: 0, ssdReadWaitMs: 0, verifyMs: 0, stageMs: 0, importMs: 0 },
+      stages: { ramMs: 0, ssdReadWaitMs: 0, verifyMs: 0, stageMs: 0, importMs: 0, sharedReadWaitMs: 0 },
       batches: [],
       estimatedRestoreMs: 0,
       estimatedRecomputeMs: 0,
@@ -84,14 +95,17 @@ export class Restorer extends CachePart {
       }
       let at = 0;
       for (let i = 0; i < plan.length;) {
-        const tier = plan[i].ram ? "ram" : "ssd";
+        const tier = stepTier(plan[i]);
         let j = i;
-        while (j < plan.length && (plan[j].ram ? "ram" : "ssd") === tier) j++;
+        while (j < plan.length && stepTier(plan[j]) === tier) j++;
         const run = plan.slice(i, j);
         if (tier === "ram") {
           at += this.importRam(run, kv, at, report);
         } else {
-          const done = await this.importSsd(run, kv, at, report, options.signal);
+          const done =
+            tier === "ssd"
+              ? await this.importSsd(run, kv, at, report, options.signal)
+              : await this.importShared(run, kv, at, report, match.tenant, options.signal);
           at += done.tokens;
           if (done.stopped) {
             report.lostTokens += plan.slice(i).reduce((n, s) => n + s.block.tokens, 0) - done.tokens;
@@ -107,7 +121,7 @@ export class Restorer extends CachePart {
       for (const step of [...plan].reverse()) {
         if (step.ram) {
           this.ram.release(step.ram);
-          this.ram.touch(step.entry.keyHex);
+          this.ram.touch(step.entry!.keyHex);
         }
       }
     }
@@ -120,6 +134,11 @@ export class Restorer extends CachePart {
     const plan: PlanStep[] = [];
     const nowMs = this.nowMs();
     for (const block of match.blocks) {
+      if (block.tier === "shared") {
+        if (!this.shared) break;
+        plan.push({ block, entry: null, ram: null });
+        continue;
+      }
       const entry = this.index.get(block.key.toString("hex"));
       if (!entry) break;
       const ram = this.ram.acquire(entry.keyHex) ?? null;
@@ -131,7 +150,7 @@ export class Restorer extends CachePart {
   }
 
   /**
-   * Where to cut the plan: at its first SSD block when recomputing from there is estimated to
+   * Where to cut the plan: at its first SSD or shared block when recomputing from there is estimated to
    * be faster than restoring the rest, else nowhere (plan.length).
    */
   private chooseCut(plan: PlanStep[], report: RestoreReport): number {
@@ -139,14 +158,18 @@ export class Restorer extends CachePart {
     if (first < 0) return plan.length;
     let ssdBytes = 0;
     let ramBytes = 0;
+    let sharedBytes = 0;
     let tokens = 0;
     for (const step of plan.slice(first)) {
       const bytes = blockDataBytes(this.model, step.block.tokens);
-      if (step.ram) ramBytes += bytes;
-      else ssdBytes += bytes;
+      const tier = stepTier(step);
+      if (tier === "ram") ramBytes += bytes;
+      else if (tier === "ssd") ssdBytes += bytes;
+      else sharedBytes += bytes;
       tokens += step.block.tokens;
     }
-    report.estimatedRestoreMs = ssdBytes / this.ssdBytesPerMs + ramBytes / this.ramBytesPerMs;
+    report.estimatedRestoreMs =
+      ssdBytes / this.ssdBytesPerMs + ramBytes / this.ramBytesPerMs + sharedBytes / this.sharedBytesPerMs;
     report.estimatedRecomputeMs = tokens / this.prefillTokensPerMs;
     if (!this.options.costModel) return plan.length;
     return report.estimatedRecomputeMs < report.estimatedRestoreMs ? first : plan.length;
@@ -200,7 +223,7 @@ export class Restorer extends CachePart {
       batches[batches.length - 1].push(step);
       bytes += blockBytes;
     }
-    const read = (batch: PlanStep[]) => ssd.getMany(batch.map((s) => s.entry.key));
+    const read = (batch: PlanStep[]) => ssd.getMany(batch.map((s) => s.entry!.key));
     let pending = read(batches[0]);
     let tokens = 0;
     let restoredBytes = 0;
@@ -217,10 +240,10 @@ export class Restorer extends CachePart {
         let failed: PlanStep | null = null;
         for (let j = 0; j < batches[b].length; j++) {
           const step = batches[b][j];
-          const checked = this.payloads.checkStored(step.entry, results[j]);
+          const checked = this.payloads.checkStored(step.entry!, results[j]);
           if (checked instanceof BlockError) {
             failed = step;
-            if (await this.index.onStoredFailure(step.entry, checked)) report.corruptBlocks++;
+            if (await this.index.onStoredFailure(step.entry!, checked)) report.corruptBlocks++;
             break;
           }
           valid.push({ step, block: checked });
@@ -249,6 +272,100 @@ export class Restorer extends CachePart {
       report.ssdBytes += restoredBytes;
       if (restoredBytes > 0)
         this.ssdBytesPerMs = ewma(this.ssdBytesPerMs, restoredBytes / Math.max(now() - t0, 0.01));
+    }
+  }
+
+  /**
+   * Restores a run of shared-tier blocks: batches of the tier's restoreBatchBytesMax, the next
+   * batch's GETs in flight while this one is verified and loaded, each batch's reads bounded by the
+   * tier's timeout. Every value is verified as PutBlocks verifies a block, and must be the block
+   * the lookup named (key, parent, tokens) under this tenant's root; a value that fails is
+   * refused, counted, deleted from Redis and ends the restore there, as do a value gone since the
+   * lookup, an error and a timeout. The rest is prefilled.
+   */
+  private async importShared(
+    run: PlanStep[],
+    kv: SequenceKV,
+    at: number,
+    report: RestoreReport,
+    tenant: string,
+    signal: AbortSignal | undefined,
+  ): Promise<{ tokens: number; stopped: boolean }> {
+    const shared = this.shared!;
+    const root = this.index.rootOf(tenant);
+    const t0 = now();
+    const batches: PlanStep[][] = [];
+    let bytes = Infinity;
+    for (const step of run) {
+      const blockBytes = blockDataBytes(this.model, step.block.blockTokens);
+      if (bytes + blockBytes > shared.options.restoreBatchBytesMax) {
+        batches.push([]);
+        bytes = 0;
+      }
+      batches[batches.length - 1].push(step);
+      bytes += blockBytes;
+    }
+    const read = (batch: PlanStep[]) =>
+      shared.read(
+        batch.map((s) => s.block.key),
+        now() + shared.options.timeoutMs,
+      );
+    let pending = read(batches[0]);
+    let tokens = 0;
+    let restoredBytes = 0;
+    try {
+      for (let b = 0; b < batches.length; b++) {
+        const tWait = now();
+        const values = await pending;
+        report.stages.sharedReadWaitMs += now() - tWait;
+        if (b + 1 < batches.length) pending = read(batches[b + 1]);
+        signal?.throwIfAborted();
+        const tVerify = now();
+        const valid: { step: PlanStep; block: ParsedBlock }[] = [];
+        let failed = false;
+        for (let j = 0; j < batches[b].length; j++) {
+          const step = batches[b][j];
+          const value = values[j];
+          if (value instanceof Error || !value) {
+            // Gone since the lookup (evicted, expired), or not read in time or at all (counted by
+            // the tier): the match ends here and the rest is prefilled.
+            if (!value) shared.counters.lostBlocks++;
+            failed = true;
+            break;
+          }
+          report.sharedBytes += value.length;
+          const checked = verifySharedBlock(value, step.block, root, this.model, this.options.blockTokens);
+          if (checked instanceof BlockError) {
+            shared.refuse(step.block.key);
+            this.index.corruptBlocks++;
+            report.corruptBlocks++;
+            failed = true;
+            break;
+          }
+          valid.push({ step, block: checked });
+        }
+        report.stages.verifyMs += now() - tVerify;
+        if (valid.length > 0) {
+          const loaded = this.loadBlocks(valid, kv, at + tokens, report);
+          tokens += loaded.tokens;
+          restoredBytes += loaded.bytes;
+          for (const { step } of valid) shared.noteRestored(step.block.key.toString("hex"));
+          report.batches.push({
+            tier: "shared",
+            blocks: valid.length,
+            tokens: loaded.tokens,
+            bytes: loaded.bytes,
+            startMs: tWait,
+            endMs: now(),
+          });
+        }
+        if (failed) return { tokens, stopped: true };
+      }
+      return { tokens, stopped: false };
+    } finally {
+      report.sharedTokens += tokens;
+      if (restoredBytes > 0)
+        this.sharedBytesPerMs = ewma(this.sharedBytesPerMs, restoredBytes / Math.max(now() - t0, 0.01));
     }
   }
 
@@ -307,6 +424,7 @@ export class Restorer extends CachePart {
   /** The rates the cost model uses, per second. */
   rates(): CacheStats["rates"] {
     return {
+      sharedRestoreBytesPerSecond: this.sharedBytesPerMs * 1000,
       ssdRestoreBytesPerSecond: this.ssdBytesPerMs * 1000,
       ramRestoreBytesPerSecond: this.ramBytesPerMs * 1000,
       prefillTokensPerSecond: this.prefillTokensPerMs * 1000,

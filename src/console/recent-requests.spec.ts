@@ -5,6 +5,7 @@ import { RecentRequests } from "./recent-requests";
 const cache: CacheReport = {
   ramTokens: 64,
   ssdTokens: 128,
+  sharedTokens: 0,
   recomputedTokens: 9,
   recomputeChosenTokens: 0,
   corruptBlocks: 0,

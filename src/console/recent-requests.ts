@@ -31,6 +31,7 @@ export interface RequestRecorder {
 const NO_CACHE: CacheReport = {
   ramTokens: 0,
   ssdTokens: 0,
+  sharedTokens: 0,
   recomputedTokens: 0,
   recomputeChosenTokens: 0,
   corruptBlocks: 0,

@@ -67,10 +67,11 @@ export class KvOperations {
       const cache = this.cache ?? this.noCache();
       switch (msg.op) {
         case "lookup": {
+          // The local tiers only: Lookup answers what this node holds, without a round trip to Redis.
           const m = cache.lookup(tenant, msg.tokens);
           const blocks = m.blocks.map((b) => ({
             key: b.key,
-            tier: b.tier,
+            tier: b.tier === "shared" ? ("ssd" as const) : b.tier,
             start: b.start,
             tokens: b.tokens,
           }));

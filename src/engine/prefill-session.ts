@@ -73,7 +73,7 @@ export class PrefillSession implements Job {
   /** The first piece (with a handle's context before it) may already be cached. */
   private async restore(): Promise<void> {
     if (this.cache && this.tokens.length > 0) {
-      const match = this.cache.lookup(this.tenant, this.tokens);
+      const match = await this.cache.lookupShared(this.tenant, this.tokens);
       if (match.tokens > 0) {
         const r = await this.cache.restore(match, this.kv, { signal: this.abortController.signal });
         this.progress.tokensReused = r.restoredTokens;

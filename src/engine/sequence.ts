@@ -123,6 +123,7 @@ export class Sequence implements Job {
     this.report = {
       ramTokens: 0,
       ssdTokens: 0,
+      sharedTokens: 0,
       recomputedTokens: n,
       recomputeChosenTokens: 0,
       corruptBlocks: 0,
@@ -224,7 +225,9 @@ export class Sequence implements Job {
     }
     const prompt = this.req.tokens;
     if (this.cache) {
-      const match = this.cache.lookup(this.req.tenant, prompt, { tokensMax: prompt.length - 1 });
+      // RAM and SSD, then the shared tier where they end (bounded by its timeout; without one, or
+      // when Redis is slow or down, this is the local lookup).
+      const match = await this.cache.lookupShared(this.req.tenant, prompt, { tokensMax: prompt.length - 1 });
       this.lookupMs = match.lookupMs;
       this.lookupEndAt = now();
       this.report.divergedTokens = match.divergedTokens;
@@ -248,6 +251,7 @@ export class Sequence implements Job {
         this.report = {
           ramTokens: r.ramTokens,
           ssdTokens: r.ssdTokens,
+          sharedTokens: r.sharedTokens,
           recomputedTokens: prompt.length - r.restoredTokens,
           recomputeChosenTokens: r.recomputeChosenTokens,
           corruptBlocks: r.corruptBlocks,
@@ -283,7 +287,7 @@ export class Sequence implements Job {
     const end = now();
     const completion = this.generated.length;
     const decodeMs = end - (this.firstTokenAt || end);
-    const cachedTokens = this.report.ramTokens + this.report.ssdTokens;
+    const cachedTokens = this.report.ramTokens + this.report.ssdTokens + this.report.sharedTokens;
     this.send({
       type: "finished",
       id: this.id,

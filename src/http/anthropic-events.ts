@@ -19,6 +19,7 @@ export interface AnthropicUsage {
     prompt_tokens: number;
     ram_tokens: number;
     ssd_tokens: number;
+    shared_tokens?: number;
     recomputed_tokens: number;
     diverged_tokens: number;
   };
@@ -78,12 +79,13 @@ const STOP_REASONS: Partial<Record<FinishReason, string>> = {
 function inputUsage(promptTokens: number, cache: CacheReport | undefined, caching: boolean): AnthropicUsage {
   const ram = cache?.ramTokens ?? 0;
   const ssd = cache?.ssdTokens ?? 0;
+  const shared = cache?.sharedTokens ?? 0;
   const recomputed = cache?.recomputedTokens ?? promptTokens;
   const created = caching ? Math.max(0, recomputed - (cache?.recomputeChosenTokens ?? 0)) : 0;
   return {
-    input_tokens: promptTokens - ram - ssd - created,
+    input_tokens: promptTokens - ram - ssd - shared - created,
     cache_creation_input_tokens: created,
-    cache_read_input_tokens: ram + ssd,
+    cache_read_input_tokens: ram + ssd + shared,
     output_tokens: 0,
     cache_creation: null,
     server_tool_use: null,
@@ -92,6 +94,7 @@ function inputUsage(promptTokens: number, cache: CacheReport | undefined, cachin
       prompt_tokens: promptTokens,
       ram_tokens: ram,
       ssd_tokens: ssd,
+      ...(shared > 0 ? { shared_tokens: shared } : {}),
       recomputed_tokens: recomputed,
       diverged_tokens: cache?.divergedTokens ?? 0,
     },

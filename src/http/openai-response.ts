@@ -31,7 +31,13 @@ export interface Usage {
   total_tokens: number;
   prompt_tokens_details: { cached_tokens: number };
   completion_tokens_details: { reasoning_tokens: number };
-  kvpark: { ram_tokens: number; ssd_tokens: number; recomputed_tokens: number; ttft_ms: number };
+  kvpark: {
+    ram_tokens: number;
+    ssd_tokens: number;
+    shared_tokens?: number;
+    recomputed_tokens: number;
+    ttft_ms: number;
+  };
 }
 
 /** Everything one generation produced, gathered from its events. */
@@ -63,15 +69,18 @@ export class Answer {
     const completion = this.finished?.usage?.completionTokens ?? 0;
     const ram = cache?.ramTokens ?? 0;
     const ssd = cache?.ssdTokens ?? 0;
+    const shared = cache?.sharedTokens ?? 0;
     return {
       prompt_tokens: prompt,
       completion_tokens: completion,
       total_tokens: prompt + completion,
-      prompt_tokens_details: { cached_tokens: ram + ssd },
+      prompt_tokens_details: { cached_tokens: ram + ssd + shared },
       completion_tokens_details: { reasoning_tokens: this.reasoningTokens },
       kvpark: {
         ram_tokens: ram,
         ssd_tokens: ssd,
+        // Only from a node with a shared tier that used it, so other answers keep their shape.
+        ...(shared > 0 ? { shared_tokens: shared } : {}),
         recomputed_tokens: cache?.recomputedTokens ?? 0,
         ttft_ms: Math.round((this.finished?.timings?.ttftMs ?? 0) * 1000) / 1000,
       },

@@ -69,6 +69,31 @@ function stats(s: CacheStats, engine: EngineStats | undefined) {
     writeErrorsOther: BigInt(s.writeErrorsOther),
     ssdQuarantinedSegments: s.ssdQuarantinedSegments,
     engine: engineStats(engine),
+    shared: sharedStats(s),
+  };
+}
+
+function sharedStats(s: CacheStats) {
+  const t = s.shared;
+  if (!t) return undefined;
+  return {
+    connected: t.connected,
+    hits: BigInt(t.hits),
+    misses: BigInt(t.misses),
+    readBlocks: BigInt(t.readBlocks),
+    readBytes: BigInt(t.readBytes),
+    writtenBlocks: BigInt(t.writtenBlocks),
+    writtenBytes: BigInt(t.writtenBytes),
+    writeSkips: BigInt(t.writeSkips),
+    writeErrors: BigInt(t.writeErrors),
+    writeQueueDepth: t.writeQueueDepth,
+    readErrors: BigInt(t.readErrors),
+    timeouts: BigInt(t.timeouts),
+    rejectedBlocks: BigInt(t.rejectedBlocks),
+    lostBlocks: BigInt(t.lostBlocks),
+    requests: BigInt(t.requests),
+    requestSeconds: t.requestMs / 1000,
+    restoreBytesPerSecond: s.rates.sharedRestoreBytesPerSecond,
   };
 }
 

@@ -124,6 +124,49 @@ export function createCacheInstruments(meter: Meter) {
   };
 }
 
+/** The shared tier's instruments (--shared-tier), observed from its counters in the cache's stats. */
+export function createSharedInstruments(meter: Meter) {
+  const gauge = (name: string, unit: string, description: string) =>
+    meter.createObservableGauge(name, { unit, description });
+  const counter = (name: string, unit: string, description: string) =>
+    meter.createObservableCounter(name, { unit, description });
+  return {
+    connected: gauge(
+      sc.METRIC_KVPARK_CACHE_SHARED_CONNECTED,
+      "1",
+      "1 while the client is connected to Redis, else 0.",
+    ),
+    hits: counter(sc.METRIC_KVPARK_CACHE_SHARED_HITS, "{block}", "Blocks lookups found in the shared tier."),
+    misses: counter(
+      sc.METRIC_KVPARK_CACHE_SHARED_MISSES,
+      "{lookup}",
+      "Lookups that reached the shared tier and found nothing more there.",
+    ),
+    io: counter(sc.METRIC_KVPARK_CACHE_SHARED_IO, "By", "Bytes read from and written to the shared tier."),
+    errors: counter(
+      sc.METRIC_KVPARK_CACHE_SHARED_ERRORS,
+      "{event}",
+      "Shared-tier failures by error.type: read, write, timeout, rejected (failed verification), lost.",
+    ),
+    writeSkips: counter(
+      sc.METRIC_KVPARK_CACHE_SHARED_WRITE_SKIPS,
+      "{block}",
+      "Blocks not written to the shared tier because its write queue was full.",
+    ),
+    queueDepth: gauge(
+      sc.METRIC_KVPARK_CACHE_SHARED_WRITE_QUEUE_DEPTH,
+      "{block}",
+      "Blocks waiting for their shared-tier write.",
+    ),
+    requests: counter(sc.METRIC_KVPARK_CACHE_SHARED_REQUESTS, "{request}", "Round trips to Redis."),
+    requestTime: counter(
+      sc.METRIC_KVPARK_CACHE_SHARED_REQUEST_TIME,
+      "s",
+      "Total time of the round trips to Redis (over requests: the mean latency).",
+    ),
+  };
+}
+
 /** The cache's instruments, as observeCache reports them. */
 export type CacheInstruments = ReturnType<typeof createCacheInstruments>;
 

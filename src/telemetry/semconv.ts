@@ -64,6 +64,8 @@ export const ATTR_KVPARK_FINISH_REASON = "kvpark.finish_reason";
 export const ATTR_KVPARK_PROMPT_KIND = "kvpark.prompt.kind";
 export const ATTR_KVPARK_CACHE_RAM_TOKENS = "kvpark.cache.ram_tokens";
 export const ATTR_KVPARK_CACHE_SSD_TOKENS = "kvpark.cache.ssd_tokens";
+/** Prompt tokens restored from the shared tier (Redis). */
+export const ATTR_KVPARK_CACHE_SHARED_TOKENS = "kvpark.cache.shared_tokens";
 export const ATTR_KVPARK_CACHE_RECOMPUTED_TOKENS = "kvpark.cache.recomputed_tokens";
 export const ATTR_KVPARK_CACHE_RECOMPUTE_CHOSEN_TOKENS = "kvpark.cache.recompute_chosen_tokens";
 export const ATTR_KVPARK_CACHE_CORRUPT_BLOCKS = "kvpark.cache.corrupt_blocks";
@@ -171,6 +173,20 @@ export const METRIC_KVPARK_CACHE_WRITE_ERRORS = "kvpark.cache.write.errors";
 export const METRIC_KVPARK_CACHE_WRITE_SKIPS = "kvpark.cache.write.skips";
 export const METRIC_KVPARK_CACHE_WRITE_QUEUE_DEPTH = "kvpark.cache.write_queue.depth";
 export const METRIC_KVPARK_CACHE_WRITE_QUEUE_SIZE = "kvpark.cache.write_queue.size";
+/** The shared tier on Redis (--shared-tier): observed only on nodes that have one. */
+export const METRIC_KVPARK_CACHE_SHARED_CONNECTED = "kvpark.cache.shared.connected";
+export const METRIC_KVPARK_CACHE_SHARED_HITS = "kvpark.cache.shared.hits";
+export const METRIC_KVPARK_CACHE_SHARED_MISSES = "kvpark.cache.shared.misses";
+/** Bytes read from and written to the tier, by kvpark.cache.shared.direction (read, write). */
+export const METRIC_KVPARK_CACHE_SHARED_IO = "kvpark.cache.shared.io";
+/** Failures by error.type: read, write, timeout, rejected (failed verification), lost (gone since lookup). */
+export const METRIC_KVPARK_CACHE_SHARED_ERRORS = "kvpark.cache.shared.errors";
+export const METRIC_KVPARK_CACHE_SHARED_WRITE_SKIPS = "kvpark.cache.shared.write.skips";
+export const METRIC_KVPARK_CACHE_SHARED_WRITE_QUEUE_DEPTH = "kvpark.cache.shared.write_queue.depth";
+/** Round trips to Redis, and their total time: the ratio of their rates is the mean latency. */
+export const METRIC_KVPARK_CACHE_SHARED_REQUESTS = "kvpark.cache.shared.requests";
+export const METRIC_KVPARK_CACHE_SHARED_REQUEST_TIME = "kvpark.cache.shared.request.time";
+export const ATTR_KVPARK_CACHE_SHARED_DIRECTION = "kvpark.cache.shared.direction";
 /** The engine process, from its last report (EngineStats): memory against its bound, and its scheduler. */
 export const METRIC_KVPARK_ENGINE_MEMORY_RSS = "kvpark.engine.memory.rss";
 export const METRIC_KVPARK_ENGINE_MEMORY_LIMIT = "kvpark.engine.memory.limit";

@@ -16,6 +16,7 @@ import type { CacheReport, PrefillProgress } from "../engine-ipc.js";
 import * as sc from "./semconv.js";
 import {
   createCacheInstruments,
+  createSharedInstruments,
   createEngineInstruments,
   createInstruments,
   type Instruments,
@@ -108,9 +109,11 @@ export class Telemetry {
     });
     i.promptTokens.add(report.ramTokens, { [sc.ATTR_KVPARK_CACHE_SOURCE]: "ram" });
     i.promptTokens.add(report.ssdTokens, { [sc.ATTR_KVPARK_CACHE_SOURCE]: "ssd" });
+    if (report.sharedTokens > 0)
+      i.promptTokens.add(report.sharedTokens, { [sc.ATTR_KVPARK_CACHE_SOURCE]: "shared" });
     i.promptTokens.add(report.recomputedTokens, { [sc.ATTR_KVPARK_CACHE_SOURCE]: "computed" });
     this.promptTokensSeen += usage.promptTokens;
-    this.promptTokensReused += report.ramTokens + report.ssdTokens;
+    this.promptTokensReused += report.ramTokens + report.ssdTokens + report.sharedTokens;
     i.decisions.add(1, { [sc.ATTR_KVPARK_CACHE_DECISION]: activity.decision });
     if (activity.blocksRestored > 0) {
       const tier = { [sc.ATTR_KVPARK_RESTORE_TIER]: restoreTier(report) };
@@ -136,34 +139,57 @@ export class Telemetry {
   observeCache(engine: EngineClient): void {
     const m = this.meter;
     const c = createCacheInstruments(m);
-    m.addBatchObservableCallback(async (result) => {
-      if (!engine.info) return;
-      let s: CacheStats;
-      try {
-        s = await engine.stats("", true, AbortSignal.timeout(5000));
-      } catch {
-        return; // the cache is off, or the engine is restarting
-      }
-      for (const tier of ["ram", "ssd"] as const) {
-        const t = s[tier];
-        const a = { [sc.ATTR_KVPARK_CACHE_TIER]: tier };
-        result.observe(c.size, t.bytes, a);
-        result.observe(c.sizeLimit, t.bytesMax, a);
-        result.observe(c.blocks, t.blocks, a);
-        result.observe(c.pinned, t.pinnedBlocks, a);
-        result.observe(c.hits, t.hits, a);
-        result.observe(c.misses, t.misses, a);
-        result.observe(c.evictions, t.evictions, a);
-      }
-      result.observe(c.corrupt, s.corruptBlocks);
-      // Write errors by cause: a full disk wants space, an I/O error a look at the device.
-      result.observe(c.writeErrors, s.writeErrorsEnospc, { [sc.ATTR_ERROR_TYPE]: "ENOSPC" });
-      result.observe(c.writeErrors, s.writeErrorsEio, { [sc.ATTR_ERROR_TYPE]: "EIO" });
-      result.observe(c.writeErrors, s.writeErrorsOther, { [sc.ATTR_ERROR_TYPE]: "other" });
-      result.observe(c.writeSkips, s.writeSkips);
-      result.observe(c.queueDepth, s.writeQueueDepth);
-      result.observe(c.queueSize, s.writeQueueBytes);
-    }, Object.values(c));
+    const sh = createSharedInstruments(m);
+    m.addBatchObservableCallback(
+      async (result) => {
+        if (!engine.info) return;
+        let s: CacheStats;
+        try {
+          s = await engine.stats("", true, AbortSignal.timeout(5000));
+        } catch {
+          return; // the cache is off, or the engine is restarting
+        }
+        for (const tier of ["ram", "ssd"] as const) {
+          const t = s[tier];
+          const a = { [sc.ATTR_KVPARK_CACHE_TIER]: tier };
+          result.observe(c.size, t.bytes, a);
+          result.observe(c.sizeLimit, t.bytesMax, a);
+          result.observe(c.blocks, t.blocks, a);
+          result.observe(c.pinned, t.pinnedBlocks, a);
+          result.observe(c.hits, t.hits, a);
+          result.observe(c.misses, t.misses, a);
+          result.observe(c.evictions, t.evictions, a);
+        }
+        result.observe(c.corrupt, s.corruptBlocks);
+        // Write errors by cause: a full disk wants space, an I/O error a look at the device.
+        result.observe(c.writeErrors, s.writeErrorsEnospc, { [sc.ATTR_ERROR_TYPE]: "ENOSPC" });
+        result.observe(c.writeErrors, s.writeErrorsEio, { [sc.ATTR_ERROR_TYPE]: "EIO" });
+        result.observe(c.writeErrors, s.writeErrorsOther, { [sc.ATTR_ERROR_TYPE]: "other" });
+        result.observe(c.writeSkips, s.writeSkips);
+        result.observe(c.queueDepth, s.writeQueueDepth);
+        result.observe(c.queueSize, s.writeQueueBytes);
+        const t = s.shared;
+        if (t) {
+          result.observe(sh.connected, t.connected ? 1 : 0);
+          result.observe(sh.hits, t.hits);
+          result.observe(sh.misses, t.misses);
+          const dir = sc.ATTR_KVPARK_CACHE_SHARED_DIRECTION;
+          result.observe(sh.io, t.readBytes, { [dir]: "read" });
+          result.observe(sh.io, t.writtenBytes, { [dir]: "write" });
+          const err = sc.ATTR_ERROR_TYPE;
+          result.observe(sh.errors, t.readErrors, { [err]: "read" });
+          result.observe(sh.errors, t.writeErrors, { [err]: "write" });
+          result.observe(sh.errors, t.timeouts, { [err]: "timeout" });
+          result.observe(sh.errors, t.rejectedBlocks, { [err]: "rejected" });
+          result.observe(sh.errors, t.lostBlocks, { [err]: "lost" });
+          result.observe(sh.writeSkips, t.writeSkips);
+          result.observe(sh.queueDepth, t.writeQueueDepth);
+          result.observe(sh.requests, t.requests);
+          result.observe(sh.requestTime, t.requestMs / 1000);
+        }
+      },
+      [...Object.values(c), ...Object.values(sh)],
+    );
     // The engine's gauges come with the cache's: the front end wires one call for both.
     this.observeEngine(engine);
   }

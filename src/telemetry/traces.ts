@@ -42,8 +42,10 @@ export interface GenerationStart {
 
 /** Which tiers a restore read. */
 export function restoreTier(report: CacheReport): string {
-  if (report.ramTokens > 0 && report.ssdTokens > 0) return "mixed";
-  return report.ssdTokens > 0 ? "ssd" : "ram";
+  const shared = report.sharedTokens ?? 0;
+  const tiers = [report.ramTokens, report.ssdTokens, shared].filter((n) => n > 0).length;
+  if (tiers > 1) return "mixed";
+  return shared > 0 ? "shared" : report.ssdTokens > 0 ? "ssd" : "ram";
 }
 
 /**
@@ -58,6 +60,7 @@ export class GenerationTrace {
   private report: CacheReport = {
     ramTokens: 0,
     ssdTokens: 0,
+    sharedTokens: 0,
     recomputedTokens: 0,
     recomputeChosenTokens: 0,
     corruptBlocks: 0,
@@ -140,6 +143,8 @@ export class GenerationTrace {
       [sc.ATTR_KVPARK_CACHE_RECOMPUTE_CHOSEN_TOKENS]: r.recomputeChosenTokens,
       [sc.ATTR_KVPARK_CACHE_CORRUPT_BLOCKS]: r.corruptBlocks,
       [sc.ATTR_KVPARK_CACHE_DIVERGED_TOKENS]: r.divergedTokens,
+      // Only on nodes whose requests used a shared tier, so the attributes of others stay as they were.
+      ...(r.sharedTokens > 0 ? { [sc.ATTR_KVPARK_CACHE_SHARED_TOKENS]: r.sharedTokens } : {}),
       [sc.ATTR_KVPARK_CACHE_DECISION]: activity.decision,
       [sc.ATTR_KVPARK_CACHE_BLOCKS_QUEUED]: activity.blocksQueued,
       [sc.ATTR_KVPARK_RESTORE_BLOCKS]: activity.blocksRestored,

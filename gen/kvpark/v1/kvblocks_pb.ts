@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvpark/v1/kvblocks.proto.
  */
 export const file_kvpark_v1_kvblocks: GenFile = /*@__PURE__*/
-  fileDesc("ChhrdnBhcmsvdjEva3ZibG9ja3MucHJvdG8SCWt2cGFyay52MSLMAQoHS1ZCbG9jaxIWCg5mb3JtYXRfdmVyc2lvbhgBIAEoDRIZChFtb2RlbF9maW5nZXJwcmludBgCIAEoCRILCgNrZXkYAyABKAwSEgoKcGFyZW50X2tleRgEIAEoDBIRCgl0b2tlbl9pZHMYBSADKA0SEwoLbGF5ZXJfY291bnQYBiABKA0SDQoFZHR5cGUYByABKAkSDQoFc2hhcGUYCCADKA0SDwoHcGF5bG9hZBgJIAEoDBIWCg5wYXlsb2FkX3NoYTI1NhgKIAEoDCIyCg1Mb29rdXBSZXF1ZXN0EiEKBnByb21wdBgBIAEoCzIRLmt2cGFyay52MS5Qcm9tcHQiiwEKDkxvb2t1cFJlc3BvbnNlEhUKDXByb21wdF90b2tlbnMYASABKA0SFQoNY2FjaGVkX3Rva2VucxgCIAEoDRISCgpyYW1fdG9rZW5zGAMgASgNEhIKCnNzZF90b2tlbnMYBCABKA0SIwoGYmxvY2tzGAUgAygLMhMua3ZwYXJrLnYxLkJsb2NrUmVmImAKCEJsb2NrUmVmEgsKA2tleRgBIAEoDBIdCgR0aWVyGAIgASgOMg8ua3ZwYXJrLnYxLlRpZXISEwoLc3RhcnRfdG9rZW4YAyABKA0SEwoLdG9rZW5fY291bnQYBCABKA0iIAoQR2V0QmxvY2tzUmVxdWVzdBIMCgRrZXlzGAEgAygMIncKEUdldEJsb2Nrc1Jlc3BvbnNlEgsKA2tleRgBIAEoDBIjCgVibG9jaxgCIAEoCzISLmt2cGFyay52MS5LVkJsb2NrSAASJgoFZXJyb3IYAyABKAsyFS5rdnBhcmsudjEuQmxvY2tFcnJvckgAQggKBnJlc3VsdCJGCgpCbG9ja0Vycm9yEicKBGNvZGUYASABKA4yGS5rdnBhcmsudjEuQmxvY2tFcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCSI1ChBQdXRCbG9ja3NSZXF1ZXN0EiEKBWJsb2NrGAEgASgLMhIua3ZwYXJrLnYxLktWQmxvY2siUgoRUHV0QmxvY2tzUmVzcG9uc2USEAoIYWNjZXB0ZWQYASABKA0SKwoIcmVqZWN0ZWQYAiADKAsyGS5rdnBhcmsudjEuQmxvY2tSZWplY3Rpb24iUgoOQmxvY2tSZWplY3Rpb24SDQoFaW5kZXgYASABKA0SCwoDa2V5GAIgASgMEiQKBWVycm9yGAMgASgLMhUua3ZwYXJrLnYxLkJsb2NrRXJyb3IiZAoNQmxvY2tTZWxlY3RvchIkCgRrZXlzGAEgASgLMhQua3ZwYXJrLnYxLkJsb2NrS2V5c0gAEiMKBnByb21wdBgCIAEoCzIRLmt2cGFyay52MS5Qcm9tcHRIAEIICgZ0YXJnZXQiGQoJQmxvY2tLZXlzEgwKBGtleXMYASADKAwibQoKUGluUmVxdWVzdBIoCgZibG9ja3MYASABKAsyGC5rdnBhcmsudjEuQmxvY2tTZWxlY3RvchIgCgRraW5kGAIgASgOMhIua3ZwYXJrLnYxLlBpbktpbmQSEwoLdHRsX3NlY29uZHMYAyABKA0icwoLUGluUmVzcG9uc2USFQoNcGlubmVkX2Jsb2NrcxgBIAEoDRIUCgxtaXNzaW5nX2tleXMYAiADKAwSGQoRaGFyZF9waW5uZWRfYnl0ZXMYAyABKAQSHAoUaGFyZF9waW5fcXVvdGFfYnl0ZXMYBCABKAQiOAoMVW5waW5SZXF1ZXN0EigKBmJsb2NrcxgBIAEoCzIYLmt2cGFyay52MS5CbG9ja1NlbGVjdG9yIigKDVVucGluUmVzcG9uc2USFwoPdW5waW5uZWRfYmxvY2tzGAEgASgNIg4KDFN0YXRzUmVxdWVzdCKBAwoNU3RhdHNSZXNwb25zZRIhCgNyYW0YASABKAsyFC5rdnBhcmsudjEuVGllclN0YXRzEiEKA3NzZBgCIAEoCzIULmt2cGFyay52MS5UaWVyU3RhdHMSFAoMYmxvY2tfdG9rZW5zGAMgASgNEhkKEW1vZGVsX2ZpbmdlcnByaW50GAQgASgJEhkKEXdyaXRlX3F1ZXVlX2RlcHRoGAUgASgNEhMKC3dyaXRlX3NraXBzGAYgASgEEhYKDmNvcnJ1cHRfYmxvY2tzGAcgASgEEhQKDHdyaXRlX2Vycm9ycxgIIAEoBBIbChN3cml0ZV9lcnJvcnNfZW5vc3BjGAkgASgEEhgKEHdyaXRlX2Vycm9yc19laW8YCiABKAQSGgoSd3JpdGVfZXJyb3JzX290aGVyGAsgASgEEiAKGHNzZF9xdWFyYW50aW5lZF9zZWdtZW50cxgMIAEoDRImCgZlbmdpbmUYDSABKAsyFi5rdnBhcmsudjEuRW5naW5lU3RhdHMitAEKC0VuZ2luZVN0YXRzEhEKCXJzc19ieXRlcxgBIAEoBBIYChBtZW1vcnlfbWF4X2J5dGVzGAIgASgEEh0KFW1lbW9yeV9yZXNlcnZlZF9ieXRlcxgDIAEoBBIZChFzZXF1ZW5jZXNfcnVubmluZxgEIAEoDRIZChFzZXF1ZW5jZXNfd2FpdGluZxgFIAEoDRIUCgxkZWNvZGVfYmF0Y2gYBiABKA0SDQoFc3RlcHMYByABKAQinQEKCVRpZXJTdGF0cxINCgVieXRlcxgBIAEoBBIRCglieXRlc19tYXgYAiABKAQSDgoGYmxvY2tzGAMgASgEEgwKBGhpdHMYBCABKAQSDgoGbWlzc2VzGAUgASgEEhEKCWV2aWN0aW9ucxgGIAEoBBIVCg1waW5uZWRfYmxvY2tzGAcgASgEEhYKDnJlbW92ZWRfYmxvY2tzGAggASgEIk8KEUxpc3RCbG9ja3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC2FsbF90ZW5hbnRzGAMgASgIImsKEkxpc3RCbG9ja3NSZXNwb25zZRImCgZibG9ja3MYASADKAsyFi5rdnBhcmsudjEuQ2FjaGVkQmxvY2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhQKDHRvdGFsX2Jsb2NrcxgDIAEoBCLuAQoLQ2FjaGVkQmxvY2sSCwoDa2V5GAEgASgMEhIKCnBhcmVudF9rZXkYAiABKAwSHgoFdGllcnMYAyADKA4yDy5rdnBhcmsudjEuVGllchITCgt0b2tlbl9jb3VudBgEIAEoDRINCgVieXRlcxgFIAEoBBIRCglzc2RfYnl0ZXMYBiABKAQSHwoDcGluGAcgASgOMhIua3ZwYXJrLnYxLlBpbktpbmQSGwoTcGluX2V4cGlyZXNfdW5peF9tcxgIIAEoBBIZChFsYXN0X3VzZWRfdW5peF9tcxgJIAEoBBIOCgZ0ZW5hbnQYCiABKAkiZgoMRXZpY3RSZXF1ZXN0EigKBmJsb2NrcxgBIAEoCzIYLmt2cGFyay52MS5CbG9ja1NlbGVjdG9yEh0KBHRpZXIYAiABKA4yDy5rdnBhcmsudjEuVGllchINCgVmb3JjZRgDIAEoCCKOAQoNRXZpY3RSZXNwb25zZRIWCg5ldmljdGVkX2Jsb2NrcxgBIAEoDRIdChVza2lwcGVkX3Bpbm5lZF9ibG9ja3MYAiABKA0SFAoMbWlzc2luZ19rZXlzGAMgAygMEhcKD3JhbV9ieXRlc19mcmVlZBgEIAEoBBIXCg9zc2RfYnl0ZXNfZnJlZWQYBSABKAQiIwoMQ2xlYXJSZXF1ZXN0EhMKC2FsbF90ZW5hbnRzGAEgASgIInIKDUNsZWFyUmVzcG9uc2USFgoOcmVtb3ZlZF9ibG9ja3MYASABKA0SFwoPdW5waW5uZWRfYmxvY2tzGAIgASgNEhcKD3JhbV9ieXRlc19mcmVlZBgDIAEoBBIXCg9zc2RfYnl0ZXNfZnJlZWQYBCABKAQiSQoNRXhwb3J0UmVxdWVzdBIoCgZibG9ja3MYASABKAsyGC5rdnBhcmsudjEuQmxvY2tTZWxlY3RvchIOCgZ0ZW5hbnQYAiABKAkiHgoORXhwb3J0UmVzcG9uc2USDAoEZGF0YRgBIAEoDCItCg1JbXBvcnRSZXF1ZXN0EgwKBGRhdGEYASABKAwSDgoGdGVuYW50GAIgASgJIl8KDkltcG9ydFJlc3BvbnNlEg4KBmJsb2NrcxgBIAEoDRIVCg1zdG9yZWRfYmxvY2tzGAIgASgNEhYKDnByZXNlbnRfYmxvY2tzGAMgASgNEg4KBnRva2VucxgEIAEoBCKpAQoMQnVuZGxlSGVhZGVyEhYKDmZvcm1hdF92ZXJzaW9uGAEgASgNEhkKEW1vZGVsX2ZpbmdlcnByaW50GAIgASgJEhQKDGJsb2NrX3Rva2VucxgDIAEoDRITCgtsYXllcl9jb3VudBgEIAEoDRIQCghrdl9oZWFkcxgFIAEoDRIQCghoZWFkX2RpbRgGIAEoDRIXCg9jcmVhdGVkX3VuaXhfbXMYByABKAQixgEKDkJ1bmRsZU1hbmlmZXN0EhYKDmZvcm1hdF92ZXJzaW9uGAEgASgNEhkKEW1vZGVsX2ZpbmdlcnByaW50GAIgASgJEhQKDGJsb2NrX3Rva2VucxgDIAEoDRImCgZibG9ja3MYBCADKAsyFi5rdnBhcmsudjEuQnVuZGxlQmxvY2sSEwoLZW50cnlfY291bnQYBSABKA0SFgoOZW50cmllc19zaGEyNTYYBiABKAwSFgoOc2tpcHBlZF9ibG9ja3MYByABKA0iWwoLQnVuZGxlQmxvY2sSCwoDa2V5GAEgASgMEhIKCnBhcmVudF9rZXkYAiABKAwSEwoLdG9rZW5fY291bnQYAyABKA0SFgoOcGF5bG9hZF9zaGEyNTYYBCABKAwq8QIKDkJsb2NrRXJyb3JDb2RlEiAKHEJMT0NLX0VSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIeChpCTE9DS19FUlJPUl9DT0RFX05PVF9GT1VORBABEhwKGEJMT0NLX0VSUk9SX0NPREVfQ09SUlVQVBACEigKJEJMT0NLX0VSUk9SX0NPREVfVU5TVVBQT1JURURfVkVSU0lPThADEiMKH0JMT0NLX0VSUk9SX0NPREVfTU9ERUxfTUlTTUFUQ0gQBBIhCh1CTE9DS19FUlJPUl9DT0RFX0tFWV9NSVNNQVRDSBAFEiMKH0JMT0NLX0VSUk9SX0NPREVfU0hBUEVfTUlTTUFUQ0gQBhIkCiBCTE9DS19FUlJPUl9DT0RFX0lOVkFMSURfUEFZTE9BRBAHEiMKH0JMT0NLX0VSUk9SX0NPREVfUEFSRU5UX01JU1NJTkcQCBIdChlCTE9DS19FUlJPUl9DT0RFX0NBUEFDSVRZEAky1wUKD0tWQmxvY2tzU2VydmljZRI9CgZMb29rdXASGC5rdnBhcmsudjEuTG9va3VwUmVxdWVzdBoZLmt2cGFyay52MS5Mb29rdXBSZXNwb25zZRJICglHZXRCbG9ja3MSGy5rdnBhcmsudjEuR2V0QmxvY2tzUmVxdWVzdBocLmt2cGFyay52MS5HZXRCbG9ja3NSZXNwb25zZTABEkgKCVB1dEJsb2NrcxIbLmt2cGFyay52MS5QdXRCbG9ja3NSZXF1ZXN0Ghwua3ZwYXJrLnYxLlB1dEJsb2Nrc1Jlc3BvbnNlKAESNAoDUGluEhUua3ZwYXJrLnYxLlBpblJlcXVlc3QaFi5rdnBhcmsudjEuUGluUmVzcG9uc2USOgoFVW5waW4SFy5rdnBhcmsudjEuVW5waW5SZXF1ZXN0Ghgua3ZwYXJrLnYxLlVucGluUmVzcG9uc2USOgoFU3RhdHMSFy5rdnBhcmsudjEuU3RhdHNSZXF1ZXN0Ghgua3ZwYXJrLnYxLlN0YXRzUmVzcG9uc2USSQoKTGlzdEJsb2NrcxIcLmt2cGFyay52MS5MaXN0QmxvY2tzUmVxdWVzdBodLmt2cGFyay52MS5MaXN0QmxvY2tzUmVzcG9uc2USOgoFRXZpY3QSFy5rdnBhcmsudjEuRXZpY3RSZXF1ZXN0Ghgua3ZwYXJrLnYxLkV2aWN0UmVzcG9uc2USOgoFQ2xlYXISFy5rdnBhcmsudjEuQ2xlYXJSZXF1ZXN0Ghgua3ZwYXJrLnYxLkNsZWFyUmVzcG9uc2USPwoGRXhwb3J0Ehgua3ZwYXJrLnYxLkV4cG9ydFJlcXVlc3QaGS5rdnBhcmsudjEuRXhwb3J0UmVzcG9uc2UwARI/CgZJbXBvcnQSGC5rdnBhcmsudjEuSW1wb3J0UmVxdWVzdBoZLmt2cGFyay52MS5JbXBvcnRSZXNwb25zZSgBYgZwcm90bzM", [file_kvpark_v1_common]);
+  fileDesc("ChhrdnBhcmsvdjEva3ZibG9ja3MucHJvdG8SCWt2cGFyay52MSLMAQoHS1ZCbG9jaxIWCg5mb3JtYXRfdmVyc2lvbhgBIAEoDRIZChFtb2RlbF9maW5nZXJwcmludBgCIAEoCRILCgNrZXkYAyABKAwSEgoKcGFyZW50X2tleRgEIAEoDBIRCgl0b2tlbl9pZHMYBSADKA0SEwoLbGF5ZXJfY291bnQYBiABKA0SDQoFZHR5cGUYByABKAkSDQoFc2hhcGUYCCADKA0SDwoHcGF5bG9hZBgJIAEoDBIWCg5wYXlsb2FkX3NoYTI1NhgKIAEoDCIyCg1Mb29rdXBSZXF1ZXN0EiEKBnByb21wdBgBIAEoCzIRLmt2cGFyay52MS5Qcm9tcHQiiwEKDkxvb2t1cFJlc3BvbnNlEhUKDXByb21wdF90b2tlbnMYASABKA0SFQoNY2FjaGVkX3Rva2VucxgCIAEoDRISCgpyYW1fdG9rZW5zGAMgASgNEhIKCnNzZF90b2tlbnMYBCABKA0SIwoGYmxvY2tzGAUgAygLMhMua3ZwYXJrLnYxLkJsb2NrUmVmImAKCEJsb2NrUmVmEgsKA2tleRgBIAEoDBIdCgR0aWVyGAIgASgOMg8ua3ZwYXJrLnYxLlRpZXISEwoLc3RhcnRfdG9rZW4YAyABKA0SEwoLdG9rZW5fY291bnQYBCABKA0iIAoQR2V0QmxvY2tzUmVxdWVzdBIMCgRrZXlzGAEgAygMIncKEUdldEJsb2Nrc1Jlc3BvbnNlEgsKA2tleRgBIAEoDBIjCgVibG9jaxgCIAEoCzISLmt2cGFyay52MS5LVkJsb2NrSAASJgoFZXJyb3IYAyABKAsyFS5rdnBhcmsudjEuQmxvY2tFcnJvckgAQggKBnJlc3VsdCJGCgpCbG9ja0Vycm9yEicKBGNvZGUYASABKA4yGS5rdnBhcmsudjEuQmxvY2tFcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCSI1ChBQdXRCbG9ja3NSZXF1ZXN0EiEKBWJsb2NrGAEgASgLMhIua3ZwYXJrLnYxLktWQmxvY2siUgoRUHV0QmxvY2tzUmVzcG9uc2USEAoIYWNjZXB0ZWQYASABKA0SKwoIcmVqZWN0ZWQYAiADKAsyGS5rdnBhcmsudjEuQmxvY2tSZWplY3Rpb24iUgoOQmxvY2tSZWplY3Rpb24SDQoFaW5kZXgYASABKA0SCwoDa2V5GAIgASgMEiQKBWVycm9yGAMgASgLMhUua3ZwYXJrLnYxLkJsb2NrRXJyb3IiZAoNQmxvY2tTZWxlY3RvchIkCgRrZXlzGAEgASgLMhQua3ZwYXJrLnYxLkJsb2NrS2V5c0gAEiMKBnByb21wdBgCIAEoCzIRLmt2cGFyay52MS5Qcm9tcHRIAEIICgZ0YXJnZXQiGQoJQmxvY2tLZXlzEgwKBGtleXMYASADKAwibQoKUGluUmVxdWVzdBIoCgZibG9ja3MYASABKAsyGC5rdnBhcmsudjEuQmxvY2tTZWxlY3RvchIgCgRraW5kGAIgASgOMhIua3ZwYXJrLnYxLlBpbktpbmQSEwoLdHRsX3NlY29uZHMYAyABKA0icwoLUGluUmVzcG9uc2USFQoNcGlubmVkX2Jsb2NrcxgBIAEoDRIUCgxtaXNzaW5nX2tleXMYAiADKAwSGQoRaGFyZF9waW5uZWRfYnl0ZXMYAyABKAQSHAoUaGFyZF9waW5fcXVvdGFfYnl0ZXMYBCABKAQiOAoMVW5waW5SZXF1ZXN0EigKBmJsb2NrcxgBIAEoCzIYLmt2cGFyay52MS5CbG9ja1NlbGVjdG9yIigKDVVucGluUmVzcG9uc2USFwoPdW5waW5uZWRfYmxvY2tzGAEgASgNIg4KDFN0YXRzUmVxdWVzdCKtAwoNU3RhdHNSZXNwb25zZRIhCgNyYW0YASABKAsyFC5rdnBhcmsudjEuVGllclN0YXRzEiEKA3NzZBgCIAEoCzIULmt2cGFyay52MS5UaWVyU3RhdHMSFAoMYmxvY2tfdG9rZW5zGAMgASgNEhkKEW1vZGVsX2ZpbmdlcnByaW50GAQgASgJEhkKEXdyaXRlX3F1ZXVlX2RlcHRoGAUgASgNEhMKC3dyaXRlX3NraXBzGAYgASgEEhYKDmNvcnJ1cHRfYmxvY2tzGAcgASgEEhQKDHdyaXRlX2Vycm9ycxgIIAEoBBIbChN3cml0ZV9lcnJvcnNfZW5vc3BjGAkgASgEEhgKEHdyaXRlX2Vycm9yc19laW8YCiABKAQSGgoSd3JpdGVfZXJyb3JzX290aGVyGAsgASgEEiAKGHNzZF9xdWFyYW50aW5lZF9zZWdtZW50cxgMIAEoDRImCgZlbmdpbmUYDSABKAsyFi5rdnBhcmsudjEuRW5naW5lU3RhdHMSKgoGc2hhcmVkGA4gASgLMhoua3ZwYXJrLnYxLlNoYXJlZFRpZXJTdGF0cyKCAwoPU2hhcmVkVGllclN0YXRzEhEKCWNvbm5lY3RlZBgBIAEoCBIMCgRoaXRzGAIgASgEEg4KBm1pc3NlcxgDIAEoBBITCgtyZWFkX2Jsb2NrcxgEIAEoBBISCgpyZWFkX2J5dGVzGAUgASgEEhYKDndyaXR0ZW5fYmxvY2tzGAYgASgEEhUKDXdyaXR0ZW5fYnl0ZXMYByABKAQSEwoLd3JpdGVfc2tpcHMYCCABKAQSFAoMd3JpdGVfZXJyb3JzGAkgASgEEhkKEXdyaXRlX3F1ZXVlX2RlcHRoGAogASgNEhMKC3JlYWRfZXJyb3JzGAsgASgEEhAKCHRpbWVvdXRzGAwgASgEEhcKD3JlamVjdGVkX2Jsb2NrcxgNIAEoBBITCgtsb3N0X2Jsb2NrcxgOIAEoBBIQCghyZXF1ZXN0cxgPIAEoBBIXCg9yZXF1ZXN0X3NlY29uZHMYECABKAESIAoYcmVzdG9yZV9ieXRlc19wZXJfc2Vjb25kGBEgASgBIrQBCgtFbmdpbmVTdGF0cxIRCglyc3NfYnl0ZXMYASABKAQSGAoQbWVtb3J5X21heF9ieXRlcxgCIAEoBBIdChVtZW1vcnlfcmVzZXJ2ZWRfYnl0ZXMYAyABKAQSGQoRc2VxdWVuY2VzX3J1bm5pbmcYBCABKA0SGQoRc2VxdWVuY2VzX3dhaXRpbmcYBSABKA0SFAoMZGVjb2RlX2JhdGNoGAYgASgNEg0KBXN0ZXBzGAcgASgEIp0BCglUaWVyU3RhdHMSDQoFYnl0ZXMYASABKAQSEQoJYnl0ZXNfbWF4GAIgASgEEg4KBmJsb2NrcxgDIAEoBBIMCgRoaXRzGAQgASgEEg4KBm1pc3NlcxgFIAEoBBIRCglldmljdGlvbnMYBiABKAQSFQoNcGlubmVkX2Jsb2NrcxgHIAEoBBIWCg5yZW1vdmVkX2Jsb2NrcxgIIAEoBCJPChFMaXN0QmxvY2tzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRITCgthbGxfdGVuYW50cxgDIAEoCCJrChJMaXN0QmxvY2tzUmVzcG9uc2USJgoGYmxvY2tzGAEgAygLMhYua3ZwYXJrLnYxLkNhY2hlZEJsb2NrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRIUCgx0b3RhbF9ibG9ja3MYAyABKAQi7gEKC0NhY2hlZEJsb2NrEgsKA2tleRgBIAEoDBISCgpwYXJlbnRfa2V5GAIgASgMEh4KBXRpZXJzGAMgAygOMg8ua3ZwYXJrLnYxLlRpZXISEwoLdG9rZW5fY291bnQYBCABKA0SDQoFYnl0ZXMYBSABKAQSEQoJc3NkX2J5dGVzGAYgASgEEh8KA3BpbhgHIAEoDjISLmt2cGFyay52MS5QaW5LaW5kEhsKE3Bpbl9leHBpcmVzX3VuaXhfbXMYCCABKAQSGQoRbGFzdF91c2VkX3VuaXhfbXMYCSABKAQSDgoGdGVuYW50GAogASgJImYKDEV2aWN0UmVxdWVzdBIoCgZibG9ja3MYASABKAsyGC5rdnBhcmsudjEuQmxvY2tTZWxlY3RvchIdCgR0aWVyGAIgASgOMg8ua3ZwYXJrLnYxLlRpZXISDQoFZm9yY2UYAyABKAgijgEKDUV2aWN0UmVzcG9uc2USFgoOZXZpY3RlZF9ibG9ja3MYASABKA0SHQoVc2tpcHBlZF9waW5uZWRfYmxvY2tzGAIgASgNEhQKDG1pc3Npbmdfa2V5cxgDIAMoDBIXCg9yYW1fYnl0ZXNfZnJlZWQYBCABKAQSFwoPc3NkX2J5dGVzX2ZyZWVkGAUgASgEIiMKDENsZWFyUmVxdWVzdBITCgthbGxfdGVuYW50cxgBIAEoCCJyCg1DbGVhclJlc3BvbnNlEhYKDnJlbW92ZWRfYmxvY2tzGAEgASgNEhcKD3VucGlubmVkX2Jsb2NrcxgCIAEoDRIXCg9yYW1fYnl0ZXNfZnJlZWQYAyABKAQSFwoPc3NkX2J5dGVzX2ZyZWVkGAQgASgEIkkKDUV4cG9ydFJlcXVlc3QSKAoGYmxvY2tzGAEgASgLMhgua3ZwYXJrLnYxLkJsb2NrU2VsZWN0b3ISDgoGdGVuYW50GAIgASgJIh4KDkV4cG9ydFJlc3BvbnNlEgwKBGRhdGEYASABKAwiLQoNSW1wb3J0UmVxdWVzdBIMCgRkYXRhGAEgASgMEg4KBnRlbmFudBgCIAEoCSJfCg5JbXBvcnRSZXNwb25zZRIOCgZibG9ja3MYASABKA0SFQoNc3RvcmVkX2Jsb2NrcxgCIAEoDRIWCg5wcmVzZW50X2Jsb2NrcxgDIAEoDRIOCgZ0b2tlbnMYBCABKAQiqQEKDEJ1bmRsZUhlYWRlchIWCg5mb3JtYXRfdmVyc2lvbhgBIAEoDRIZChFtb2RlbF9maW5nZXJwcmludBgCIAEoCRIUCgxibG9ja190b2tlbnMYAyABKA0SEwoLbGF5ZXJfY291bnQYBCABKA0SEAoIa3ZfaGVhZHMYBSABKA0SEAoIaGVhZF9kaW0YBiABKA0SFwoPY3JlYXRlZF91bml4X21zGAcgASgEIsYBCg5CdW5kbGVNYW5pZmVzdBIWCg5mb3JtYXRfdmVyc2lvbhgBIAEoDRIZChFtb2RlbF9maW5nZXJwcmludBgCIAEoCRIUCgxibG9ja190b2tlbnMYAyABKA0SJgoGYmxvY2tzGAQgAygLMhYua3ZwYXJrLnYxLkJ1bmRsZUJsb2NrEhMKC2VudHJ5X2NvdW50GAUgASgNEhYKDmVudHJpZXNfc2hhMjU2GAYgASgMEhYKDnNraXBwZWRfYmxvY2tzGAcgASgNIlsKC0J1bmRsZUJsb2NrEgsKA2tleRgBIAEoDBISCgpwYXJlbnRfa2V5GAIgASgMEhMKC3Rva2VuX2NvdW50GAMgASgNEhYKDnBheWxvYWRfc2hhMjU2GAQgASgMKvECCg5CbG9ja0Vycm9yQ29kZRIgChxCTE9DS19FUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASHgoaQkxPQ0tfRVJST1JfQ09ERV9OT1RfRk9VTkQQARIcChhCTE9DS19FUlJPUl9DT0RFX0NPUlJVUFQQAhIoCiRCTE9DS19FUlJPUl9DT0RFX1VOU1VQUE9SVEVEX1ZFUlNJT04QAxIjCh9CTE9DS19FUlJPUl9DT0RFX01PREVMX01JU01BVENIEAQSIQodQkxPQ0tfRVJST1JfQ09ERV9LRVlfTUlTTUFUQ0gQBRIjCh9CTE9DS19FUlJPUl9DT0RFX1NIQVBFX01JU01BVENIEAYSJAogQkxPQ0tfRVJST1JfQ09ERV9JTlZBTElEX1BBWUxPQUQQBxIjCh9CTE9DS19FUlJPUl9DT0RFX1BBUkVOVF9NSVNTSU5HEAgSHQoZQkxPQ0tfRVJST1JfQ09ERV9DQVBBQ0lUWRAJMtcFCg9LVkJsb2Nrc1NlcnZpY2USPQoGTG9va3VwEhgua3ZwYXJrLnYxLkxvb2t1cFJlcXVlc3QaGS5rdnBhcmsudjEuTG9va3VwUmVzcG9uc2USSAoJR2V0QmxvY2tzEhsua3ZwYXJrLnYxLkdldEJsb2Nrc1JlcXVlc3QaHC5rdnBhcmsudjEuR2V0QmxvY2tzUmVzcG9uc2UwARJICglQdXRCbG9ja3MSGy5rdnBhcmsudjEuUHV0QmxvY2tzUmVxdWVzdBocLmt2cGFyay52MS5QdXRCbG9ja3NSZXNwb25zZSgBEjQKA1BpbhIVLmt2cGFyay52MS5QaW5SZXF1ZXN0GhYua3ZwYXJrLnYxLlBpblJlc3BvbnNlEjoKBVVucGluEhcua3ZwYXJrLnYxLlVucGluUmVxdWVzdBoYLmt2cGFyay52MS5VbnBpblJlc3BvbnNlEjoKBVN0YXRzEhcua3ZwYXJrLnYxLlN0YXRzUmVxdWVzdBoYLmt2cGFyay52MS5TdGF0c1Jlc3BvbnNlEkkKCkxpc3RCbG9ja3MSHC5rdnBhcmsudjEuTGlzdEJsb2Nrc1JlcXVlc3QaHS5rdnBhcmsudjEuTGlzdEJsb2Nrc1Jlc3BvbnNlEjoKBUV2aWN0Ehcua3ZwYXJrLnYxLkV2aWN0UmVxdWVzdBoYLmt2cGFyay52MS5FdmljdFJlc3BvbnNlEjoKBUNsZWFyEhcua3ZwYXJrLnYxLkNsZWFyUmVxdWVzdBoYLmt2cGFyay52MS5DbGVhclJlc3BvbnNlEj8KBkV4cG9ydBIYLmt2cGFyay52MS5FeHBvcnRSZXF1ZXN0Ghkua3ZwYXJrLnYxLkV4cG9ydFJlc3BvbnNlMAESPwoGSW1wb3J0Ehgua3ZwYXJrLnYxLkltcG9ydFJlcXVlc3QaGS5rdnBhcmsudjEuSW1wb3J0UmVzcG9uc2UoAWIGcHJvdG8z", [file_kvpark_v1_common]);
 
 /**
  * A block of KV cache, self-describing so that any node or language can check and use it.
@@ -681,6 +681,13 @@ export type StatsResponse = Message<"kvpark.v1.StatsResponse"> & {
    * @generated from field: kvpark.v1.EngineStats engine = 13;
    */
   engine?: EngineStats | undefined;
+
+  /**
+   * The shared tier on Redis (--shared-tier); unset when the server has none. Server-wide.
+   *
+   * @generated from field: kvpark.v1.SharedTierStats shared = 14;
+   */
+  shared?: SharedTierStats | undefined;
 };
 
 /**
@@ -689,6 +696,141 @@ export type StatsResponse = Message<"kvpark.v1.StatsResponse"> & {
  */
 export const StatsResponseSchema: GenMessage<StatsResponse> = /*@__PURE__*/
   messageDesc(file_kvpark_v1_kvblocks, 17);
+
+/**
+ * The shared tier's counters since start, on this node. Redis holds every node's blocks: its size
+ * and evictions are Redis' to report (INFO memory, INFO stats).
+ *
+ * @generated from message kvpark.v1.SharedTierStats
+ */
+export type SharedTierStats = Message<"kvpark.v1.SharedTierStats"> & {
+  /**
+   * Whether the client is connected to Redis now.
+   *
+   * @generated from field: bool connected = 1;
+   */
+  connected: boolean;
+
+  /**
+   * Blocks lookups found in the tier.
+   *
+   * @generated from field: uint64 hits = 2;
+   */
+  hits: bigint;
+
+  /**
+   * Lookups that reached the tier and found nothing more there.
+   *
+   * @generated from field: uint64 misses = 3;
+   */
+  misses: bigint;
+
+  /**
+   * Blocks read back.
+   *
+   * @generated from field: uint64 read_blocks = 4;
+   */
+  readBlocks: bigint;
+
+  /**
+   * Bytes of the values read back.
+   *
+   * @generated from field: uint64 read_bytes = 5;
+   */
+  readBytes: bigint;
+
+  /**
+   * Blocks written.
+   *
+   * @generated from field: uint64 written_blocks = 6;
+   */
+  writtenBlocks: bigint;
+
+  /**
+   * Bytes of the values written.
+   *
+   * @generated from field: uint64 written_bytes = 7;
+   */
+  writtenBytes: bigint;
+
+  /**
+   * Blocks not written because the write queue was full.
+   *
+   * @generated from field: uint64 write_skips = 8;
+   */
+  writeSkips: bigint;
+
+  /**
+   * Writes that failed (Redis down, an error reply, a batch that could not be encoded).
+   *
+   * @generated from field: uint64 write_errors = 9;
+   */
+  writeErrors: bigint;
+
+  /**
+   * Blocks waiting to be written.
+   *
+   * @generated from field: uint32 write_queue_depth = 10;
+   */
+  writeQueueDepth: number;
+
+  /**
+   * Lookups and reads that failed, or were skipped while too many commands were pending.
+   *
+   * @generated from field: uint64 read_errors = 11;
+   */
+  readErrors: bigint;
+
+  /**
+   * Lookups and restore batches that ran out of --shared-tier-timeout-ms.
+   *
+   * @generated from field: uint64 timeouts = 12;
+   */
+  timeouts: bigint;
+
+  /**
+   * Blocks read back that failed verification (tampered, truncated, another tenant's): refused,
+   * deleted from Redis and recomputed.
+   *
+   * @generated from field: uint64 rejected_blocks = 13;
+   */
+  rejectedBlocks: bigint;
+
+  /**
+   * Blocks a lookup found that were gone when restore read them (evicted, expired).
+   *
+   * @generated from field: uint64 lost_blocks = 14;
+   */
+  lostBlocks: bigint;
+
+  /**
+   * Round trips to Redis (commands sent together count once).
+   *
+   * @generated from field: uint64 requests = 15;
+   */
+  requests: bigint;
+
+  /**
+   * Their total time in seconds: request_seconds / requests is the mean latency.
+   *
+   * @generated from field: double request_seconds = 16;
+   */
+  requestSeconds: number;
+
+  /**
+   * The measured restore rate from the tier (KV bytes per second), as the cost model uses it.
+   *
+   * @generated from field: double restore_bytes_per_second = 17;
+   */
+  restoreBytesPerSecond: number;
+};
+
+/**
+ * Describes the message kvpark.v1.SharedTierStats.
+ * Use `create(SharedTierStatsSchema)` to create a new message.
+ */
+export const SharedTierStatsSchema: GenMessage<SharedTierStats> = /*@__PURE__*/
+  messageDesc(file_kvpark_v1_kvblocks, 18);
 
 /**
  * The engine process that runs the model, as of its last report (about once a second).
@@ -752,7 +894,7 @@ export type EngineStats = Message<"kvpark.v1.EngineStats"> & {
  * Use `create(EngineStatsSchema)` to create a new message.
  */
 export const EngineStatsSchema: GenMessage<EngineStats> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 18);
+  messageDesc(file_kvpark_v1_kvblocks, 19);
 
 /**
  * Size and counters of one tier.
@@ -822,7 +964,7 @@ export type TierStats = Message<"kvpark.v1.TierStats"> & {
  * Use `create(TierStatsSchema)` to create a new message.
  */
 export const TierStatsSchema: GenMessage<TierStats> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 19);
+  messageDesc(file_kvpark_v1_kvblocks, 20);
 
 /**
  * A ListBlocks request.
@@ -857,7 +999,7 @@ export type ListBlocksRequest = Message<"kvpark.v1.ListBlocksRequest"> & {
  * Use `create(ListBlocksRequestSchema)` to create a new message.
  */
 export const ListBlocksRequestSchema: GenMessage<ListBlocksRequest> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 20);
+  messageDesc(file_kvpark_v1_kvblocks, 21);
 
 /**
  * One page of cached blocks, ordered by key.
@@ -892,7 +1034,7 @@ export type ListBlocksResponse = Message<"kvpark.v1.ListBlocksResponse"> & {
  * Use `create(ListBlocksResponseSchema)` to create a new message.
  */
 export const ListBlocksResponseSchema: GenMessage<ListBlocksResponse> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 21);
+  messageDesc(file_kvpark_v1_kvblocks, 22);
 
 /**
  * A cached block, as ListBlocks describes it.
@@ -978,7 +1120,7 @@ export type CachedBlock = Message<"kvpark.v1.CachedBlock"> & {
  * Use `create(CachedBlockSchema)` to create a new message.
  */
 export const CachedBlockSchema: GenMessage<CachedBlock> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 22);
+  messageDesc(file_kvpark_v1_kvblocks, 23);
 
 /**
  * An Evict request.
@@ -1013,7 +1155,7 @@ export type EvictRequest = Message<"kvpark.v1.EvictRequest"> & {
  * Use `create(EvictRequestSchema)` to create a new message.
  */
 export const EvictRequestSchema: GenMessage<EvictRequest> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 23);
+  messageDesc(file_kvpark_v1_kvblocks, 24);
 
 /**
  * The outcome of an Evict request.
@@ -1062,7 +1204,7 @@ export type EvictResponse = Message<"kvpark.v1.EvictResponse"> & {
  * Use `create(EvictResponseSchema)` to create a new message.
  */
 export const EvictResponseSchema: GenMessage<EvictResponse> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 24);
+  messageDesc(file_kvpark_v1_kvblocks, 25);
 
 /**
  * A Clear request.
@@ -1083,7 +1225,7 @@ export type ClearRequest = Message<"kvpark.v1.ClearRequest"> & {
  * Use `create(ClearRequestSchema)` to create a new message.
  */
 export const ClearRequestSchema: GenMessage<ClearRequest> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 25);
+  messageDesc(file_kvpark_v1_kvblocks, 26);
 
 /**
  * The outcome of a Clear request.
@@ -1125,7 +1267,7 @@ export type ClearResponse = Message<"kvpark.v1.ClearResponse"> & {
  * Use `create(ClearResponseSchema)` to create a new message.
  */
 export const ClearResponseSchema: GenMessage<ClearResponse> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 26);
+  messageDesc(file_kvpark_v1_kvblocks, 27);
 
 /**
  * An Export request.
@@ -1154,7 +1296,7 @@ export type ExportRequest = Message<"kvpark.v1.ExportRequest"> & {
  * Use `create(ExportRequestSchema)` to create a new message.
  */
 export const ExportRequestSchema: GenMessage<ExportRequest> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 27);
+  messageDesc(file_kvpark_v1_kvblocks, 28);
 
 /**
  * A piece of an exported bundle.
@@ -1176,7 +1318,7 @@ export type ExportResponse = Message<"kvpark.v1.ExportResponse"> & {
  * Use `create(ExportResponseSchema)` to create a new message.
  */
 export const ExportResponseSchema: GenMessage<ExportResponse> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 28);
+  messageDesc(file_kvpark_v1_kvblocks, 29);
 
 /**
  * A piece of a bundle to import.
@@ -1206,7 +1348,7 @@ export type ImportRequest = Message<"kvpark.v1.ImportRequest"> & {
  * Use `create(ImportRequestSchema)` to create a new message.
  */
 export const ImportRequestSchema: GenMessage<ImportRequest> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 29);
+  messageDesc(file_kvpark_v1_kvblocks, 30);
 
 /**
  * The outcome of an Import call.
@@ -1248,7 +1390,7 @@ export type ImportResponse = Message<"kvpark.v1.ImportResponse"> & {
  * Use `create(ImportResponseSchema)` to create a new message.
  */
 export const ImportResponseSchema: GenMessage<ImportResponse> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 30);
+  messageDesc(file_kvpark_v1_kvblocks, 31);
 
 /**
  * The first entry of a bundle (src/cache/FORMAT.md): the model and block size of its blocks.
@@ -1311,7 +1453,7 @@ export type BundleHeader = Message<"kvpark.v1.BundleHeader"> & {
  * Use `create(BundleHeaderSchema)` to create a new message.
  */
 export const BundleHeaderSchema: GenMessage<BundleHeader> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 31);
+  messageDesc(file_kvpark_v1_kvblocks, 32);
 
 /**
  * The last entry of a bundle: what it holds, and a checksum over every entry before it.
@@ -1375,7 +1517,7 @@ export type BundleManifest = Message<"kvpark.v1.BundleManifest"> & {
  * Use `create(BundleManifestSchema)` to create a new message.
  */
 export const BundleManifestSchema: GenMessage<BundleManifest> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 32);
+  messageDesc(file_kvpark_v1_kvblocks, 33);
 
 /**
  * A block as the manifest lists it.
@@ -1417,7 +1559,7 @@ export type BundleBlock = Message<"kvpark.v1.BundleBlock"> & {
  * Use `create(BundleBlockSchema)` to create a new message.
  */
 export const BundleBlockSchema: GenMessage<BundleBlock> = /*@__PURE__*/
-  messageDesc(file_kvpark_v1_kvblocks, 33);
+  messageDesc(file_kvpark_v1_kvblocks, 34);
 
 /**
  * Stable reasons for a block-level failure.

@@ -24,20 +24,22 @@ class CacheOptions(_message.Message):
     def __init__(self, persist: bool = ..., pin: _Optional[_Union[_common_pb2.PinKind, str]] = ..., pin_ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class CacheReport(_message.Message):
-    __slots__ = ["corrupt_blocks", "diverged_tokens", "ram_tokens", "recompute_chosen_tokens", "recomputed_tokens", "ssd_tokens"]
+    __slots__ = ["corrupt_blocks", "diverged_tokens", "ram_tokens", "recompute_chosen_tokens", "recomputed_tokens", "shared_tokens", "ssd_tokens"]
     CORRUPT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     DIVERGED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RAM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RECOMPUTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RECOMPUTE_CHOSEN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SSD_TOKENS_FIELD_NUMBER: _ClassVar[int]
     corrupt_blocks: int
     diverged_tokens: int
     ram_tokens: int
     recompute_chosen_tokens: int
     recomputed_tokens: int
+    shared_tokens: int
     ssd_tokens: int
-    def __init__(self, ram_tokens: _Optional[int] = ..., ssd_tokens: _Optional[int] = ..., recomputed_tokens: _Optional[int] = ..., recompute_chosen_tokens: _Optional[int] = ..., corrupt_blocks: _Optional[int] = ..., diverged_tokens: _Optional[int] = ...) -> None: ...
+    def __init__(self, ram_tokens: _Optional[int] = ..., ssd_tokens: _Optional[int] = ..., recomputed_tokens: _Optional[int] = ..., recompute_chosen_tokens: _Optional[int] = ..., corrupt_blocks: _Optional[int] = ..., diverged_tokens: _Optional[int] = ..., shared_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateFinished(_message.Message):
     __slots__ = ["finish_reason", "timings", "usage"]

@@ -343,17 +343,56 @@ class PutBlocksResponse(_message.Message):
     rejected: _containers.RepeatedCompositeFieldContainer[BlockRejection]
     def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[BlockRejection, _Mapping]]] = ...) -> None: ...
 
+class SharedTierStats(_message.Message):
+    __slots__ = ["connected", "hits", "lost_blocks", "misses", "read_blocks", "read_bytes", "read_errors", "rejected_blocks", "request_seconds", "requests", "restore_bytes_per_second", "timeouts", "write_errors", "write_queue_depth", "write_skips", "written_blocks", "written_bytes"]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    LOST_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    READ_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    READ_BYTES_FIELD_NUMBER: _ClassVar[int]
+    READ_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    WRITE_QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    WRITE_SKIPS_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    connected: bool
+    hits: int
+    lost_blocks: int
+    misses: int
+    read_blocks: int
+    read_bytes: int
+    read_errors: int
+    rejected_blocks: int
+    request_seconds: float
+    requests: int
+    restore_bytes_per_second: float
+    timeouts: int
+    write_errors: int
+    write_queue_depth: int
+    write_skips: int
+    written_blocks: int
+    written_bytes: int
+    def __init__(self, connected: bool = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., read_blocks: _Optional[int] = ..., read_bytes: _Optional[int] = ..., written_blocks: _Optional[int] = ..., written_bytes: _Optional[int] = ..., write_skips: _Optional[int] = ..., write_errors: _Optional[int] = ..., write_queue_depth: _Optional[int] = ..., read_errors: _Optional[int] = ..., timeouts: _Optional[int] = ..., rejected_blocks: _Optional[int] = ..., lost_blocks: _Optional[int] = ..., requests: _Optional[int] = ..., request_seconds: _Optional[float] = ..., restore_bytes_per_second: _Optional[float] = ...) -> None: ...
+
 class StatsRequest(_message.Message):
     __slots__ = []
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ["block_tokens", "corrupt_blocks", "engine", "model_fingerprint", "ram", "ssd", "ssd_quarantined_segments", "write_errors", "write_errors_eio", "write_errors_enospc", "write_errors_other", "write_queue_depth", "write_skips"]
+    __slots__ = ["block_tokens", "corrupt_blocks", "engine", "model_fingerprint", "ram", "shared", "ssd", "ssd_quarantined_segments", "write_errors", "write_errors_eio", "write_errors_enospc", "write_errors_other", "write_queue_depth", "write_skips"]
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CORRUPT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     RAM_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     SSD_FIELD_NUMBER: _ClassVar[int]
     SSD_QUARANTINED_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     WRITE_ERRORS_EIO_FIELD_NUMBER: _ClassVar[int]
@@ -367,6 +406,7 @@ class StatsResponse(_message.Message):
     engine: EngineStats
     model_fingerprint: str
     ram: TierStats
+    shared: SharedTierStats
     ssd: TierStats
     ssd_quarantined_segments: int
     write_errors: int
@@ -375,7 +415,7 @@ class StatsResponse(_message.Message):
     write_errors_other: int
     write_queue_depth: int
     write_skips: int
-    def __init__(self, ram: _Optional[_Union[TierStats, _Mapping]] = ..., ssd: _Optional[_Union[TierStats, _Mapping]] = ..., block_tokens: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., write_queue_depth: _Optional[int] = ..., write_skips: _Optional[int] = ..., corrupt_blocks: _Optional[int] = ..., write_errors: _Optional[int] = ..., write_errors_enospc: _Optional[int] = ..., write_errors_eio: _Optional[int] = ..., write_errors_other: _Optional[int] = ..., ssd_quarantined_segments: _Optional[int] = ..., engine: _Optional[_Union[EngineStats, _Mapping]] = ...) -> None: ...
+    def __init__(self, ram: _Optional[_Union[TierStats, _Mapping]] = ..., ssd: _Optional[_Union[TierStats, _Mapping]] = ..., block_tokens: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., write_queue_depth: _Optional[int] = ..., write_skips: _Optional[int] = ..., corrupt_blocks: _Optional[int] = ..., write_errors: _Optional[int] = ..., write_errors_enospc: _Optional[int] = ..., write_errors_eio: _Optional[int] = ..., write_errors_other: _Optional[int] = ..., ssd_quarantined_segments: _Optional[int] = ..., engine: _Optional[_Union[EngineStats, _Mapping]] = ..., shared: _Optional[_Union[SharedTierStats, _Mapping]] = ...) -> None: ...
 
 class TierStats(_message.Message):
     __slots__ = ["blocks", "bytes", "bytes_max", "evictions", "hits", "misses", "pinned_blocks", "removed_blocks"]
