@@ -74,11 +74,13 @@ describe("shared tier on one redis-server", () => {
 
   const sharedStats = async (c: ReturnType<typeof kvparkClients>) => (await c.kv.stats({})).shared!;
 
-  /** Node A computes the prompt twice (the default admission writes on reuse); resolves once written. */
-  async function seed(client: ReturnType<typeof kvparkClients>, prompt: number[]): Promise<void> {
-    await generate(client.inference, greedy(prompt));
+  /**
+   * Node A computes the prompt `runs` times (the default admission writes a block the second time
+   * it is used); resolves once the prompt's blocks are in Redis.
+   */
+  async function seed(client: ReturnType<typeof kvparkClients>, prompt: number[], runs = 2): Promise<void> {
     const before = Number((await sharedStats(client)).writtenBlocks);
-    await generate(client.inference, greedy(prompt));
+    for (let i = 0; i < runs; i++) await generate(client.inference, greedy(prompt));
     const blocks = Math.ceil((prompt.length + 6) / B);
     const deadline = Date.now() + 20_000;
     while (Number((await sharedStats(client)).writtenBlocks) < before + blocks) {
@@ -118,7 +120,7 @@ describe("shared tier on one redis-server", () => {
     await generate(a.inference, greedy(prompt));
     // One use is not a reuse: the default admission has written nothing yet.
     expect(Number((await sharedStats(a)).writtenBlocks)).toBe(0);
-    await seed(a, prompt);
+    await seed(a, prompt, 1);
     expect(Number(redisCli(redis.port, "exists", redisKey(keysOf("alice", prompt)[8])))).toBe(1);
     const served = await expectSameAsReference(b, prompt);
     // Nine whole blocks by key, then 23 tokens of node A's partial tenth block, by the chain metadata.
@@ -195,6 +197,29 @@ describe("shared tier on one redis-server", () => {
     // Bob's own node B serves his blocks.
     const bob = await generate(bobB.inference, greedy(prompt));
     expect(bob.cache?.sharedTokens).toBe(299);
+  }, 120_000);
+
+  it("bounds a lookup by --shared-tier-timeout-ms when Redis hangs", async () => {
+    const prompt = ids(300, 8);
+    await seed(a, prompt);
+    const before = await sharedStats(b);
+    process.kill(redis.pid!, "SIGSTOP");
+    try {
+      const t0 = Date.now();
+      const r = await expectSameAsReference(b, prompt);
+      expect(r.cache).toMatchObject({ sharedTokens: 0, recomputedTokens: 300 });
+      // Two requests (greedy and seeded), each waiting for its lookup at most about the budget.
+      expect(Date.now() - t0).toBeLessThan(10_000);
+      const s = await sharedStats(b);
+      expect(Number(s.timeouts) - Number(before.timeouts)).toBe(2);
+    } finally {
+      process.kill(redis.pid!, "SIGCONT");
+    }
+    // Once Redis answers again, so does the tier.
+    const next = ids(300, 9);
+    await seed(a, next);
+    const r = await generate(b.inference, greedy(next));
+    expect(r.cache?.sharedTokens).toBe(299);
   }, 120_000);
 
   it("goes on without Redis stopped mid-request, stays SERVING, and resumes once it is back", async () => {
