@@ -150,6 +150,8 @@ const RPC = sc.METRIC_RPC_SERVER_CALL_DURATION;
 const SOURCE = prom(sc.ATTR_KVPARK_CACHE_SOURCE);
 const TIER = prom(sc.ATTR_KVPARK_CACHE_TIER);
 const RESTORE_TIER = prom(sc.ATTR_KVPARK_RESTORE_TIER);
+const SHARED_DIRECTION = prom(sc.ATTR_KVPARK_CACHE_SHARED_DIRECTION);
+const ERROR_TYPE = prom(sc.ATTR_ERROR_TYPE);
 const ENGINE_STATE = prom(sc.ATTR_KVPARK_ENGINE_SEQUENCE_STATE);
 
 /** Opens the trace dashboard on the same time range and model, listing requests slower than the threshold. */
@@ -321,7 +323,7 @@ const cache = dashboard(
     {
       title: "Prompt tokens by source (reuse by tier)",
       description:
-        "Rate of kvpark.cache.prompt_tokens by kvpark.cache.source: ram and ssd are reused, computed went through prefill.",
+        "Rate of kvpark.cache.prompt_tokens by kvpark.cache.source: ram, ssd and shared (Redis) are reused, computed went through prefill.",
       type: "timeseries",
       unit: "short",
       stack: true,
@@ -336,13 +338,13 @@ const cache = dashboard(
     {
       title: "Hit ratio",
       description:
-        "Reused prompt tokens (ram + ssd) over all prompt tokens in the window, and kvpark.cache.hit_ratio since each server started.",
+        "Reused prompt tokens (ram + ssd + shared) over all prompt tokens in the window, and kvpark.cache.hit_ratio since each server started.",
       type: "timeseries",
       unit: "percentunit",
       targets: [
         promTarget(
           "A",
-          `sum(rate(${prom(sc.METRIC_KVPARK_CACHE_PROMPT_TOKENS)}_total{${SOURCE}=~"ram|ssd"}[$__rate_interval])) / sum(rate(${prom(sc.METRIC_KVPARK_CACHE_PROMPT_TOKENS)}_total[$__rate_interval]))`,
+          `sum(rate(${prom(sc.METRIC_KVPARK_CACHE_PROMPT_TOKENS)}_total{${SOURCE}=~"ram|ssd|shared"}[$__rate_interval])) / sum(rate(${prom(sc.METRIC_KVPARK_CACHE_PROMPT_TOKENS)}_total[$__rate_interval]))`,
           "window",
         ),
         promTarget("B", `avg(${series(sc.METRIC_KVPARK_CACHE_HIT_RATIO, "ratio", "")})`, "since start"),
@@ -485,6 +487,77 @@ const cache = dashboard(
       targets: [
         promTarget("A", `sum(${prom(sc.METRIC_KVPARK_CACHE_WRITE_QUEUE_DEPTH)})`, "blocks"),
         promTarget("B", `sum(${series(sc.METRIC_KVPARK_CACHE_WRITE_QUEUE_SIZE, "bytes", "")})`, "bytes"),
+      ],
+    },
+    {
+      title: "Shared tier: hits, misses and connection",
+      description:
+        "Rates of kvpark.cache.shared.hits (blocks lookups found in Redis) and kvpark.cache.shared.misses (lookups that found nothing more there), and the nodes connected to Redis (kvpark.cache.shared.connected).",
+      type: "timeseries",
+      unit: "short",
+      targets: [
+        promTarget(
+          "A",
+          `sum(rate(${prom(sc.METRIC_KVPARK_CACHE_SHARED_HITS)}_total[$__rate_interval]))`,
+          "hits",
+        ),
+        promTarget(
+          "B",
+          `sum(rate(${prom(sc.METRIC_KVPARK_CACHE_SHARED_MISSES)}_total[$__rate_interval]))`,
+          "misses",
+        ),
+        promTarget(
+          "C",
+          `sum(${series(sc.METRIC_KVPARK_CACHE_SHARED_CONNECTED, "ratio", "")})`,
+          "nodes connected",
+        ),
+      ],
+    },
+    {
+      title: "Shared tier: bytes read and written",
+      description:
+        "Rate of kvpark.cache.shared.io by kvpark.cache.shared.direction: block values read back from Redis and written to it.",
+      type: "timeseries",
+      unit: "Bps",
+      targets: [
+        promTarget(
+          "A",
+          `sum by (${SHARED_DIRECTION}) (rate(${series(sc.METRIC_KVPARK_CACHE_SHARED_IO, "bytes", "_total")}[$__rate_interval]))`,
+          `{{${SHARED_DIRECTION}}}`,
+        ),
+      ],
+    },
+    {
+      title: "Shared tier: round-trip latency (mean)",
+      description:
+        "Mean time of a round trip to Redis: rate of kvpark.cache.shared.request.time over rate of kvpark.cache.shared.requests (a batch of commands sent together counts once), and the round trips per second.",
+      type: "timeseries",
+      unit: "s",
+      targets: [
+        promTarget(
+          "A",
+          `sum(rate(${series(sc.METRIC_KVPARK_CACHE_SHARED_REQUEST_TIME, "seconds", "_total")}[$__rate_interval])) / sum(rate(${prom(sc.METRIC_KVPARK_CACHE_SHARED_REQUESTS)}_total[$__rate_interval]))`,
+          "mean latency",
+        ),
+      ],
+    },
+    {
+      title: "Shared tier: errors, timeouts, rejected and lost blocks",
+      description:
+        "Increase of kvpark.cache.shared.errors by error.type (read, write, timeout: past --shared-tier-timeout-ms, rejected: failed verification, lost: gone between lookup and restore) and of kvpark.cache.shared.write.skips (queue full). Requests go on without the tier; rejected blocks deserve a look.",
+      type: "timeseries",
+      unit: "short",
+      targets: [
+        promTarget(
+          "A",
+          `sum by (${ERROR_TYPE}) (increase(${prom(sc.METRIC_KVPARK_CACHE_SHARED_ERRORS)}_total[$__rate_interval]))`,
+          `{{${ERROR_TYPE}}}`,
+        ),
+        promTarget(
+          "B",
+          `sum(increase(${prom(sc.METRIC_KVPARK_CACHE_SHARED_WRITE_SKIPS)}_total[$__rate_interval]))`,
+          "skipped writes",
+        ),
       ],
     },
   ],

@@ -4,12 +4,14 @@ import * as path from "node:path";
 import Ajv from "ajv";
 import draft7 from "ajv/dist/refs/json-schema-draft-07.json";
 import { Deployment } from "kubernetes-models/apps/v1/Deployment";
+import { StatefulSet } from "kubernetes-models/apps/v1/StatefulSet";
+import { Job } from "kubernetes-models/batch/v1/Job";
 import { ConfigMap } from "kubernetes-models/v1/ConfigMap";
 import { Pod } from "kubernetes-models/v1/Pod";
 import { PersistentVolumeClaim } from "kubernetes-models/v1/PersistentVolumeClaim";
 import { Service } from "kubernetes-models/v1/Service";
 import * as YAML from "yaml";
-import { loadConfig } from "../../src/config";
+import { loadConfig, parseSharedTier } from "../../src/config";
 import { ROOT, startServer } from "../helpers/server";
 
 const DEPLOY = path.join(ROOT, "deploy");
@@ -108,6 +110,47 @@ describe("Kubernetes manifests", () => {
   });
 });
 
+describe("Kubernetes overlay with a shared tier on a Redis Cluster", () => {
+  const dir = path.join(DEPLOY, "kubernetes", "shared-tier");
+  const kustomization = YAML.parse(read("kubernetes", "shared-tier", "kustomization.yaml"));
+  const docs: Any[] = YAML.parseAllDocuments(read("kubernetes", "shared-tier", "redis-cluster.yaml")).map(
+    (d) => d.toJS(),
+  );
+  const byKind = (kind: string) => docs.filter((d) => d.kind === kind);
+
+  it("adds a valid three-master Redis Cluster to the base and points kvpark at its seeds", () => {
+    expect(kustomization.resources).toEqual(["../", "redis-cluster.yaml"]);
+    const models: Record<string, new (data: Any) => { validate(): void }> = { Service, StatefulSet, Job };
+    expect(docs.map((d) => d.kind)).toEqual(["Service", "StatefulSet", "Job"]);
+    for (const doc of docs) expect(() => new models[doc.kind](doc).validate()).not.toThrow();
+    const set = byKind("StatefulSet")[0];
+    const svc = byKind("Service")[0];
+    expect(set.spec.serviceName).toBe(svc.metadata.name);
+    expect(svc.spec.clusterIP).toBe("None");
+    expect(set.spec.selector.matchLabels).toEqual(set.spec.template.metadata.labels);
+    const redis = set.spec.template.spec.containers[0].command.join(" ");
+    for (const flag of [
+      "--cluster-enabled yes",
+      "--maxmemory-policy allkeys-lru",
+      '--save ""',
+      "--appendonly no",
+    ])
+      expect(redis).toContain(flag);
+    // The patch's environment parses, and names every master of the StatefulSet as a seed.
+    const patch = YAML.parse(fs.readFileSync(path.join(dir, kustomization.patches[0].path), "utf8"));
+    const base = YAML.parse(read("kubernetes", "configmap.yaml"));
+    expect(patch.metadata.name).toBe(base.metadata.name);
+    const config = loadConfig([], { ...base.data, ...patch.data });
+    const seeds = Array.from(
+      { length: set.spec.replicas },
+      (_, i) => `redis://${set.metadata.name}-${i}.${svc.metadata.name}:6379`,
+    );
+    expect(parseSharedTier(config.sharedTier).urls).toEqual(seeds);
+    const create = byKind("Job")[0].spec.template.spec.containers[0].command.join(" ");
+    for (const seed of seeds) expect(create).toContain(seed.slice("redis://".length));
+  });
+});
+
 describe("compose stack", () => {
   const compose = YAML.parse(read("compose.yaml"));
   const collector = YAML.parse(read("otel-collector.yaml"));
@@ -132,6 +175,7 @@ describe("compose stack", () => {
       "kvpark",
       "otel-collector",
       "prometheus",
+      "redis",
       "tempo",
     ]);
     for (const [name, svc] of Object.entries<Any>(compose.services)) {
@@ -155,7 +199,11 @@ describe("compose stack", () => {
         String(v).replace(/\$\{\w+:-([^}]*)\}/g, "$1"),
       ]),
     );
-    expect(loadConfig([], env)).toMatchObject({ model: "small" });
+    expect(loadConfig([], env)).toMatchObject({ model: "small", sharedTier: "redis://redis:6379" });
+    expect(compose.services.kvpark.depends_on).toContain("redis");
+    expect(compose.services.redis.command).toEqual(
+      expect.arrayContaining(["--maxmemory-policy", "allkeys-lru", "--save", ""]),
+    );
     expect(compose.services.kvpark.environment.KVPARK_MODEL).toBe("${KVPARK_MODEL:-small}");
     expect(compose.services.kvpark.volumes).toContain("./models:/models:ro");
     expect(env.OTEL_EXPORTER_OTLP_ENDPOINT).toBe("http://otel-collector:4317");

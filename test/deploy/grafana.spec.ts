@@ -91,7 +91,7 @@ describe("Grafana dashboards", () => {
 
   it("have PromQL that parses", () => {
     const exprs = targets.filter((t) => t.datasource.type === "prometheus");
-    expect(exprs.length).toBe(43);
+    expect(exprs.length).toBe(50);
     for (const t of exprs)
       expect([t.panel, t.expr, errors(promql.parse(interpolate(t.expr)))]).toEqual([t.panel, t.expr, []]);
     // The parser does report mistakes.
@@ -121,6 +121,10 @@ describe("Grafana dashboards", () => {
         "Slow requests",
         "Engine memory against its bound",
         "Engine sequences and decode batch",
+        "Shared tier: hits, misses and connection",
+        "Shared tier: bytes read and written",
+        "Shared tier: round-trip latency (mean)",
+        "Shared tier: errors, timeouts, rejected and lost blocks",
       ]),
     );
     // A slow TTFT series links to that model's slow requests in the traces dashboard.
