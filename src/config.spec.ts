@@ -9,6 +9,7 @@ import {
   loadConfig,
   parseBytes,
   parseOrigins,
+  parseSharedTier,
   parseTokens,
 } from "./config";
 import { presetNames } from "./model-gen/generate";
@@ -47,6 +48,36 @@ describe("loadConfig", () => {
       "unknown option --bogus (see --help)",
       "--tls-cert and --tls-key must be set together",
       "--tls-cert a.pem: no such file",
+    ]);
+  });
+
+  it("takes --shared-tier as redis:// addresses, several for a cluster, and says what is not one", () => {
+    const one = loadConfig(["--shared-tier", "redis://cache.local:6380"], {});
+    expect(parseSharedTier(one.sharedTier).urls).toEqual(["redis://cache.local:6380"]);
+    const seeds = "redis://a:7000, redis://b:7001,redis://c:7002";
+    expect(parseSharedTier(loadConfig([], { KVPARK_SHARED_TIER: seeds }).sharedTier).urls).toEqual([
+      "redis://a:7000",
+      "redis://b:7001",
+      "redis://c:7002",
+    ]);
+    expect(
+      problems(
+        [
+          "--shared-tier",
+          "localhost:6379,http://x:1,redis://h/x,rediss://h:1",
+          "--shared-tier-timeout-ms",
+          "0",
+        ],
+        {},
+      ),
+    ).toEqual([
+      "--shared-tier-timeout-ms: 0 is outside 1..60000 (set --shared-tier-timeout-ms)",
+      '--shared-tier: "localhost:6379" is not a redis:// or rediss:// address',
+      '--shared-tier: "http://x:1" is not a redis:// or rediss:// address',
+      '--shared-tier: "redis://h/x": the path may only name a database number',
+    ]);
+    expect(problems(["--shared-tier", "redis://a:1,rediss://b:2"], {})).toEqual([
+      "--shared-tier: mix of redis:// and rediss:// addresses; use one scheme",
     ]);
   });
 

@@ -27,6 +27,8 @@ export interface BlockEntry {
   usedAtMs: number;
   /** The shared tier's copy as this node knows it: queued, written (or read) by this node; absent otherwise. */
   shared?: "queued" | "stored";
+  /** When this node wrote or read the shared copy (Unix ms), for its TTL. */
+  sharedAtMs?: number;
 }
 
 /** Lookups' hits and misses per tier, evictions, and blocks removed on request (Evict, Clear). */

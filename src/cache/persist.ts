@@ -77,6 +77,7 @@ export class Persister extends CachePart {
         // tier holds it already.
         entry.sightings++;
         entry.shared = "stored";
+        entry.sharedAtMs = nowMs;
       }
       if (!this.ram.insert(keyHex, layers, blockTokens, bytes)) {
         report.ramRejects++;
@@ -121,8 +122,10 @@ export class Persister extends CachePart {
 
   /** Queues a RAM block for the shared tier, when there is one that this node has not given it to. */
   private admitShared(entry: BlockEntry, layers: LayerKV[], pinned: boolean): void {
-    if (!this.shared || entry.shared || !this.shared.admits(entry.sightings, pinned)) return;
-    const queued = this.shared.enqueue({
+    const shared = this.shared;
+    if (!shared || entry.shared === "queued" || !shared.admits(entry.sightings, pinned)) return;
+    if (entry.shared === "stored" && !shared.stale(entry.sharedAtMs ?? 0)) return;
+    const queued = shared.enqueue({
       keyHex: entry.keyHex,
       key: entry.key,
       parent: Buffer.from(entry.parentHex, "hex"),
@@ -131,8 +134,12 @@ export class Persister extends CachePart {
       bytes: entry.bytes,
       layers,
       done: (ok) => {
-        if (ok) entry.shared = "stored";
-        else delete entry.shared;
+        if (ok) {
+          entry.shared = "stored";
+          entry.sharedAtMs = this.nowMs();
+        } else {
+          delete entry.shared;
+        }
       },
     });
     if (queued) entry.shared = "queued";

@@ -309,8 +309,15 @@ export class SharedTier {
    * has none, or the Error that kept it (counted here); never throws.
    */
   async read(keys: readonly Buffer[], deadline: number): Promise<(Buffer | null | Error)[]> {
+    const ttlMs = this.options.ttlSeconds * 1000;
     const values = await this.round(
-      () => keys.map((k) => this.client.getBuffer(this.blockKeyName(k))),
+      () =>
+        keys.map((k) =>
+          // A block read keeps its place: its TTL starts again, as Redis' LRU clock does.
+          ttlMs > 0
+            ? this.client.getexBuffer(this.blockKeyName(k), "PX", ttlMs)
+            : this.client.getBuffer(this.blockKeyName(k)),
+        ),
       deadline,
       "read",
     );
@@ -347,6 +354,15 @@ export class SharedTier {
   /** Whether the block was restored from the tier (and forgets it). */
   takeRestored(keyHex: string): boolean {
     return this.restored.delete(keyHex);
+  }
+
+  /**
+   * Whether a block this node wrote (or read) at `atMs` may be gone by now: its TTL half over. Such a
+   * block is written again when persist meets it, so a block in use outlives its TTL in the tier.
+   */
+  stale(atMs: number): boolean {
+    const ttlMs = this.options.ttlSeconds * 1000;
+    return ttlMs > 0 && this.nowMs() - atMs > ttlMs / 2;
   }
 
   /** Whether the admission policy lets a block with these sightings into the tier. */
@@ -388,6 +404,9 @@ export class SharedTier {
       while (this.queue.length > 0 && !this.closed) {
         // Yield first, so the request that queued the blocks answers before they are encoded.
         await new Promise((resolve) => setImmediate(resolve));
+        // Just after start (or a reconnect) the client may not be ready: a batch waits for it a while
+        // instead of failing at once, since it holds up no request.
+        await this.ready(Math.max(1000, this.options.timeoutMs * 5));
         const batch: SharedWrite[] = [];
         let bytes = 0;
         while (
@@ -448,6 +467,20 @@ export class SharedTier {
     } finally {
       item.done(ok);
     }
+  }
+
+  /** Resolves when the client is ready, or after `ms` (the caller's commands then fail and count). */
+  private async ready(ms: number): Promise<void> {
+    if (this.client.status === "ready" || this.closed) return;
+    let onReady!: () => void;
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((resolve) => {
+      onReady = resolve;
+      timer = setTimeout(resolve, ms);
+      this.client.once("ready", onReady);
+    });
+    clearTimeout(timer);
+    this.client.off("ready", onReady);
   }
 
   /** Resolves when every queued write has been answered. */
