@@ -7,7 +7,8 @@
  * Options: --out DIR, --model DIR (a model directory; default .kvpark/models/<preset>, generated if
  * missing), --preset NAME, --contexts 1024,2048, --cold-runs N, --sections tokenizer,store,reopen,ttft,concurrency,batching,replay,constrained,agent
  * (add `engine` for the in-process prefill/decode microbenchmark, `peer` for llama.cpp side by side with
- * it and the memory-bandwidth floors), --work-dir DIR (on the disk to
+ * it and the memory-bandwidth floors, `shared` for the shared tier on a local redis-server: node B's TTFT
+ * from Redis against recompute and a local SSD hit, beside redis-benchmark), --work-dir DIR (on the disk to
  * measure, not a tmpfs), --seed N, --keep (leave the work directory). Progress goes to stderr; results
  * to <out>/<mode>.json, <out>/<mode>.md and <out>/<mode>-ttft.svg.
  */
@@ -34,6 +35,7 @@ import { runReplay, type ReplayResult } from "./sections/replay";
 import { runAgent, type AgentResult } from "./sections/agent";
 import { runReopen, type ReopenResult } from "./sections/reopen";
 import { runPeer, type PeerResult } from "./sections/peer";
+import { runShared, type SharedResult } from "./sections/shared";
 import { runTokenizer, type TokenizerResult } from "./sections/tokenizer";
 import { runTtft, type ContextResult } from "./sections/ttft";
 
@@ -70,6 +72,7 @@ interface Plan {
   reopen: { blocks: number; runs: number };
   constrained: { runs: number; decodeTokens: number; samples: number };
   agent: { turns: number; runs: number; toolResultWords: number };
+  shared: { runs: number };
 }
 
 const PLANS: Record<"quick" | "full", Plan> = {
@@ -98,6 +101,7 @@ const PLANS: Record<"quick" | "full", Plan> = {
     reopen: { blocks: 100_000, runs: 1 },
     constrained: { runs: 3, decodeTokens: 48, samples: 10 },
     agent: { turns: 6, runs: 1, toolResultWords: 40 },
+    shared: { runs: 3 },
   },
   full: {
     mode: "full",
@@ -127,6 +131,7 @@ const PLANS: Record<"quick" | "full", Plan> = {
     reopen: { blocks: 100_000, runs: 3 },
     constrained: { runs: 3, decodeTokens: 48, samples: 20 },
     agent: { turns: 8, runs: 3, toolResultWords: 120 },
+    shared: { runs: 3 },
   },
 };
 
@@ -143,7 +148,8 @@ const DEFAULT_SECTIONS = [
 ];
 // The in-process forward-pass benchmark and the llama.cpp peer (needs node-llama-cpp, a
 // devDependency, and about 1 GB of GGUF) run only when asked for.
-const ALL_SECTIONS = [...DEFAULT_SECTIONS, "engine", "peer"];
+// The shared tier needs redis-server and redis-benchmark (Debian's redis-server and redis-tools).
+const ALL_SECTIONS = [...DEFAULT_SECTIONS, "engine", "peer", "shared"];
 // The peer comparison is about the real model's shape, also in a quick run (which only shortens
 // the contexts), unless --preset/--model say otherwise.
 const PEER_PRESET = "qwen2.5-0.5b";
@@ -317,6 +323,7 @@ async function main(): Promise<void> {
   let constrained: ConstrainedResult | undefined;
   let agent: AgentResult | undefined;
   let peer: PeerResult | undefined;
+  let shared: SharedResult | undefined;
   try {
     if (args.sections.includes("tokenizer")) {
       tokenizer = runTokenizer({ ...plan.tokenizer, progress });
@@ -376,6 +383,16 @@ async function main(): Promise<void> {
         decodeTokens: plan.decodeTokens,
         workDir,
         progress,
+      });
+    }
+    if (args.sections.includes("shared")) {
+      shared = await runShared({
+        model,
+        contexts: plan.contexts,
+        runs: plan.shared.runs,
+        workDir,
+        progress,
+        tokenLimit,
       });
     }
   } finally {
@@ -460,9 +477,11 @@ async function main(): Promise<void> {
         `server-measured TTFT per turn, median of ${agent.runs} run(s), the same conversation on a server with the cache and one without:\n\n${agent.table}`
       : undefined,
   };
-  const md = peer
+  let md = peer
     ? `${markdown(report)}\n\n### llama.cpp side by side, and memory-bandwidth floors\n\n${peer.markdown}\n`
     : markdown(report);
+  if (shared)
+    md += `\n\n### Shared tier on Redis: node B against recompute and a local SSD hit\n\n${shared.markdown}\n`;
   const json = {
     schema: "kvpark-bench/1",
     startedAt: started.toISOString(),
@@ -479,6 +498,7 @@ async function main(): Promise<void> {
       constrained: constrained ? { ...constrained, table: undefined } : undefined,
       agent: agent ? { ...agent, table: undefined } : undefined,
       peer: peer ? { ...peer, markdown: undefined } : undefined,
+      shared: shared ? { ...shared, markdown: undefined } : undefined,
     },
   };
   const base = path.join(outDir, args.mode);

@@ -43,7 +43,12 @@ export interface GenerateResult {
   promptTokens: number;
   cache: Pick<
     CacheReport,
-    "ramTokens" | "ssdTokens" | "recomputedTokens" | "recomputeChosenTokens" | "corruptBlocks"
+    | "ramTokens"
+    | "ssdTokens"
+    | "sharedTokens"
+    | "recomputedTokens"
+    | "recomputeChosenTokens"
+    | "corruptBlocks"
   >;
   completionIds: number[];
   finishReason: number;
@@ -79,7 +84,14 @@ export async function generate(
   const t0 = performance.now();
   const out: GenerateResult = {
     promptTokens: 0,
-    cache: { ramTokens: 0, ssdTokens: 0, recomputedTokens: 0, recomputeChosenTokens: 0, corruptBlocks: 0 },
+    cache: {
+      ramTokens: 0,
+      ssdTokens: 0,
+      sharedTokens: 0,
+      recomputedTokens: 0,
+      recomputeChosenTokens: 0,
+      corruptBlocks: 0,
+    },
     completionIds: [],
     finishReason: 0,
     timings: {
@@ -106,6 +118,7 @@ export async function generate(
         out.cache = {
           ramTokens: cache.ramTokens,
           ssdTokens: cache.ssdTokens,
+          sharedTokens: cache.sharedTokens,
           recomputedTokens: cache.recomputedTokens,
           recomputeChosenTokens: cache.recomputeChosenTokens,
           corruptBlocks: cache.corruptBlocks,
