@@ -132,7 +132,7 @@ function showRecent(requests: RecentRequest[], capacity: number, allTenants: boo
     const usage = r.usage;
     const cache = r.cache;
     prompt += usage?.promptTokens ?? 0;
-    reused += (cache?.ramTokens ?? 0) + (cache?.ssdTokens ?? 0);
+    reused += (cache?.ramTokens ?? 0) + (cache?.ssdTokens ?? 0) + (cache?.sharedTokens ?? 0);
     cell(row, "time", r.finishedAt ? new Date(timestampMs(r.finishedAt)).toLocaleTimeString() : "");
     cell(row, "tenant", r.tenant || "(default)");
     cell(row, "api", API_NAMES[r.api] ?? "?");
@@ -241,7 +241,9 @@ async function chat(): Promise<void> {
         const c = ev.value.cache;
         setState(
           "started",
-          `${ev.value.promptTokens} prompt tokens: ${c?.ramTokens ?? 0} from RAM, ${c?.ssdTokens ?? 0} from SSD, ${c?.recomputedTokens ?? 0} computed`,
+          `${ev.value.promptTokens} prompt tokens: ${c?.ramTokens ?? 0} from RAM, ${c?.ssdTokens ?? 0} from SSD, ` +
+            (c?.sharedTokens ? `${c.sharedTokens} from the shared tier, ` : "") +
+            `${c?.recomputedTokens ?? 0} computed`,
         );
       } else if (ev.case === "delta" && ev.value.text !== "") {
         // Each piece as its own text node: nothing already shown is rewritten.
