@@ -112,7 +112,15 @@ async function main(): Promise<void> {
     const cache = model.newCache(contextTokens + decodeTokens);
     const sampler = new Sampler();
     const prefillStarted = performance.now();
-    let next = sampler.sample(model.forward(tokens, cache));
+    // Chunk by chunk as forward() splits them, collecting between chunks: the wrappers of one
+    // chunk's temporaries would otherwise hold gigabytes until V8 happened to collect them.
+    for (let start = 0; start + chunkTokens < tokens.length; start += chunkTokens) {
+      model.forward(tokens.slice(start, start + chunkTokens), cache);
+      model.materialize(cache);
+      collect();
+    }
+    const lastChunk = tokens.slice(Math.floor((tokens.length - 1) / chunkTokens) * chunkTokens);
+    let next = sampler.sample(model.forward(lastChunk, cache));
     const prefillSeconds = (performance.now() - prefillStarted) / 1000;
     collect();
 
