@@ -128,6 +128,12 @@ export interface CacheActivity {
   estimatedRecomputeMs: number;
   /** Blocks handed to the SSD write queue when the request finished. */
   blocksQueued: number;
+  /**
+   * Where the restore's time went, in ms: importing RAM blocks, waiting for SSD reads not hidden
+   * behind other work, verifying stored blocks, staging them into MLX, importing them (all 0
+   * without a restore).
+   */
+  restoreStages: cache.RestoreStages;
   /** Each import of the restore (a run of RAM blocks or one SSD batch), with epoch-ms instants. */
   restoreBatches: {
     tier: "ram" | "ssd" | "shared";

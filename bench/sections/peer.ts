@@ -22,6 +22,10 @@ interface KvparkContextResult {
   prefillSeconds: number;
   prefillTokensPerSecond: number;
   decodeMsPerToken: number;
+  decodeBuildMs: number;
+  decodeEvalMs: number;
+  decodeSampleMs: number;
+  weightProductsMs: number;
 }
 
 /** Bytes one one-token forward must read at a context length, and the time that takes at best. */
@@ -168,6 +172,21 @@ function renderMarkdown(r: Omit<PeerResult, "markdown">): string {
         `${fixed(ld)} | ${fixed(ld / f.llamaFloorMs, 2)}x |`,
     );
   }
+  out.push(
+    "",
+    "Where kvpark's decode step goes (medians per step, `prefill-decode.ts`): building the lazy graph in JS, " +
+      "evaluating it, sampling (argmax, the id back in JS); and every weight matrix times one row in one graph " +
+      "(the weight reads alone, as fast as this MLX build does them). Evaluation minus the weight reads is " +
+      "attention over the cache, norms, rope and residual adds.",
+    "",
+    "| context | decode ms | graph build ms | evaluation ms | sampling ms | weight products alone ms | evaluation - weight products ms |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  );
+  for (const k of r.kvpark)
+    out.push(
+      `| ${k.contextTokens} | ${fixed(k.decodeMsPerToken)} | ${k.decodeBuildMs.toFixed(1)} | ${fixed(k.decodeEvalMs)} | ` +
+        `${k.decodeSampleMs.toFixed(1)} | ${fixed(k.weightProductsMs)} | ${fixed(k.decodeEvalMs - k.weightProductsMs)} |`,
+    );
   return out.join("\n");
 }
 

@@ -94,6 +94,7 @@ export class Sequence implements Job {
     estimatedRestoreMs: 0,
     estimatedRecomputeMs: 0,
     blocksQueued: 0,
+    restoreStages: { ramMs: 0, ssdReadWaitMs: 0, verifyMs: 0, stageMs: 0, importMs: 0 },
     restoreBatches: [],
   };
 
@@ -241,6 +242,7 @@ export class Sequence implements Job {
           decision: r.recomputeChosenTokens > 0 ? "recompute" : "restore",
           estimatedRestoreMs: r.estimatedRestoreMs,
           estimatedRecomputeMs: r.estimatedRecomputeMs,
+          restoreStages: { ...r.stages },
           restoreBatches: r.batches.map(({ startMs, endMs, ...b }) => ({
             ...b,
             startAt: performance.timeOrigin + startMs,

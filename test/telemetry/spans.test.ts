@@ -219,16 +219,25 @@ describe("spans and metrics (in-memory exporter)", () => {
         estimatedRecomputeMs: 0,
       }),
     );
-    expect(spans["kvpark.restore"].attributes).toEqual({
+    const restore = spans["kvpark.restore"].attributes;
+    // All of a RAM hit's restore is importing RAM blocks; the SSD stages did not run.
+    expect(restore).toEqual({
       "kvpark.restore.tier": "ram",
       "kvpark.cache.ram_tokens": 199,
       "kvpark.cache.ssd_tokens": 0,
       "kvpark.restore.blocks": 4,
       "kvpark.restore.ssd_bytes": 0,
       "kvpark.restore.ms": t.restoreMs,
+      "kvpark.restore.ram_ms": restore["kvpark.restore.ram_ms"],
+      "kvpark.restore.ssd_read_wait_ms": 0,
+      "kvpark.restore.verify_ms": 0,
+      "kvpark.restore.stage_ms": 0,
+      "kvpark.restore.import_ms": 0,
       "kvpark.cache.decision": "restore",
       "kvpark.cache.corrupt_blocks": 0,
     });
+    expect(restore["kvpark.restore.ram_ms"]).toBeGreaterThan(0);
+    expect(restore["kvpark.restore.ram_ms"]).toBeLessThanOrEqual(t.restoreMs);
     expect(spans["kvpark.prefill"].attributes).toEqual({
       "kvpark.prefill.tokens": 1,
       "kvpark.prefill.ms": t.prefillMs,
@@ -446,16 +455,28 @@ describe("spans and metrics (in-memory exporter)", () => {
         ...estimates,
       }),
     );
-    expect(spans["kvpark.restore"].attributes).toEqual({
+    const restore = spans["kvpark.restore"].attributes;
+    const stage = (name: string) => restore[`kvpark.restore.${name}_ms`] as number;
+    expect(restore).toEqual({
       "kvpark.restore.tier": "ssd",
       "kvpark.cache.ram_tokens": 0,
       "kvpark.cache.ssd_tokens": 199,
       "kvpark.restore.blocks": 4,
       "kvpark.restore.ssd_bytes": ssdBytes,
       "kvpark.restore.ms": t.restoreMs,
+      "kvpark.restore.ram_ms": 0,
+      "kvpark.restore.ssd_read_wait_ms": stage("ssd_read_wait"),
+      "kvpark.restore.verify_ms": stage("verify"),
+      "kvpark.restore.stage_ms": stage("stage"),
+      "kvpark.restore.import_ms": stage("import"),
       "kvpark.cache.decision": "restore",
       "kvpark.cache.corrupt_blocks": 0,
     });
+    // The stages are parts of the restore: the SSD's, none of them negative, bringing the blocks in took time.
+    const stages = ["ssd_read_wait", "verify", "stage", "import"].map(stage);
+    for (const ms of stages) expect(ms).toBeGreaterThanOrEqual(0);
+    expect(stage("stage") + stage("import")).toBeGreaterThan(0);
+    expect(stages.reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(t.restoreMs);
     // The 4 blocks fit one SSD read batch; its bytes are what the restore read.
     const batch = spans["kvpark.restore.batch"];
     expect(batch.attributes).toEqual({

@@ -353,8 +353,11 @@ function foldedAttention(
  * unsplit, so the result is the same to the bit. Measured on the qwen2.5-0.5b shape: one layer's
  * attention of 512 queries over 8k positions took 392 instead of 576 ms, and a whole 512-token
  * prefill chunk at 7.7k positions 11.7 instead of 17.4 s (best of 3; 43.6 against 29.4 tokens/s).
+ * Blocked, flash-style attention built from matmuls (tiles of keys, running max and sum, masked
+ * tiles skipped) is slower here at every measured shape, 1.5x to 2x (bench/model/attention-blocked.ts):
+ * MLX's elementwise exp runs scalar on this CPU, and only its softmax kernel is fast.
  */
-function attentionOnStreams(
+export function attentionOnStreams(
   queries: mx.array,
   keys: mx.array,
   values: mx.array,
@@ -381,7 +384,7 @@ function attentionOnStreams(
 let streamsForAttention: mx.Stream[] | undefined;
 
 /** Two CPU streams where there are two cores or more (none otherwise). */
-function attentionStreams(): mx.Stream[] {
+export function attentionStreams(): mx.Stream[] {
   streamsForAttention ??= os.availableParallelism() > 1 ? [mx.newStream(mx.cpu), mx.newStream(mx.cpu)] : [];
   return streamsForAttention;
 }
