@@ -94,7 +94,7 @@ export class Sequence implements Job {
     estimatedRestoreMs: 0,
     estimatedRecomputeMs: 0,
     blocksQueued: 0,
-    restoreStages: { ramMs: 0, ssdReadWaitMs: 0, verifyMs: 0, stageMs: 0, importMs: 0 },
+    restoreStages: { ramMs: 0, ssdReadWaitMs: 0, verifyMs: 0, stageMs: 0, importMs: 0, sharedReadWaitMs: 0 },
     restoreBatches: [],
   };
 

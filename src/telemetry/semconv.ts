@@ -84,9 +84,10 @@ export const ATTR_KVPARK_RESTORE_TIER = "kvpark.restore.tier";
 export const ATTR_KVPARK_RESTORE_BATCH_BYTES = "kvpark.restore.batch.bytes";
 export const ATTR_KVPARK_RESTORE_BATCH_TOKENS = "kvpark.restore.batch.tokens";
 export const ATTR_KVPARK_RESTORE_BATCH_MS = "kvpark.restore.batch.ms";
-/** A restore's stages, in ms: RAM blocks imported, SSD reads waited for, blocks verified, staged into MLX, imported. */
+/** A restore's stages, in ms: RAM blocks imported, SSD and shared-tier reads waited for, blocks verified, staged into MLX, imported. */
 export const ATTR_KVPARK_RESTORE_RAM_MS = "kvpark.restore.ram_ms";
 export const ATTR_KVPARK_RESTORE_SSD_READ_WAIT_MS = "kvpark.restore.ssd_read_wait_ms";
+export const ATTR_KVPARK_RESTORE_SHARED_READ_WAIT_MS = "kvpark.restore.shared_read_wait_ms";
 export const ATTR_KVPARK_RESTORE_VERIFY_MS = "kvpark.restore.verify_ms";
 export const ATTR_KVPARK_RESTORE_STAGE_MS = "kvpark.restore.stage_ms";
 export const ATTR_KVPARK_RESTORE_IMPORT_MS = "kvpark.restore.import_ms";

@@ -189,6 +189,7 @@ export class GenerationTrace {
         [sc.ATTR_KVPARK_RESTORE_MS]: timings.restoreMs,
         [sc.ATTR_KVPARK_RESTORE_RAM_MS]: activity.restoreStages.ramMs,
         [sc.ATTR_KVPARK_RESTORE_SSD_READ_WAIT_MS]: activity.restoreStages.ssdReadWaitMs,
+        [sc.ATTR_KVPARK_RESTORE_SHARED_READ_WAIT_MS]: activity.restoreStages.sharedReadWaitMs,
         [sc.ATTR_KVPARK_RESTORE_VERIFY_MS]: activity.restoreStages.verifyMs,
         [sc.ATTR_KVPARK_RESTORE_STAGE_MS]: activity.restoreStages.stageMs,
         [sc.ATTR_KVPARK_RESTORE_IMPORT_MS]: activity.restoreStages.importMs,
