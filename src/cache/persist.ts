@@ -1,5 +1,5 @@
-import type { LayerKV } from "../model/kv-cache";
-import { blockDataBytes } from "./block-codec";
+import type { LayerBlock } from "../model/kv-cache";
+import { blockDataBytes, layoutVersionOf } from "./block-codec";
 import { chainKeys } from "./block-key";
 import type { BlockEntry } from "./block-index";
 import { CachePart } from "./parts";
@@ -42,7 +42,7 @@ export class Persister extends CachePart {
     const rootHex = root.toString("hex");
     const used: string[] = [];
     const nowMs = this.nowMs();
-    for (const link of chainKeys(root, tokens, B, this.model.fingerprint, end)) {
+    for (const link of chainKeys(root, tokens, B, this.model.fingerprint, end, layoutVersionOf(this.model))) {
       if (link.end <= fromTokens) continue;
       const keyHex = link.key.toString("hex");
       let entry = this.index.get(keyHex);
@@ -54,6 +54,16 @@ export class Persister extends CachePart {
         report.blocksPresent++;
         used.push(keyHex);
         this.admit(entry, ramBlock.layers, report);
+        continue;
+      }
+      if (!kv.canExport(link.end)) {
+        // A recurrent layer's state after this block was not kept (restored from SSD with only its
+        // chain's last snapshot, or dropped under memory pressure): a block already stored stays
+        // as it is and the chain goes on; a new one cannot be made, nor anything after it.
+        if (!entry) break;
+        entry.sightings++;
+        entry.usedAtMs = nowMs;
+        report.blocksPresent++;
         continue;
       }
       const layers = kv.export(link.start, link.end);
@@ -91,7 +101,7 @@ export class Persister extends CachePart {
   }
 
   /** Queues a RAM block for SSD when the tier exists, does not have it, and the policy admits it. */
-  private admit(entry: BlockEntry, layers: LayerKV[], report?: PersistReport): void {
+  private admit(entry: BlockEntry, layers: LayerBlock[], report?: PersistReport): void {
     const pinned = this.pins.isPinned(entry.keyHex);
     if (!this.ssd || entry.ssd !== "none" || !this.ssd.admits(entry.sightings, pinned)) return;
     const queued = this.ssd.enqueue({

@@ -1,5 +1,5 @@
 import * as path from "node:path";
-import type { ModelShape } from "./block-codec";
+import { hasRecurrentLayers, layoutVersionOf, type ModelShape } from "./block-codec";
 import { BlockIndex } from "./block-index";
 import { resolveCacheOptions, type CacheOptions } from "./config";
 import { CacheMaintenance } from "./maintenance";
@@ -110,6 +110,7 @@ export class PrefixCache {
             writeQueueBytesMax: o.writeQueueBytesMax,
             writeBatchBytesMax: o.writeBatchBytesMax,
             fingerprint: model.fingerprint,
+            layoutVersion: layoutVersionOf(model),
           },
           (items) => payloads.encodeForStore(items),
           { io: seams.fileIo ?? nodeFileIo, log: seams.log ?? ((line) => console.error(line)), nowMs },
@@ -307,5 +308,11 @@ function checkModel(model: ModelShape): void {
     if (!Number.isSafeInteger(model[field]) || model[field] < 1) {
       throw new TypeError(`model ${field} must be a positive integer`);
     }
+  }
+  if (model.layerTypes && model.layerTypes.length !== model.numLayers) {
+    throw new TypeError(`model layerTypes lists ${model.layerTypes.length} layers, not ${model.numLayers}`);
+  }
+  if (hasRecurrentLayers(model) && !model.recurrentShape) {
+    throw new TypeError("a model with recurrent layers needs their snapshot shapes (recurrentShape)");
   }
 }

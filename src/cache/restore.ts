@@ -1,7 +1,15 @@
 import { core as mx } from "@frost-beta/mlx";
-import type { LayerKV } from "../model/kv-cache";
+import type { LayerBlock, LayerKV } from "../model/kv-cache";
 import { encodeHeader, type TensorSpec } from "../util/safetensors";
-import { blockDataBytes, blockTensor, headRows, type ParsedBlock } from "./block-codec";
+import {
+  blockDataBytes,
+  blockTensor,
+  hasRecurrentLayers,
+  headRows,
+  isRecurrentLayer,
+  kvDataBytes,
+  type ParsedBlock,
+} from "./block-codec";
 import type { BlockEntry } from "./block-index";
 import { BlockError } from "./errors";
 import { CachePart, type CacheParts } from "./parts";
@@ -64,6 +72,7 @@ export class Restorer extends CachePart {
       recomputeChosenTokens: 0,
       corruptBlocks: 0,
       lostTokens: 0,
+      midBlockTokens: 0,
       ssdBytes: 0,
       restoreMs: 0,
       stages: { ramMs: 0, ssdReadWaitMs: 0, verifyMs: 0, stageMs: 0, importMs: 0 },
@@ -72,7 +81,17 @@ export class Restorer extends CachePart {
       estimatedRecomputeMs: 0,
     };
     let plan = this.planRestore(match);
-    report.lostTokens = match.tokens - plan.reduce((n, s) => n + s.block.tokens, 0);
+    const last = plan[plan.length - 1];
+    if (last && this.recurrent && last.block.tokens < last.entry.tokenIds.length) {
+      // A recurrent layer's state exists only after a block's last token: restore up to the end
+      // of the previous block and recompute the rest, rather than reject the match whole.
+      report.midBlockTokens = last.block.tokens;
+      if (last.ram) this.ram.release(last.ram);
+      plan = plan.slice(0, -1);
+    }
+    report.lostTokens = match.tokens - report.midBlockTokens - plan.reduce((n, s) => n + s.block.tokens, 0);
+    /** The recurrent snapshot of the last block imported, set where the sequence ends. */
+    const ending: { layers: (LayerBlock | null)[] | null } = { layers: null };
     try {
       const cut = this.chooseCut(plan, report);
       if (cut < plan.length) {
@@ -90,8 +109,9 @@ export class Restorer extends CachePart {
         const run = plan.slice(i, j);
         if (tier === "ram") {
           at += this.importRam(run, kv, at, report);
+          ending.layers = run[run.length - 1].ram!.layers;
         } else {
-          const done = await this.importSsd(run, kv, at, report, options.signal);
+          const done = await this.importSsd(run, kv, at, report, options.signal, ending);
           at += done.tokens;
           if (done.stopped) {
             report.lostTokens += plan.slice(i).reduce((n, s) => n + s.block.tokens, 0) - done.tokens;
@@ -100,6 +120,7 @@ export class Restorer extends CachePart {
         }
         i = j;
       }
+      if (this.recurrent && at > 0) kv.importRecurrent(ending.layers!);
       report.restoredTokens = at;
     } finally {
       // Release in reverse so the chain's first blocks end up most recently used: under
@@ -113,6 +134,11 @@ export class Restorer extends CachePart {
     }
     report.restoreMs = now() - t0;
     return report;
+  }
+
+  /** Whether the model has recurrent layers, whose state a restore sets from the last block. */
+  private get recurrent(): boolean {
+    return hasRecurrentLayers(this.model);
   }
 
   /** The blocks of a match still available, RAM ones referenced; stops at the first that is gone. */
@@ -159,17 +185,22 @@ export class Restorer extends CachePart {
       used === a.shape[2] ? a : a.index(mx.Slice(), mx.Slice(), mx.Slice(0, used), mx.Slice());
     // One concatenation per layer and one import beat an import per block (README: 157-185 ms
     // against 313-800 ms for 8k tokens of the Qwen2.5-0.5B shape).
-    const ranges: LayerKV[] = [];
+    const ranges: (LayerKV | null)[] = [];
     for (let i = 0; i < this.model.numLayers; i++) {
-      const keys = run.map((s) => part(s.ram!.layers[i].keys, s.block.tokens));
-      const values = run.map((s) => part(s.ram!.layers[i].values, s.block.tokens));
+      if (isRecurrentLayer(this.model, i)) {
+        ranges.push(null);
+        continue;
+      }
+      const layers = run.map((s) => s.ram!.layers[i] as LayerKV);
+      const keys = layers.map((l, j) => part(l.keys, run[j].block.tokens));
+      const values = layers.map((l, j) => part(l.values, run[j].block.tokens));
       ranges.push({
         keys: keys.length === 1 ? keys[0] : mx.concatenate(keys, 2),
         values: values.length === 1 ? values[0] : mx.concatenate(values, 2),
       });
     }
     kv.import(at, ranges);
-    const bytes = blockDataBytes(this.model, tokens);
+    const bytes = kvDataBytes(this.model, tokens);
     if (run.length > 1) this.droppedBytes += bytes;
     const end = now();
     const ms = end - t0;
@@ -186,6 +217,7 @@ export class Restorer extends CachePart {
     at: number,
     report: RestoreReport,
     signal: AbortSignal | undefined,
+    ending: { layers: (LayerBlock | null)[] | null },
   ): Promise<{ tokens: number; stopped: boolean }> {
     const ssd = this.ssd!;
     const t0 = now();
@@ -227,7 +259,7 @@ export class Restorer extends CachePart {
         }
         report.stages.verifyMs += now() - tVerify;
         if (valid.length > 0) {
-          const loaded = this.loadBlocks(valid, kv, at + tokens, report);
+          const loaded = this.loadBlocks(valid, kv, at + tokens, report, ending);
           tokens += loaded.tokens;
           restoredBytes += loaded.bytes;
           report.batches.push({
@@ -263,6 +295,7 @@ export class Restorer extends CachePart {
     kv: SequenceKV,
     at: number,
     report: RestoreReport,
+    ending: { layers: (LayerBlock | null)[] | null },
   ): { tokens: number; bytes: number } {
     const { numLayers, kvHeads, headDim } = this.model;
     const tStage = now();
@@ -270,7 +303,20 @@ export class Restorer extends CachePart {
     const layerBytes = kvHeads * tokens * headDim * 4;
     const specs: TensorSpec[] = [];
     const pieces: Buffer[] = [];
+    const lastBlock = valid[valid.length - 1].block;
+    let snapshotBytes = 0;
     for (let i = 0; i < numLayers; i++) {
+      if (isRecurrentLayer(this.model, i)) {
+        // Only the batch's last block's snapshot: the sequence continues from there.
+        for (const kind of ["conv", "delta"] as const) {
+          const data = blockTensor(lastBlock, i, kind);
+          const shape = [1, ...lastBlock.file.tensors.get(`layers.${i}.${kind}`)!.shape];
+          specs.push({ name: `${i}.${kind}`, dtype: "F32", shape, byteLength: data.length });
+          pieces.push(data);
+          snapshotBytes += data.length;
+        }
+        continue;
+      }
       for (const kind of ["keys", "values"] as const) {
         specs.push({
           name: `${i}.${kind}`,
@@ -288,12 +334,18 @@ export class Restorer extends CachePart {
     const arrays = this.staging.bytesToArrays(encodeHeader(specs, {}), pieces);
     const tImport = now();
     report.stages.stageMs += tImport - tStage;
-    const ranges: LayerKV[] = [];
-    for (let i = 0; i < numLayers; i++)
-      ranges.push({ keys: arrays[`${i}.keys`], values: arrays[`${i}.values`] });
+    const ranges: LayerBlock[] = [];
+    for (let i = 0; i < numLayers; i++) {
+      ranges.push(
+        isRecurrentLayer(this.model, i)
+          ? { conv: arrays[`${i}.conv`], delta: arrays[`${i}.delta`] }
+          : { keys: arrays[`${i}.keys`], values: arrays[`${i}.values`] },
+      );
+    }
     kv.import(at, ranges);
+    if (this.recurrent) ending.layers = ranges;
     report.stages.importMs += now() - tImport;
-    const bytes = layerBytes * 2 * numLayers;
+    const bytes = kvDataBytes(this.model, tokens) + snapshotBytes;
     this.droppedBytes += bytes;
     return { tokens, bytes };
   }

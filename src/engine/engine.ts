@@ -2,7 +2,7 @@ import * as path from "node:path";
 import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { core as mx } from "@frost-beta/mlx";
-import { cacheOptionsFrom, PrefixCache, type CacheOptions } from "../cache/index.js";
+import { cacheOptionsFrom, PrefixCache, snapshotBytes, type CacheOptions } from "../cache/index.js";
 import type { Config } from "../config.js";
 import { KvparkError } from "../errors.js";
 import { loadModel, type LoadedModel } from "../model/loader.js";
@@ -26,8 +26,12 @@ export function modelInfo(name: string, dir: string, model: LoadedModel): ModelI
     vocabSize: model.config.vocabSize,
     contextTokens: model.config.maxPositionEmbeddings,
     numLayers: model.numLayers,
+    attentionLayers: model.numLayers - model.recurrentLayers.length,
     kvHeads: model.kvHeads,
     headDim: model.headDim,
+    recurrentStateBytes: model.recurrentShape
+      ? model.recurrentLayers.length * snapshotBytes(model.recurrentShape)
+      : 0,
     weightBytes: model.weightBytes,
   };
 }
