@@ -46,11 +46,21 @@ export interface ModelShape {
   layerTypes?: readonly LayerType[];
   /** Snapshot shapes of the recurrent layers; needed when some layer is "linear_attention". */
   recurrentShape?: RecurrentShape | null;
+  /**
+   * Window of the "sliding_attention" layers in tokens: a query at p sees keys p - W + 1 ..= p,
+   * so a restore leaves out their older rows. Null or absent: none.
+   */
+  slidingWindow?: number | null;
 }
 
 /** True when the model has recurrent layers, whose blocks carry snapshots (format version 2). */
 export function hasRecurrentLayers(model: ModelShape): boolean {
   return model.layerTypes?.includes("linear_attention") ?? false;
+}
+
+/** Whether layer i attends through a sliding window (the model's slidingWindow). */
+export function isSlidingLayer(model: ModelShape, layer: number): boolean {
+  return !!model.slidingWindow && model.layerTypes?.[layer] === "sliding_attention";
 }
 
 /** Whether layer i is recurrent. */

@@ -56,10 +56,11 @@ export class Persister extends CachePart {
         this.admit(entry, ramBlock.layers, report);
         continue;
       }
-      if (!kv.canExport(link.end)) {
-        // A recurrent layer's state after this block was not kept (restored from SSD with only its
-        // chain's last snapshot, or dropped under memory pressure): a block already stored stays
-        // as it is and the chain goes on; a new one cannot be made, nor anything after it.
+      if (!kv.canExport(link.start, link.end)) {
+        // The sequence lacks part of this block: a recurrent layer's state after it (restored from
+        // SSD with only its chain's last snapshot, or not captured), or a sliding-window layer's rows
+        // older than its window, which a restore skips. A block already stored stays as it is and
+        // the chain goes on; a new one cannot be made, nor anything after it.
         if (!entry) break;
         entry.sightings++;
         entry.usedAtMs = nowMs;

@@ -28,6 +28,11 @@ export const CACHE_STEP_TOKENS = 256;
 export class KVCache {
   /** Number of valid tokens; the next token is written at this position. */
   offset = 0;
+  /**
+   * Positions below this were skipped by a restore (skipTo) and hold no keys or values: a
+   * sliding-window layer's rows older than its window. They cannot be exported.
+   */
+  skippedBelow = 0;
   private keys: mx.array | null = null;
   private values: mx.array | null = null;
 
@@ -92,6 +97,11 @@ export class KVCache {
     ) {
       throw new RangeError(`exportRange(${start}, ${end}) outside the cached range [0, ${this.offset})`);
     }
+    if (start < this.skippedBelow) {
+      throw new RangeError(
+        `exportRange(${start}, ${end}): positions below ${this.skippedBelow} were not restored`,
+      );
+    }
     // `take` gathers into a new buffer in one op; slicing would create a view that pins the cache.
     const positions = mx.arange(start, end, 1, mx.int32);
     const keys = mx.take(this.keys!, positions, 2);
@@ -126,6 +136,20 @@ export class KVCache {
     }
     this.offset = at;
     this.updateAndFetch(keys.astype(mx.float32), values.astype(mx.float32));
+  }
+
+  /**
+   * Moves the offset forward to `position` without writing the positions in between: a restore
+   * into a fresh cache leaves a sliding-window layer's rows that no later query can see (older than
+   * its window) as the zeros they are. They are masked in attention and cannot be exported.
+   */
+  skipTo(position: number): void {
+    if (!Number.isInteger(position) || position < this.offset) {
+      throw new RangeError(`skipTo(${position}): the cache already holds ${this.offset} tokens`);
+    }
+    this.reserve(position);
+    this.offset = position;
+    this.skippedBelow = position;
   }
 
   /** Drops the last `n` tokens (fewer if the cache is shorter); returns how many were dropped. */
@@ -265,11 +289,15 @@ export class ModelCache {
   }
 
   /**
-   * Whether positions [start, end) can be exported: always for attention layers, and for
-   * recurrent ones when their state after `end` is the current one or was captured.
+   * Whether positions [start, end) can be exported: for attention layers when a restore skipped
+   * none of them (KVCache.skipTo), for recurrent ones when their state after `end` is the current
+   * one or was captured.
    */
-  canExport(end: number): boolean {
-    return this.recurrent.every((r) => r === null || r.at(end) !== undefined);
+  canExport(start: number, end: number): boolean {
+    return this.layers.every((layer, i) => {
+      const r = this.recurrent[i];
+      return r ? r.at(end) !== undefined : layer.skippedBelow <= start;
+    });
   }
 
   /**
@@ -288,19 +316,29 @@ export class ModelCache {
   }
 
   /**
-   * Writes one LayerKV per attention layer at positions [at, at + n); see KVCache.importRange.
-   * Entries of recurrent layers are ignored (null or a snapshot): a restore sets their state once,
-   * where it ends, with importRecurrent.
+   * Writes the tokens at positions [at, end) of every attention layer (see KVCache.importRange).
+   * A layer's range may hold only the last m of them, [end - m, end), or be null for none: a
+   * sliding-window layer's rows older than its window are skipped (KVCache.skipTo). `end`
+   * defaults to at plus the first attention layer's row count. Entries of recurrent layers are
+   * ignored (null or a snapshot): a restore sets their state once, where it ends, with
+   * importRecurrent.
    */
-  import(at: number, ranges: readonly (LayerBlock | null)[]): void {
+  import(at: number, ranges: readonly (LayerBlock | null)[], end?: number): void {
     if (ranges.length !== this.layers.length) {
       throw new RangeError(`import: got ${ranges.length} layers, the model has ${this.layers.length}`);
     }
+    const rowsOf = (r: LayerBlock | null): number => (r && !isSnapshot(r) ? r.keys.shape[2] : 0);
+    const stop = end ?? at + rowsOf(ranges[this.recurrent.indexOf(null)]);
     this.layers.forEach((layer, i) => {
       if (this.recurrent[i]) return;
       const range = ranges[i];
-      if (!range || isSnapshot(range)) throw new RangeError(`import: layer ${i} needs keys and values`);
-      layer.importRange(at, range.keys, range.values);
+      if (range && isSnapshot(range)) throw new RangeError(`import: layer ${i} needs keys and values`);
+      const rows = rowsOf(range);
+      if (rows > stop - at) throw new RangeError(`import: layer ${i} has ${rows} rows for [${at}, ${stop})`);
+      if (stop - rows > at) layer.skipTo(stop - rows);
+      else if (layer.offset < at)
+        throw new RangeError(`import at ${at}: layer ${i} holds ${layer.offset} tokens`);
+      if (range && rows > 0) layer.importRange(stop - rows, range.keys, range.values);
     });
     mx.eval(...this.state());
   }

@@ -66,6 +66,7 @@ export class LoadedModel {
     this.kvHeads = config.numKeyValueHeads;
     this.headDim = config.headDim;
     this.layerTypes = config.layerTypes;
+    this.slidingWindow = config.slidingWindow;
     this.recurrentLayers = config.layerTypes.flatMap((t, i) => (t === "linear_attention" ? [i] : []));
     const linear = config.linearAttention;
     this.recurrentShape =
@@ -86,6 +87,9 @@ export class LoadedModel {
    * reads this to know what a block holds for each layer.
    */
   readonly layerTypes: readonly LayerType[];
+
+  /** Window of the "sliding_attention" layers in tokens; null without them. */
+  readonly slidingWindow: number | null;
 
   /** Layers that carry recurrent state instead of keys and values. */
   readonly recurrentLayers: number[];

@@ -261,6 +261,31 @@ describe("gemma3_text: sliding-window edge cases", () => {
     expectSameAsScratch(model, prompt, ssd);
   });
 
+  it("restores only the window's rows of sliding layers, and never stores the rows it skipped", async () => {
+    const prompt = randomTokens(60, 45, model.config.vocabSize);
+    await generate(cache, model, "t", prompt);
+    await cache.flush();
+    await cache.evict("t", { tokens: prompt }, { tier: "ram", force: false });
+    // The fifth block ([32, 40)) leaves the SSD tier: the restore ends at 32, and the sliding
+    // layers take only the rows a query at 32 or later can see.
+    const keys = cache.lookup("t", prompt).blocks.map((b) => b.key);
+    await cache.evict("t", { keys: [keys[4]] }, { tier: "ssd", force: false });
+    const run = await generate(cache, model, "t", prompt);
+    expect(run.report).toMatchObject({ restoredTokens: 32, ssdTokens: 32 });
+    expectSameAsScratch(model, prompt, run);
+    // Local layers (0 and 2) hold rows from 32 - 12 on; the global layer all of them.
+    expect(run.sequence.layers.map((l) => l.skippedBelow)).toEqual([20, 0, 20]);
+    expect(run.sequence.canExport(16, 24)).toBe(false);
+    expect(run.sequence.canExport(24, 32)).toBe(true);
+    // Blocks restored from SSD below the window stayed on SSD only (not promoted with zero rows);
+    // the next runs, from RAM and SSD, still equal a run from scratch.
+    expect(cache.lookup("t", prompt).ssdTokens).toBeGreaterThan(0);
+    expectSameAsScratch(model, prompt, await generate(cache, model, "t", prompt));
+    await cache.flush();
+    await cache.evict("t", { tokens: prompt }, { tier: "ram", force: false });
+    expectSameAsScratch(model, prompt, await generate(cache, model, "t", prompt));
+  });
+
   it.each([12, 24])("a match ending exactly at a window boundary (%i tokens)", async (at) => {
     const prompt = randomTokens(50, 40, model.config.vocabSize);
     await generate(cache, model, "t", prompt);

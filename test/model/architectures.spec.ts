@@ -88,9 +88,9 @@ describe.each(ARCHITECTURE_CASES)("$name", ({ config }) => {
       model.forward(TOKENS.slice(0, 6), source);
       model.forward(TOKENS.slice(6, 10), source);
       expect([...source.recurrent.find((r) => r)!.snapshots.keys()]).toEqual([4, 8]);
-      expect(source.canExport(7)).toBe(false);
+      expect(source.canExport(0, 7)).toBe(false);
       expect(() => source.export(0, 7)).toThrow("holds no recurrent state after position 7");
-      expect(source.canExport(10)).toBe(true);
+      expect(source.canExport(8, 10)).toBe(true);
       expect(() => source.trim(2)).toThrow(RangeError);
       const exported = source.export(0, 8);
       const restored = model.newCache();
