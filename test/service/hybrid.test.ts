@@ -114,6 +114,16 @@ describe.each(["qwen3_5", "gemma3_text"] as const)("%s served with the prefix ca
     expect((await expectSameAsReference(diverging)).cache?.ramTokens).toBe(restored(100, 128));
   });
 
+  it("a block boundary crossed while decoding is handed to the cache with its state", async () => {
+    const p = ids(60, 31);
+    // Decode runs positions 60 to 68: the sequence hands over block [0, 64) when it crosses 64,
+    // and the tail [64, 69) when it finishes.
+    const first = await generate(svc.inference, greedy(p, 10));
+    const next = [...p, ...first.ids.slice(0, 9), ...ids(7, 32)];
+    const run = await expectSameAsReference(next);
+    expect(run.cache).toMatchObject({ ramTokens: 69, recomputedTokens: 7 });
+  });
+
   it("continues Generate from a PrefillStream handle", async () => {
     const pieces = [ids(70, 11), ids(50, 12), ids(30, 13)];
     async function* requests() {
