@@ -104,6 +104,29 @@ describe.each(["qwen3_5", "gemma3_text"] as const)("%s: a cached run equals a ru
     }
   });
 
+  it("an exported bundle imports into another cache and serves the prompt from there", async () => {
+    const source = await track(openCache(model, { ssdDir: tempDir("ssd") }));
+    const prompt = randomTokens(14, 37, vocab());
+    await generate(source, model, "t", prompt);
+    await source.flush();
+    const pieces: Buffer[] = [];
+    for await (const piece of source.exportBundle("t")) pieces.push(piece);
+    const bundle = Buffer.concat(pieces);
+    for (const ssdDir of [tempDir("ssd"), null]) {
+      const target = await track(openCache(model, { ssdDir }));
+      const report = await target.importBundle(
+        "t",
+        (async function* () {
+          yield bundle;
+        })(),
+      );
+      expect(report).toMatchObject({ blocks: 5, tokens: 40 });
+      const run = await generate(target, model, "t", prompt);
+      expect(run.report.restoredTokens).toBe(restorable(36));
+      expectSameAsScratch(model, prompt, run);
+    }
+  });
+
   it("a prompt extending a cached one by a non-multiple of the block size reuses all of it", async () => {
     const cache = await track(openCache(model, { ssdDir: tempDir("ssd") }));
     const prompt = randomTokens(5, 20, vocab());
