@@ -51,7 +51,7 @@ const specs: OptionSpec<keyof Config>[] = [
     flag: "--model",
     kind: "string",
     default: "small",
-    help: "Model directory (Hugging Face layout) or a preset name (tiny, small, qwen2.5-0.5b, gemma3-1b, with -4bit or -sharded) generated under the data directory on first use. Anything else is refused at start.",
+    help: "Model directory (Hugging Face layout) or a preset name (tiny, small, qwen2.5-0.5b, gemma3-1b, qwen3.5-0.8b, with -4bit or -sharded) generated under the data directory on first use. Anything else is refused at start.",
   },
   {
     key: "modelName",

@@ -78,8 +78,12 @@ export interface ModelInfo {
   vocabSize: number;
   contextTokens: number;
   numLayers: number;
+  /** Layers holding keys and values (numLayers less the recurrent ones). */
+  attentionLayers: number;
   kvHeads: number;
   headDim: number;
+  /** Bytes of one sequence's recurrent state over all recurrent layers (0 without them). */
+  recurrentStateBytes: number;
   weightBytes: number;
 }
 

@@ -158,7 +158,8 @@ async function runContext(o: TtftOptions, L: number): Promise<ContextResult> {
   // A request persists the KV it computed: the prompt and every generated token but the last. The
   // RAM tier holds exactly one prompt (plus a token), so persisting the next prompt evicts every
   // block of the previous one.
-  const ramBytesMax = (L + 1) * model.kvBytesPerToken;
+  // A hybrid model's blocks each hold a recurrent snapshot too (blocks of 64 tokens, the default).
+  const ramBytesMax = (L + 1) * model.kvBytesPerToken + Math.ceil((L + 1) / 64) * model.snapshotBytes;
   const dataDir = path.join(o.workDir, `ttft-${L}`);
   fs.rmSync(dataDir, { recursive: true, force: true });
   fs.mkdirSync(dataDir, { recursive: true });
@@ -212,7 +213,9 @@ async function runContext(o: TtftOptions, L: number): Promise<ContextResult> {
     for (const n of persisted.values()) blocks += Math.ceil(n / blockTokens);
     return blocks;
   };
-  const reused = L - 1; // the last prompt token is always computed
+  // The last prompt token is always computed; a model with recurrent layers restores to the last
+  // block boundary before it (its state is known only at block ends).
+  const reused = model.snapshotBytes > 0 ? Math.floor((L - 1) / blockTokens) * blockTokens : L - 1;
   let inRam = -1;
 
   const ssdSample = async (i: number) => {

@@ -1,5 +1,6 @@
 import * as crypto from "node:crypto";
-import { BLOCK_KEY_BYTES, KV_LAYOUT_VERSION, blockKey } from "./block-key";
+import type { LayerType } from "../model/config";
+import { BLOCK_KEY_BYTES, KV_LAYOUT_VERSION, KV_LAYOUT_VERSION_RECURRENT, blockKey } from "./block-key";
 import { BlockError } from "./errors";
 import {
   SafetensorsError,
@@ -9,8 +10,24 @@ import {
   type TensorSpec,
 } from "../util/safetensors";
 
-/** Version of the block format (proto KVBlock.format_version) this build writes and reads. */
-export const BLOCK_FORMAT_VERSION = 1;
+/**
+ * Newest version of the block format (proto KVBlock.format_version) this build reads. Version 1
+ * holds keys and values of every layer; version 2 describes each layer's kind and holds, for a
+ * recurrent layer, its state after the block's last token. Models without recurrent layers keep
+ * writing version 1 (their blocks and keys are unchanged); models with them write version 2.
+ */
+export const BLOCK_FORMAT_VERSION = 2;
+
+/** The first block format: keys and values of every layer. */
+export const BLOCK_FORMAT_VERSION_V1 = 1;
+
+/** Shapes of one recurrent layer's snapshot, without the leading batch dimension. */
+export interface RecurrentShape {
+  /** [kernel - 1, convChannels]: the convolution's carried input rows. */
+  conv: number[];
+  /** [valueHeads, valueHeadDim, keyHeadDim]: the delta rule's state. */
+  delta: number[];
+}
 
 /** Element type of every block tensor: the engine computes and caches in float32. */
 export const BLOCK_DTYPE = "F32";
@@ -22,6 +39,58 @@ export interface ModelShape {
   numLayers: number;
   kvHeads: number;
   headDim: number;
+  /**
+   * Per layer its kind (config `layer_types`); absent means every layer holds keys and values.
+   * "linear_attention" layers are recurrent: a block holds their state after its last token.
+   */
+  layerTypes?: readonly LayerType[];
+  /** Snapshot shapes of the recurrent layers; needed when some layer is "linear_attention". */
+  recurrentShape?: RecurrentShape | null;
+  /**
+   * Window of the "sliding_attention" layers in tokens: a query at p sees keys p - W + 1 ..= p,
+   * so a restore leaves out their older rows. Null or absent: none.
+   */
+  slidingWindow?: number | null;
+}
+
+/** True when the model has recurrent layers, whose blocks carry snapshots (format version 2). */
+export function hasRecurrentLayers(model: ModelShape): boolean {
+  return model.layerTypes?.includes("linear_attention") ?? false;
+}
+
+/** Whether layer i attends through a sliding window (the model's slidingWindow). */
+export function isSlidingLayer(model: ModelShape, layer: number): boolean {
+  return !!model.slidingWindow && model.layerTypes?.[layer] === "sliding_attention";
+}
+
+/** Whether layer i is recurrent. */
+export function isRecurrentLayer(model: ModelShape, layer: number): boolean {
+  return model.layerTypes?.[layer] === "linear_attention";
+}
+
+/** The block format version a model's blocks are written in: 2 with recurrent layers, else 1. */
+export function formatVersionOf(model: ModelShape): number {
+  return hasRecurrentLayers(model) ? BLOCK_FORMAT_VERSION : BLOCK_FORMAT_VERSION_V1;
+}
+
+/** The KV layout version hashed into a model's keys (block-key.ts). */
+export function layoutVersionOf(model: ModelShape): number {
+  return hasRecurrentLayers(model) ? KV_LAYOUT_VERSION_RECURRENT : KV_LAYOUT_VERSION;
+}
+
+/** The names of layer i's tensors in a payload's order: keys and values, or conv and delta. */
+export function layerParts(model: ModelShape, layer: number): readonly LayerPart[] {
+  return isRecurrentLayer(model, layer) ? SNAPSHOT_PARTS : KV_PARTS;
+}
+
+/** What one tensor of a block holds. */
+export type LayerPart = "keys" | "values" | "conv" | "delta";
+const KV_PARTS = ["keys", "values"] as const;
+const SNAPSHOT_PARTS = ["conv", "delta"] as const;
+
+/** Bytes of one recurrent layer's snapshot, float32. */
+export function snapshotBytes(shape: RecurrentShape): number {
+  return (shape.conv.reduce((a, b) => a * b, 1) + shape.delta.reduce((a, b) => a * b, 1)) * 4;
 }
 
 /** A block's fields besides its tensors, as in the proto message KVBlock. */
@@ -34,8 +103,14 @@ export interface BlockHeader {
   tokenIds: number[];
   layerCount: number;
   dtype: string;
-  /** [kvHeads, tokens, headDim]. */
+  /** [kvHeads, tokens, headDim]: the shape of every keys and values tensor. */
   shape: number[];
+  /** Format version 2: every layer's kind (`layer_types` spelling). Empty in version 1. */
+  layerKinds: string[];
+  /** Format version 2 with recurrent layers: each one's conv snapshot shape. Else empty. */
+  snapshotConvShape: number[];
+  /** Format version 2 with recurrent layers: each one's delta-rule state shape. Else empty. */
+  snapshotDeltaShape: number[];
 }
 
 /** A whole block as it travels on the wire (proto KVBlock). */
@@ -58,6 +133,9 @@ export interface KVBlockInput {
   layerCount: number;
   dtype: string;
   shape: ArrayLike<number>;
+  layerKinds?: ArrayLike<string>;
+  snapshotConvShape?: ArrayLike<number>;
+  snapshotDeltaShape?: ArrayLike<number>;
   payload: Uint8Array;
   payloadSha256: Uint8Array;
 }
@@ -78,6 +156,9 @@ export function normalizeRecord(input: KVBlockInput): KVBlockRecord {
     layerCount: input.layerCount,
     dtype: input.dtype,
     shape: Array.from(input.shape),
+    layerKinds: Array.from(input.layerKinds ?? []),
+    snapshotConvShape: Array.from(input.snapshotConvShape ?? []),
+    snapshotDeltaShape: Array.from(input.snapshotDeltaShape ?? []),
     payload: asBuffer(input.payload),
     payloadSha256: asBuffer(input.payloadSha256),
   };
@@ -91,13 +172,29 @@ export interface ParsedBlock {
 }
 
 /** Name of a layer's tensor inside a payload. */
-export function tensorName(layer: number, kind: "keys" | "values"): string {
+export function tensorName(layer: number, kind: LayerPart): string {
   return `layers.${layer}.${kind}`;
 }
 
-/** Bytes of one block's KV: every layer's keys and values in float32. */
+/** Layers holding keys and values (every layer but the recurrent ones). */
+export function attentionLayerCount(model: ModelShape): number {
+  return model.layerTypes ? model.layerTypes.filter((t) => t !== "linear_attention").length : model.numLayers;
+}
+
+/** Bytes of `tokens` tokens' keys and values over the attention layers, float32. */
+export function kvDataBytes(model: ModelShape, tokens: number): number {
+  return attentionLayerCount(model) * 2 * model.kvHeads * tokens * model.headDim * 4;
+}
+
+/**
+ * Bytes of one block's data: keys and values of the attention layers in float32 and, with
+ * recurrent layers, one snapshot per recurrent layer (constant per block).
+ */
 export function blockDataBytes(model: ModelShape, tokens: number): number {
-  return model.numLayers * 2 * model.kvHeads * tokens * model.headDim * 4;
+  const recurrent = model.numLayers - attentionLayerCount(model);
+  const snapshots =
+    recurrent > 0 && model.recurrentShape ? recurrent * snapshotBytes(model.recurrentShape) : 0;
+  return kvDataBytes(model, tokens) + snapshots;
 }
 
 /** The header of a block of `model` with these tokens. */
@@ -107,8 +204,9 @@ export function makeHeader(
   parentKey: Buffer,
   tokenIds: number[],
 ): BlockHeader {
+  const v2 = formatVersionOf(model) === 2;
   return {
-    formatVersion: BLOCK_FORMAT_VERSION,
+    formatVersion: formatVersionOf(model),
     modelFingerprint: model.fingerprint,
     key,
     parentKey,
@@ -116,14 +214,28 @@ export function makeHeader(
     layerCount: model.numLayers,
     dtype: BLOCK_DTYPE,
     shape: [model.kvHeads, tokenIds.length, model.headDim],
+    layerKinds: v2 ? [...model.layerTypes!] : [],
+    snapshotConvShape: v2 ? [...model.recurrentShape!.conv] : [],
+    snapshotDeltaShape: v2 ? [...model.recurrentShape!.delta] : [],
   };
 }
 
 /** The header fields as safetensors metadata strings. */
 export function headerMetadata(h: BlockHeader): Record<string, string> {
+  const v2: Record<string, string> =
+    h.formatVersion === BLOCK_FORMAT_VERSION_V1
+      ? {}
+      : {
+          layer_kinds: JSON.stringify(h.layerKinds),
+          snapshot_conv_shape: JSON.stringify(h.snapshotConvShape),
+          snapshot_delta_shape: JSON.stringify(h.snapshotDeltaShape),
+        };
   return {
+    ...v2,
     format_version: String(h.formatVersion),
-    kv_layout_version: String(KV_LAYOUT_VERSION),
+    kv_layout_version: String(
+      h.layerKinds.includes("linear_attention") ? KV_LAYOUT_VERSION_RECURRENT : KV_LAYOUT_VERSION,
+    ),
     model_fingerprint: h.modelFingerprint,
     key: h.key.toString("hex"),
     parent_key: h.parentKey.toString("hex"),
@@ -139,15 +251,27 @@ export function headerMetadata(h: BlockHeader): Record<string, string> {
  * the keys then the values tensor, each [kvHeads, tokens, headDim] float32 row-major.
  */
 export function encodePayloadHeader(h: BlockHeader): Buffer {
-  const [kvHeads, tokens, headDim] = h.shape;
-  const byteLength = kvHeads * tokens * headDim * 4;
   const tensors: TensorSpec[] = [];
   for (let i = 0; i < h.layerCount; i++) {
-    for (const kind of ["keys", "values"] as const) {
-      tensors.push({ name: tensorName(i, kind), dtype: "F32", shape: h.shape, byteLength });
+    for (const kind of headerLayerParts(h, i)) {
+      const shape = tensorShape(h, kind);
+      const byteLength = shape.reduce((a, b) => a * b, 4);
+      tensors.push({ name: tensorName(i, kind), dtype: "F32", shape, byteLength });
     }
   }
   return encodeHeader(tensors, headerMetadata(h));
+}
+
+/** The parts of layer i a block with this header holds. */
+function headerLayerParts(h: BlockHeader, layer: number): readonly LayerPart[] {
+  return h.layerKinds[layer] === "linear_attention" ? SNAPSHOT_PARTS : KV_PARTS;
+}
+
+/** The shape of a tensor of this part in a block with this header. */
+function tensorShape(h: BlockHeader, kind: LayerPart): number[] {
+  if (kind === "conv") return h.snapshotConvShape;
+  if (kind === "delta") return h.snapshotDeltaShape;
+  return h.shape;
 }
 
 /** The wire record of a payload: header fields plus the payload's SHA-256. */
@@ -200,12 +324,13 @@ export function parseBlockPayload(payload: Buffer, model: ModelShape): ParsedBlo
   }
   const m = file.metadata;
   const formatVersion = parseUint(m.format_version, "format_version");
-  if (formatVersion !== BLOCK_FORMAT_VERSION) {
-    fail("UNSUPPORTED_VERSION", `format version ${formatVersion}; this server reads ${BLOCK_FORMAT_VERSION}`);
-  }
+  checkFormatVersion(formatVersion, model);
   const layoutVersion = parseUint(m.kv_layout_version, "kv_layout_version");
-  if (layoutVersion !== KV_LAYOUT_VERSION) {
-    fail("UNSUPPORTED_VERSION", `KV layout version ${layoutVersion}; this server uses ${KV_LAYOUT_VERSION}`);
+  if (layoutVersion !== layoutVersionOf(model)) {
+    fail(
+      "UNSUPPORTED_VERSION",
+      `KV layout version ${layoutVersion}; this server uses ${layoutVersionOf(model)} for this model`,
+    );
   }
   if (m.model_fingerprint !== model.fingerprint) {
     fail(
@@ -213,6 +338,7 @@ export function parseBlockPayload(payload: Buffer, model: ModelShape): ParsedBlo
       `block of model ${String(m.model_fingerprint)}; served model is ${model.fingerprint}`,
     );
   }
+  const v2 = formatVersion !== BLOCK_FORMAT_VERSION_V1;
   const header: BlockHeader = {
     formatVersion,
     modelFingerprint: m.model_fingerprint,
@@ -222,19 +348,23 @@ export function parseBlockPayload(payload: Buffer, model: ModelShape): ParsedBlo
     layerCount: parseUint(m.layer_count, "layer_count"),
     dtype: m.dtype ?? "",
     shape: parseJsonArray(m.shape, "shape"),
+    layerKinds: v2 ? parseKinds(m.layer_kinds) : [],
+    snapshotConvShape: v2 ? parseJsonArray(m.snapshot_conv_shape, "snapshot_conv_shape") : [],
+    snapshotDeltaShape: v2 ? parseJsonArray(m.snapshot_delta_shape, "snapshot_delta_shape") : [],
   };
   checkShape(header, model);
   const expected = new Set<string>();
   for (let i = 0; i < model.numLayers; i++) {
-    for (const kind of ["keys", "values"] as const) {
+    for (const kind of layerParts(model, i)) {
       const name = tensorName(i, kind);
       expected.add(name);
       const info = file.tensors.get(name);
       if (!info) fail("SHAPE_MISMATCH", `payload has no tensor ${name}`);
-      if (info.dtype !== BLOCK_DTYPE || !sameNumbers(info.shape, header.shape)) {
+      const want = tensorShape(header, kind);
+      if (info.dtype !== BLOCK_DTYPE || !sameNumbers(info.shape, want)) {
         fail(
           "SHAPE_MISMATCH",
-          `tensor ${name} is ${info.dtype} [${info.shape}], expected ${BLOCK_DTYPE} [${header.shape}]`,
+          `tensor ${name} is ${info.dtype} [${info.shape}], expected ${BLOCK_DTYPE} [${want}]`,
         );
       }
     }
@@ -245,6 +375,46 @@ export function parseBlockPayload(payload: Buffer, model: ModelShape): ParsedBlo
   return { header, file, payload };
 }
 
+/**
+ * A version this build reads, and the one the model's blocks are written in: version 1 for a
+ * model without recurrent layers (whose blocks cannot carry their state), version 2 with them.
+ * A model without recurrent layers writes version 1 only, so version 2 is refused for it too:
+ * its keys would name the same tokens as its version 1 blocks.
+ */
+function checkFormatVersion(version: number, model: ModelShape): void {
+  if (version !== BLOCK_FORMAT_VERSION_V1 && version !== BLOCK_FORMAT_VERSION) {
+    fail(
+      "UNSUPPORTED_VERSION",
+      `format version ${version}; this server reads ${BLOCK_FORMAT_VERSION_V1} and ${BLOCK_FORMAT_VERSION}`,
+    );
+  }
+  const want = formatVersionOf(model);
+  if (version !== want) {
+    fail(
+      "UNSUPPORTED_VERSION",
+      `format version ${version}; this model's blocks are version ${want} ` +
+        (want === BLOCK_FORMAT_VERSION
+          ? "(its recurrent layers need snapshots)"
+          : "(it has no recurrent layers)"),
+    );
+  }
+}
+
+const LAYER_KINDS: readonly string[] = ["full_attention", "sliding_attention", "linear_attention"];
+
+function parseKinds(value: string | undefined): string[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value ?? "");
+  } catch {
+    fail("INVALID_PAYLOAD", "metadata layer_kinds is not JSON");
+  }
+  if (!Array.isArray(parsed) || !parsed.every((k) => typeof k === "string" && LAYER_KINDS.includes(k))) {
+    fail("INVALID_PAYLOAD", `metadata layer_kinds is not a list of ${LAYER_KINDS.join(", ")}`);
+  }
+  return parsed as string[];
+}
+
 function checkShape(h: BlockHeader, model: ModelShape): void {
   if (h.tokenIds.length === 0) fail("SHAPE_MISMATCH", "block holds no tokens");
   if (h.layerCount !== model.numLayers) {
@@ -253,6 +423,27 @@ function checkShape(h: BlockHeader, model: ModelShape): void {
   if (h.dtype !== BLOCK_DTYPE) fail("SHAPE_MISMATCH", `dtype ${h.dtype}; this server stores ${BLOCK_DTYPE}`);
   const want = [model.kvHeads, h.tokenIds.length, model.headDim];
   if (!sameNumbers(h.shape, want)) fail("SHAPE_MISMATCH", `shape [${h.shape}]; expected [${want}]`);
+  if (h.formatVersion === BLOCK_FORMAT_VERSION_V1) {
+    if (h.layerKinds.length + h.snapshotConvShape.length + h.snapshotDeltaShape.length > 0) {
+      fail("SHAPE_MISMATCH", "a version 1 block has no layer kinds or snapshot shapes");
+    }
+    return;
+  }
+  const kinds = model.layerTypes ?? [];
+  if (!sameStrings(h.layerKinds, kinds)) {
+    fail("SHAPE_MISMATCH", `layer kinds [${h.layerKinds}]; the model's are [${kinds}]`);
+  }
+  const shape = model.recurrentShape ?? { conv: [], delta: [] };
+  if (!sameNumbers(h.snapshotConvShape, shape.conv) || !sameNumbers(h.snapshotDeltaShape, shape.delta)) {
+    fail(
+      "SHAPE_MISMATCH",
+      `snapshot shapes [${h.snapshotConvShape}] and [${h.snapshotDeltaShape}]; the model's are [${shape.conv}] and [${shape.delta}]`,
+    );
+  }
+}
+
+function sameStrings(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 function sameNumbers(a: readonly number[], b: readonly number[]): boolean {
@@ -260,7 +451,7 @@ function sameNumbers(a: readonly number[], b: readonly number[]): boolean {
 }
 
 /** Bytes of one tensor of a parsed block (a view into the payload). */
-export function blockTensor(block: ParsedBlock, layer: number, kind: "keys" | "values"): Buffer {
+export function blockTensor(block: ParsedBlock, layer: number, kind: LayerPart): Buffer {
   const info = block.file.tensors.get(tensorName(layer, kind))!;
   return block.payload.subarray(block.file.dataOffset + info.begin, block.file.dataOffset + info.end);
 }
@@ -315,12 +506,7 @@ export const FIRST_BLOCK_KEY_MISMATCH =
  */
 export function verifyRecord(record: KVBlockRecord, ctx: VerifyContext): ParsedBlock {
   const { model } = ctx;
-  if (record.formatVersion !== BLOCK_FORMAT_VERSION) {
-    fail(
-      "UNSUPPORTED_VERSION",
-      `format version ${record.formatVersion}; this server reads ${BLOCK_FORMAT_VERSION}`,
-    );
-  }
+  checkFormatVersion(record.formatVersion, model);
   if (record.modelFingerprint !== model.fingerprint) {
     fail("MODEL_MISMATCH", `block of model ${record.modelFingerprint}; served model is ${model.fingerprint}`);
   }
@@ -349,16 +535,17 @@ export function verifyRecord(record: KVBlockRecord, ctx: VerifyContext): ParsedB
       fail("INVALID_PAYLOAD", `payload metadata ${field} differs from the block header`);
   }
   for (let i = 0; i < model.numLayers; i++) {
-    for (const kind of ["keys", "values"] as const) {
+    for (const kind of layerParts(model, i)) {
       if (!allFinite(blockTensor(parsed, i, kind))) {
         fail("INVALID_PAYLOAD", `tensor ${tensorName(i, kind)} holds NaN or infinity`);
       }
     }
   }
+  const layout = layoutVersionOf(model);
   if (record.parentKey.length > 0) {
-    if (!blockKey(record.parentKey, record.tokenIds, model.fingerprint).equals(record.key))
+    if (!blockKey(record.parentKey, record.tokenIds, model.fingerprint, layout).equals(record.key))
       fail("KEY_MISMATCH", "key differs from the key computed from parent key and token ids");
-  } else if (ctx.root && !blockKey(ctx.root, record.tokenIds, model.fingerprint).equals(record.key)) {
+  } else if (ctx.root && !blockKey(ctx.root, record.tokenIds, model.fingerprint, layout).equals(record.key)) {
     // A first block's parent is the tenant's root, so its key is the one that depends on the tenant.
     fail("KEY_MISMATCH", FIRST_BLOCK_KEY_MISMATCH);
   }

@@ -1,6 +1,6 @@
 import { StoreReadError, type BlockError } from "./errors";
 import type { PutResult } from "../store";
-import { asBuffer, blockDataBytes, type ModelShape } from "./block-codec";
+import { asBuffer, blockDataBytes, layoutVersionOf, type ModelShape } from "./block-codec";
 import { BLOCK_KEY_BYTES, blockKey, rootKey } from "./block-key";
 import type { ChainRecord } from "./chain-log";
 import type { CacheOptions } from "./config";
@@ -140,7 +140,12 @@ export class BlockIndex {
       if (want === B) {
         // The common case, a whole block equal to the prompt's next tokens, without a scan.
         const exact = this.entries.get(
-          blockKey(parent, tokens.slice(pos, pos + B), this.model.fingerprint).toString("hex"),
+          blockKey(
+            parent,
+            tokens.slice(pos, pos + B),
+            this.model.fingerprint,
+            layoutVersionOf(this.model),
+          ).toString("hex"),
         );
         const tier = exact ? this.tierOf(exact) : null;
         if (exact && tier) {
@@ -253,7 +258,7 @@ export class BlockIndex {
   rootOf(tenant: string): Buffer {
     let root = this.roots.get(tenant);
     if (!root) {
-      root = rootKey(tenant, this.model.fingerprint);
+      root = rootKey(tenant, this.model.fingerprint, layoutVersionOf(this.model));
       // Tenants are few (auth identities); the bound only guards against a caller passing junk.
       if (this.roots.size >= 65536) this.roots.clear();
       this.roots.set(tenant, root);

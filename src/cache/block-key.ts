@@ -7,6 +7,14 @@ import * as crypto from "node:crypto";
  */
 export const KV_LAYOUT_VERSION = 1;
 
+/**
+ * The layout version of models with recurrent layers (qwen3_5): their blocks (format version 2)
+ * hold keys and values of the attention layers only and, for each recurrent layer, its state after
+ * the block's last token. Hashed in place of KV_LAYOUT_VERSION for those models only, so the keys
+ * of models without recurrent layers are unchanged.
+ */
+export const KV_LAYOUT_VERSION_RECURRENT = 2;
+
 /** Bytes in a block key. */
 export const BLOCK_KEY_BYTES = 32;
 
@@ -33,7 +41,7 @@ function updateFramed(hash: crypto.Hash, field: Buffer | Uint8Array): void {
  * The key every chain of a tenant and model starts from. The tenant enters here and only here:
  * every block key depends on it through the chain, so two tenants never share a block.
  */
-export function rootKey(tenant: string, fingerprint: string): BlockKey {
+export function rootKey(tenant: string, fingerprint: string, layout = KV_LAYOUT_VERSION): BlockKey {
   if (typeof tenant !== "string") throw new TypeError("tenant must be a string");
   if (typeof fingerprint !== "string" || fingerprint === "")
     throw new TypeError("fingerprint must be a non-empty string");
@@ -41,7 +49,7 @@ export function rootKey(tenant: string, fingerprint: string): BlockKey {
   updateFramed(hash, ROOT_TAG);
   updateFramed(hash, Buffer.from(tenant, "utf8"));
   updateFramed(hash, Buffer.from(fingerprint, "utf8"));
-  updateFramed(hash, u32(KV_LAYOUT_VERSION));
+  updateFramed(hash, u32(layout));
   return hash.digest();
 }
 
@@ -59,7 +67,12 @@ export function encodeTokenIds(tokenIds: ArrayLike<number>): Buffer {
 }
 
 /** The key of the block holding `tokenIds` right after the block (or root) `parent`. */
-export function blockKey(parent: BlockKey, tokenIds: ArrayLike<number>, fingerprint: string): BlockKey {
+export function blockKey(
+  parent: BlockKey,
+  tokenIds: ArrayLike<number>,
+  fingerprint: string,
+  layout = KV_LAYOUT_VERSION,
+): BlockKey {
   if (!Buffer.isBuffer(parent) || parent.length !== BLOCK_KEY_BYTES) {
     throw new TypeError(`parent must be a ${BLOCK_KEY_BYTES}-byte Buffer`);
   }
@@ -69,7 +82,7 @@ export function blockKey(parent: BlockKey, tokenIds: ArrayLike<number>, fingerpr
   updateFramed(hash, parent);
   updateFramed(hash, encodeTokenIds(tokenIds));
   updateFramed(hash, Buffer.from(fingerprint, "utf8"));
-  updateFramed(hash, u32(KV_LAYOUT_VERSION));
+  updateFramed(hash, u32(layout));
   return hash.digest();
 }
 
@@ -93,6 +106,7 @@ export function chainKeys(
   blockTokens: number,
   fingerprint: string,
   end: number = tokens.length,
+  layout = KV_LAYOUT_VERSION,
 ): ChainLink[] {
   if (!Number.isInteger(blockTokens) || blockTokens < 1) throw new RangeError("blockTokens must be >= 1");
   if (!Number.isInteger(end) || end < 0 || end > tokens.length) {
@@ -102,7 +116,7 @@ export function chainKeys(
   let parent = root;
   for (let start = 0; start < end; start += blockTokens) {
     const stop = Math.min(start + blockTokens, end);
-    const key = blockKey(parent, sliceTokens(tokens, start, stop), fingerprint);
+    const key = blockKey(parent, sliceTokens(tokens, start, stop), fingerprint, layout);
     links.push({ key, parent, start, end: stop });
     parent = key;
   }

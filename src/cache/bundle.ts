@@ -11,7 +11,8 @@ import {
   type KVBlock,
 } from "../../gen/kvpark/v1/kvblocks_pb";
 import { KvparkError } from "../errors";
-import type { KVBlockRecord, ModelShape } from "./block-codec";
+import type { LayerType } from "../model/config";
+import { hasRecurrentLayers, type KVBlockRecord, type ModelShape } from "./block-codec";
 
 /**
  * A bundle: a tenant's blocks (or some of them, with the chains that lead to them) in one file or
@@ -106,6 +107,13 @@ export class BundleWriter {
       kvHeads: source.model.kvHeads,
       headDim: source.model.headDim,
       createdUnixMs: BigInt(source.createdUnixMs),
+      ...(hasRecurrentLayers(source.model)
+        ? {
+            layerKinds: [...source.model.layerTypes!],
+            snapshotConvShape: source.model.recurrentShape!.conv,
+            snapshotDeltaShape: source.model.recurrentShape!.delta,
+          }
+        : {}),
     });
   }
 
@@ -130,6 +138,9 @@ export class BundleWriter {
       layerCount: record.layerCount,
       dtype: record.dtype,
       shape: record.shape,
+      layerKinds: record.layerKinds,
+      snapshotConvShape: record.snapshotConvShape,
+      snapshotDeltaShape: record.snapshotDeltaShape,
       payload: record.payload,
       payloadSha256: record.payloadSha256,
     });
@@ -424,7 +435,8 @@ export function checkBundleHeader(header: BundleHeader, model: ModelShape, block
   if (
     header.layerCount !== model.numLayers ||
     header.kvHeads !== model.kvHeads ||
-    header.headDim !== model.headDim
+    header.headDim !== model.headDim ||
+    header.layerKinds.join() !== (hasRecurrentLayers(model) ? model.layerTypes!.join() : "")
   ) {
     throw new KvparkError(
       "FAILED_PRECONDITION",
@@ -440,5 +452,11 @@ export function bundleModel(header: BundleHeader): ModelShape {
     numLayers: header.layerCount,
     kvHeads: header.kvHeads,
     headDim: header.headDim,
+    ...(header.layerKinds.length > 0
+      ? {
+          layerTypes: header.layerKinds as LayerType[],
+          recurrentShape: { conv: [...header.snapshotConvShape], delta: [...header.snapshotDeltaShape] },
+        }
+      : {}),
   };
 }

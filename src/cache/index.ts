@@ -4,9 +4,22 @@
  * and the policy that ties them together (prefix-cache, a facade over block-index, restore,
  * persist, transfer and pins; its types are in reports). See src/cache/README.md.
  */
-export { BLOCK_KEY_BYTES, KV_LAYOUT_VERSION, blockKey, chainKeys, rootKey } from "./block-key";
+export {
+  BLOCK_KEY_BYTES,
+  KV_LAYOUT_VERSION,
+  KV_LAYOUT_VERSION_RECURRENT,
+  blockKey,
+  chainKeys,
+  rootKey,
+} from "./block-key";
 export type { BlockKey, ChainLink } from "./block-key";
-export { BLOCK_DTYPE, BLOCK_FORMAT_VERSION, verifyRecord } from "./block-codec";
+export {
+  BLOCK_DTYPE,
+  BLOCK_FORMAT_VERSION,
+  BLOCK_FORMAT_VERSION_V1,
+  snapshotBytes,
+  verifyRecord,
+} from "./block-codec";
 export type { BlockHeader, KVBlockInput, KVBlockRecord, ModelShape } from "./block-codec";
 export { CACHE_DEFAULTS, cacheOptionsFrom, resolveCacheOptions, sharedOptionsFrom } from "./config";
 export type { AdmissionPolicy, CacheOptions } from "./config";

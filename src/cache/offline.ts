@@ -5,6 +5,7 @@ import { optionRange } from "../config";
 import { KvparkError } from "../errors";
 import { openStore, type BlockStore } from "../store";
 import { parseSafetensors, SafetensorsError } from "../util/safetensors";
+import type { LayerType } from "../model/config";
 import { openEnvelope, parseBlockPayload, toRecord, verifyRecord, type ModelShape } from "./block-codec";
 import { ChainLog } from "./chain-log";
 import { BlockError } from "./errors";
@@ -161,7 +162,27 @@ function modelOf(payload: Buffer): ModelShape {
   if (![kvHeads, headDim].every((n) => Number.isSafeInteger(n) && n >= 1)) {
     throw new BlockError("INVALID_PAYLOAD", "metadata shape is not a list of counts");
   }
-  return { fingerprint: String(meta.model_fingerprint ?? ""), numLayers: layers, kvHeads, headDim };
+  const model: ModelShape = {
+    fingerprint: String(meta.model_fingerprint ?? ""),
+    numLayers: layers,
+    kvHeads,
+    headDim,
+  };
+  if (meta.layer_kinds === undefined) return model;
+  // Format version 2 describes its layers; parseBlockPayload checks these against the tensors.
+  try {
+    const kinds: unknown = JSON.parse(meta.layer_kinds);
+    const conv: unknown = JSON.parse(meta.snapshot_conv_shape ?? "");
+    const delta: unknown = JSON.parse(meta.snapshot_delta_shape ?? "");
+    if (!Array.isArray(kinds) || !Array.isArray(conv) || !Array.isArray(delta)) throw new Error("not lists");
+    return {
+      ...model,
+      layerTypes: kinds as LayerType[],
+      recurrentShape: { conv: conv as number[], delta: delta as number[] },
+    };
+  } catch {
+    throw new BlockError("INVALID_PAYLOAD", "metadata layer_kinds or snapshot shapes are not readable");
+  }
 }
 
 /**

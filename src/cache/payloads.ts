@@ -1,9 +1,10 @@
 import { core as mx } from "@frost-beta/mlx";
-import type { LayerKV } from "../model/kv-cache";
+import { isSnapshot, type LayerBlock } from "../model/kv-cache";
 import { encodeHeader, type TensorSpec } from "../util/safetensors";
 import {
   blockTensor,
   encodePayloadHeader,
+  layerParts,
   makeHeader,
   openEnvelope,
   parseBlockPayload,
@@ -49,12 +50,17 @@ export class BlockPayloads {
    * Block payloads (safetensors files) of blocks held as MLX arrays, through one staging file;
    * with `envelope`, each preceded by its stored envelope (the SSD form).
    */
-  payloadsFromLayers(blocks: { record: ChainRecord; layers: LayerKV[] }[], envelope = false): Buffer[] {
+  payloadsFromLayers(blocks: { record: ChainRecord; layers: LayerBlock[] }[], envelope = false): Buffer[] {
     const arrays: Record<string, mx.array> = {};
     blocks.forEach(({ layers }, j) =>
-      layers.forEach((kv, i) => {
-        arrays[`${j}.${i}.keys`] = kv.keys;
-        arrays[`${j}.${i}.values`] = kv.values;
+      layers.forEach((layer, i) => {
+        if (isSnapshot(layer)) {
+          arrays[`${j}.${i}.conv`] = layer.conv;
+          arrays[`${j}.${i}.delta`] = layer.delta;
+        } else {
+          arrays[`${j}.${i}.keys`] = layer.keys;
+          arrays[`${j}.${i}.values`] = layer.values;
+        }
       }),
     );
     const { bytes, file } = this.staging.arraysToBytes(arrays);
@@ -63,7 +69,7 @@ export class BlockPayloads {
       const pieces: Buffer[] = envelope ? [storedEnvelope(record.root)] : [];
       pieces.push(encodePayloadHeader(header));
       for (let i = 0; i < this.model.numLayers; i++) {
-        for (const kind of ["keys", "values"] as const) {
+        for (const kind of layerParts(this.model, i)) {
           const info = file.tensors.get(`${j}.${i}.${kind}`)!;
           pieces.push(bytes.subarray(file.dataOffset + info.begin, file.dataOffset + info.end));
         }
@@ -72,28 +78,32 @@ export class BlockPayloads {
     });
   }
 
-  /** One block's tensors as MLX arrays [1, kvHeads, tokens, headDim], through a staging file. */
-  layersFromPayload(block: ParsedBlock): LayerKV[] {
-    const [kvHeads, tokens, headDim] = block.header.shape;
+  /**
+   * One block's tensors as MLX arrays, through a staging file: keys and values
+   * [1, kvHeads, tokens, headDim], snapshots [1, ...shape].
+   */
+  layersFromPayload(block: ParsedBlock): LayerBlock[] {
     const specs: TensorSpec[] = [];
     const pieces: Buffer[] = [];
     for (let i = 0; i < this.model.numLayers; i++) {
-      for (const kind of ["keys", "values"] as const) {
+      for (const kind of layerParts(this.model, i)) {
         const data = blockTensor(block, i, kind);
+        const info = block.file.tensors.get(`layers.${i}.${kind}`)!;
         specs.push({
           name: `${i}.${kind}`,
           dtype: "F32",
-          shape: [1, kvHeads, tokens, headDim],
+          shape: [1, ...info.shape],
           byteLength: data.length,
         });
         pieces.push(data);
       }
     }
     const arrays = this.staging.bytesToArrays(encodeHeader(specs, {}), pieces);
-    return Array.from({ length: this.model.numLayers }, (_, i) => ({
-      keys: arrays[`${i}.keys`],
-      values: arrays[`${i}.values`],
-    }));
+    return Array.from({ length: this.model.numLayers }, (_, i): LayerBlock =>
+      layerParts(this.model, i)[0] === "conv"
+        ? { conv: arrays[`${i}.conv`], delta: arrays[`${i}.delta`] }
+        : { keys: arrays[`${i}.keys`], values: arrays[`${i}.values`] },
+    );
   }
 
   /** Checks a block read from SSD against what the index says it is. */

@@ -1,5 +1,5 @@
-import type { LayerKV } from "../model/kv-cache";
-import { blockDataBytes } from "./block-codec";
+import type { LayerBlock } from "../model/kv-cache";
+import { blockDataBytes, layoutVersionOf } from "./block-codec";
 import { chainKeys } from "./block-key";
 import type { BlockEntry } from "./block-index";
 import { CachePart } from "./parts";
@@ -42,7 +42,7 @@ export class Persister extends CachePart {
     const rootHex = root.toString("hex");
     const used: string[] = [];
     const nowMs = this.nowMs();
-    for (const link of chainKeys(root, tokens, B, this.model.fingerprint, end)) {
+    for (const link of chainKeys(root, tokens, B, this.model.fingerprint, end, layoutVersionOf(this.model))) {
       if (link.end <= fromTokens) continue;
       const keyHex = link.key.toString("hex");
       let entry = this.index.get(keyHex);
@@ -54,6 +54,17 @@ export class Persister extends CachePart {
         report.blocksPresent++;
         used.push(keyHex);
         this.admit(entry, ramBlock.layers, report);
+        continue;
+      }
+      if (!kv.canExport(link.start, link.end)) {
+        // The sequence lacks part of this block: a recurrent layer's state after it (restored from
+        // SSD with only its chain's last snapshot, or not captured), or a sliding-window layer's rows
+        // older than its window, which a restore skips. A block already stored stays as it is and
+        // the chain goes on; a new one cannot be made, nor anything after it.
+        if (!entry) break;
+        entry.sightings++;
+        entry.usedAtMs = nowMs;
+        report.blocksPresent++;
         continue;
       }
       const layers = kv.export(link.start, link.end);
@@ -101,7 +112,7 @@ export class Persister extends CachePart {
    * Queues a RAM block for SSD when the tier exists, does not have it, and the policy admits it;
    * the same for the shared tier, by its own policy.
    */
-  private admit(entry: BlockEntry, layers: LayerKV[], report?: PersistReport): void {
+  private admit(entry: BlockEntry, layers: LayerBlock[], report?: PersistReport): void {
     const pinned = this.pins.isPinned(entry.keyHex);
     this.admitShared(entry, layers, pinned);
     if (!this.ssd || entry.ssd !== "none" || !this.ssd.admits(entry.sightings, pinned)) return;
@@ -121,7 +132,7 @@ export class Persister extends CachePart {
   }
 
   /** Queues a RAM block for the shared tier, when there is one that this node has not given it to. */
-  private admitShared(entry: BlockEntry, layers: LayerKV[], pinned: boolean): void {
+  private admitShared(entry: BlockEntry, layers: LayerBlock[], pinned: boolean): void {
     const shared = this.shared;
     if (!shared || entry.shared === "queued" || !shared.admits(entry.sightings, pinned)) return;
     if (entry.shared === "stored" && !shared.stale(entry.sharedAtMs ?? 0)) return;

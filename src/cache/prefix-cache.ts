@@ -1,5 +1,5 @@
 import * as path from "node:path";
-import { makeHeader, toRecord, type ModelShape } from "./block-codec";
+import { hasRecurrentLayers, layoutVersionOf, makeHeader, toRecord, type ModelShape } from "./block-codec";
 import { BlockIndex } from "./block-index";
 import { resolveCacheOptions, type CacheOptions } from "./config";
 import { CacheMaintenance } from "./maintenance";
@@ -115,6 +115,7 @@ export class PrefixCache {
             writeQueueBytesMax: o.writeQueueBytesMax,
             writeBatchBytesMax: o.writeBatchBytesMax,
             fingerprint: model.fingerprint,
+            layoutVersion: layoutVersionOf(model),
           },
           (items) => payloads.encodeForStore(items),
           { io: seams.fileIo ?? nodeFileIo, log: seams.log ?? ((line) => console.error(line)), nowMs },
@@ -177,6 +178,7 @@ export class PrefixCache {
       limit,
       B,
       this.model.fingerprint,
+      layoutVersionOf(this.model),
       t0 + shared.options.timeoutMs,
     );
     match.lookupMs += performance.now() - t0;
@@ -379,6 +381,12 @@ function checkModel(model: ModelShape): void {
     if (!Number.isSafeInteger(model[field]) || model[field] < 1) {
       throw new TypeError(`model ${field} must be a positive integer`);
     }
+  }
+  if (model.layerTypes && model.layerTypes.length !== model.numLayers) {
+    throw new TypeError(`model layerTypes lists ${model.layerTypes.length} layers, not ${model.numLayers}`);
+  }
+  if (hasRecurrentLayers(model) && !model.recurrentShape) {
+    throw new TypeError("a model with recurrent layers needs their snapshot shapes (recurrentShape)");
   }
 }
 

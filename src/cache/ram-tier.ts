@@ -1,9 +1,12 @@
-import type { LayerKV } from "../model/kv-cache";
+import type { LayerBlock } from "../model/kv-cache";
 
-/** One block held in RAM as MLX arrays, one LayerKV [1, kvHeads, tokens, headDim] per layer. */
+/**
+ * One block held in RAM as MLX arrays, per layer its keys and values [1, kvHeads, tokens, headDim]
+ * or, for a recurrent layer, its snapshot after the block's last token.
+ */
 export interface RamBlock {
   readonly keyHex: string;
-  readonly layers: LayerKV[];
+  readonly layers: LayerBlock[];
   readonly tokens: number;
   readonly bytes: number;
   /** Requests using the block right now; a referenced block is never evicted. */
@@ -63,7 +66,7 @@ export class RamTier {
    * Adds a block, evicting least recently used blocks to make room. Returns false, evicting
    * nothing, when the block cannot fit because the rest is referenced or pinned.
    */
-  insert(keyHex: string, layers: LayerKV[], tokens: number, bytes: number): boolean {
+  insert(keyHex: string, layers: LayerBlock[], tokens: number, bytes: number): boolean {
     const existing = this.blocks.get(keyHex);
     if (existing) {
       this.touch(keyHex);

@@ -6,7 +6,7 @@ import type { BlockErrorCode } from "./errors";
 // The types PrefixCache's methods take and return; src/cache/index.ts exports them.
 
 /** The part of a sequence's ModelCache the prefix cache reads (persist) and writes (restore). */
-export type SequenceKV = Pick<ModelCache, "offset" | "export" | "import">;
+export type SequenceKV = Pick<ModelCache, "offset" | "export" | "import" | "importRecurrent" | "canExport">;
 
 /** Where a cached block is served from. */
 export type Tier = "ram" | "ssd";
@@ -101,6 +101,11 @@ export interface RestoreReport {
   corruptBlocks: number;
   /** Tokens of the match lost because a block vanished or failed (not counting recomputeChosenTokens). */
   lostTokens: number;
+  /**
+   * Tokens of a match ending mid-block left to recompute because the model has recurrent layers:
+   * their state is known only at block ends, so the restore stops at the last whole block.
+   */
+  midBlockTokens: number;
   ssdBytes: number;
   restoreMs: number;
   stages: RestoreStages;

@@ -1,7 +1,15 @@
 import { core as mx } from "@frost-beta/mlx";
-import type { LayerKV } from "../model/kv-cache";
+import type { LayerBlock, LayerKV } from "../model/kv-cache";
 import { encodeHeader, type TensorSpec } from "../util/safetensors";
-import { blockDataBytes, blockTensor, headRows, type ParsedBlock } from "./block-codec";
+import {
+  blockDataBytes,
+  blockTensor,
+  hasRecurrentLayers,
+  headRows,
+  isRecurrentLayer,
+  isSlidingLayer,
+  type ParsedBlock,
+} from "./block-codec";
 import { verifySharedBlock } from "./shared-verify";
 import type { BlockEntry } from "./block-index";
 import { BlockError } from "./errors";
@@ -75,6 +83,7 @@ export class Restorer extends CachePart {
       recomputeChosenTokens: 0,
       corruptBlocks: 0,
       lostTokens: 0,
+      midBlockTokens: 0,
       ssdBytes: 0,
       restoreMs: 0,
       stages: { ramMs: 0, ssdReadWaitMs: 0, verifyMs: 0, stageMs: 0, importMs: 0, sharedReadWaitMs: 0 },
@@ -83,7 +92,17 @@ export class Restorer extends CachePart {
       estimatedRecomputeMs: 0,
     };
     let plan = this.planRestore(match);
-    report.lostTokens = match.tokens - plan.reduce((n, s) => n + s.block.tokens, 0);
+    const last = plan[plan.length - 1];
+    if (last && this.recurrent && last.block.tokens < last.block.blockTokens) {
+      // A recurrent layer's state exists only after a block's last token: restore up to the end
+      // of the previous block and recompute the rest, rather than reject the match whole.
+      report.midBlockTokens = last.block.tokens;
+      if (last.ram) this.ram.release(last.ram);
+      plan = plan.slice(0, -1);
+    }
+    report.lostTokens = match.tokens - report.midBlockTokens - plan.reduce((n, s) => n + s.block.tokens, 0);
+    /** The recurrent snapshot of the last block imported, set where the sequence ends. */
+    const ending: { layers: (LayerBlock | null)[] | null } = { layers: null };
     try {
       const cut = this.chooseCut(plan, report);
       if (cut < plan.length) {
@@ -93,6 +112,7 @@ export class Restorer extends CachePart {
         for (const step of dropped) if (step.ram) this.ram.release(step.ram);
         plan = plan.slice(0, cut);
       }
+      const keepFrom = this.slidingKeepFrom(plan);
       let at = 0;
       for (let i = 0; i < plan.length;) {
         const tier = stepTier(plan[i]);
@@ -100,12 +120,13 @@ export class Restorer extends CachePart {
         while (j < plan.length && stepTier(plan[j]) === tier) j++;
         const run = plan.slice(i, j);
         if (tier === "ram") {
-          at += this.importRam(run, kv, at, report);
+          at += this.importRam(run, kv, at, report, keepFrom);
+          ending.layers = run[run.length - 1].ram!.layers;
         } else {
           const done =
             tier === "ssd"
-              ? await this.importSsd(run, kv, at, report, options.signal)
-              : await this.importShared(run, kv, at, report, match.tenant, options.signal);
+              ? await this.importSsd(run, kv, at, report, options.signal, ending, keepFrom)
+              : await this.importShared(run, kv, at, report, match.tenant, options.signal, ending, keepFrom);
           at += done.tokens;
           if (done.stopped) {
             report.lostTokens += plan.slice(i).reduce((n, s) => n + s.block.tokens, 0) - done.tokens;
@@ -114,6 +135,7 @@ export class Restorer extends CachePart {
         }
         i = j;
       }
+      if (this.recurrent && at > 0) kv.importRecurrent(ending.layers!);
       report.restoredTokens = at;
     } finally {
       // Release in reverse so the chain's first blocks end up most recently used: under
@@ -127,6 +149,32 @@ export class Restorer extends CachePart {
     }
     report.restoreMs = now() - t0;
     return report;
+  }
+
+  /** Whether the model has recurrent layers, whose state a restore sets from the last block. */
+  private get recurrent(): boolean {
+    return hasRecurrentLayers(this.model);
+  }
+
+  /**
+   * For an import ending at position e, the first position whose rows a sliding-window layer
+   * needs; rows before it are skipped (left as zeros, masked). A restore can stop early only at
+   * the start of an SSD block (gone or failing verification), so the earliest position a
+   * sequence restored through e may continue from is the first SSD block's start at or after e,
+   * or the plan's end; a query there or later sees keys back to W - 1 positions before it. Rows
+   * older than that W are needed by no stop point and no later token. -Infinity: keep every row.
+   */
+  private slidingKeepFrom(plan: PlanStep[]): (end: number) => number {
+    const window = this.model.slidingWindow;
+    if (!window || !this.model.layerTypes?.includes("sliding_attention")) return () => -Infinity;
+    const risks: number[] = [];
+    let position = 0;
+    for (const step of plan) {
+      if (!step.ram) risks.push(position);
+      position += step.block.tokens;
+    }
+    const planEnd = position;
+    return (end) => (risks.find((r) => r >= end) ?? planEnd) - window;
   }
 
   /** The blocks of a match still available, RAM ones referenced; stops at the first that is gone. */
@@ -175,30 +223,61 @@ export class Restorer extends CachePart {
     return report.estimatedRecomputeMs < report.estimatedRestoreMs ? first : plan.length;
   }
 
-  private importRam(run: PlanStep[], kv: SequenceKV, at: number, report: RestoreReport): number {
+  private importRam(
+    run: PlanStep[],
+    kv: SequenceKV,
+    at: number,
+    report: RestoreReport,
+    keepFrom: (end: number) => number,
+  ): number {
     const t0 = now();
     const tokens = run.reduce((n, s) => n + s.block.tokens, 0);
-    const part = (a: mx.array, used: number): mx.array =>
-      used === a.shape[2] ? a : a.index(mx.Slice(), mx.Slice(), mx.Slice(0, used), mx.Slice());
+    const end = at + tokens;
+    const part = (a: mx.array, from: number, used: number): mx.array =>
+      from === 0 && used === a.shape[2]
+        ? a
+        : a.index(mx.Slice(), mx.Slice(), mx.Slice(from, used), mx.Slice());
     // One concatenation per layer and one import beat an import per block (README: 157-185 ms
     // against 313-800 ms for 8k tokens of the Qwen2.5-0.5B shape).
-    const ranges: LayerKV[] = [];
+    const ranges: (LayerKV | null)[] = [];
+    let rows = 0;
     for (let i = 0; i < this.model.numLayers; i++) {
-      const keys = run.map((s) => part(s.ram!.layers[i].keys, s.block.tokens));
-      const values = run.map((s) => part(s.ram!.layers[i].values, s.block.tokens));
-      ranges.push({
-        keys: keys.length === 1 ? keys[0] : mx.concatenate(keys, 2),
-        values: values.length === 1 ? values[0] : mx.concatenate(values, 2),
-      });
+      if (isRecurrentLayer(this.model, i)) {
+        ranges.push(null);
+        continue;
+      }
+      // A sliding-window layer takes only the rows a query after the restore can see.
+      const from = isSlidingLayer(this.model, i) ? keepFrom(end) : -Infinity;
+      const keys: mx.array[] = [];
+      const values: mx.array[] = [];
+      let start = at;
+      for (const step of run) {
+        const skip = Math.max(0, Math.min(step.block.tokens, from - start));
+        const layer = step.ram!.layers[i] as LayerKV;
+        if (skip < step.block.tokens) {
+          keys.push(part(layer.keys, skip, step.block.tokens));
+          values.push(part(layer.values, skip, step.block.tokens));
+          rows += step.block.tokens - skip;
+        }
+        start += step.block.tokens;
+      }
+      ranges.push(
+        keys.length === 0
+          ? null
+          : {
+              keys: keys.length === 1 ? keys[0] : mx.concatenate(keys, 2),
+              values: values.length === 1 ? values[0] : mx.concatenate(values, 2),
+            },
+      );
     }
-    kv.import(at, ranges);
-    const bytes = blockDataBytes(this.model, tokens);
+    kv.import(at, ranges, end);
+    const bytes = rows * 2 * this.model.kvHeads * this.model.headDim * 4;
     if (run.length > 1) this.droppedBytes += bytes;
-    const end = now();
-    const ms = end - t0;
+    const t1 = now();
+    const ms = t1 - t0;
     report.stages.ramMs += ms;
     report.ramTokens += tokens;
-    report.batches.push({ tier: "ram", blocks: run.length, tokens, bytes, startMs: t0, endMs: end });
+    report.batches.push({ tier: "ram", blocks: run.length, tokens, bytes, startMs: t0, endMs: t1 });
     this.ramBytesPerMs = ewma(this.ramBytesPerMs, bytes / Math.max(ms, 0.01));
     return tokens;
   }
@@ -209,6 +288,8 @@ export class Restorer extends CachePart {
     at: number,
     report: RestoreReport,
     signal: AbortSignal | undefined,
+    ending: { layers: (LayerBlock | null)[] | null },
+    keepFrom: (end: number) => number,
   ): Promise<{ tokens: number; stopped: boolean }> {
     const ssd = this.ssd!;
     const t0 = now();
@@ -250,7 +331,7 @@ export class Restorer extends CachePart {
         }
         report.stages.verifyMs += now() - tVerify;
         if (valid.length > 0) {
-          const loaded = this.loadBlocks(valid, kv, at + tokens, report);
+          const loaded = this.loadBlocks(valid, kv, at + tokens, report, ending, keepFrom);
           tokens += loaded.tokens;
           restoredBytes += loaded.bytes;
           report.batches.push({
@@ -290,6 +371,8 @@ export class Restorer extends CachePart {
     report: RestoreReport,
     tenant: string,
     signal: AbortSignal | undefined,
+    ending: { layers: (LayerBlock | null)[] | null },
+    keepFrom: (end: number) => number,
   ): Promise<{ tokens: number; stopped: boolean }> {
     const shared = this.shared!;
     const root = this.index.rootOf(tenant);
@@ -346,7 +429,7 @@ export class Restorer extends CachePart {
         }
         report.stages.verifyMs += now() - tVerify;
         if (valid.length > 0) {
-          const loaded = this.loadBlocks(valid, kv, at + tokens, report);
+          const loaded = this.loadBlocks(valid, kv, at + tokens, report, ending, keepFrom);
           tokens += loaded.tokens;
           restoredBytes += loaded.bytes;
           for (const { step } of valid) shared.noteRestored(step.block.key.toString("hex"));
@@ -380,37 +463,71 @@ export class Restorer extends CachePart {
     kv: SequenceKV,
     at: number,
     report: RestoreReport,
+    ending: { layers: (LayerBlock | null)[] | null },
+    keepFrom: (end: number) => number,
   ): { tokens: number; bytes: number } {
     const { numLayers, kvHeads, headDim } = this.model;
     const tStage = now();
     const tokens = valid.reduce((n, v) => n + v.step.block.tokens, 0);
-    const layerBytes = kvHeads * tokens * headDim * 4;
+    const end = at + tokens;
     const specs: TensorSpec[] = [];
+    let kvBytes = 0;
     const pieces: Buffer[] = [];
+    const lastBlock = valid[valid.length - 1].block;
+    let snapshotBytes = 0;
     for (let i = 0; i < numLayers; i++) {
+      if (isRecurrentLayer(this.model, i)) {
+        // Only the batch's last block's snapshot: the sequence continues from there.
+        for (const kind of ["conv", "delta"] as const) {
+          const data = blockTensor(lastBlock, i, kind);
+          const shape = [1, ...lastBlock.file.tensors.get(`layers.${i}.${kind}`)!.shape];
+          specs.push({ name: `${i}.${kind}`, dtype: "F32", shape, byteLength: data.length });
+          pieces.push(data);
+          snapshotBytes += data.length;
+        }
+        continue;
+      }
+      // A sliding-window layer stages only the rows a query after the restore can see.
+      const from = isSlidingLayer(this.model, i) ? keepFrom(end) : -Infinity;
+      const skips: number[] = [];
+      let start = at;
+      for (const { step } of valid) {
+        skips.push(Math.max(0, Math.min(step.block.tokens, from - start)));
+        start += step.block.tokens;
+      }
+      const rows = tokens - skips.reduce((a, b) => a + b, 0);
+      if (rows === 0) continue;
       for (const kind of ["keys", "values"] as const) {
-        specs.push({
-          name: `${i}.${kind}`,
-          dtype: "F32",
-          shape: [1, kvHeads, tokens, headDim],
-          byteLength: layerBytes,
-        });
+        const byteLength = kvHeads * rows * headDim * 4;
+        specs.push({ name: `${i}.${kind}`, dtype: "F32", shape: [1, kvHeads, rows, headDim], byteLength });
+        kvBytes += byteLength;
         for (let h = 0; h < kvHeads; h++) {
-          for (const { step, block } of valid) {
-            pieces.push(headRows(blockTensor(block, i, kind), block.header.shape, h, step.block.tokens));
-          }
+          valid.forEach(({ step, block }, j) => {
+            if (skips[j] === step.block.tokens) return;
+            const tensor = blockTensor(block, i, kind);
+            pieces.push(
+              headRows(tensor, block.header.shape, h, step.block.tokens).subarray(skips[j] * headDim * 4),
+            );
+          });
         }
       }
     }
     const arrays = this.staging.bytesToArrays(encodeHeader(specs, {}), pieces);
     const tImport = now();
     report.stages.stageMs += tImport - tStage;
-    const ranges: LayerKV[] = [];
-    for (let i = 0; i < numLayers; i++)
-      ranges.push({ keys: arrays[`${i}.keys`], values: arrays[`${i}.values`] });
-    kv.import(at, ranges);
+    const ranges: (LayerBlock | null)[] = [];
+    for (let i = 0; i < numLayers; i++) {
+      if (isRecurrentLayer(this.model, i))
+        ranges.push({ conv: arrays[`${i}.conv`], delta: arrays[`${i}.delta`] });
+      else
+        ranges.push(
+          arrays[`${i}.keys`] ? { keys: arrays[`${i}.keys`], values: arrays[`${i}.values`] } : null,
+        );
+    }
+    kv.import(at, ranges, end);
+    if (this.recurrent) ending.layers = ranges;
     report.stages.importMs += now() - tImport;
-    const bytes = layerBytes * 2 * numLayers;
+    const bytes = kvBytes + snapshotBytes;
     this.droppedBytes += bytes;
     return { tokens, bytes };
   }

@@ -4,7 +4,7 @@ import { KVBlockSchema } from "../../gen/kvpark/v1/kvblocks_pb";
 import { normalizeRecord, type KVBlockRecord } from "./block-codec";
 import { blockKey } from "./block-key";
 import type { AdmissionPolicy } from "./config";
-import type { LayerKV } from "../model/kv-cache";
+import type { LayerBlock } from "../model/kv-cache";
 
 /** Where and how the shared tier reaches Redis, and its limits (CacheOptions.shared). */
 export interface SharedTierOptions {
@@ -46,7 +46,7 @@ export interface SharedWrite {
   tokenIds: Uint32Array;
   /** Bytes of its KV, what the queue's byte limit counts. */
   bytes: number;
-  layers: LayerKV[];
+  layers: LayerBlock[];
   done: (ok: boolean) => void;
 }
 
@@ -224,6 +224,7 @@ export class SharedTier {
     limit: number,
     blockTokens: number,
     fingerprint: string,
+    layout: number,
     deadline: number,
   ): Promise<SharedLink[]> {
     const found: SharedLink[] = [];
@@ -234,7 +235,7 @@ export class SharedTier {
         let p = parent;
         for (let s = at; s + blockTokens <= limit && links.length < LOOKUP_BATCH_BLOCKS; s += blockTokens) {
           const ids = tokens.slice(s, s + blockTokens);
-          const key = blockKey(p, ids, fingerprint);
+          const key = blockKey(p, ids, fingerprint, layout);
           links.push({ key, parent: p, tokenIds: ids, tokens: blockTokens });
           p = key;
         }
@@ -259,6 +260,7 @@ export class SharedTier {
           limit,
           blockTokens,
           fingerprint,
+          layout,
           deadline,
         );
         if (partial) found.push(partial);
@@ -277,6 +279,7 @@ export class SharedTier {
     limit: number,
     blockTokens: number,
     fingerprint: string,
+    layout: number,
     deadline: number,
   ): Promise<SharedLink | null> {
     const [reply] = await this.round(
@@ -298,7 +301,7 @@ export class SharedTier {
       if (shared === 0 || shared <= (best?.tokens ?? 0)) continue;
       // The metadata is Redis' word only: the key must be the one its tokens give under this parent.
       const key = Buffer.from(keyHex, "hex");
-      if (!blockKey(parent, ids, fingerprint).equals(key)) continue;
+      if (!blockKey(parent, ids, fingerprint, layout).equals(key)) continue;
       best = { key, parent, tokenIds: ids, tokens: shared };
     }
     return best;

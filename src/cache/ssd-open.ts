@@ -41,6 +41,7 @@ export async function openIndex(
   store: BlockStore,
   logFile: string,
   fingerprint: string,
+  layoutVersion: number | undefined,
   io: FileIo,
   errors: WriteErrors,
 ): Promise<{ records: ChainRecord[]; log: ChainLog | null; report: IndexOpenReport }> {
@@ -51,7 +52,8 @@ export async function openIndex(
     contents = ChainLog.read(
       logFile,
       io,
-      (r, afterDamage) => !afterDamage || blockKey(r.parent, r.tokenIds, fingerprint).equals(r.key),
+      (r, afterDamage) =>
+        !afterDamage || blockKey(r.parent, r.tokenIds, fingerprint, layoutVersion).equals(r.key),
     );
   } catch (err) {
     errors.report(

@@ -10,7 +10,7 @@ import {
   type PutResult,
   type StoreStats,
 } from "../store";
-import type { LayerKV } from "../model/kv-cache";
+import type { LayerBlock } from "../model/kv-cache";
 import { ChainLog, type ChainRecord } from "./chain-log";
 import type { AdmissionPolicy } from "./config";
 import type { FileIo } from "./file-io";
@@ -25,7 +25,7 @@ export interface PendingWrite {
   /** Stored bytes (envelope and payload), counted against the queue's byte limit. */
   bytes: number;
   /** The KV to encode on the engine's thread, or the stored bytes when they are already at hand. */
-  source: { layers: LayerKV[] } | { stored: Buffer };
+  source: { layers: LayerBlock[] } | { stored: Buffer };
   /** Told the outcome once the store answered. */
   done?: (result: PutResult) => void;
 }
@@ -45,6 +45,8 @@ export interface SsdTierOptions {
   writeBatchBytesMax: number;
   /** The served model's fingerprint: records found after damage in the chain log are checked with it. */
   fingerprint: string;
+  /** The KV layout version of the served model's keys (block-key.ts); default KV_LAYOUT_VERSION. */
+  layoutVersion?: number;
 }
 
 /** What the SSD tier's side files are written with, what it logs with and its clock; tests swap them. */
@@ -133,6 +135,7 @@ export class SsdTier {
         store,
         path.join(options.dir, "chain.log"),
         options.fingerprint,
+        options.layoutVersion,
         seams.io,
         errors,
       );

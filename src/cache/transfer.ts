@@ -1,4 +1,4 @@
-import type { LayerKV } from "../model/kv-cache";
+import type { LayerBlock } from "../model/kv-cache";
 import type { PutResult } from "../store";
 import { KvparkError } from "../errors";
 import {
@@ -50,7 +50,7 @@ export class BlockTransfer extends CachePart {
       const batch = keys.slice(i, i + batchBlocks).map(asBuffer);
       const results: (GetBlockResult | null)[] = batch.map(() => null);
       const fromSsd: { j: number; entry: BlockEntry }[] = [];
-      const fromRam: { j: number; entry: BlockEntry; layers: LayerKV[] }[] = [];
+      const fromRam: { j: number; entry: BlockEntry; layers: LayerBlock[] }[] = [];
       batch.forEach((key, j) => {
         const entry = key.length === BLOCK_KEY_BYTES ? this.index.get(key.toString("hex")) : undefined;
         const ramBlock = entry && entry.rootHex === rootHex ? this.ram.get(entry.keyHex) : undefined;

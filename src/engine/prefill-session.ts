@@ -1,7 +1,7 @@
 import type { PrefixCache } from "../cache/index.js";
 import type { LoadedModel, ModelCache } from "../model/loader.js";
 import type { FromEngine, ModelInfo, PrefillProgress } from "../engine-ipc.js";
-import { kvBytes, prefixCacheFor, type Job, type JobNeed } from "./sequence.js";
+import { kvBytes, snapshotsHeld, type Job, type JobNeed } from "./sequence.js";
 
 /**
  * A PrefillStream call inside the engine: context arrives in pieces while, for example, a tool runs,
@@ -11,7 +11,7 @@ import { kvBytes, prefixCacheFor, type Job, type JobNeed } from "./sequence.js";
 export class PrefillSession implements Job {
   private readonly tokens: number[] = [];
   private readonly kv: ModelCache;
-  /** The prefix cache, or undefined when there is none or the model cannot use it (prefixCacheFor). */
+  /** The prefix cache, or undefined when there is none. */
   private readonly cache: PrefixCache | undefined;
   private restored = false;
   private closing = false;
@@ -35,8 +35,10 @@ export class PrefillSession implements Job {
     cache: PrefixCache | undefined,
     private readonly send: (msg: FromEngine) => void,
   ) {
-    this.cache = prefixCacheFor(model, cache);
+    this.cache = cache;
     this.kv = model.newCache();
+    // Recurrent layers keep their state at block boundaries for the blocks this session persists.
+    if (cache && persist) this.kv.captureSnapshots(cache.blockTokens);
   }
 
   /** What the session needs: its restore, prefill of context received, its end, or the next piece. */
@@ -47,7 +49,7 @@ export class PrefillSession implements Job {
 
   /** Bytes of the context received so far, as KV. */
   get memoryBytes(): number {
-    return kvBytes(this.info, this.tokens.length);
+    return kvBytes(this.info, this.tokens.length, this.persist ? snapshotsHeld(this.model, this.cache) : 0);
   }
 
   append(tokens: number[]): void {
@@ -109,6 +111,12 @@ export class PrefillSession implements Job {
       partialTail,
     });
     this.progress.blocksPersisted += r.blocksAdded;
+    // The snapshots of the blocks just persisted are in the cache now (or could not be kept).
+    this.kv.dropSnapshots(
+      partialTail
+        ? this.kv.offset
+        : Math.floor(this.kv.offset / this.cache.blockTokens) * this.cache.blockTokens,
+    );
   }
 
   private report(done: boolean): void {

@@ -47,10 +47,45 @@ export interface Job {
   readonly memoryBytes: number;
 }
 
-/** Bytes of float32 KV for `tokens` positions, allocated in steps of CACHE_STEP_TOKENS. */
-export function kvBytes(info: ModelInfo, tokens: number): number {
+/**
+ * Bytes of a sequence's cache: float32 KV of the attention layers for `tokens` positions,
+ * allocated in steps of CACHE_STEP_TOKENS, and with recurrent layers their state plus the
+ * `snapshots` copies of it kept for the prefix cache (see snapshotsHeld).
+ */
+export function kvBytes(info: ModelInfo, tokens: number, snapshots = 0): number {
   const positions = Math.ceil(Math.max(tokens, 1) / CACHE_STEP_TOKENS) * CACHE_STEP_TOKENS;
-  return positions * info.numLayers * 2 * info.kvHeads * info.headDim * 4;
+  const kv = positions * info.attentionLayers * 2 * info.kvHeads * info.headDim * 4;
+  return kv + info.recurrentStateBytes * (1 + snapshots);
+}
+
+/**
+ * Most recurrent snapshots a sequence holds at once when it keeps them for the prefix cache: those
+ * of one prefill chunk's block boundaries and the one decode may add, since the sequence hands them
+ * to the cache after every chunk and decode step that made one (persistSnapshots).
+ */
+export function snapshotsHeld(model: LoadedModel, cache: PrefixCache | undefined): number {
+  if (!cache || !model.hasRecurrentState) return 0;
+  return Math.ceil(model.prefillChunkTokens / cache.blockTokens) + 1;
+}
+
+/**
+ * Hands the full blocks a sequence has computed since `fromTokens` to the cache, with the
+ * recurrent snapshots that end them, and drops the sequence's snapshots up to there: a model with
+ * recurrent layers keeps one state per block boundary, which would otherwise pile up over a long
+ * prompt (qwen3.5-0.8b: about 19 MB each). Returns the tokens handed over so far.
+ */
+export function persistSnapshots(
+  cache: PrefixCache,
+  tenant: string,
+  tokens: readonly number[],
+  kv: ModelCache,
+  fromTokens: number,
+): number {
+  if (kv.snapshotCount === 0) return fromTokens;
+  const end = Math.floor(kv.offset / cache.blockTokens) * cache.blockTokens;
+  if (end > fromTokens) cache.persist(tenant, tokens, kv, { partialTail: false, fromTokens });
+  kv.dropSnapshots(kv.offset);
+  return Math.max(end, fromTokens);
 }
 
 /**
@@ -65,7 +100,7 @@ export class Sequence implements Job {
   readonly memoryBytes: number;
   /** Allocated when the sequence begins, not while it waits for admission. */
   private kv!: ModelCache;
-  /** The prefix cache, or undefined when there is none or the model cannot use it (prefixCacheFor). */
+  /** The prefix cache, or undefined when there is none. */
   private readonly cache: PrefixCache | undefined;
   private readonly reserveTokens: number;
   private readonly sampler: Sampler;
@@ -106,11 +141,11 @@ export class Sequence implements Job {
     cache: PrefixCache | undefined,
     private readonly send: (msg: FromEngine) => void,
   ) {
-    this.cache = prefixCacheFor(model, cache);
+    this.cache = cache;
     this.id = req.id;
     this.tenant = req.tenant;
     this.reserveTokens = Math.min(req.tokens.length + req.sampling.maxTokens, info.contextTokens);
-    this.memoryBytes = kvBytes(info, this.reserveTokens);
+    this.memoryBytes = kvBytes(info, this.reserveTokens, req.persist ? snapshotsHeld(model, cache) : 0);
     const { temperature, topP, topK, seed } = req.sampling;
     this.sampler = new Sampler({ temperature, topP, topK, seed, vocabLimit: tokenizer.vocabSize });
     // Tool-call and reasoning markers stay in the text when the front end parses them out of it.
@@ -149,6 +184,8 @@ export class Sequence implements Job {
   begin(): void {
     this.started = true;
     this.kv = this.model.newCache(this.reserveTokens);
+    // Recurrent layers keep their state at block boundaries only for a sequence that will persist.
+    if (this.cache && this.req.persist) this.kv.captureSnapshots(this.cache.blockTokens);
     // The restore runs while other requests keep computing: its disk reads happen on the store's
     // threads, and its MLX work interleaves with other jobs' steps on this thread.
     this.waiting = this.start().then(
@@ -169,6 +206,7 @@ export class Sequence implements Job {
     this.prefilled += chunk.length;
     if (this.prefilled < prompt.length) {
       this.model.materialize(this.kv);
+      this.handOverSnapshots();
       this.prefillMs += performance.now() - t0;
       this.reportProgress(t0);
       return false;
@@ -195,7 +233,24 @@ export class Sequence implements Job {
   /** Samples from this sequence's row of a decode step's logits; resolves true when it has finished. */
   async acceptLogits(logits: mx.array): Promise<boolean> {
     const token = await this.pick(logits);
+    this.handOverSnapshots();
     return token === undefined ? this.finish("eos", []) : this.accept(token);
+  }
+
+  /** Tokens whose full blocks the sequence has already handed to the cache (persistSnapshots). */
+  private snapshotsPersisted = 0;
+
+  /** Hands blocks ending in recurrent snapshots to the cache as they are made; see persistSnapshots. */
+  private handOverSnapshots(): void {
+    if (!this.cache || this.kv.snapshotCount === 0) return;
+    const tokens = [...this.req.tokens, ...this.generated];
+    this.snapshotsPersisted = persistSnapshots(
+      this.cache,
+      this.tenant,
+      tokens,
+      this.kv,
+      this.snapshotsPersisted,
+    );
   }
 
   /** Samples the next token, under a constraint among the tokens it allows; undefined once it is complete. */
@@ -324,7 +379,10 @@ export class Sequence implements Job {
   private keep(): void {
     if (!this.cache) return;
     const tokens = [...this.req.tokens, ...this.generated];
-    const r = this.cache.persist(this.req.tenant, tokens, this.kv, { persist: this.req.persist });
+    const r = this.cache.persist(this.req.tenant, tokens, this.kv, {
+      persist: this.req.persist,
+      fromTokens: this.snapshotsPersisted,
+    });
     this.activity.blocksQueued = r.queuedToSsd;
     if (this.req.pin && this.req.persist) {
       const { kind, ttlMs } = this.req.pin;
@@ -364,24 +422,3 @@ export async function runAlone(seq: Sequence, model: LoadedModel, chunkTokens: n
     if (await seq.acceptLogits(model.decodeBatch([token], [seq.kvCache]))) return;
   }
 }
-
-/**
- * The prefix cache a job may use: none for a model with recurrent layers (qwen3_5's Gated
- * DeltaNet). The cache's blocks hold per-token keys and values only, and a recurrent layer's state
- * after a prefix is not among them, so restoring a prefix would continue from the wrong state.
- * Such a model's prompts are neither looked up, restored nor persisted (every prompt is computed
- * in full) until the cache learns layer kinds. Said once per process on stderr.
- */
-export function prefixCacheFor(model: LoadedModel, cache: PrefixCache | undefined): PrefixCache | undefined {
-  if (!cache || !model.hasRecurrentState) return cache;
-  if (!recurrentBypassLogged) {
-    recurrentBypassLogged = true;
-    console.error(
-      `kvpark: model_type "${model.config.modelType}" has recurrent layers; the prefix cache is bypassed ` +
-        "(no lookup, restore or persist): this model's prompts are not cached",
-    );
-  }
-  return undefined;
-}
-
-let recurrentBypassLogged = false;

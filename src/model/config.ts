@@ -321,18 +321,13 @@ function parseGemma3Fields(c: Json, numHiddenLayers: number, file: string): Gemm
 
   let layerTypes: LayerType[];
   if (c.layer_types != null) {
-    const types = c.layer_types;
-    if (
-      !Array.isArray(types) ||
-      types.length !== numHiddenLayers ||
-      !types.every((t) => t === "sliding_attention" || t === "full_attention")
-    ) {
-      throw invalid(
-        "layer_types",
-        `must list "sliding_attention" or "full_attention" for each of the ${numHiddenLayers} layers`,
-      );
-    }
-    layerTypes = types as LayerType[];
+    layerTypes = parseLayerTypes(
+      c.layer_types,
+      numHiddenLayers,
+      ["sliding_attention", "full_attention"],
+      "gemma3_text",
+      file,
+    );
   } else {
     const pattern = positive("sliding_window_pattern", GEMMA3_DEFAULTS.slidingWindowPattern, true);
     layerTypes = Array.from({ length: numHiddenLayers }, (_, i) =>
@@ -378,8 +373,15 @@ function parseQwen35Fields(c: Json, numHiddenLayers: number, headDim: number, fi
     return v;
   };
 
-  if (typeof c.num_experts === "number" && c.num_experts > 0) {
-    throw unsupported(`"num_experts": ${c.num_experts}`, "only dense models run");
+  // Qwen3.5's mixture-of-experts models (model_type "qwen3_5_moe" in their own configs) would also be
+  // recognised here by their expert settings if relabelled.
+  for (const field of ["num_experts", "num_experts_per_tok", "moe_intermediate_size"]) {
+    if (typeof c[field] === "number" && (c[field] as number) > 0) {
+      throw unsupported(
+        `mixture of experts ("${field}": ${c[field]})`,
+        "supported: the dense Qwen3.5 models, whose config has no experts",
+      );
+    }
   }
   if (c.text_config != null) {
     throw unsupported('a nested "text_config"', "write the text model's fields at the top level");
@@ -422,18 +424,13 @@ function parseQwen35Fields(c: Json, numHiddenLayers: number, headDim: number, fi
 
   let layerTypes: LayerType[];
   if (c.layer_types != null) {
-    const types = c.layer_types;
-    if (
-      !Array.isArray(types) ||
-      types.length !== numHiddenLayers ||
-      !types.every((t) => t === "linear_attention" || t === "full_attention")
-    ) {
-      throw invalid(
-        "layer_types",
-        `must list "linear_attention" or "full_attention" for each of the ${numHiddenLayers} layers`,
-      );
-    }
-    layerTypes = types as LayerType[];
+    layerTypes = parseLayerTypes(
+      c.layer_types,
+      numHiddenLayers,
+      ["linear_attention", "full_attention"],
+      "qwen3_5",
+      file,
+    );
   } else {
     const interval = positive(c, "full_attention_interval", 4, true);
     layerTypes = Array.from({ length: numHiddenLayers }, (_, i) =>
@@ -451,6 +448,39 @@ function parseQwen35Fields(c: Json, numHiddenLayers: number, headDim: number, fi
     false,
   );
   return { layerTypes, linearAttention, ropeTheta, ropeDims };
+}
+
+/**
+ * A config's `layer_types`: one entry per layer, each one of `supported`. A list of the wrong shape
+ * is MODEL_INVALID; a layer kind kvpark does not run (a future or another architecture's) is
+ * MODEL_UNSUPPORTED, naming the kinds it runs.
+ */
+function parseLayerTypes(
+  value: unknown,
+  numHiddenLayers: number,
+  supported: readonly LayerType[],
+  modelType: string,
+  file: string,
+): LayerType[] {
+  const kinds = supported.map((t) => `"${t}"`).join(", ");
+  if (
+    !Array.isArray(value) ||
+    value.length !== numHiddenLayers ||
+    !value.every((t) => typeof t === "string")
+  ) {
+    throw new ModelError(
+      "MODEL_INVALID",
+      `${file}: field "layer_types" must list one of ${kinds} for each of the ${numHiddenLayers} layers`,
+    );
+  }
+  const unknown = value.findIndex((t) => !supported.includes(t as LayerType));
+  if (unknown >= 0) {
+    throw new ModelError(
+      "MODEL_UNSUPPORTED",
+      `${file}: layer type ${JSON.stringify(value[unknown])} (layer ${unknown}) is not supported for model_type "${modelType}"; supported: ${kinds}`,
+    );
+  }
+  return value as LayerType[];
 }
 
 function parseRopeScaling(value: unknown, file: string): RopeScaling | null {

@@ -28,6 +28,11 @@ export const CACHE_STEP_TOKENS = 256;
 export class KVCache {
   /** Number of valid tokens; the next token is written at this position. */
   offset = 0;
+  /**
+   * Positions below this were skipped by a restore (skipTo) and hold no keys or values: a
+   * sliding-window layer's rows older than its window. They cannot be exported.
+   */
+  skippedBelow = 0;
   private keys: mx.array | null = null;
   private values: mx.array | null = null;
 
@@ -92,6 +97,11 @@ export class KVCache {
     ) {
       throw new RangeError(`exportRange(${start}, ${end}) outside the cached range [0, ${this.offset})`);
     }
+    if (start < this.skippedBelow) {
+      throw new RangeError(
+        `exportRange(${start}, ${end}): positions below ${this.skippedBelow} were not restored`,
+      );
+    }
     // `take` gathers into a new buffer in one op; slicing would create a view that pins the cache.
     const positions = mx.arange(start, end, 1, mx.int32);
     const keys = mx.take(this.keys!, positions, 2);
@@ -128,6 +138,20 @@ export class KVCache {
     this.updateAndFetch(keys.astype(mx.float32), values.astype(mx.float32));
   }
 
+  /**
+   * Moves the offset forward to `position` without writing the positions in between: a restore
+   * into a fresh cache leaves a sliding-window layer's rows that no later query can see (older than
+   * its window) as the zeros they are. They are masked in attention and cannot be exported.
+   */
+  skipTo(position: number): void {
+    if (!Number.isInteger(position) || position < this.offset) {
+      throw new RangeError(`skipTo(${position}): the cache already holds ${this.offset} tokens`);
+    }
+    this.reserve(position);
+    this.offset = position;
+    this.skippedBelow = position;
+  }
+
   /** Drops the last `n` tokens (fewer if the cache is shorter); returns how many were dropped. */
   trim(n: number): number {
     const dropped = Math.max(0, Math.min(n, this.offset));
@@ -141,22 +165,59 @@ export class KVCache {
   }
 }
 
+/** A recurrent layer's state at one position: what a restore to that position needs. */
+export interface RecurrentSnapshot {
+  /** [1, kernel - 1, convChannels]: the convolution's input rows before the next token. */
+  conv: mx.array;
+  /** [1, valueHeads, valueHeadDim, keyHeadDim]: the delta rule's state S. */
+  delta: mx.array;
+}
+
+/** What a block holds for one layer: keys and values of its tokens, or a recurrent snapshot. */
+export type LayerBlock = LayerKV | RecurrentSnapshot;
+
+/** True for a recurrent layer's part of a block. */
+export function isSnapshot(layer: LayerBlock): layer is RecurrentSnapshot {
+  return "delta" in layer;
+}
+
 /**
  * What a recurrent layer (qwen3_5's Gated DeltaNet) carries from one token to the next, in place
  * of keys and values: the last kernel - 1 inputs of its causal convolution and the delta rule's
- * state. Both are replaced, not appended to, at every step, so unlike a KVCache this cannot be
- * exported by token range, trimmed, or rebuilt from a prefix cache's blocks. Null until the
- * layer first runs; the layer knows the shapes.
+ * state. Both are replaced, not appended to, at every step, so unlike a KVCache no token range of
+ * it exists: a prefix cache restores it from a snapshot taken after a block's last token. With
+ * `snapshotTokens` set, the layer keeps the state it had after every position that is a multiple
+ * of it (a block boundary), until the owner drops them (once persisted). Null until the layer
+ * first runs; the layer knows the shapes.
  */
 export class RecurrentState {
   /** [1, kernel - 1, convChannels]: the convolution's input rows before the next token. */
   conv: mx.array | null = null;
   /** [1, valueHeads, valueHeadDim, keyHeadDim]: the delta rule's state S. */
   delta: mx.array | null = null;
+  /** Tokens the state has seen: the position of the next token. */
+  position = 0;
+  /** Capture a snapshot after every position that is a multiple of this; 0: none. */
+  snapshotTokens = 0;
+  /** Snapshots by the position they were taken after. */
+  readonly snapshots = new Map<number, RecurrentSnapshot>();
 
-  /** The arrays, for evaluating pending updates. */
+  /** Whether the layer should keep its state after `position` tokens. */
+  capturesAt(position: number): boolean {
+    return this.snapshotTokens > 0 && position % this.snapshotTokens === 0;
+  }
+
+  /** The state after `position` tokens, if it is the current one or was captured. */
+  at(position: number): RecurrentSnapshot | undefined {
+    if (position === this.position && this.conv && this.delta) return { conv: this.conv, delta: this.delta };
+    return this.snapshots.get(position);
+  }
+
+  /** The arrays, for evaluating pending updates (snapshots included). */
   state(): mx.array[] {
-    return [this.conv, this.delta].filter((a): a is mx.array => a !== null);
+    const out = [this.conv, this.delta].filter((a): a is mx.array => a !== null);
+    for (const s of this.snapshots.values()) out.push(s.conv, s.delta);
+    return out;
   }
 }
 
@@ -185,7 +246,7 @@ export class ModelCache {
     if (this.#attention.length === 0) throw new RangeError("ModelCache: at least one layer must attend");
   }
 
-  /** True when some layer carries recurrent state, which token ranges of KV cannot restore. */
+  /** True when some layer carries recurrent state, which a restore takes from a snapshot. */
   get hasRecurrentState(): boolean {
     return this.#attention.length < this.layers.length;
   }
@@ -206,25 +267,114 @@ export class ModelCache {
     mx.eval(...this.state());
   }
 
-  /** Copies positions [start, end) of every layer; see KVCache.exportRange. */
-  export(start: number, end: number): LayerKV[] {
-    this.refuseRecurrent("export");
-    return this.layers.map((layer) => layer.exportRange(start, end));
+  /**
+   * Makes the recurrent layers keep their state at every multiple of `blockTokens` (0: stop), so
+   * that blocks ending there can be exported. No effect without recurrent layers.
+   */
+  captureSnapshots(blockTokens: number): void {
+    for (const r of this.recurrent) if (r) r.snapshotTokens = blockTokens;
   }
 
-  /** Writes one LayerKV per layer at positions [at, at + n); see KVCache.importRange. */
-  import(at: number, ranges: LayerKV[]): void {
-    this.refuseRecurrent("import");
+  /** Snapshots held per recurrent layer (the same count in each). */
+  get snapshotCount(): number {
+    return this.recurrent.find((r) => r !== null)?.snapshots.size ?? 0;
+  }
+
+  /** Drops the snapshots taken at or before `position` (they are persisted, or never will be). */
+  dropSnapshots(position: number): void {
+    for (const r of this.recurrent) {
+      if (!r) continue;
+      for (const at of [...r.snapshots.keys()]) if (at <= position) r.snapshots.delete(at);
+    }
+  }
+
+  /**
+   * Whether positions [start, end) can be exported: for attention layers when a restore skipped
+   * none of them (KVCache.skipTo), for recurrent ones when their state after `end` is the current
+   * one or was captured.
+   */
+  canExport(start: number, end: number): boolean {
+    return this.layers.every((layer, i) => {
+      const r = this.recurrent[i];
+      return r ? r.at(end) !== undefined : layer.skippedBelow <= start;
+    });
+  }
+
+  /**
+   * Copies positions [start, end) of every attention layer (see KVCache.exportRange) and, for a
+   * recurrent layer, its state after `end` (shared, not copied: states are never written in place).
+   */
+  export(start: number, end: number): LayerBlock[] {
+    return this.layers.map((layer, i) => {
+      const r = this.recurrent[i];
+      if (!r) return layer.exportRange(start, end);
+      const snapshot = r.at(end);
+      if (!snapshot)
+        throw new RangeError(`export: layer ${i} holds no recurrent state after position ${end}`);
+      return snapshot;
+    });
+  }
+
+  /**
+   * Writes the tokens at positions [at, end) of every attention layer (see KVCache.importRange).
+   * A layer's range may hold only the last m of them, [end - m, end), or be null for none: a
+   * sliding-window layer's rows older than its window are skipped (KVCache.skipTo). `end`
+   * defaults to at plus the first attention layer's row count. Entries of recurrent layers are
+   * ignored (null or a snapshot): a restore sets their state once, where it ends, with
+   * importRecurrent.
+   */
+  import(at: number, ranges: readonly (LayerBlock | null)[], end?: number): void {
     if (ranges.length !== this.layers.length) {
       throw new RangeError(`import: got ${ranges.length} layers, the model has ${this.layers.length}`);
     }
-    this.layers.forEach((layer, i) => layer.importRange(at, ranges[i].keys, ranges[i].values));
+    const rowsOf = (r: LayerBlock | null): number => (r && !isSnapshot(r) ? r.keys.shape[2] : 0);
+    const stop = end ?? at + rowsOf(ranges[this.recurrent.indexOf(null)]);
+    this.layers.forEach((layer, i) => {
+      if (this.recurrent[i]) return;
+      const range = ranges[i];
+      if (range && isSnapshot(range)) throw new RangeError(`import: layer ${i} needs keys and values`);
+      const rows = rowsOf(range);
+      if (rows > stop - at) throw new RangeError(`import: layer ${i} has ${rows} rows for [${at}, ${stop})`);
+      if (stop - rows > at) layer.skipTo(stop - rows);
+      else if (layer.offset < at)
+        throw new RangeError(`import at ${at}: layer ${i} holds ${layer.offset} tokens`);
+      if (range && rows > 0) layer.importRange(stop - rows, range.keys, range.values);
+    });
     mx.eval(...this.state());
   }
 
-  /** Drops the last `n` tokens of every layer; returns how many were dropped. */
+  /**
+   * Sets every recurrent layer's state to the snapshot taken after the cache's last token (offset),
+   * as restored from the block ending there. Entries of attention layers are ignored.
+   */
+  importRecurrent(snapshots: readonly (LayerBlock | null)[]): void {
+    if (snapshots.length !== this.layers.length) {
+      throw new RangeError(
+        `importRecurrent: got ${snapshots.length} layers, the model has ${this.layers.length}`,
+      );
+    }
+    const position = this.offset;
+    this.recurrent.forEach((r, i) => {
+      if (!r) return;
+      const s = snapshots[i];
+      if (!s || !isSnapshot(s))
+        throw new RangeError(`importRecurrent: layer ${i} needs a recurrent snapshot`);
+      r.conv = s.conv.astype(mx.float32);
+      r.delta = s.delta.astype(mx.float32);
+      r.position = position;
+      r.snapshots.clear();
+    });
+    mx.eval(...this.state());
+  }
+
+  /**
+   * Drops the last `n` tokens of every layer; returns how many were dropped. A recurrent state
+   * cannot go back, so a cache holding one refuses any n > 0.
+   */
   trim(n: number): number {
-    this.refuseRecurrent("trim");
+    if (this.hasRecurrentState && n > 0) {
+      throw new RangeError("trim: this cache holds recurrent layer state, which cannot go back");
+    }
     let dropped = 0;
     for (const layer of this.layers) dropped = layer.trim(n);
     return dropped;
@@ -236,12 +386,5 @@ export class ModelCache {
       ...this.#attention.flatMap((layer) => layer.state()),
       ...this.recurrent.flatMap((r) => r?.state() ?? []),
     ];
-  }
-
-  /** A recurrent state holds the whole past in one array: no token range of it exists to move. */
-  private refuseRecurrent(op: string): void {
-    if (this.hasRecurrentState) {
-      throw new RangeError(`${op}: this cache holds recurrent layer state, which has no token ranges`);
-    }
   }
 }

@@ -2,7 +2,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { setImmediate as yieldToEventLoop } from "node:timers/promises";
 import { core as mx } from "@frost-beta/mlx";
-import { type ModelConfig, readModelConfig, tokenIdList } from "./config";
+import { type LayerType, type ModelConfig, readModelConfig, tokenIdList } from "./config";
 import { ModelError } from "./errors";
 import { modelFingerprint } from "./fingerprint";
 import { calibrateRows, type RowCalibration } from "./batch-rows";
@@ -10,7 +10,7 @@ import { ModelCache } from "./kv-cache";
 import { ARCHITECTURES, type CausalLM, type LogitsFor, SUPPORTED_MODEL_TYPES } from "./models";
 import { SafetensorsError, type TensorInfo, readSafetensorsHeader } from "../util/safetensors";
 
-export { ModelCache, type LayerKV, KVCache } from "./kv-cache";
+export { ModelCache, type LayerKV, type LayerBlock, type RecurrentSnapshot, KVCache } from "./kv-cache";
 export type { LogitsFor } from "./models";
 
 /** Options of {@link loadModel}. */
@@ -65,14 +65,41 @@ export class LoadedModel {
     this.numLayers = config.numHiddenLayers;
     this.kvHeads = config.numKeyValueHeads;
     this.headDim = config.headDim;
+    this.layerTypes = config.layerTypes;
+    this.slidingWindow = config.slidingWindow;
     this.recurrentLayers = config.layerTypes.flatMap((t, i) => (t === "linear_attention" ? [i] : []));
+    const linear = config.linearAttention;
+    this.recurrentShape =
+      linear && this.recurrentLayers.length > 0
+        ? {
+            conv: [
+              linear.convKernel - 1,
+              2 * linear.numKeyHeads * linear.keyHeadDim + linear.numValueHeads * linear.valueHeadDim,
+            ],
+            delta: [linear.numValueHeads, linear.valueHeadDim, linear.keyHeadDim],
+          }
+        : null;
   }
 
   /**
-   * Layers that carry recurrent state (qwen3_5's Gated DeltaNet) instead of keys and values. The
-   * prefix cache, whose blocks hold per-token KV only, cannot restore such a model's sequences.
+   * Per layer, its kind: "full_attention" and "sliding_attention" layers hold keys and values,
+   * "linear_attention" layers (qwen3_5's Gated DeltaNet) a recurrent state. The prefix cache
+   * reads this to know what a block holds for each layer.
    */
+  readonly layerTypes: readonly LayerType[];
+
+  /** Window of the "sliding_attention" layers in tokens; null without them. */
+  readonly slidingWindow: number | null;
+
+  /** Layers that carry recurrent state instead of keys and values. */
   readonly recurrentLayers: number[];
+
+  /**
+   * Shapes of a recurrent layer's state without the batch dimension: the convolution's carried
+   * input rows [kernel - 1, channels] and the delta rule's state [valueHeads, valueHeadDim,
+   * keyHeadDim]. Null without recurrent layers.
+   */
+  readonly recurrentShape: { conv: number[]; delta: number[] } | null;
 
   get hasRecurrentState(): boolean {
     return this.recurrentLayers.length > 0;

@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
 import { PrefixCache } from "../../src/cache";
-import { ModelCache } from "../../src/model/kv-cache";
+import { type LayerKV, ModelCache } from "../../src/model/kv-cache";
 import { CRASH_SHAPE, CRASH_TOKENS } from "./children/crash-writer";
 import { childEnv, removeTempDirs, tempDir, transpileForChild } from "./helpers";
 
@@ -51,7 +51,7 @@ describe("kill -9 while writing", () => {
       const sequence = new ModelCache(CRASH_SHAPE.numLayers, CRASH_SHAPE.kvHeads, CRASH_SHAPE.headDim);
       const report = await cache.restore(match, sequence);
       expect(report).toMatchObject({ restoredTokens: CRASH_TOKENS, corruptBlocks: 0 });
-      for (const { keys, values } of sequence.export(0, CRASH_TOKENS)) {
+      for (const { keys, values } of sequence.export(0, CRASH_TOKENS) as LayerKV[]) {
         expect(mx.all(mx.equal(keys, i)).item()).toBe(true);
         expect(mx.all(mx.equal(values, -i)).item()).toBe(true);
       }

@@ -185,8 +185,10 @@ beforeAll(() => {
 
 describe("cache formats, version 1", () => {
   it("are the versions this build writes and reads", () => {
+    // Block format 2 is read and written for models with recurrent layers (golden-v2.spec.ts);
+    // this model has none and writes version 1.
     expect([STORED_ENVELOPE_VERSION, BLOCK_FORMAT_VERSION, CHAIN_LOG_VERSION, PIN_LOG_VERSION]).toEqual([
-      1, 1, 1, 1,
+      1, 2, 1, 1,
     ]);
     expect(STORED_ENVELOPE_BYTES).toBe(64);
   });
@@ -281,15 +283,24 @@ describe("cache formats, version 1", () => {
     const payload = openEnvelope(stored).payload;
     const at = payload.indexOf('"format_version":"1"');
     expect(at).toBeGreaterThan(0);
-    const future = patched(payload, at + '"format_version":"'.length, Buffer.from("2"));
+    const future = patched(payload, at + '"format_version":"'.length, Buffer.from("3"));
     expect(() => parseBlockPayload(future, MODEL)).toThrow(
       expect.objectContaining({
         name: "BlockError",
         code: "UNSUPPORTED_VERSION",
-        message: "format version 2; this server reads 1",
+        message: "format version 3; this server reads 1 and 2",
       }),
     );
-    const record = { ...wireRecord(stored), formatVersion: 2 };
+    // Version 2 is for models with recurrent layers; a full-attention model's blocks are version 1.
+    const v2Payload = patched(payload, at + '"format_version":"'.length, Buffer.from("2"));
+    expect(() => parseBlockPayload(v2Payload, MODEL)).toThrow(
+      expect.objectContaining({
+        name: "BlockError",
+        code: "UNSUPPORTED_VERSION",
+        message: "format version 2; this model's blocks are version 1 (it has no recurrent layers)",
+      }),
+    );
+    const record = { ...wireRecord(stored), formatVersion: 3 };
     expect(() => verifyRecord(record, { model: MODEL, blockTokens: BLOCK_TOKENS, root: ROOT })).toThrow(
       expect.objectContaining({ name: "BlockError", code: "UNSUPPORTED_VERSION" }),
     );

@@ -5,6 +5,7 @@ import { scriptsIn, transpileWithImports } from "../helpers/transpile";
 import { core as mx } from "@frost-beta/mlx";
 import { PrefixCache, type CacheOptions, type CacheSeams, type RestoreReport } from "../../src/cache";
 import { writeRandomCheckpoint } from "../../src/model-gen/checkpoint";
+import { ARCHITECTURE_CASES, TINY } from "../model/architectures";
 import { type LoadedModel, type ModelCache, loadModel } from "../../src/model/loader";
 
 const dirs: string[] = [];
@@ -30,6 +31,30 @@ export function tinyModel(seed = 11): Promise<LoadedModel> {
     model = (async () => {
       const dir = tempDir("model");
       await writeRandomCheckpoint(dir, { preset: "tiny", seed });
+      return loadModel(dir);
+    })();
+    models.set(key, model);
+  }
+  return model;
+}
+
+/**
+ * A tiny random model of a hybrid architecture, loaded once per kind and seed: "qwen3_5" (Gated
+ * DeltaNet, attention, DeltaNet, attention) or "gemma3_text" (local, global, local with a window
+ * of `window` tokens), shaped as in test/model/architectures.ts.
+ */
+export function hybridModel(kind: "qwen3_5" | "gemma3_text", seed = 11, window = 12): Promise<LoadedModel> {
+  const key = `${kind}-${seed}-${window}`;
+  let model = models.get(key);
+  if (!model) {
+    const config = {
+      ...TINY,
+      ...ARCHITECTURE_CASES.find((c) => c.config.model_type === kind)!.config,
+      ...(kind === "gemma3_text" ? { sliding_window: window } : {}),
+    };
+    model = (async () => {
+      const dir = tempDir("model");
+      await writeRandomCheckpoint(dir, { config, seed, tokenizerVocabSize: 512 });
       return loadModel(dir);
     })();
     models.set(key, model);
@@ -92,6 +117,8 @@ export async function generate(
 ): Promise<Completion & { report: RestoreReport; sequence: ModelCache }> {
   const match = cache.lookup(tenant, prompt, { tokensMax: prompt.length - 1 });
   const sequence = model.newCache(prompt.length + steps);
+  // Recurrent layers keep their state at block boundaries, as the engine's sequences do.
+  if (persist) sequence.captureSnapshots(cache.blockTokens);
   const report = await cache.restore(match, sequence);
   expect(sequence.offset).toBe(report.restoredTokens);
   const completion = decode(model, sequence, prompt, steps);

@@ -111,9 +111,9 @@ describe("putBlocks verifies every block before storing it", () => {
     ],
     [
       "an unknown format version",
-      () => [reencode(records[0], { formatVersion: 2 })],
+      () => [reencode(records[0], { formatVersion: 3 })],
       "UNSUPPORTED_VERSION",
-      "format version 2; this server reads 1",
+      "format version 3; this server reads 1 and 2",
     ],
     [
       "a payload that does not match its checksum",

@@ -33,7 +33,11 @@ export async function persistSequences(
     const prompt = randomTokens(seed + i, 45, model.config.vocabSize);
     const run = await generate(cache, model, tenant, prompt, 4);
     const n = run.sequence.offset;
-    out.push({ tenant, tokens: [...prompt, ...run.tokens].slice(0, n), kv: run.sequence.export(0, n) });
+    out.push({
+      tenant,
+      tokens: [...prompt, ...run.tokens].slice(0, n),
+      kv: run.sequence.export(0, n) as LayerKV[],
+    });
     // One write batch per sequence.
     await cache.flush();
   }
@@ -73,7 +77,7 @@ export async function lostBlocks(
     const sequence = model.newCache(s.tokens.length);
     const report = await cache.restore(match, sequence);
     expect(report).toMatchObject({ restoredTokens: s.tokens.length, corruptBlocks: 0, lostTokens: 0 });
-    sequence.export(0, s.tokens.length).forEach((layer, i) => {
+    (sequence.export(0, s.tokens.length) as LayerKV[]).forEach((layer, i) => {
       expect(mx.all(mx.equal(layer.keys, s.kv[i].keys)).item()).toBe(true);
       expect(mx.all(mx.equal(layer.values, s.kv[i].values)).item()).toBe(true);
     });

@@ -1,6 +1,6 @@
 import { core as mx } from "@frost-beta/mlx";
 import { writeRandomCheckpoint } from "../../src/model-gen/checkpoint";
-import { ModelCache } from "../../src/model/kv-cache";
+import { type LayerKV, ModelCache } from "../../src/model/kv-cache";
 import { type LoadedModel, loadModel } from "../../src/model/loader";
 import { referenceForward } from "./reference";
 import { ARCHITECTURE_CASES, TINY } from "./architectures";
@@ -81,18 +81,29 @@ describe.each(ARCHITECTURE_CASES)("$name", ({ config }) => {
   test("a KV range exported into a fresh cache continues like the original", () => {
     const source = model.newCache();
     if (model.hasRecurrentState) {
-      // A recurrent layer's state sums up every token before it in one array: no token range of
-      // it exists to export, import or trim, so the cache refuses rather than restore it wrongly.
-      // (The engine bypasses the prefix cache for such models for the same reason.)
-      model.forward(TOKENS.slice(0, 10), source);
-      expect(() => source.export(0, 8)).toThrow(
-        "this cache holds recurrent layer state, which has no token ranges",
-      );
+      // A recurrent layer's state sums up every token before it in one array: it cannot go back
+      // (trim), and a range ending at position p exports the state kept after p, which is there
+      // only at the multiples of the capture interval (a block boundary) or the current position.
+      source.captureSnapshots(4);
+      model.forward(TOKENS.slice(0, 6), source);
+      model.forward(TOKENS.slice(6, 10), source);
+      expect([...source.recurrent.find((r) => r)!.snapshots.keys()]).toEqual([4, 8]);
+      expect(source.canExport(0, 7)).toBe(false);
+      expect(() => source.export(0, 7)).toThrow("holds no recurrent state after position 7");
+      expect(source.canExport(8, 10)).toBe(true);
       expect(() => source.trim(2)).toThrow(RangeError);
+      const exported = source.export(0, 8);
+      const restored = model.newCache();
+      restored.import(0, exported);
+      restored.importRecurrent(exported);
+      const continued = model.forward(TOKENS.slice(8), restored, { logits: "all" });
+      expect(maxAbsDiff(continued, rows(full, 8, TOKENS.length))).toBeLessThan(TOLERANCE);
+      source.dropSnapshots(8);
+      expect(source.snapshotCount).toBe(0);
       return;
     }
     model.forward(TOKENS.slice(0, 10), source);
-    const exported = source.export(0, 8);
+    const exported = source.export(0, 8) as LayerKV[];
     expect(exported).toHaveLength(model.numLayers);
     expect(exported[0].keys.shape).toEqual([1, model.kvHeads, 8, model.headDim]);
     expect(exported[0].values.shape).toEqual([1, model.kvHeads, 8, model.headDim]);

@@ -1,5 +1,5 @@
 import { core as mx } from "@frost-beta/mlx";
-import { KVCache, ModelCache } from "../../src/model/kv-cache";
+import { KVCache, type LayerKV, ModelCache } from "../../src/model/kv-cache";
 
 /** [1, 2, n, 4] filled with `start`, `start + 1`, ... per position (every element of a position equal). */
 function positions(start: number, n: number): mx.array {
@@ -73,7 +73,7 @@ describe("ModelCache", () => {
       layer.updateAndFetch(positions(i * 10, 5), positions(i * 10 + 100, 5)),
     );
     expect(cache.offset).toBe(5);
-    const exported = cache.export(1, 4);
+    const exported = cache.export(1, 4) as LayerKV[];
     expect(exported.map((l) => valuesAt(l.keys))).toEqual([
       [1, 2, 3],
       [11, 12, 13],
@@ -85,7 +85,7 @@ describe("ModelCache", () => {
     fresh.layers.forEach((layer) => layer.updateAndFetch(positions(0, 1), positions(0, 1)));
     fresh.import(1, exported);
     expect(fresh.offset).toBe(4);
-    expect(fresh.export(0, 4).map((l) => valuesAt(l.values))).toEqual([
+    expect((fresh.export(0, 4) as LayerKV[]).map((l) => valuesAt(l.values))).toEqual([
       [0, 101, 102, 103],
       [0, 111, 112, 113],
       [0, 121, 122, 123],

@@ -7,6 +7,8 @@ import { ModelError } from "../../src/model/errors";
 import { modelFingerprint } from "../../src/model/fingerprint";
 import { type LoadedModel, loadModel } from "../../src/model/loader";
 import { PRESETS } from "../../src/model-gen/presets";
+import { parseModelConfig } from "../../src/model/config";
+import { ARCHITECTURE_CASES, TINY } from "./architectures";
 import { maxAbsDiff, removeTempDirs, tempDir, writeDequantizedTwin } from "./helpers";
 
 const TOKENS = [3, 141, 59, 265, 358, 97, 93, 238, 46, 264, 338, 327];
@@ -290,6 +292,55 @@ describe("errors", () => {
     const err = await modelError(() => loadModel(dir));
     expect(err.code).toBe(code);
     expect(err.message).toContain(message);
+  });
+
+  // Hybrid architectures: mixture-of-experts variants and layer kinds kvpark does not run are
+  // refused before any weight is read, naming what runs.
+  const hybrid = (kind: string) => ({
+    ...TINY,
+    ...ARCHITECTURE_CASES.find((c) => c.config.model_type === kind)!.config,
+    vocab_size: 517,
+  });
+  test.each([
+    [
+      "qwen3_5",
+      { num_experts: 256, num_experts_per_tok: 8 },
+      "MODEL_UNSUPPORTED",
+      'config.json: mixture of experts ("num_experts": 256) is not supported for model_type "qwen3_5"; supported: the dense Qwen3.5 models, whose config has no experts',
+    ],
+    [
+      "qwen3_5",
+      { moe_intermediate_size: 512 },
+      "MODEL_UNSUPPORTED",
+      'config.json: mixture of experts ("moe_intermediate_size": 512) is not supported for model_type "qwen3_5"; supported: the dense Qwen3.5 models, whose config has no experts',
+    ],
+    [
+      "qwen3_5",
+      { layer_types: ["linear_attention", "full_attention", "mamba", "full_attention"] },
+      "MODEL_UNSUPPORTED",
+      'config.json: layer type "mamba" (layer 2) is not supported for model_type "qwen3_5"; supported: "linear_attention", "full_attention"',
+    ],
+    [
+      "gemma3_text",
+      { layer_types: ["sliding_attention", "chunked_attention", "full_attention"] },
+      "MODEL_UNSUPPORTED",
+      'config.json: layer type "chunked_attention" (layer 1) is not supported for model_type "gemma3_text"; supported: "sliding_attention", "full_attention"',
+    ],
+    [
+      "qwen3_5",
+      { layer_types: ["linear_attention", "full_attention"] },
+      "MODEL_INVALID",
+      'config.json: field "layer_types" must list one of "linear_attention", "full_attention" for each of the 4 layers',
+    ],
+  ])("%s config %j", (kind, change, code, message) => {
+    let err: unknown;
+    try {
+      parseModelConfig({ ...hybrid(kind), ...change });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ModelError);
+    expect(err).toMatchObject({ code, message });
   });
 });
 

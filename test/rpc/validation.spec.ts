@@ -19,8 +19,10 @@ const info: ModelInfo = {
   vocabSize: 512,
   contextTokens: 8192,
   numLayers: 2,
+  attentionLayers: 2,
   kvHeads: 2,
   headDim: 16,
+  recurrentStateBytes: 0,
   weightBytes: 0,
 };
 

@@ -33,6 +33,10 @@ import {
  * plain RMSNorm weights. A Hugging Face checkpoint stores conv1d as [channels, 1, kernel] and its
  * norms as (1 + weight); the loader refuses it on the conv1d shape rather than run it wrongly.
  *
+ * With snapshots on (RecurrentState.snapshotTokens), the state after every block boundary inside
+ * a chunk is kept for the prefix cache; the step loop runs token by token anyway, so this costs
+ * only the memory of the states kept.
+ *
  * The recurrence runs token by token in MLX ops (mlx-lm's `gated_delta_ops`), one compiled step
  * per token: exact, but a long prefill builds one step per token and layer. A chunked (WY) form
  * would batch a chunk's tokens into matrix products.
@@ -143,8 +147,17 @@ class GatedDeltaNet extends Module {
       const [y, next] = deltaStep(at(q, i), at(k, i), at(v, i), at(decay, i), at(beta, i), S);
       ys.push(y);
       S = next;
+      // At a block boundary inside the chunk, keep the state after this token: a block ending
+      // here carries it (the state after the chunk's last token is state.conv/delta themselves).
+      const position = state.position + i + 1;
+      if (i < tokens - 1 && state.capturesAt(position)) {
+        const rows = mx.take(convInput, mx.arange(i + 1, i + 1 + carried, 1, mx.int32), 1);
+        state.snapshots.set(position, { conv: rows, delta: S });
+      }
     }
     state.delta = S;
+    state.position += tokens;
+    if (state.capturesAt(state.position)) state.snapshots.set(state.position, { conv: state.conv, delta: S });
     return ys.length === 1 ? mx.expandDims(ys[0], 1) : mx.stack(ys, 1);
   }
 }

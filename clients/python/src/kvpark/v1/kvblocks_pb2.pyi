@@ -74,22 +74,28 @@ class BundleBlock(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., parent_key: _Optional[bytes] = ..., token_count: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ...) -> None: ...
 
 class BundleHeader(_message.Message):
-    __slots__ = ["block_tokens", "created_unix_ms", "format_version", "head_dim", "kv_heads", "layer_count", "model_fingerprint"]
+    __slots__ = ["block_tokens", "created_unix_ms", "format_version", "head_dim", "kv_heads", "layer_count", "layer_kinds", "model_fingerprint", "snapshot_conv_shape", "snapshot_delta_shape"]
     BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
     KV_HEADS_FIELD_NUMBER: _ClassVar[int]
     LAYER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAYER_KINDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_CONV_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_DELTA_SHAPE_FIELD_NUMBER: _ClassVar[int]
     block_tokens: int
     created_unix_ms: int
     format_version: int
     head_dim: int
     kv_heads: int
     layer_count: int
+    layer_kinds: _containers.RepeatedScalarFieldContainer[str]
     model_fingerprint: str
-    def __init__(self, format_version: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., block_tokens: _Optional[int] = ..., layer_count: _Optional[int] = ..., kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+    snapshot_conv_shape: _containers.RepeatedScalarFieldContainer[int]
+    snapshot_delta_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, format_version: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., block_tokens: _Optional[int] = ..., layer_count: _Optional[int] = ..., kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., layer_kinds: _Optional[_Iterable[str]] = ..., snapshot_conv_shape: _Optional[_Iterable[int]] = ..., snapshot_delta_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BundleManifest(_message.Message):
     __slots__ = ["block_tokens", "blocks", "entries_sha256", "entry_count", "format_version", "model_fingerprint", "skipped_blocks"]
@@ -244,28 +250,34 @@ class ImportResponse(_message.Message):
     def __init__(self, blocks: _Optional[int] = ..., stored_blocks: _Optional[int] = ..., present_blocks: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class KVBlock(_message.Message):
-    __slots__ = ["dtype", "format_version", "key", "layer_count", "model_fingerprint", "parent_key", "payload", "payload_sha256", "shape", "token_ids"]
+    __slots__ = ["dtype", "format_version", "key", "layer_count", "layer_kinds", "model_fingerprint", "parent_key", "payload", "payload_sha256", "shape", "snapshot_conv_shape", "snapshot_delta_shape", "token_ids"]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     LAYER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAYER_KINDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_CONV_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_DELTA_SHAPE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     format_version: int
     key: bytes
     layer_count: int
+    layer_kinds: _containers.RepeatedScalarFieldContainer[str]
     model_fingerprint: str
     parent_key: bytes
     payload: bytes
     payload_sha256: bytes
     shape: _containers.RepeatedScalarFieldContainer[int]
+    snapshot_conv_shape: _containers.RepeatedScalarFieldContainer[int]
+    snapshot_delta_shape: _containers.RepeatedScalarFieldContainer[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, format_version: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., key: _Optional[bytes] = ..., parent_key: _Optional[bytes] = ..., token_ids: _Optional[_Iterable[int]] = ..., layer_count: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., payload_sha256: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, format_version: _Optional[int] = ..., model_fingerprint: _Optional[str] = ..., key: _Optional[bytes] = ..., parent_key: _Optional[bytes] = ..., token_ids: _Optional[_Iterable[int]] = ..., layer_count: _Optional[int] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., payload: _Optional[bytes] = ..., payload_sha256: _Optional[bytes] = ..., layer_kinds: _Optional[_Iterable[str]] = ..., snapshot_conv_shape: _Optional[_Iterable[int]] = ..., snapshot_delta_shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListBlocksRequest(_message.Message):
     __slots__ = ["all_tenants", "page_size", "page_token"]
