@@ -297,6 +297,19 @@ export interface VerifyContext {
    * not known (a bundle checked offline): a first block's key is then not checked.
    */
   root: Buffer | null;
+  /**
+   * The payload's SHA-256 when the caller computed it already (off the engine's thread, see
+   * payloadDigest); verifyRecord computes it otherwise. Either way it is compared with the record's.
+   */
+  payloadDigest?: Buffer;
+}
+
+/**
+ * The SHA-256 of a payload, computed on libuv's thread pool (WebCrypto's digest) rather than on the
+ * calling thread, so that a restore checks the other blocks of a batch while their hashes run.
+ */
+export async function payloadDigest(payload: Uint8Array): Promise<Buffer> {
+  return Buffer.from(await crypto.subtle.digest("SHA-256", payload));
 }
 
 /**
@@ -342,7 +355,7 @@ export function verifyRecord(record: KVBlockRecord, ctx: VerifyContext): ParsedB
       `${record.tokenIds.length} tokens; this server's blocks hold at most ${ctx.blockTokens}`,
     );
   }
-  const sha = crypto.createHash("sha256").update(record.payload).digest();
+  const sha = ctx.payloadDigest ?? crypto.createHash("sha256").update(record.payload).digest();
   if (!sha.equals(record.payloadSha256)) fail("INVALID_PAYLOAD", "payload_sha256 does not match the payload");
   const parsed = parseBlockPayload(record.payload, model);
   const a = headerMetadata(parsed.header);
