@@ -2,7 +2,8 @@
  * Measures a restore from the shared tier on the Qwen2.5-0.5B KV shape (24 layers, 2 KV heads,
  * head_dim 64) against a local redis-server: one cache persists a random sequence and writes its
  * blocks to Redis, a second cache (no SSD) restores it from there, several times, with the stages
- * of each restore. Not part of the suite; run it under node (with --cpu-prof to profile):
+ * of each restore, and whether the restored KV equals the source. Not part of the suite; run it
+ * under node (with --cpu-prof to profile):
  *
  *   npx tsc -p test/cache/tsconfig.measure.json && node --expose-gc dist/measure/test/cache/measure-shared.js
  *
@@ -30,6 +31,16 @@ function filledSequence(tokens: number): ModelCache {
   return seq;
 }
 
+function sameKV(a: ModelCache, b: ModelCache, tokens: number): boolean {
+  const range = mx.arange(0, tokens, 1, mx.int32);
+  return a.layers.every((layer, i) =>
+    layer.state().every((buffer, k) => {
+      const other = b.layers[i].state()[k];
+      return mx.arrayEqual(mx.take(buffer, range, 2), mx.take(other, range, 2)).item() === true;
+    }),
+  );
+}
+
 async function main(): Promise<void> {
   const redis = await RedisServer.start(["--maxmemory", "4gb"]);
   const gc = (globalThis as { gc?: () => void }).gc ?? (() => {});
@@ -48,10 +59,10 @@ async function main(): Promise<void> {
     const options: Partial<CacheOptions> = { blockTokens: 64, ssdDir: null, costModel: false, shared };
     const tokens = Array.from({ length: TOKENS }, (_, i) => (i * 7919) % 150000);
     const writer = await PrefixCache.open(SHAPE, options);
-    const persisted = writer.persist("m", tokens, filledSequence(TOKENS));
-    console.log(JSON.stringify(persisted));
+    const source = filledSequence(TOKENS);
+    writer.persist("m", tokens, source);
     await writer.flush();
-    console.log(JSON.stringify(writer.stats().shared));
+    console.log(JSON.stringify({ written: writer.stats().shared }));
     await writer.close();
     const dataMB = (TOKENS * SHAPE.numLayers * 2 * SHAPE.kvHeads * SHAPE.headDim * 4) / 1e6;
     for (let r = 0; r < RUNS; r++) {
@@ -68,6 +79,7 @@ async function main(): Promise<void> {
           MBps: Math.round(dataMB / (report.restoreMs / 1000)),
           stages: Object.fromEntries(Object.entries(report.stages).map(([k, v]) => [k, Math.round(v)])),
           rate: Math.round(reader.stats().rates.sharedRestoreBytesPerSecond / 1e6),
+          ok: sameKV(source, seq, TOKENS),
         }),
       );
       await reader.close();
