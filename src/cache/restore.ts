@@ -8,8 +8,10 @@ import {
   headRows,
   isRecurrentLayer,
   isSlidingLayer,
+  payloadDigest,
   type ParsedBlock,
 } from "./block-codec";
+import { SharedTier } from "./shared-tier";
 import { verifySharedBlock } from "./shared-verify";
 import type { BlockEntry } from "./block-index";
 import { BlockError } from "./errors";
@@ -404,6 +406,12 @@ export class Restorer extends CachePart {
         if (b + 1 < batches.length) pending = read(batches[b + 1]);
         signal?.throwIfAborted();
         const tVerify = now();
+        const records = values.map((v) => (Buffer.isBuffer(v) ? SharedTier.decode(v) : null));
+        // The payloads' SHA-256 run on the thread pool while this loop checks the blocks before
+        // them (and the next batch's reply arrives); a digest that cannot run is computed inline.
+        const digests = records.map((r) =>
+          r ? payloadDigest(r.payload).catch(() => undefined) : Promise.resolve(undefined),
+        );
         const valid: { step: PlanStep; block: ParsedBlock }[] = [];
         let failed = false;
         for (let j = 0; j < batches[b].length; j++) {
@@ -417,7 +425,15 @@ export class Restorer extends CachePart {
             break;
           }
           report.sharedBytes += value.length;
-          const checked = verifySharedBlock(value, step.block, root, this.model, this.options.blockTokens);
+          const digest = await digests[j];
+          const checked = verifySharedBlock(
+            records[j],
+            step.block,
+            root,
+            this.model,
+            this.options.blockTokens,
+            digest,
+          );
           if (checked instanceof BlockError) {
             shared.refuse(step.block.key);
             this.index.corruptBlocks++;

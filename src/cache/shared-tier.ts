@@ -82,8 +82,13 @@ export interface SharedTierCounters {
 const WRITE_BATCH_BYTES_MAX = 32 << 20;
 /** Full blocks a lookup asks about per round trip. */
 const LOOKUP_BATCH_BLOCKS = 32;
-/** Children of a block a lookup reads (HRANDFIELD with a positive count returns distinct fields). */
-const CHILDREN_READ_MAX = 64;
+/**
+ * Children of a block a lookup reads: HRANDFIELD with a positive count returns the whole hash when
+ * it holds no more, so a parent with up to this many children is searched in full (about 330 bytes
+ * a child: at most about 340 KB in one round trip). Beyond it a random sample of this many is read
+ * and a partly shared block may be missed (the prompt then recomputes that block's tokens).
+ */
+export const CHILDREN_READ_MAX = 1024;
 /** Commands in flight beyond which the tier is skipped rather than queued behind a stuck Redis. */
 const PENDING_COMMANDS_MAX = 1024;
 /** Keys of blocks restored from the tier, remembered until persist sees them (not written back). */

@@ -1,28 +1,27 @@
-import { verifyRecord, type ModelShape, type ParsedBlock } from "./block-codec";
+import { verifyRecord, type KVBlockRecord, type ModelShape, type ParsedBlock } from "./block-codec";
 import { BlockError } from "./errors";
 import type { MatchedBlock } from "./reports";
-import { SharedTier } from "./shared-tier";
 
 /**
- * Checks a value read from the shared tier before anything of it reaches MLX: it must decode as a
- * KVBlock message, pass everything PutBlocks checks (format, fingerprint, shapes, payload checksum,
+ * Checks a value read from the shared tier (decoded by SharedTier.decode: null when it is not a
+ * KVBlock message) before anything of it reaches MLX: it must decode, pass everything PutBlocks checks (format, fingerprint, shapes, payload checksum,
  * metadata equal to the header, finite values, the key recomputed from parent key and token ids,
  * a first block's under this reader's tenant root), and be the very block the lookup named: same
  * key, same parent, same token ids. Redis is shared and may hold anything under a key (a damaged
  * or truncated value, another tenant's block, a forged one): a value is only data until it passed.
  */
 export function verifySharedBlock(
-  value: Buffer,
+  record: KVBlockRecord | null,
   block: MatchedBlock,
   root: Buffer,
   model: ModelShape,
   blockTokens: number,
+  payloadDigest?: Buffer,
 ): ParsedBlock | BlockError {
-  const record = SharedTier.decode(value);
   if (!record) return new BlockError("INVALID_PAYLOAD", "the shared tier's value is not a KVBlock message");
   let parsed: ParsedBlock;
   try {
-    parsed = verifyRecord(record, { model, blockTokens, root });
+    parsed = verifyRecord(record, { model, blockTokens, root, payloadDigest });
   } catch (err) {
     if (err instanceof BlockError) return err;
     throw err;

@@ -8,6 +8,7 @@ import {
   readSafetensorsHeader,
   SafetensorsError,
 } from "../../src/util/safetensors";
+import { allFinite } from "../../src/cache/block-codec";
 import { Staging, removeStaleStagingDirs } from "../../src/cache/staging";
 import { ChainLog, type ChainRecord } from "../../src/cache/chain-log";
 import { removeTempDirs, tempDir } from "./helpers";
@@ -119,6 +120,29 @@ describe("safetensors", () => {
     expect(() => readSafetensorsHeader(file)).toThrow(
       new SafetensorsError("tensor a ends at byte 16 of a 15-byte data section (truncated?)"),
     );
+  });
+});
+
+describe("finite check", () => {
+  it("finds NaN and both infinities at any byte offset, and passes every finite float32", () => {
+    const finite = [0, -0, 1, -1, 3.4028234663852886e38, -3.4028234663852886e38, 1e-45, -1e-45, 1.17e-38];
+    for (const offset of [0, 1, 2, 3]) {
+      const at = (values: number[]) => {
+        const bytes = Buffer.alloc(offset + values.length * 4);
+        f32(values).copy(bytes, offset);
+        return bytes.subarray(offset);
+      };
+      expect(allFinite(at(finite))).toBe(true);
+      expect(allFinite(at([]))).toBe(true);
+      for (const bad of [Number.NaN, Infinity, -Infinity]) {
+        expect(allFinite(at([...finite, bad]))).toBe(false);
+        expect(allFinite(at([bad, ...finite]))).toBe(false);
+      }
+      // A NaN with a payload and the sign bit set.
+      const nan = at([1, 2]);
+      nan.writeUInt32LE(0xffc00001, 4);
+      expect(allFinite(nan)).toBe(false);
+    }
   });
 });
 

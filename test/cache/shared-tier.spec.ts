@@ -1,5 +1,7 @@
 import { Redis } from "ioredis";
+import { blockDataBytes } from "../../src/cache/block-codec";
 import type { PrefixCache, SharedTierOptions } from "../../src/cache";
+import { CHILDREN_READ_MAX } from "../../src/cache/shared-tier";
 import type { LoadedModel } from "../../src/model/loader";
 import { RedisServer, redisCli } from "../helpers/redis";
 import {
@@ -155,5 +157,84 @@ describe("shared tier (two caches, one redis-server)", () => {
     const { match } = await generate(nodeB, prompt);
     // The whole blocks by key; nothing through the forged metadata.
     expect(match).toMatchObject({ sharedTokens: 16, tokens: 16 });
+  });
+  it("searches a parent's children in full up to CHILDREN_READ_MAX of them", async () => {
+    const { nodeA, nodeB, prefix } = await pair();
+    // Two whole blocks of 8 and a partial one of 4 on node A; node B's lookup of the same prompt
+    // finds the partial block only through its parent's children.
+    const prompt = tokens(7, 20);
+    await generate(nodeA, prompt);
+    await nodeA.flush();
+    const client = new Redis({ port: redis.port, host: "127.0.0.1" });
+    try {
+      // The partial block's parent: the hash whose child holds 4 token ids.
+      let parentHash = "";
+      for (const hash of await client.keys(`${prefix}c:*`)) {
+        const values = Object.values(await client.hgetallBuffer(hash));
+        if (values.some((v) => v.length === 16)) parentHash = hash;
+      }
+      expect(parentHash).not.toBe("");
+      // Siblings whose first token differs from the prompt's: a random sample of 64 of these
+      // 1,000 children (the old bound) holds the real one in 6.4% of lookups.
+      const other = (prompt[16] + 1) % model.config.vocabSize;
+      const siblings: Record<string, Buffer> = {};
+      for (let i = 0; i < CHILDREN_READ_MAX - 24; i++) {
+        const ids = Buffer.alloc(16);
+        ids.writeUInt32LE(other, 0);
+        ids.writeUInt32LE(i, 4);
+        siblings[i.toString(16).padStart(64, "0")] = ids;
+      }
+      await client.hset(parentHash, siblings);
+      expect(await client.hlen(parentHash)).toBe(CHILDREN_READ_MAX - 23);
+    } finally {
+      client.disconnect();
+    }
+    const { match, report } = await generate(nodeB, prompt);
+    expect(match).toMatchObject({ tokens: 19, sharedTokens: 19 });
+    expect(report).toMatchObject({ restoredTokens: 19, sharedTokens: 19 });
+  });
+});
+
+describe("cost model with the shared tier", () => {
+  it("recomputes rather than restore from a tier measured slow, and uses the rate it measured", async () => {
+    const { nodeA, prefix } = await pair();
+    const prompt = tokens(8, 40);
+    await generate(nodeA, prompt);
+    await nodeA.flush();
+    const bytes = blockDataBytes(model, 39);
+    const node = async (over: Parameters<typeof openCache>[1]) => {
+      const cache = await caches.track(
+        openCache(model, { ssdDir: null, shared: shared({ keyPrefix: prefix }), ...over }),
+      );
+      // A lookup before the client is connected skips the tier; wait for it.
+      while (!cache.stats().shared!.connected) await new Promise((resolve) => setTimeout(resolve, 5));
+      return cache;
+    };
+
+    // A tier of 1 KB/s against the default prefill rate: recomputing the 39 tokens wins.
+    const slow = await node({ costModel: true, sharedRestoreBytesPerSecondPrior: 1000 });
+    const lost = await generate(slow, prompt);
+    expect(lost.match.sharedTokens).toBe(39);
+    expect(lost.report).toMatchObject({ restoredTokens: 0, sharedTokens: 0, recomputeChosenTokens: 39 });
+    expect(lost.report.estimatedRestoreMs).toBeCloseTo(bytes, 6);
+
+    // A prefill of one token a second: the tier wins, and the restore measures the tier's rate.
+    const fast = await node({ costModel: true, prefillTokensPerSecondPrior: 1 });
+    const won = await generate(fast, prompt);
+    expect(won.report).toMatchObject({ restoredTokens: 39, sharedTokens: 39, recomputeChosenTokens: 0 });
+    expect(won.report.estimatedRestoreMs).toBeCloseTo(bytes / 200e3, 6);
+    const measured = fast.stats().rates.sharedRestoreBytesPerSecond;
+    expect(measured).not.toBe(200e6);
+    // The next decision on this node is made with the rate it measured, not the prior: with a
+    // prefill rate 5% above it (in tokens for the same bytes), recomputing wins.
+    await fast.clear("t");
+    const perMs = measured / 1000;
+    const target = (1.05 * 39 * perMs) / bytes;
+    fast.observePrefill(((target - 0.7 / 1000) / 0.3) * 1e6, 1e6);
+    expect(fast.stats().rates.prefillTokensPerSecond).toBeCloseTo(target * 1000, 6);
+    const recomputed = await generate(fast, prompt);
+    expect(recomputed.match.sharedTokens).toBe(39);
+    expect(recomputed.report).toMatchObject({ restoredTokens: 0, recomputeChosenTokens: 39 });
+    expect(recomputed.report.estimatedRestoreMs).toBeCloseTo(bytes / perMs, 6);
   });
 });
