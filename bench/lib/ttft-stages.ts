@@ -160,7 +160,7 @@ export function stagesSection(contexts: ContextSummary[]): string {
       "prefill and the first token; engine, rest = the server's TTFT less all that; engine to front end = the first " +
       "token's IPC (`first_token_ipc_ms`); first delta on the wire = the bench's TTFT less the server's and the IPC. " +
       "Restore MB/s against `dd iflag=direct` of as many bytes of the store's files (after a restart, against the " +
-      "SSD rows' dd).",
+      "SSD rows' dd), and their ratio: a ratio of medians, where the restore table below gives the median of each run's ratio.",
     "",
     stagesTable(contexts.flatMap(stageRows)),
   ].join("\n");
