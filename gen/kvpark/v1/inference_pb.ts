@@ -711,7 +711,8 @@ export type Timings = Message<"kvpark.v1.Timings"> & {
   /**
    * From the engine producing the first token to the front end receiving it (the engine-to-front-end
    * IPC), in milliseconds; the two processes' clocks are both the system's, so this is as exact as
-   * they agree. ttft_ms runs to the engine's first token; the front end sends it after this.
+   * they agree. ttft_ms runs to the engine's first token; the front end sends it after this. 0 when
+   * the stream carried no token (the first token sampled was end-of-sequence).
    *
    * @generated from field: double first_token_ipc_ms = 14;
    */
