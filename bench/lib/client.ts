@@ -6,6 +6,7 @@ import {
   GenerateRequestSchema,
   InferenceService,
   type CacheReport,
+  TimingsSchema,
   type Timings,
 } from "../../gen/kvpark/v1/inference_pb";
 import { KVBlocksService, type StatsResponse } from "../../gen/kvpark/v1/kvblocks_pb";
@@ -53,10 +54,7 @@ export interface GenerateResult {
   completionIds: number[];
   finishReason: number;
   /** Server-side timings (from the request's arrival at the server). */
-  timings: Pick<
-    Timings,
-    "ttftMs" | "lookupMs" | "restoreMs" | "prefillMs" | "decodeTokensPerSecond" | "totalMs" | "queueMs"
-  >;
+  timings: BenchTimings;
   /** Client-side: from the call to the first generated token received, and to the stream's end. */
   clientTtftMs: number;
   clientTotalMs: number;
@@ -65,6 +63,14 @@ export interface GenerateResult {
   /** performance.now() of every delta that carried tokens, and how many it carried (inter-token latency). */
   deltaTimes: number[];
   deltaTokens: number[];
+}
+
+/** Every field of the server's Timings, as plain numbers. */
+export type BenchTimings = Omit<Timings, "$typeName" | "$unknown">;
+
+function noTimings(): BenchTimings {
+  const { $typeName: _, $unknown: __, ...zeros } = create(TimingsSchema);
+  return zeros;
 }
 
 /** Greedy generation (temperature 0), streamed; times measured on the client too. */
@@ -94,15 +100,7 @@ export async function generate(
     },
     completionIds: [],
     finishReason: 0,
-    timings: {
-      ttftMs: 0,
-      lookupMs: 0,
-      restoreMs: 0,
-      prefillMs: 0,
-      decodeTokensPerSecond: 0,
-      totalMs: 0,
-      queueMs: 0,
-    },
+    timings: noTimings(),
     clientTtftMs: Number.NaN,
     clientTotalMs: 0,
     tokenTimes: [],
@@ -138,15 +136,8 @@ export async function generate(
       out.finishReason = ev.value.finishReason;
       const t = ev.value.timings;
       if (t) {
-        out.timings = {
-          ttftMs: t.ttftMs,
-          lookupMs: t.lookupMs,
-          restoreMs: t.restoreMs,
-          prefillMs: t.prefillMs,
-          decodeTokensPerSecond: t.decodeTokensPerSecond,
-          totalMs: t.totalMs,
-          queueMs: t.queueMs,
-        };
+        const { $typeName: _, $unknown: __, ...timings } = t;
+        out.timings = timings;
       }
     }
   }

@@ -4,6 +4,7 @@ import type { TokenizerResult } from "../sections/tokenizer";
 import type { ContextResult, Sample } from "../sections/ttft";
 import type { Machine } from "./machine";
 import type { ModelShape } from "./model";
+import { stagesSection, summarizeStages, type StageSummary } from "./ttft-stages";
 import { fmt, median, summarize, type Summary } from "./util";
 
 /** The medians the tables and the chart show, per context length. */
@@ -41,6 +42,10 @@ export interface ContextSummary {
   coldEngineCpuPercentMin: number;
   /** Control: RAM hit TTFT right after dropping the page cache, against the RAM hit median. */
   ramAfterDropMs: number;
+  /** Per-stage medians of the client-measured TTFT of each reuse path. */
+  stages: { ram: StageSummary; ssd: StageSummary; restart: StageSummary };
+  /** Restore MB/s of the first requests after a restart (KV bytes read from SSD over the restore). */
+  restartRestoreMBps: number;
   warnings: string[];
 }
 
@@ -105,6 +110,14 @@ export function summarizeContext(r: ContextResult, model: ModelShape): ContextSu
     coldEngineCpuPercent: median(allCold.map((s) => (100 * s.engineCpuMs) / s.clientTotalMs)),
     coldEngineCpuPercentMin: Math.min(...allCold.map((s) => (100 * s.engineCpuMs) / s.clientTotalMs)),
     ramAfterDropMs: median(r.ramAfterDrop.map((s) => s.serverTtftMs)),
+    stages: {
+      ram: summarizeStages(r.ram.map((s) => s.stages)),
+      ssd: summarizeStages(r.ssd.map((s) => s.stages)),
+      restart: summarizeStages(r.restart.map((s) => s.stages)),
+    },
+    restartRestoreMBps: median(
+      r.restart.map((s) => (s.ssdTokens * (r.ssdBytes / r.ssdCachedTokens)) / 1e3 / s.restoreMs),
+    ),
     warnings: r.warnings,
   };
 }
@@ -224,6 +237,8 @@ export function markdown(r: ReportInput): string {
       );
     }
     out.push("");
+
+    out.push(stagesSection(r.contexts), "");
 
     out.push("### Restore, persistence, SSD footprint", "");
     out.push(

@@ -15,6 +15,7 @@ import * as path from "node:path";
 import { connect, generate, stats, waitWritten, type Clients, type GenerateResult } from "../lib/client";
 import type { ModelShape } from "../lib/model";
 import { BenchServer } from "../lib/server";
+import { stageTimes, type StageTimes } from "../lib/ttft-stages";
 import { ddDirect, dropPageCache, randomTokens, type Progress } from "../lib/util";
 
 export interface TtftOptions {
@@ -55,6 +56,8 @@ export interface Sample {
   engineCpuMs: number;
   /** The 1-minute load average when the request ended. */
   loadAverage: number;
+  /** Where the client-measured TTFT went, stage by stage (server timings and the bench's clock). */
+  stages: StageTimes;
 }
 
 export interface RestoreVsDd {
@@ -108,6 +111,7 @@ function sample(r: GenerateResult, engineCpuMs = Number.NaN): Sample {
     completionTokens: r.completionIds.length,
     engineCpuMs,
     loadAverage: Math.round(os.loadavg()[0] * 100) / 100,
+    stages: stageTimes(r.timings, r.clientTtftMs),
   };
 }
 

@@ -11,7 +11,7 @@ import {
 import { PinKind } from "../../gen/kvpark/v1/common_pb.js";
 import type { CacheOptions, PrefillStreamRequest } from "../../gen/kvpark/v1/inference_pb.js";
 import type { Config } from "../config.js";
-import type { FinishReason as EngineFinishReason, ModelInfo, PinHint } from "../engine-ipc.js";
+import type { FinishReason as EngineFinishReason, FromEngine, ModelInfo, PinHint } from "../engine-ipc.js";
 import { invalidField, KvparkError } from "../errors.js";
 import { callApiKey } from "../console/recent-requests.js";
 import { tenantKey } from "../frontend/auth.js";
@@ -104,6 +104,8 @@ export async function* generate(
       },
       ctx.signal,
     );
+    // When the first token reached this process (epoch ms), for Timings.first_token_ipc_ms.
+    let firstDeltaAt = 0;
     for await (const ev of events) {
       switch (ev.type) {
         case "started":
@@ -126,6 +128,7 @@ export async function* generate(
           });
           break;
         case "delta":
+          firstDeltaAt ||= performance.timeOrigin + performance.now();
           trace?.delta(ev.text);
           if (!output) yield response({ case: "delta", value: { tokenIds: ev.tokenIds, text: ev.text } });
           else for (const event of output.push(ev.text, ev.tokenIds)) yield response(event);
@@ -140,7 +143,7 @@ export async function* generate(
           recent?.finished(finishReason, ev.usage, ev.timings);
           yield response({
             case: "finished",
-            value: { finishReason, usage: ev.usage, timings: ev.timings },
+            value: { finishReason, usage: ev.usage, timings: clientTimings(ev, firstDeltaAt) },
           });
           break;
         }
@@ -153,6 +156,25 @@ export async function* generate(
     trace?.close();
     leave();
   }
+}
+
+/**
+ * The Timings a client gets: the engine's, the restore's stages, and the first token's trip from the
+ * engine to this process (0 when no token was generated).
+ */
+function clientTimings(ev: Extract<FromEngine, { type: "finished" }>, firstDeltaAt: number) {
+  const st = ev.activity.restoreStages;
+  const firstTokenAt = ev.phases.firstTokenAt;
+  return {
+    ...ev.timings,
+    restoreRamMs: st.ramMs,
+    restoreSsdReadWaitMs: st.ssdReadWaitMs,
+    restoreSharedReadWaitMs: st.sharedReadWaitMs,
+    restoreVerifyMs: st.verifyMs,
+    restoreStageMs: st.stageMs,
+    restoreImportMs: st.importMs,
+    firstTokenIpcMs: firstDeltaAt && firstTokenAt ? Math.max(0, firstDeltaAt - firstTokenAt) : 0,
+  };
 }
 
 /**

@@ -32,6 +32,8 @@ interface BenchJson {
     prefillTokensPerSecond: number;
     decodeTokensPerSecond: number;
     ssdBytesPerToken: number;
+    stages: Record<"ram" | "ssd" | "restart", Record<string, number>>;
+    restartRestoreMBps: number;
     warnings: string[];
   }>;
   concurrency: {
@@ -74,6 +76,7 @@ interface BenchJson {
     totals: { idealTokens: number; reusedTokens: number; reuseShareOfIdeal: number };
   };
   raw: {
+    ttft: Array<Record<"ram" | "ssd" | "restart", Array<{ stages: Record<string, number> }>>>;
     constrained: {
       decodeMsPerToken: Record<string, number>;
       vocabularies: Array<{
@@ -85,6 +88,22 @@ interface BenchJson {
     };
   };
 }
+
+/** The stage columns of the ttft section's stage table (bench/lib/ttft-stages.ts). */
+const STAGES = [
+  "queueMs",
+  "lookupMs",
+  "ramMs",
+  "readWaitMs",
+  "verifyMs",
+  "stageMs",
+  "importMs",
+  "restoreOtherMs",
+  "forwardMs",
+  "engineOtherMs",
+  "ipcMs",
+  "wireMs",
+];
 
 /** Checks that every element is closed in order: enough to catch a broken hand-written SVG. */
 function checkXml(text: string): void {
@@ -138,6 +157,38 @@ describe("npm run bench -- --quick", () => {
         expect(v).toBeGreaterThan(0);
       }
       expect(c.warnings).toEqual([]);
+      // Where a hit's TTFT goes: every stage present, the medians' sum near the median TTFT.
+      for (const p of ["ram", "ssd", "restart"] as const) {
+        const st = c.stages[p];
+        for (const k of STAGES) expect(Number.isFinite(st[k])).toBe(true);
+        expect(st.forwardMs).toBeGreaterThan(0);
+        expect(st.sumMs).toBeGreaterThan(0.5 * st.clientTtftMs);
+        expect(st.sumMs).toBeLessThan(2 * st.clientTtftMs);
+      }
+      expect(c.restartRestoreMBps).toBeGreaterThan(0);
+    }
+    // Per request: a RAM hit imports RAM blocks only; an SSD hit's or a restart's restore reads,
+    // verifies, stages and imports; the restore's parts fit inside it; the first token crossed to the
+    // front end and over the wire.
+    for (const c of json.raw.ttft) {
+      for (const p of ["ram", "ssd", "restart"] as const) {
+        for (const { stages: st } of c[p]) {
+          const fromSsd = st.readWaitMs + st.verifyMs + st.stageMs + st.importMs;
+          if (p === "ram") {
+            expect(st.ramMs).toBeGreaterThan(0);
+            expect(fromSsd).toBe(0);
+          } else {
+            expect(st.ramMs).toBe(0);
+            expect(st.verifyMs).toBeGreaterThan(0);
+            expect(st.stageMs + st.importMs).toBeGreaterThan(0);
+          }
+          expect(st.restoreOtherMs).toBeGreaterThanOrEqual(-1e-9); // float rounding only
+          expect(st.ipcMs).toBeGreaterThan(0);
+          expect(st.wireMs).toBeGreaterThan(0);
+          const sum = STAGES.reduce((a, k) => a + st[k], 0);
+          expect(Math.abs(sum - st.clientTtftMs)).toBeLessThan(1e-6 * st.clientTtftMs);
+        }
+      }
     }
     expect(json.concurrency.summary.map((s) => s.streams)).toEqual([1, 4, 8]);
     for (const s of json.concurrency.summary) expect(s.aggregateTokensPerSecond).toBeGreaterThan(0);
@@ -216,6 +267,9 @@ describe("npm run bench -- --quick", () => {
     const md = fs.readFileSync(path.join(out, "quick.md"), "utf8");
     expect(md).toContain("npm run bench -- --quick");
     expect(md).toMatch(/\| 1k \(1,024\) \| [\d,.]+ m?s \|/);
+    expect(md).toContain("### Where a hit's TTFT goes");
+    for (const p of ["RAM hit", "SSD hit", "after restart"])
+      expect(md).toMatch(new RegExp(`\\| 2,048 \\| ${p} \\| [\\d,.]+ \\|`));
     expect(md).toContain("### Agent-session replay");
     expect(md).toContain("### Tokenizer generation");
     expect(md).toContain("### Structured outputs (constrained decoding)");

@@ -239,6 +239,16 @@ describe("spans and metrics (in-memory exporter)", () => {
     });
     expect(restore["kvpark.restore.ram_ms"]).toBeGreaterThan(0);
     expect(restore["kvpark.restore.ram_ms"]).toBeLessThanOrEqual(t.restoreMs);
+    // The client gets the same stages in its Timings, and the first token's trip to the front end.
+    expect(t).toMatchObject({
+      restoreRamMs: restore["kvpark.restore.ram_ms"],
+      restoreSsdReadWaitMs: 0,
+      restoreSharedReadWaitMs: 0,
+      restoreVerifyMs: 0,
+      restoreStageMs: 0,
+      restoreImportMs: 0,
+    });
+    expect(t.firstTokenIpcMs).toBeGreaterThan(0);
     expect(spans["kvpark.prefill"].attributes).toEqual({
       "kvpark.prefill.tokens": 1,
       "kvpark.prefill.ms": t.prefillMs,
@@ -479,6 +489,15 @@ describe("spans and metrics (in-memory exporter)", () => {
     for (const ms of stages) expect(ms).toBeGreaterThanOrEqual(0);
     expect(stage("stage") + stage("import")).toBeGreaterThan(0);
     expect(stages.reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(t.restoreMs);
+    expect(t).toMatchObject({
+      restoreRamMs: 0,
+      restoreSsdReadWaitMs: stage("ssd_read_wait"),
+      restoreSharedReadWaitMs: 0,
+      restoreVerifyMs: stage("verify"),
+      restoreStageMs: stage("stage"),
+      restoreImportMs: stage("import"),
+    });
+    expect(t.firstTokenIpcMs).toBeGreaterThan(0);
     // The 4 blocks fit one SSD read batch; its bytes are what the restore read.
     const batch = spans["kvpark.restore.batch"];
     expect(batch.attributes).toEqual({

@@ -182,22 +182,36 @@ class TextFormat(_message.Message):
     def __init__(self) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ["decode_tokens_per_second", "lookup_ms", "prefill_ms", "queue_ms", "restore_ms", "total_ms", "ttft_ms"]
+    __slots__ = ["decode_tokens_per_second", "first_token_ipc_ms", "lookup_ms", "prefill_ms", "queue_ms", "restore_import_ms", "restore_ms", "restore_ram_ms", "restore_shared_read_wait_ms", "restore_ssd_read_wait_ms", "restore_stage_ms", "restore_verify_ms", "total_ms", "ttft_ms"]
     DECODE_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_IPC_MS_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_MS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_IMPORT_MS_FIELD_NUMBER: _ClassVar[int]
     RESTORE_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_RAM_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_SHARED_READ_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_SSD_READ_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_STAGE_MS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     TTFT_MS_FIELD_NUMBER: _ClassVar[int]
     decode_tokens_per_second: float
+    first_token_ipc_ms: float
     lookup_ms: float
     prefill_ms: float
     queue_ms: float
+    restore_import_ms: float
     restore_ms: float
+    restore_ram_ms: float
+    restore_shared_read_wait_ms: float
+    restore_ssd_read_wait_ms: float
+    restore_stage_ms: float
+    restore_verify_ms: float
     total_ms: float
     ttft_ms: float
-    def __init__(self, ttft_ms: _Optional[float] = ..., lookup_ms: _Optional[float] = ..., restore_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., decode_tokens_per_second: _Optional[float] = ..., total_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ...) -> None: ...
+    def __init__(self, ttft_ms: _Optional[float] = ..., lookup_ms: _Optional[float] = ..., restore_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., decode_tokens_per_second: _Optional[float] = ..., total_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., restore_ram_ms: _Optional[float] = ..., restore_ssd_read_wait_ms: _Optional[float] = ..., restore_shared_read_wait_ms: _Optional[float] = ..., restore_verify_ms: _Optional[float] = ..., restore_stage_ms: _Optional[float] = ..., restore_import_ms: _Optional[float] = ..., first_token_ipc_ms: _Optional[float] = ...) -> None: ...
 
 class TokenDelta(_message.Message):
     __slots__ = ["text", "token_ids"]
