@@ -24,9 +24,12 @@ import { core as mx } from "@frost-beta/mlx";
  */
 
 /** Chunk length of the chunked form. Measured in bench/model/gated-delta.ts. */
-export const DELTA_CHUNK_TOKENS = 64;
-/** Segments shorter than this run the step form (measured crossover, bench/model/gated-delta.ts). */
-export const DELTA_CHUNKED_MIN_TOKENS = 8;
+export const DELTA_CHUNK_TOKENS = 16;
+/**
+ * Segments shorter than this (decode's single tokens) run the step form. Measured in
+ * bench/model/gated-delta.ts: the chunked form was as fast or faster from 2 tokens on.
+ */
+export const DELTA_CHUNKED_MIN_TOKENS = 2;
 
 /** Which form `gatedDeltaRule` runs: "auto" (by length), or one form always (benchmarks, tests). */
 export const deltaRuleForm: { mode: "auto" | "step" | "chunked" } = { mode: "auto" };
@@ -58,16 +61,18 @@ export function gatedDeltaRule(
   const mode = deltaRuleForm.mode;
   const chunk = chunkTokensFor(snapshotTokens);
   const chunked = mode === "chunked" || (mode === "auto" && tokens >= DELTA_CHUNKED_MIN_TOKENS);
-  if (chunked && chunk > 0) return chunkedDeltaRule(inputs, S, position, chunk, capturesAt, capture);
+  if (chunked) return chunkedDeltaRule(inputs, S, position, chunk, capturesAt, capture);
   return steppedDeltaRule(inputs, S, position, capturesAt, capture);
 }
 
-/** The chunk length: DELTA_CHUNK_TOKENS, or a divisor of the block size so chunk ends meet block ends. */
+/**
+ * The chunk length: DELTA_CHUNK_TOKENS, or with a block size it does not divide, the largest
+ * divisor of the block size below it, so chunk ends meet block ends.
+ */
 function chunkTokensFor(snapshotTokens: number): number {
-  if (snapshotTokens <= 0 || snapshotTokens % DELTA_CHUNK_TOKENS === 0) return DELTA_CHUNK_TOKENS;
   let c = DELTA_CHUNK_TOKENS;
-  while (snapshotTokens % c !== 0) c--;
-  return c >= 8 ? c : 0;
+  if (snapshotTokens > 0) while (snapshotTokens % c !== 0) c--;
+  return c;
 }
 
 /** The step form, token by token. */
@@ -101,6 +106,9 @@ export function chunkedDeltaRule(
   capture: (i: number, S: mx.array) => void,
 ): [mx.array, mx.array] {
   const tokens = q.shape[1];
+  // A segment inside one chunk of the grid is one chunk of its own length: no padding, and no
+  // chunk end inside it.
+  if ((position % C) + tokens <= C) C = tokens;
   const front = position % C;
   const n = Math.ceil((front + tokens) / C);
   const back = n * C - front - tokens;

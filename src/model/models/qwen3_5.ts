@@ -34,13 +34,11 @@ import { gatedDeltaRule, logDecayOf } from "./gated-delta";
  * plain RMSNorm weights. A Hugging Face checkpoint stores conv1d as [channels, 1, kernel] and its
  * norms as (1 + weight); the loader refuses it on the conv1d shape rather than run it wrongly.
  *
- * With snapshots on (RecurrentState.snapshotTokens), the state after every block boundary inside
- * a chunk is kept for the prefix cache; the step loop runs token by token anyway, so this costs
- * only the memory of the states kept.
- *
- * The recurrence runs token by token in MLX ops (mlx-lm's `gated_delta_ops`), one compiled step
- * per token: exact, but a long prefill builds one step per token and layer. A chunked (WY) form
- * would batch a chunk's tokens into matrix products.
+ * The recurrence (gated-delta.ts) runs in MLX ops in two forms: a prefill segment of
+ * DELTA_CHUNKED_MIN_TOKENS or more runs the chunked (WY) form, chunks of DELTA_CHUNK_TOKENS on
+ * absolute positions whose ends fall on every block boundary, so the state after each boundary
+ * inside the segment is exact and kept for the prefix cache (RecurrentState.snapshotTokens);
+ * decode and shorter segments run one compiled step per token (mlx-lm's `gated_delta_ops`).
  */
 
 /** Gated DeltaNet's recurrent layer; field names are the checkpoint's (`linear_attn.*`). */
