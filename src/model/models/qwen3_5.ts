@@ -20,6 +20,7 @@ import {
   segmentMask,
   splitHeads,
 } from "./base";
+import { gatedDeltaRule, logDecayOf } from "./gated-delta";
 
 /**
  * Qwen3.5 dense text models (after mlx-lm models/qwen3_5.py, qwen3_next.py and gated_delta.py, and
@@ -33,13 +34,11 @@ import {
  * plain RMSNorm weights. A Hugging Face checkpoint stores conv1d as [channels, 1, kernel] and its
  * norms as (1 + weight); the loader refuses it on the conv1d shape rather than run it wrongly.
  *
- * With snapshots on (RecurrentState.snapshotTokens), the state after every block boundary inside
- * a chunk is kept for the prefix cache; the step loop runs token by token anyway, so this costs
- * only the memory of the states kept.
- *
- * The recurrence runs token by token in MLX ops (mlx-lm's `gated_delta_ops`), one compiled step
- * per token: exact, but a long prefill builds one step per token and layer. A chunked (WY) form
- * would batch a chunk's tokens into matrix products.
+ * The recurrence (gated-delta.ts) runs in MLX ops in two forms: a prefill segment of
+ * DELTA_CHUNKED_MIN_TOKENS or more runs the chunked (WY) form, chunks of DELTA_CHUNK_TOKENS on
+ * absolute positions whose ends fall on every block boundary, so the state after each boundary
+ * inside the segment is exact and kept for the prefix cache (RecurrentState.snapshotTokens);
+ * decode and shorter segments run one compiled step per token (mlx-lm's `gated_delta_ops`).
  */
 
 /** Gated DeltaNet's recurrent layer; field names are the checkpoint's (`linear_attn.*`). */
@@ -138,27 +137,27 @@ class GatedDeltaNet extends Module {
       k = mx.repeat(k, groups, 2);
     }
     const beta = mx.sigmoid(b);
-    const decay = decayOf(this.A_log, a, this.dt_bias);
+    const logDecay = logDecayOf(this.A_log, a, this.dt_bias);
 
-    let S = state.delta ?? mx.zeros([1, numValueHeads, valueHeadDim, keyHeadDim], mx.float32);
-    const ys: mx.array[] = [];
-    const at = (t: mx.array, i: number) => t.index(mx.Slice(), i);
-    for (let i = 0; i < tokens; i++) {
-      const [y, next] = deltaStep(at(q, i), at(k, i), at(v, i), at(decay, i), at(beta, i), S);
-      ys.push(y);
-      S = next;
-      // At a block boundary inside the chunk, keep the state after this token: a block ending
-      // here carries it (the state after the chunk's last token is state.conv/delta themselves).
-      const position = state.position + i + 1;
-      if (i < tokens - 1 && state.capturesAt(position)) {
-        const rows = mx.take(convInput, mx.arange(i + 1, i + 1 + carried, 1, mx.int32), 1);
-        state.snapshots.set(position, { conv: rows, delta: S });
-      }
-    }
+    const S0 = state.delta ?? mx.zeros([1, numValueHeads, valueHeadDim, keyHeadDim], mx.float32);
+    // At a block boundary inside the segment, keep the state after that token: a block ending
+    // there carries it (the state after the segment's last token is state.conv/delta themselves).
+    const capture = (i: number, S: mx.array) => {
+      const rows = mx.take(convInput, mx.arange(i + 1, i + 1 + carried, 1, mx.int32), 1);
+      state.snapshots.set(state.position + i + 1, { conv: rows, delta: S });
+    };
+    const [y, S] = gatedDeltaRule(
+      { q, k, v, logDecay, beta },
+      S0,
+      state.position,
+      (position) => state.capturesAt(position),
+      capture,
+      state.snapshotTokens,
+    );
     state.delta = S;
     state.position += tokens;
     if (state.capturesAt(state.position)) state.snapshots.set(state.position, { conv: state.conv, delta: S });
-    return ys.length === 1 ? mx.expandDims(ys[0], 1) : mx.stack(ys, 1);
+    return y;
   }
 }
 
@@ -176,31 +175,6 @@ class Conv1dWeight extends Module {
 function l2Normalize(x: mx.array): mx.array {
   return mx.multiply(x, mx.rsqrt(mx.add(mx.sum(mx.square(x), -1, true), 1e-6)));
 }
-
-/** Per-token, per-head decay g = exp(-exp(A_log) * softplus(a + dt_bias)), in (0, 1). */
-const decayOf = mx.compile(
-  (aLog: mx.array, a: mx.array, dtBias: mx.array): mx.array =>
-    mx.exp(mx.negative(mx.multiply(mx.exp(aLog), mx.logaddexp(mx.add(a, dtBias), 0)))),
-  true,
-);
-
-/**
- * One token of the gated delta rule, per value head (mlx-lm's `_gated_delta_step_ops`), with
- * S [1, H, Dv, Dk], q/k [1, H, Dk], v [1, H, Dv], g/beta [1, H]:
- *   S = g S;  S += k (beta (v - S k))^T  (written into S's [Dv, Dk] layout);  y = S q.
- * Returns [y [1, H, Dv], S].
- */
-const deltaStep = mx.compile(
-  (q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array, S: mx.array): mx.array[] => {
-    const decayed = mx.multiply(S, mx.expandDims(g, [2, 3]));
-    const kRow = mx.expandDims(k, 2);
-    const memory = mx.sum(mx.multiply(decayed, kRow), -1);
-    const delta = mx.multiply(mx.subtract(v, memory), mx.expandDims(beta, 2));
-    const next = mx.add(decayed, mx.multiply(kRow, mx.expandDims(delta, 3)));
-    const y = mx.sum(mx.multiply(next, mx.expandDims(q, 2)), -1);
-    return [y, next];
-  },
-);
 
 /**
  * Softmax attention with an output gate: q_proj yields per head the query and a gate of
