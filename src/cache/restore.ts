@@ -295,17 +295,11 @@ export class Restorer extends CachePart {
   ): Promise<{ tokens: number; stopped: boolean }> {
     const ssd = this.ssd!;
     const t0 = now();
-    const batches: PlanStep[][] = [];
-    let bytes = Infinity;
-    for (const step of run) {
-      const blockBytes = blockDataBytes(this.model, step.block.tokens);
-      if (bytes + blockBytes > this.options.restoreBatchBytesMax) {
-        batches.push([]);
-        bytes = 0;
-      }
-      batches[batches.length - 1].push(step);
-      bytes += blockBytes;
-    }
+    const batches = byteBatches(
+      run,
+      (step) => blockDataBytes(this.model, step.block.tokens),
+      this.options.restoreBatchBytesMax,
+    );
     const read = (batch: PlanStep[]) => ssd.getMany(batch.map((s) => s.entry!.key));
     let pending = read(batches[0]);
     let tokens = 0;
@@ -379,17 +373,11 @@ export class Restorer extends CachePart {
     const shared = this.shared!;
     const root = this.index.rootOf(tenant);
     const t0 = now();
-    const batches: PlanStep[][] = [];
-    let bytes = Infinity;
-    for (const step of run) {
-      const blockBytes = blockDataBytes(this.model, step.block.blockTokens);
-      if (bytes + blockBytes > shared.options.restoreBatchBytesMax) {
-        batches.push([]);
-        bytes = 0;
-      }
-      batches[batches.length - 1].push(step);
-      bytes += blockBytes;
-    }
+    const batches = byteBatches(
+      run,
+      (step) => blockDataBytes(this.model, step.block.blockTokens),
+      shared.options.restoreBatchBytesMax,
+    );
     const read = (batch: PlanStep[]) =>
       shared.read(
         batch.map((s) => s.block.key),
@@ -563,6 +551,22 @@ export class Restorer extends CachePart {
       prefillTokensPerSecond: this.prefillTokensPerMs * 1000,
     };
   }
+}
+
+/** Consecutive steps in batches of at most `max` bytes each (a larger step makes a batch of its own). */
+function byteBatches(run: PlanStep[], bytesOf: (step: PlanStep) => number, max: number): PlanStep[][] {
+  const batches: PlanStep[][] = [];
+  let bytes = Infinity;
+  for (const step of run) {
+    const stepBytes = bytesOf(step);
+    if (bytes + stepBytes > max) {
+      batches.push([]);
+      bytes = 0;
+    }
+    batches[batches.length - 1].push(step);
+    bytes += stepBytes;
+  }
+  return batches;
 }
 
 function ewma(previous: number, sample: number): number {
