@@ -1,38 +1,13 @@
-import type { Client } from "@connectrpc/connect";
-import { InferenceService, type CacheReport, type GenerateRequest } from "../../gen/kvpark/v1/inference_pb";
 import { blockKey, rootKey } from "../../src/cache/block-key";
 import { kvparkClients } from "../helpers/clients";
+import { generate, greedy, ids, seeded as seededWith, type Out } from "../helpers/token-requests";
 import { RedisCluster, redisCli } from "../helpers/redis";
 import { startServer, type ServerProcess } from "../helpers/server";
 
 // The shared tier on a Redis Cluster of three masters started on loopback ports: a chain's blocks
 // spread over the shards, and one master killed mid-test costs what it held, never an answer.
 
-interface Out {
-  ids: number[];
-  cache?: CacheReport;
-}
-
-async function generate(c: Client<typeof InferenceService>, req: object): Promise<Out> {
-  const out: Out = { ids: [] };
-  for await (const res of c.generate(req as GenerateRequest)) {
-    if (res.event.case === "started") out.cache = res.event.value.cache;
-    else if (res.event.case === "delta") out.ids.push(...res.event.value.tokenIds);
-  }
-  return out;
-}
-
-const ids = (n: number, seed: number) =>
-  Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729) % 500);
-const greedy = (prompt: number[], maxTokens = 6) => ({
-  prompt: { kind: { case: "tokens" as const, value: { ids: prompt } } },
-  sampling: { maxTokens, temperature: 0 },
-});
-const seeded = (prompt: number[]) => ({
-  ...greedy(prompt),
-  sampling: { maxTokens: 6, temperature: 1, seed: 5n },
-  cache: { persist: false },
-});
+const seeded = (prompt: number[]) => seededWith(prompt, 5n);
 
 const B = 64;
 const N = 1000;

@@ -1,40 +1,16 @@
-import { createClient, type Client } from "@connectrpc/connect";
+import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../gen/grpc/health/v1/health_pb";
-import { InferenceService, type CacheReport, type GenerateRequest } from "../../gen/kvpark/v1/inference_pb";
 import { blockKey, rootKey } from "../../src/cache/block-key";
 import { kvparkClients } from "../helpers/clients";
+import { generate, greedy, ids, seeded as seededWith } from "../helpers/token-requests";
 import { RedisServer, redisCli } from "../helpers/redis";
 import { startServer, type ServerProcess } from "../helpers/server";
 
 // Two kvpark nodes with their own data directories and one redis-server: what node A computes,
 // node B serves from the shared tier, identical to a server without any cache.
 
-interface Out {
-  ids: number[];
-  cache?: CacheReport;
-}
-
-async function generate(c: Client<typeof InferenceService>, req: object): Promise<Out> {
-  const out: Out = { ids: [] };
-  for await (const res of c.generate(req as GenerateRequest)) {
-    if (res.event.case === "started") out.cache = res.event.value.cache;
-    else if (res.event.case === "delta") out.ids.push(...res.event.value.tokenIds);
-  }
-  return out;
-}
-
-const ids = (n: number, seed: number) =>
-  Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729) % 500);
-const greedy = (prompt: number[], maxTokens = 6) => ({
-  prompt: { kind: { case: "tokens" as const, value: { ids: prompt } } },
-  sampling: { maxTokens, temperature: 0 },
-});
-const seeded = (prompt: number[]) => ({
-  ...greedy(prompt),
-  sampling: { maxTokens: 6, temperature: 1, seed: 11n },
-  cache: { persist: false },
-});
+const seeded = (prompt: number[]) => seededWith(prompt, 11n);
 
 const B = 64;
 const TOKENS = "alice=alice-token-0123456789,bob=bob-token-0123456789";
