@@ -4,13 +4,15 @@
  *
  *   npm run build && node --expose-gc dist/bench/model/gated-delta.js [--preset qwen3.5-0.8b]
  *     [--dir DIR] [--contexts 512,2048] [--runs 3] [--chunk-tokens 128] [--segments 1,2,4,8,16,32,64]
- *     [--segment-runs 9] [--decode-tokens 4] [--out FILE]
+ *     [--segment-runs 9] [--decode-tokens 4] [--forms step,chunked] [--out FILE]
  *
  * Crossover: the rule alone on one layer's shape from the preset (its value heads and head dims),
  * one segment of each length from a carried state, until its output and state are evaluated.
  * Prefill: the model's whole prefill of each context from an empty cache, in chunks of
  * --chunk-tokens as forward() splits them, until the last token's logits are evaluated; then
- * --decode-tokens single-token steps in the same form (median ms per step).
+ * --decode-tokens single-token steps in the same form (median ms per step). --forms chunked runs the
+ * whole-model prefill in the chunked form only (the step form holds every token's state until its
+ * chunk ends: gigabytes at long chunks).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -37,19 +39,27 @@ function option(name: string, fallback: string): string {
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : fallback;
 }
 
-function collect(): void {
-  // MLX memory is released only when its JS wrappers are collected.
+/**
+ * MLX memory is released only when its JS wrappers are collected, and their finalizers run once the
+ * event loop turns: a loop that never yields keeps every chunk's temporaries (gigabytes).
+ */
+async function collect(): Promise<void> {
   (globalThis as { gc?: () => void }).gc?.();
+  await new Promise((resolve) => setImmediate(resolve));
 }
 
 /** Alternates the order of the two forms run by run, so drift in machine load hits both alike. */
-function paired(runs: number, once: (form: Form) => number): Record<Form, number[]> {
+async function paired(
+  runs: number,
+  once: (form: Form) => number | Promise<number>,
+  forms: Form[] = ["step", "chunked"],
+): Promise<Record<Form, number[]>> {
   const times: Record<Form, number[]> = { step: [], chunked: [] };
   for (let r = 0; r < runs; r++) {
-    const order: Form[] = r % 2 ? ["chunked", "step"] : ["step", "chunked"];
+    const order = r % 2 ? [...forms].reverse() : forms;
     for (const form of order) {
-      times[form].push(once(form));
-      collect();
+      times[form].push(await once(form));
+      await collect();
     }
   }
   return times;
@@ -65,6 +75,8 @@ async function main(): Promise<void> {
   const segmentRuns = Number(option("segment-runs", "9"));
   const decodeTokens = Number(option("decode-tokens", "4"));
   const out = option("out", "");
+  const forms = option("forms", "step,chunked").split(",").filter(Boolean) as Form[];
+  if (forms.some((f) => f !== "step" && f !== "chunked")) throw new Error("--forms takes step and/or chunked");
 
   if (!fs.existsSync(path.join(dir, "config.json"))) await writeRandomCheckpoint(dir, { preset, seed: 0 });
   const model = await loadModel(dir, { prefillChunkTokens: chunkTokens });
@@ -98,7 +110,7 @@ async function main(): Promise<void> {
     };
     once("step");
     once("chunked");
-    const times = paired(segmentRuns, once);
+    const times = await paired(segmentRuns, once);
     const row = { tokens, stepMs: median(times.step), chunkedMs: median(times.chunked) };
     crossover.push(row);
     console.error(JSON.stringify(row));
@@ -107,7 +119,7 @@ async function main(): Promise<void> {
   // Prefill of the whole model, each context from an empty cache.
   const vocab = model.config.vocabSize;
   mx.eval(model.forward([1, 2, 3, 4], model.newCache()));
-  collect();
+  await collect();
   const prefill: {
     contextTokens: number;
     step: number[];
@@ -117,14 +129,14 @@ async function main(): Promise<void> {
   for (const contextTokens of contexts) {
     const tokens = Array.from({ length: contextTokens }, (_, i) => (i * 7919 + 17) % Math.min(vocab, 8000));
     const decodeMs: Record<Form, number[]> = { step: [], chunked: [] };
-    const once = (form: Form): number => {
+    const once = async (form: Form): Promise<number> => {
       deltaRuleForm.mode = form;
       const cache = model.newCache(contextTokens + decodeTokens);
       const started = performance.now();
       for (let start = 0; start + chunkTokens < tokens.length; start += chunkTokens) {
         model.forward(tokens.slice(start, start + chunkTokens), cache);
         model.materialize(cache);
-        collect();
+        await collect();
       }
       const lastChunk = tokens.slice(Math.floor((tokens.length - 1) / chunkTokens) * chunkTokens);
       mx.eval(model.forward(lastChunk, cache));
@@ -140,7 +152,7 @@ async function main(): Promise<void> {
       deltaRuleForm.mode = "auto";
       return contextTokens / seconds;
     };
-    const rates = paired(runs, once);
+    const rates = await paired(runs, once, forms);
     prefill.push({ contextTokens, ...rates, decodeMs });
     console.error(JSON.stringify({ contextTokens, ...rates, decodeMs }));
   }
@@ -156,19 +168,19 @@ async function main(): Promise<void> {
     `| model | context | step prefill tok/s | chunked prefill tok/s | speed-up | step decode ms | chunked decode ms |`,
   );
   console.log(`| --- | ---: | ---: | ---: | ---: | ---: | ---: |`);
+  const cell = (values: number[], digits: number) => (values.length ? median(values).toFixed(digits) : "not run");
   for (const p of prefill) {
-    const step = median(p.step);
-    const chunked = median(p.chunked);
+    const ratio = p.step.length && p.chunked.length ? `${(median(p.chunked) / median(p.step)).toFixed(1)}x` : "";
     console.log(
-      `| ${preset} | ${p.contextTokens} | ${step.toFixed(1)} | ${chunked.toFixed(1)} | ${(chunked / step).toFixed(1)}x | ` +
-        `${median(p.decodeMs.step).toFixed(0)} | ${median(p.decodeMs.chunked).toFixed(0)} |`,
+      `| ${preset} | ${p.contextTokens} | ${cell(p.step, 1)} | ${cell(p.chunked, 1)} | ${ratio} | ` +
+        `${cell(p.decodeMs.step, 0)} | ${cell(p.decodeMs.chunked, 0)} |`,
     );
   }
   if (out)
     fs.writeFileSync(
       out,
       JSON.stringify(
-        { preset, chunkTokens, deltaChunkTokens: DELTA_CHUNK_TOKENS, crossover, prefill },
+        { preset, chunkTokens, forms, deltaChunkTokens: DELTA_CHUNK_TOKENS, crossover, prefill },
         null,
         2,
       ) + "\n",

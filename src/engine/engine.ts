@@ -88,25 +88,34 @@ function stepWorkBytes(model: LoadedModel, chunk: number): number {
   const c = model.config;
   const perLayer = chunk * (3 * c.intermediateSize + 12 * c.hiddenSize) * 4;
   const scores = chunk * c.numAttentionHeads * c.maxPositionEmbeddings * 4;
-  return model.numLayers * perLayer + scores + chunk * c.vocabSize * 4 + chunk * recurrentTokenBytes(model);
+  const recurrent = chunk * recurrentLayerBytes(model) * RECURRENT_PREFILL_STATES_PER_TOKEN;
+  return model.numLayers * perLayer + scores + chunk * c.vocabSize * 4 + recurrent;
 }
 
 /**
- * Bytes a token leaves behind in the recurrent layers (qwen3_5's Gated DeltaNet runs its delta rule
- * token by token): per layer the decayed state, the update and the new state, each a full state
- * matrix, alive until their wrappers are collected. Measured: a 128-token chunk of the
- * qwen3.5-0.8b shape (18 layers of 1 MB states) grew RSS by several GB when not collected.
+ * A prefill chunk's temporaries in the recurrent layers, in state matrices per token and layer.
+ * The chunked delta rule keeps a few state-sized products per 16-token chunk, and the convolution
+ * and projections the rest. Measured: the qwen3.5-0.8b shape (18 layers of 1 MiB states) grew RSS
+ * by 14.1 MB per prompt token in 128- to 512-token chunks, 2.2 MB of it the activations perLayer
+ * counts, so about 0.66 states per token and layer.
  */
-function recurrentTokenBytes(model: LoadedModel): number {
+const RECURRENT_PREFILL_STATES_PER_TOKEN = 0.75;
+
+/** Bytes of one state of every recurrent layer (qwen3_5's Gated DeltaNet delta-rule states). */
+function recurrentLayerBytes(model: LoadedModel): number {
   const shape = model.recurrentShape;
-  return shape ? model.recurrentLayers.length * 3 * shape.delta.reduce((a, b) => a * b, 4) : 0;
+  return shape ? model.recurrentLayers.length * shape.delta.reduce((a, b) => a * b, 4) : 0;
 }
 
-/** Estimated temporaries of one decode step of `rows` sequences (activations and logits). */
+/**
+ * Estimated temporaries of one decode step of `rows` sequences (activations and logits); a decode
+ * step runs the delta rule's step form, which leaves the decayed state, the update and the new
+ * state per recurrent layer.
+ */
 function decodeGarbageBytes(model: LoadedModel, rows: number): number {
   const c = model.config;
   const perRow = (model.numLayers * (3 * c.intermediateSize + 12 * c.hiddenSize) + 3 * c.vocabSize) * 4;
-  return rows * (perRow + recurrentTokenBytes(model));
+  return rows * (perRow + 3 * recurrentLayerBytes(model));
 }
 
 /** How often the engine reports its memory and scheduler to the front end. */
