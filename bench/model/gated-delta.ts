@@ -76,7 +76,8 @@ async function main(): Promise<void> {
   const decodeTokens = Number(option("decode-tokens", "4"));
   const out = option("out", "");
   const forms = option("forms", "step,chunked").split(",").filter(Boolean) as Form[];
-  if (forms.some((f) => f !== "step" && f !== "chunked")) throw new Error("--forms takes step and/or chunked");
+  if (forms.some((f) => f !== "step" && f !== "chunked"))
+    throw new Error("--forms takes step and/or chunked");
 
   if (!fs.existsSync(path.join(dir, "config.json"))) await writeRandomCheckpoint(dir, { preset, seed: 0 });
   const model = await loadModel(dir, { prefillChunkTokens: chunkTokens });
@@ -168,9 +169,11 @@ async function main(): Promise<void> {
     `| model | context | step prefill tok/s | chunked prefill tok/s | speed-up | step decode ms | chunked decode ms |`,
   );
   console.log(`| --- | ---: | ---: | ---: | ---: | ---: | ---: |`);
-  const cell = (values: number[], digits: number) => (values.length ? median(values).toFixed(digits) : "not run");
+  const cell = (values: number[], digits: number) =>
+    values.length ? median(values).toFixed(digits) : "not run";
   for (const p of prefill) {
-    const ratio = p.step.length && p.chunked.length ? `${(median(p.chunked) / median(p.step)).toFixed(1)}x` : "";
+    const ratio =
+      p.step.length && p.chunked.length ? `${(median(p.chunked) / median(p.step)).toFixed(1)}x` : "";
     console.log(
       `| ${preset} | ${p.contextTokens} | ${cell(p.step, 1)} | ${cell(p.chunked, 1)} | ${ratio} | ` +
         `${cell(p.decodeMs.step, 0)} | ${cell(p.decodeMs.chunked, 0)} |`,

@@ -146,7 +146,8 @@ async function main(): Promise<void> {
       sample.push(performance.now() - t2);
       await collect();
     }
-    const decodeMsPerToken = build.reduce((sum, ms, i) => sum + ms + evaluate[i] + sample[i], 0) / decodeTokens;
+    const decodeMsPerToken =
+      build.reduce((sum, ms, i) => sum + ms + evaluate[i] + sample[i], 0) / decodeTokens;
 
     const result = {
       contextTokens,

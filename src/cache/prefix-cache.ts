@@ -363,6 +363,14 @@ export class PrefixCache {
     };
   }
 
+  /**
+   * Allocates the staging file's pages for one restore batch (when there is a tier to restore
+   * from), so that the first restore after a start does not pay for them.
+   */
+  prepareStaging(): void {
+    if (this.ssd || this.shared) this.staging.prepare(this.options.restoreBatchBytesMax);
+  }
+
   /** Writes what is queued, closes the SSD and shared tiers and removes the staging directory. */
   async close(): Promise<void> {
     try {

@@ -123,6 +123,9 @@ const STATS_INTERVAL_MS = 1000;
 /** The engine's event-loop delay between two stats reports (sampled every 20 ms; created on first report). */
 let loopDelay: IntervalHistogram | undefined;
 
+/** Prompt tokens of the warm-up prefill at start (see Engine.warmUp). */
+const WARM_UP_TOKENS = 64;
+
 /** Bytes of MLX temporaries the engine lets pile up before it collects (see collect). */
 const GARBAGE_BYTES_MAX = 256 * 1024 * 1024;
 
@@ -215,8 +218,24 @@ export class Engine {
       : undefined;
     const info = modelInfo(config.modelName || path.basename(dir), dir, model);
     const engine = new Engine(config, model, tokenizer, cache, info, send, decodeRowsMax);
+    engine.warmUp();
     engine.reportStats();
     return engine;
+  }
+
+  /**
+   * Pays a new process's first-use costs before it reports ready instead of in its first request:
+   * a short prefill and a decode step on a cache of its own (the BLAS threads, the compiled
+   * attention, the allocator's first buffers) and the restore staging file's pages. Nothing is
+   * cached or persisted.
+   */
+  private warmUp(): void {
+    const tokens = Array.from({ length: WARM_UP_TOKENS }, (_, i) => i % this.model.config.vocabSize);
+    const cache = this.model.newCache(WARM_UP_TOKENS + 1);
+    mx.eval(this.model.forward(tokens, cache));
+    mx.eval(this.model.forward([0], cache));
+    this.cache?.prepareStaging();
+    global.gc?.();
   }
 
   handle(msg: ToEngine): void {

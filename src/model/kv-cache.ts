@@ -6,6 +6,15 @@ export interface LayerKV {
   values: mx.array;
 }
 
+/**
+ * Rows to import into one attention layer: one array or consecutive pieces (a restore's blocks),
+ * each [1, kvHeads, n, headDim], keys and values cut alike.
+ */
+export interface LayerRows {
+  keys: mx.array | readonly mx.array[];
+  values: mx.array | readonly mx.array[];
+}
+
 /** Tokens added to a cache buffer at a time when it has to grow. */
 export const CACHE_STEP_TOKENS = 256;
 
@@ -111,31 +120,72 @@ export class KVCache {
   }
 
   /**
-   * Writes keys/values [1, kvHeads, n, headDim] at positions [at, at + n) and sets offset to
-   * at + n: whatever was cached after `at` is dropped. `at` may not exceed offset, so the cached
-   * sequence stays contiguous. The values are copied; the caller keeps ownership of its arrays.
+   * Writes keys/values [1, kvHeads, n, headDim] (or consecutive pieces of them) at positions
+   * [at, at + n) and sets offset to at + n: whatever was cached after `at` is dropped. `at` may not
+   * exceed offset, so the cached sequence stays contiguous. The values are copied; the caller keeps
+   * ownership of its arrays.
+   *
+   * Into a layer that holds nothing yet (fresh, or only positions skipped by skipTo), the buffer
+   * is built in one pass: zeros before `at`, the pieces, zeros up to the capacity, one
+   * concatenation. Otherwise the pieces are joined and written into the buffer. Measured for
+   * 8,192 restored tokens of the qwen2.5-0.5b shape (24 layers of 128 blocks): about half the time
+   * of joining and then writing into a zeroed buffer, which touches every byte twice more.
    */
-  importRange(at: number, keys: mx.array, values: mx.array): void {
+  importRange(
+    at: number,
+    keys: mx.array | readonly mx.array[],
+    values: mx.array | readonly mx.array[],
+  ): void {
     if (!Number.isInteger(at) || at < 0 || at > this.offset) {
       throw new RangeError(
         `importRange at ${at}: must be within [0, ${this.offset}] so the cache stays contiguous`,
       );
     }
-    const expect = (name: string, a: mx.array): void => {
-      const [b, h, n, d] = a.shape;
-      if (a.ndim !== 4 || b !== 1 || h !== this.kvHeads || d !== this.headDim || n < 1) {
-        throw new RangeError(
-          `importRange ${name}: expected [1, ${this.kvHeads}, n, ${this.headDim}], got [${a.shape.join(", ")}]`,
-        );
+    const keyParts = Array.isArray(keys) ? (keys as readonly mx.array[]) : [keys as mx.array];
+    const valueParts = Array.isArray(values) ? (values as readonly mx.array[]) : [values as mx.array];
+    const rowsOf = (name: string, parts: readonly mx.array[]): number => {
+      if (parts.length === 0) throw new RangeError(`importRange ${name}: no rows`);
+      let rows = 0;
+      for (const a of parts) {
+        const [b, h, n, d] = a.shape;
+        if (a.ndim !== 4 || b !== 1 || h !== this.kvHeads || d !== this.headDim || n < 1) {
+          throw new RangeError(
+            `importRange ${name}: expected [1, ${this.kvHeads}, n, ${this.headDim}], got [${a.shape.join(", ")}]`,
+          );
+        }
+        rows += n;
       }
+      return rows;
     };
-    expect("keys", keys);
-    expect("values", values);
-    if (keys.shape[2] !== values.shape[2]) {
-      throw new RangeError(`importRange: keys hold ${keys.shape[2]} tokens but values ${values.shape[2]}`);
+    const rows = rowsOf("keys", keyParts);
+    if (rowsOf("values", valueParts) !== rows) {
+      throw new RangeError(
+        `importRange: keys hold ${rows} tokens but values ${rowsOf("values", valueParts)}`,
+      );
     }
+    const f32 = (parts: readonly mx.array[]) => parts.map((a) => a.astype(mx.float32));
+    const capacity = Math.max(this.capacity, Math.ceil((at + rows) / this.stepTokens) * this.stepTokens);
+    const empty = this.offset === this.skippedBelow && at === this.offset;
+    // A single piece filling the whole buffer would be adopted, not copied: that takes the path below.
+    if (empty && keyParts.length + (at > 0 ? 1 : 0) + (capacity > at + rows ? 1 : 0) > 1) {
+      const zeros = (n: number) => mx.zeros([1, this.kvHeads, n, this.headDim], mx.float32);
+      const build = (parts: readonly mx.array[]) =>
+        mx.concatenate(
+          [
+            ...(at > 0 ? [zeros(at)] : []),
+            ...f32(parts),
+            ...(capacity > at + rows ? [zeros(capacity - at - rows)] : []),
+          ],
+          2,
+        );
+      this.keys = build(keyParts);
+      this.values = build(valueParts);
+      this.offset = at + rows;
+      return;
+    }
+    const join = (parts: mx.array[]) => (parts.length === 1 ? parts[0] : mx.concatenate(parts, 2));
     this.offset = at;
-    this.updateAndFetch(keys.astype(mx.float32), values.astype(mx.float32));
+    this.updateAndFetch(join(f32(keyParts)), join(f32(valueParts)));
   }
 
   /**
@@ -323,16 +373,22 @@ export class ModelCache {
    * ignored (null or a snapshot): a restore sets their state once, where it ends, with
    * importRecurrent.
    */
-  import(at: number, ranges: readonly (LayerBlock | null)[], end?: number): void {
+  import(at: number, ranges: readonly (LayerBlock | LayerRows | null)[], end?: number): void {
     if (ranges.length !== this.layers.length) {
       throw new RangeError(`import: got ${ranges.length} layers, the model has ${this.layers.length}`);
     }
-    const rowsOf = (r: LayerBlock | null): number => (r && !isSnapshot(r) ? r.keys.shape[2] : 0);
+    const rowsOf = (r: LayerBlock | LayerRows | null): number => {
+      if (!r || "delta" in r) return 0;
+      const keys = r.keys as mx.array | readonly mx.array[];
+      return Array.isArray(keys)
+        ? (keys as readonly mx.array[]).reduce((n, a) => n + a.shape[2], 0)
+        : (keys as mx.array).shape[2];
+    };
     const stop = end ?? at + rowsOf(ranges[this.recurrent.indexOf(null)]);
     this.layers.forEach((layer, i) => {
       if (this.recurrent[i]) return;
       const range = ranges[i];
-      if (range && isSnapshot(range)) throw new RangeError(`import: layer ${i} needs keys and values`);
+      if (range && "delta" in range) throw new RangeError(`import: layer ${i} needs keys and values`);
       const rows = rowsOf(range);
       if (rows > stop - at) throw new RangeError(`import: layer ${i} has ${rows} rows for [${at}, ${stop})`);
       if (stop - rows > at) layer.skipTo(stop - rows);

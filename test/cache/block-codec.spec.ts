@@ -50,6 +50,37 @@ describe("safetensors", () => {
     expect(fs.existsSync(staging.dir)).toBe(false);
   });
 
+  it("loads a small batch exactly from a staging file a larger batch or prepare() left larger", () => {
+    const staging = new Staging(path.join(tempDir("staging"), "s"));
+    const file = path.join(staging.dir, "restore.safetensors");
+    staging.prepare(1 << 20);
+    expect(fs.statSync(file).size).toBe(1 << 20);
+    const batch = (values: number[]) => {
+      const bytes = encodeSafetensors(
+        [
+          {
+            name: "x",
+            dtype: "F32",
+            shape: [values.length],
+            byteLength: 4 * values.length,
+            data: [f32(values)],
+          },
+        ],
+        {},
+      );
+      const parsed = parseSafetensors(bytes);
+      return staging.bytesToArrays(bytes.subarray(0, parsed.dataOffset), [bytes.subarray(parsed.dataOffset)]);
+    };
+    const large = Array.from({ length: 300_000 }, (_, i) => i);
+    expect(batch(large).x.shape).toEqual([300_000]);
+    expect(fs.statSync(file).size).toBeGreaterThan(1 << 20);
+    // The bytes of the larger batch stay behind the smaller one's tensors, and are never read.
+    expect(batch([7, -8, 9]).x.tolist()).toEqual([7, -8, 9]);
+    staging.prepare(1024);
+    expect(fs.statSync(file).size).toBeGreaterThan(1 << 20);
+    staging.close();
+  });
+
   it("reads what MLX writes (null metadata, unaligned data)", () => {
     const staging = new Staging(path.join(tempDir("staging"), "s"));
     const { bytes, file } = staging.arraysToBytes({ a: mx.array([1, 2, 3], mx.float32) });

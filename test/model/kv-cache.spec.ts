@@ -56,6 +56,42 @@ describe("KVCache", () => {
     );
   });
 
+  test("pieces imported into an empty or skipped layer build the buffer the joined rows would", () => {
+    const fresh = new KVCache(2, 4, 8);
+    fresh.importRange(
+      0,
+      [positions(0, 3), positions(3, 4), positions(7, 2)],
+      [positions(50, 5), positions(55, 4)],
+    );
+    expect(fresh.offset).toBe(9);
+    expect(fresh.capacity).toBe(16);
+    const [keys, values] = fresh.state();
+    expect(valuesAt(keys)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0]);
+    expect(valuesAt(values)).toEqual([50, 51, 52, 53, 54, 55, 56, 57, 58, 0, 0, 0, 0, 0, 0, 0]);
+    // Writes after the import land in the built buffer, which owns its memory.
+    const [after] = fresh.updateAndFetch(positions(90, 1), positions(90, 1));
+    expect(valuesAt(after).slice(0, 11)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 90, 0]);
+
+    // A reserved buffer, and rows skipped below the import (a sliding window's): zeros before them.
+    const skipped = new KVCache(2, 4, 8);
+    skipped.reserve(20);
+    skipped.skipTo(5);
+    skipped.importRange(5, [positions(5, 2), positions(7, 1)], [positions(5, 3)]);
+    expect(skipped.offset).toBe(8);
+    expect(skipped.capacity).toBe(24);
+    expect(valuesAt(skipped.state()[0]).slice(0, 10)).toEqual([0, 0, 0, 0, 0, 5, 6, 7, 0, 0]);
+    expect(() => skipped.exportRange(4, 8)).toThrow("positions below 5 were not restored");
+
+    // Into a layer holding tokens: written at the position, as a single array is.
+    const held = new KVCache(2, 4, 8);
+    held.updateAndFetch(positions(0, 4), positions(0, 4));
+    held.importRange(2, [positions(20, 1), positions(21, 1)], [positions(30, 2)]);
+    expect(valuesAt(held.exportRange(0, 4).keys)).toEqual([0, 1, 20, 21]);
+    expect(() => held.importRange(0, [positions(0, 2)], [positions(0, 3)])).toThrow(
+      "importRange: keys hold 2 tokens but values 3",
+    );
+  });
+
   test("trim drops at most what is cached", () => {
     const cache = new KVCache(2, 4);
     cache.updateAndFetch(positions(0, 5), positions(0, 5));
