@@ -134,6 +134,8 @@ export class SharedTier {
   private readonly queue: SharedWrite[] = [];
   private queueBytes = 0;
   private pumping: Promise<void> | null = null;
+  /** Bytes queued since the pump's last turn began. */
+  private arrivedBytes = 0;
   private pending = 0;
   private closed = false;
   private readonly restored = new Set<string>();
@@ -398,14 +400,17 @@ export class SharedTier {
     }
     this.queue.push(item);
     this.queueBytes += item.bytes;
+    this.arrivedBytes += item.bytes;
     this.pumping ??= this.pump();
     return true;
   }
 
   /**
-   * Writes queued blocks behind the requests, a batch at a time: a batch is encoded on the
-   * engine's thread, then every block's value (with the TTL) and its parent's children entry are
-   * sent together. A failed write is counted and the block simply stays out of the tier.
+   * Writes queued blocks behind the requests, between the engine's steps: each turn encodes at
+   * least one batch and at least as many bytes as were queued since the previous turn began (as
+   * the SSD tier's pump does, so that a step queuing many blocks is not written one batch per
+   * step), then every block's value (with the TTL) and its parent's children entry are sent
+   * together. A failed write is counted and the block simply stays out of the tier.
    */
   private async pump(): Promise<void> {
     try {
@@ -415,27 +420,34 @@ export class SharedTier {
         // Just after start (or a reconnect) the client may not be ready: a batch waits for it a while
         // instead of failing at once, since it holds up no request.
         await this.ready(Math.max(1000, this.options.timeoutMs * 5));
-        const batch: SharedWrite[] = [];
-        let bytes = 0;
-        while (
-          this.queue.length > 0 &&
-          (batch.length === 0 || bytes + this.queue[0].bytes <= WRITE_BATCH_BYTES_MAX)
-        ) {
-          const item = this.queue.shift()!;
-          this.queueBytes -= item.bytes;
-          bytes += item.bytes;
-          batch.push(item);
-        }
-        let records: KVBlockRecord[];
-        try {
-          records = this.encode(batch);
-        } catch (err) {
-          this.counters.writeErrors += batch.length;
-          this.onError(err as Error);
-          for (const item of batch) item.done(false);
-          continue;
-        }
-        await Promise.all(batch.map((item, i) => this.write(item, records[i])));
+        let budget = this.arrivedBytes;
+        this.arrivedBytes = 0;
+        const writes: Promise<void>[] = [];
+        do {
+          const batch: SharedWrite[] = [];
+          let bytes = 0;
+          while (
+            this.queue.length > 0 &&
+            (batch.length === 0 || bytes + this.queue[0].bytes <= WRITE_BATCH_BYTES_MAX)
+          ) {
+            const item = this.queue.shift()!;
+            this.queueBytes -= item.bytes;
+            bytes += item.bytes;
+            batch.push(item);
+          }
+          budget -= bytes;
+          let records: KVBlockRecord[];
+          try {
+            records = this.encode(batch);
+          } catch (err) {
+            this.counters.writeErrors += batch.length;
+            this.onError(err as Error);
+            for (const item of batch) item.done(false);
+            continue;
+          }
+          writes.push(...batch.map((item, i) => this.write(item, records[i])));
+        } while (this.queue.length > 0 && budget > 0 && !this.closed);
+        await Promise.all(writes);
       }
     } finally {
       this.pumping = null;

@@ -52,6 +52,21 @@ function dirBytes(dir: string): number {
 }
 
 describe("SSD write queue and admission", () => {
+  it("drains as fast as engine steps fill it, however many batches a step queues", async () => {
+    // One block per write batch, and steps that each queue six blocks and then yield once, as the
+    // engine does between steps: the pump must write a step's six batches in one turn.
+    const cache = await track(
+      openCache(model, { ssdDir: tempDir("ssd"), writeBatchBytesMax: BLOCK_BYTES, writeQueueBlocksMax: 16 }),
+    );
+    for (let step = 0; step < 12; step++) {
+      const prompt = tokens(100 + step, 48);
+      expect(cache.persist("t", prompt, prefill(model, prompt)).queuedToSsd).toBe(6);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await cache.flush();
+    expect(cache.stats()).toMatchObject({ writeSkips: 0, ssd: { blocks: 72 } });
+  });
+
   it("a full write queue skips blocks and counts them, never silently", async () => {
     const cache = await track(openCache(model, { ssdDir: tempDir("ssd"), writeQueueBlocksMax: 2 }));
     const seq = prefill(model, tokens(1, 48));
