@@ -44,6 +44,12 @@ const now = () => performance.now();
  * batches, with the cost model that chooses recomputing an SSD part when that is faster, and the
  * rates it measures.
  */
+/** Where a restore ends, for the recurrent layers' snapshot (see Restorer.restore). */
+interface Ending {
+  layers: (LayerBlock | null)[] | null;
+  block: ParsedBlock | null;
+}
+
 export class Restorer extends CachePart {
   /** Tokens left to recompute because that was estimated faster, since open. */
   recomputeChosenTokens = 0;
@@ -103,8 +109,12 @@ export class Restorer extends CachePart {
       plan = plan.slice(0, -1);
     }
     report.lostTokens = match.tokens - report.midBlockTokens - plan.reduce((n, s) => n + s.block.tokens, 0);
-    /** The recurrent snapshot of the last block imported, set where the sequence ends. */
-    const ending: { layers: (LayerBlock | null)[] | null } = { layers: null };
+    /**
+     * The recurrent snapshot of the last block imported, set where the sequence ends: its layers
+     * when they are MLX arrays (a RAM block), or the block read from SSD or Redis, whose snapshot is
+     * staged only once the restore knows it ends there.
+     */
+    const ending: Ending = { layers: null, block: null };
     try {
       const cut = this.chooseCut(plan, report);
       if (cut < plan.length) {
@@ -124,6 +134,7 @@ export class Restorer extends CachePart {
         if (tier === "ram") {
           at += this.importRam(run, kv, at, report, keepFrom);
           ending.layers = run[run.length - 1].ram!.layers;
+          ending.block = null;
         } else {
           const done =
             tier === "ssd"
@@ -137,7 +148,8 @@ export class Restorer extends CachePart {
         }
         i = j;
       }
-      if (this.recurrent && at > 0) kv.importRecurrent(ending.layers!);
+      if (this.recurrent && at > 0)
+        kv.importRecurrent(ending.layers ?? this.stageSnapshot(ending.block!, report));
       report.restoredTokens = at;
     } finally {
       // Release in reverse so the chain's first blocks end up most recently used: under
@@ -284,7 +296,7 @@ export class Restorer extends CachePart {
     at: number,
     report: RestoreReport,
     signal: AbortSignal | undefined,
-    ending: { layers: (LayerBlock | null)[] | null },
+    ending: Ending,
     keepFrom: (end: number) => number,
   ): Promise<{ tokens: number; stopped: boolean }> {
     const ssd = this.ssd!;
@@ -361,7 +373,7 @@ export class Restorer extends CachePart {
     report: RestoreReport,
     tenant: string,
     signal: AbortSignal | undefined,
-    ending: { layers: (LayerBlock | null)[] | null },
+    ending: Ending,
     keepFrom: (end: number) => number,
   ): Promise<{ tokens: number; stopped: boolean }> {
     const shared = this.shared!;
@@ -461,7 +473,7 @@ export class Restorer extends CachePart {
     kv: SequenceKV,
     at: number,
     report: RestoreReport,
-    ending: { layers: (LayerBlock | null)[] | null },
+    ending: Ending,
     keepFrom: (end: number) => number,
   ): { tokens: number; bytes: number } {
     const { numLayers, kvHeads, headDim } = this.model;
@@ -471,20 +483,9 @@ export class Restorer extends CachePart {
     const specs: TensorSpec[] = [];
     let kvBytes = 0;
     const pieces: Buffer[] = [];
-    const lastBlock = valid[valid.length - 1].block;
-    let snapshotBytes = 0;
     for (let i = 0; i < numLayers; i++) {
-      if (isRecurrentLayer(this.model, i)) {
-        // Only the batch's last block's snapshot: the sequence continues from there.
-        for (const kind of ["conv", "delta"] as const) {
-          const data = blockTensor(lastBlock, i, kind);
-          const shape = [1, ...lastBlock.file.tensors.get(`layers.${i}.${kind}`)!.shape];
-          specs.push({ name: `${i}.${kind}`, dtype: "F32", shape, byteLength: data.length });
-          pieces.push(data);
-          snapshotBytes += data.length;
-        }
-        continue;
-      }
+      // A recurrent layer needs only the snapshot where the restore ends (stageSnapshot).
+      if (isRecurrentLayer(this.model, i)) continue;
       // A sliding-window layer stages only the rows a query after the restore can see.
       const from = isSlidingLayer(this.model, i) ? keepFrom(end) : -Infinity;
       const skips: number[] = [];
@@ -513,21 +514,45 @@ export class Restorer extends CachePart {
     const arrays = this.staging.bytesToArrays(encodeHeader(specs, {}), pieces);
     const tImport = now();
     report.stages.stageMs += tImport - tStage;
-    const ranges: (LayerBlock | null)[] = [];
-    for (let i = 0; i < numLayers; i++) {
-      if (isRecurrentLayer(this.model, i))
-        ranges.push({ conv: arrays[`${i}.conv`], delta: arrays[`${i}.delta`] });
-      else
-        ranges.push(
-          arrays[`${i}.keys`] ? { keys: arrays[`${i}.keys`], values: arrays[`${i}.values`] } : null,
-        );
-    }
+    const ranges = Array.from({ length: numLayers }, (_, i) =>
+      arrays[`${i}.keys`] ? { keys: arrays[`${i}.keys`], values: arrays[`${i}.values`] } : null,
+    );
     kv.import(at, ranges, end);
-    if (this.recurrent) ending.layers = ranges;
+    if (this.recurrent) {
+      ending.layers = null;
+      ending.block = valid[valid.length - 1].block;
+    }
     report.stages.importMs += now() - tImport;
-    const bytes = kvBytes + snapshotBytes;
-    this.droppedBytes += bytes;
-    return { tokens, bytes };
+    this.droppedBytes += kvBytes;
+    // The blocks' snapshots were read, if not staged: the rate the cost model learns counts them,
+    // as its estimate does (blockDataBytes).
+    return { tokens, bytes: kvBytes + valid.length * blockDataBytes(this.model, 0) };
+  }
+
+  /**
+   * Stages the recurrent layers' snapshot of a block read from SSD or Redis, where the restore ends:
+   * one snapshot per restore, however many batches the blocks came in (each block of a hybrid
+   * model carries one, 20 MB for qwen3.5-0.8b, and staging every batch's cost a second at 8k).
+   */
+  private stageSnapshot(block: ParsedBlock, report: RestoreReport): (LayerBlock | null)[] {
+    const t0 = now();
+    const specs: TensorSpec[] = [];
+    const pieces: Buffer[] = [];
+    for (let i = 0; i < this.model.numLayers; i++) {
+      if (!isRecurrentLayer(this.model, i)) continue;
+      for (const kind of ["conv", "delta"] as const) {
+        const data = blockTensor(block, i, kind);
+        const shape = [1, ...block.file.tensors.get(`layers.${i}.${kind}`)!.shape];
+        specs.push({ name: `${i}.${kind}`, dtype: "F32", shape, byteLength: data.length });
+        pieces.push(data);
+      }
+    }
+    const arrays = this.staging.bytesToArrays(encodeHeader(specs, {}), pieces);
+    this.droppedBytes += pieces.reduce((n, p) => n + p.length, 0);
+    report.stages.stageMs += now() - t0;
+    return Array.from({ length: this.model.numLayers }, (_, i) =>
+      isRecurrentLayer(this.model, i) ? { conv: arrays[`${i}.conv`], delta: arrays[`${i}.delta`] } : null,
+    );
   }
 
   /** Feeds the cost model a measured prefill: `tokens` computed in `ms`. */

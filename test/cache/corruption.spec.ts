@@ -3,9 +3,10 @@ import * as path from "node:path";
 import { chainKeys, rootKey, type PrefixCache } from "../../src/cache";
 import type { LoadedModel } from "../../src/model/loader";
 import { openStore } from "../../src/store";
-import { parseSegment, segmentFiles } from "../store/helpers";
 import {
   expectSameAsScratch,
+  damageRecord,
+  findRecord,
   generate,
   openCache,
   randomTokens,
@@ -22,15 +23,6 @@ beforeAll(async () => {
 
 afterAll(removeTempDirs);
 
-/** The store's record of a block key: segment file and offset of its record header. */
-function findRecord(ssdDir: string, key: Buffer): { file: string; offset: number; payloadBytes: number } {
-  for (const file of segmentFiles(path.join(ssdDir, "blocks"))) {
-    const record = parseSegment(file).find((r) => r.key.equals(key) && r.kind === 1);
-    if (record) return record;
-  }
-  throw new Error("record not found");
-}
-
 async function cachedPrompt(ssdDir: string): Promise<{ prompt: number[]; keys: Buffer[] }> {
   const prompt = randomTokens(31, 45, model.config.vocabSize);
   const cache = await openCache(model, { ssdDir });
@@ -45,13 +37,7 @@ describe("a block damaged on SSD", () => {
   it("truncates the match before it; the answer is right, the counter rises, the block is rewritten", async () => {
     const ssdDir = tempDir("ssd");
     const { prompt, keys } = await cachedPrompt(ssdDir);
-    const record = findRecord(ssdDir, keys[2]);
-    const fd = fs.openSync(record.file, "r+");
-    const byte = Buffer.alloc(1);
-    fs.readSync(fd, byte, 0, 1, record.offset + 64 + 1000);
-    byte[0] ^= 0x5a;
-    fs.writeSync(fd, byte, 0, 1, record.offset + 64 + 1000);
-    fs.closeSync(fd);
+    damageRecord(ssdDir, keys[2]);
 
     let cache: PrefixCache = await openCache(model, { ssdDir });
     const run = await generate(cache, model, "t", prompt);

@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { scriptsIn, transpileWithImports } from "../helpers/transpile";
+import { parseSegment, segmentFiles } from "../store/helpers";
 import { core as mx } from "@frost-beta/mlx";
 import { PrefixCache, type CacheOptions, type CacheSeams, type RestoreReport } from "../../src/cache";
 import { writeRandomCheckpoint } from "../../src/model-gen/checkpoint";
@@ -217,4 +218,27 @@ export function childEnv(): NodeJS.ProcessEnv {
     NODE_PATH: path.join(ROOT, "node_modules"),
     KVPARK_STORE_ADDON: path.join(ROOT, "native", "build", "Release", "kvpark_store.node"),
   };
+}
+
+/** The store's record of a block key: segment file and offset of its record header. */
+export function findRecord(
+  ssdDir: string,
+  key: Buffer,
+): { file: string; offset: number; payloadBytes: number } {
+  for (const file of segmentFiles(path.join(ssdDir, "blocks"))) {
+    const record = parseSegment(file).find((r) => r.key.equals(key) && r.kind === 1);
+    if (record) return record;
+  }
+  throw new Error("record not found");
+}
+
+/** Flips one byte of a stored block's payload, `at` bytes into it. */
+export function damageRecord(ssdDir: string, key: Buffer, at = 1000): void {
+  const record = findRecord(ssdDir, key);
+  const fd = fs.openSync(record.file, "r+");
+  const byte = Buffer.alloc(1);
+  fs.readSync(fd, byte, 0, 1, record.offset + 64 + at);
+  byte[0] ^= 0x5a;
+  fs.writeSync(fd, byte, 0, 1, record.offset + 64 + at);
+  fs.closeSync(fd);
 }

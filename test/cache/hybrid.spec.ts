@@ -2,6 +2,7 @@ import type { KVBlockRecord, PrefixCache } from "../../src/cache";
 import { blockDataBytes } from "../../src/cache/block-codec";
 import type { LoadedModel } from "../../src/model/loader";
 import {
+  damageRecord,
   expectSameAsScratch,
   generate,
   hybridModel,
@@ -170,6 +171,25 @@ describe.each(["qwen3_5", "gemma3_text"] as const)("%s: a cached run equals a ru
     expect(evicted.evictedBlocks).toBe(1);
     const run = await generate(cache, model, "t", prompt);
     expect(run.report).toMatchObject({ restoredTokens: 32, ramTokens: 32 });
+    expectSameAsScratch(model, prompt, run);
+  });
+
+  it("an SSD restore read in batches that stops at a damaged block continues from the batch before it", async () => {
+    // Two blocks per restore batch: blocks 0-1, 2-3, 4-5. Block 4 is damaged, so the restore ends
+    // after block 3, the last block of the second batch, whose state the sequence continues from.
+    const blockBytes = blockDataBytes(model, B);
+    const ssdDir = tempDir("ssd");
+    const prompt = randomTokens(12, 53, vocab());
+    const before = await openCache(model, { ssdDir });
+    await generate(before, model, "t", prompt);
+    const keys = before.lookup("t", prompt, { tokensMax: 52 }).blocks.map((b) => b.key);
+    await before.close();
+    expect(keys.length).toBe(7);
+    damageRecord(ssdDir, keys[4]);
+    const cache = await track(openCache(model, { ssdDir, restoreBatchBytesMax: 2 * blockBytes }));
+    const run = await generate(cache, model, "t", prompt);
+    expect(run.report).toMatchObject({ restoredTokens: 32, ssdTokens: 32, corruptBlocks: 1 });
+    expect(run.report.batches.map((b) => b.blocks)).toEqual([2, 2]);
     expectSameAsScratch(model, prompt, run);
   });
 
