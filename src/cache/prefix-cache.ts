@@ -22,6 +22,8 @@ import { Restorer } from "./restore";
 import { SharedTier, type SharedWrite } from "./shared-tier";
 import { SsdTier } from "./ssd-tier";
 import { Staging, removeStaleStagingDirs } from "./staging";
+import { warmUpRestore } from "./warm-up";
+import type { ModelCache } from "../model/kv-cache";
 import { BlockTransfer } from "./transfer";
 
 /**
@@ -364,10 +366,13 @@ export class PrefixCache {
   }
 
   /**
-   * Allocates the staging file's pages for one restore batch (when there is a tier to restore
-   * from), so that the first restore after a start does not pay for them.
+   * What a new engine runs before it reports ready, so that its first restore pays no one-time
+   * costs: the persist and restore paths once from a throwaway sequence `from` into a fresh one
+   * `into` (warm-up.ts), and the staging file grown to one restore batch (when there is a tier to
+   * restore from), whose tmpfs pages a restore would otherwise allocate.
    */
-  prepareStaging(): void {
+  warmUp(from: ModelCache, into: ModelCache): void {
+    warmUpRestore(this.staging, from, into);
     if (this.ssd || this.shared) this.staging.prepare(this.options.restoreBatchBytesMax);
   }
 

@@ -226,15 +226,22 @@ export class Engine {
   /**
    * Pays a new process's first-use costs before it reports ready instead of in its first request:
    * a short prefill and a decode step on a cache of its own (the BLAS threads, the compiled
-   * attention, the allocator's first buffers) and the restore staging file's pages. Nothing is
+   * attention, the allocator's first buffers), then with a prefix cache its persist and restore
+   * paths from that sequence into another and a step there (PrefixCache.warmUp). Nothing is
    * cached or persisted.
    */
   private warmUp(): void {
     const tokens = Array.from({ length: WARM_UP_TOKENS }, (_, i) => i % this.model.config.vocabSize);
     const cache = this.model.newCache(WARM_UP_TOKENS + 1);
+    // Recurrent layers keep their state at the half, where the restore's first part ends.
+    if (this.cache) cache.captureSnapshots(WARM_UP_TOKENS / 2);
     mx.eval(this.model.forward(tokens, cache));
     mx.eval(this.model.forward([0], cache));
-    this.cache?.prepareStaging();
+    if (this.cache) {
+      const restored = this.model.newCache(WARM_UP_TOKENS + 2);
+      this.cache.warmUp(cache, restored);
+      mx.eval(this.model.forward([0], restored));
+    }
     global.gc?.();
   }
 

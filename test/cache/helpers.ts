@@ -88,7 +88,7 @@ function argmax(values: Float32Array): number {
   return best;
 }
 
-function toFloat32(logits: mx.array): Float32Array {
+export function toFloat32(logits: mx.array): Float32Array {
   return Float32Array.from(logits.reshape([-1]).tolist() as number[]);
 }
 
