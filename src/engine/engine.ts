@@ -231,14 +231,17 @@ export class Engine {
    * cached or persisted.
    */
   private warmUp(): void {
-    const tokens = Array.from({ length: WARM_UP_TOKENS }, (_, i) => i % this.model.config.vocabSize);
-    const cache = this.model.newCache(WARM_UP_TOKENS + 1);
+    // Even, and with room for the two steps after it within the model's context.
+    const n = Math.min(WARM_UP_TOKENS, (this.info.contextTokens - 2) & ~1);
+    if (n < 2) return;
+    const tokens = Array.from({ length: n }, (_, i) => i % this.model.config.vocabSize);
+    const cache = this.model.newCache(n + 1);
     // Recurrent layers keep their state at the half, where the restore's first part ends.
-    if (this.cache) cache.captureSnapshots(WARM_UP_TOKENS / 2);
+    if (this.cache) cache.captureSnapshots(n / 2);
     mx.eval(this.model.forward(tokens, cache));
     mx.eval(this.model.forward([0], cache));
     if (this.cache) {
-      const restored = this.model.newCache(WARM_UP_TOKENS + 2);
+      const restored = this.model.newCache(n + 2);
       this.cache.warmUp(cache, restored);
       mx.eval(this.model.forward([0], restored));
     }
