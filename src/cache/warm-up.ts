@@ -9,8 +9,7 @@ import type { Staging } from "./staging";
  * restore stages it, and imported into a fresh sequence (`into`) in two parts, the first building
  * each layer's buffer and the second writing into it, with the recurrent layers' state. The code
  * each of these runs (MLX's kernels, this process's first large allocations) is otherwise faulted
- * in by the first request after a start, which after a restart with the page cache dropped made a
- * gemma3-1b restore of 8k tokens take 3 s longer in its import alone than the next one.
+ * in by the first request after a start.
  */
 export function warmUpRestore(staging: Staging, from: ModelCache, into: ModelCache): void {
   const end = from.offset;
