@@ -44,6 +44,12 @@ const now = () => performance.now();
  * batches, with the cost model that chooses recomputing an SSD part when that is faster, and the
  * rates it measures.
  */
+/** A block read from SSD or Redis that passed its checks, with its step of the plan. */
+interface VerifiedBlock {
+  step: PlanStep;
+  block: ParsedBlock;
+}
+
 /** Where a restore ends, for the recurrent layers' snapshot (see Restorer.restore). */
 interface Ending {
   layers: (LayerBlock | null)[] | null;
@@ -301,60 +307,45 @@ export class Restorer extends CachePart {
   ): Promise<{ tokens: number; stopped: boolean }> {
     const ssd = this.ssd!;
     const t0 = now();
-    const batches = byteBatches(
-      run,
-      (step) => blockDataBytes(this.model, step.block.tokens),
-      this.options.restoreBatchBytesMax,
-    );
-    const read = (batch: PlanStep[]) => ssd.getMany(batch.map((s) => s.entry!.key));
-    let pending = read(batches[0]);
-    let tokens = 0;
-    let restoredBytes = 0;
+    const done = { tokens: 0, bytes: 0 };
     try {
-      for (let b = 0; b < batches.length; b++) {
-        const tWait = now();
-        const results = await pending;
-        report.stages.ssdReadWaitMs += now() - tWait;
-        // Start the next read now: the store's threads fetch it while this batch is loaded.
-        if (b + 1 < batches.length) pending = read(batches[b + 1]);
-        signal?.throwIfAborted();
-        const tVerify = now();
-        const valid: { step: PlanStep; block: ParsedBlock }[] = [];
-        let failed: PlanStep | null = null;
-        for (let j = 0; j < batches[b].length; j++) {
-          const step = batches[b][j];
-          const checked = this.payloads.checkStored(step.entry!, results[j]);
-          if (checked instanceof BlockError) {
-            failed = step;
-            if (await this.index.onStoredFailure(step.entry!, checked)) report.corruptBlocks++;
-            break;
-          }
-          valid.push({ step, block: checked });
-        }
-        report.stages.verifyMs += now() - tVerify;
-        if (valid.length > 0) {
-          const loaded = this.loadBlocks(valid, kv, at + tokens, report, ending, keepFrom);
-          tokens += loaded.tokens;
-          restoredBytes += loaded.bytes;
-          report.batches.push({
-            tier: "ssd",
-            blocks: valid.length,
-            tokens: loaded.tokens,
-            bytes: loaded.bytes,
-            startMs: tWait,
-            endMs: now(),
-          });
-        }
-        if (failed) return { tokens, stopped: true };
-      }
-      return { tokens, stopped: false };
+      return await this.importBatches(
+        {
+          tier: "ssd",
+          waitStage: "ssdReadWaitMs",
+          batches: byteBatches(
+            run,
+            (step) => blockDataBytes(this.model, step.block.tokens),
+            this.options.restoreBatchBytesMax,
+          ),
+          // The store's threads fetch the next batch while this one is loaded.
+          read: (batch) => ssd.getMany(batch.map((s) => s.entry!.key)),
+          check: async (batch, results) => {
+            const valid: VerifiedBlock[] = [];
+            for (let j = 0; j < batch.length; j++) {
+              const checked = this.payloads.checkStored(batch[j].entry!, results[j]);
+              if (checked instanceof BlockError) {
+                if (await this.index.onStoredFailure(batch[j].entry!, checked)) report.corruptBlocks++;
+                return { valid, failed: true };
+              }
+              valid.push({ step: batch[j], block: checked });
+            }
+            return { valid, failed: false };
+          },
+        },
+        done,
+        kv,
+        at,
+        report,
+        signal,
+        ending,
+        keepFrom,
+      );
     } finally {
-      // A read still in flight after an early stop must not surface as an unhandled rejection.
-      pending.catch(() => {});
-      report.ssdTokens += tokens;
-      report.ssdBytes += restoredBytes;
-      if (restoredBytes > 0)
-        this.ssdBytesPerMs = ewma(this.ssdBytesPerMs, restoredBytes / Math.max(now() - t0, 0.01));
+      report.ssdTokens += done.tokens;
+      report.ssdBytes += done.bytes;
+      if (done.bytes > 0)
+        this.ssdBytesPerMs = ewma(this.ssdBytesPerMs, done.bytes / Math.max(now() - t0, 0.01));
     }
   }
 
@@ -379,72 +370,117 @@ export class Restorer extends CachePart {
     const shared = this.shared!;
     const root = this.index.rootOf(tenant);
     const t0 = now();
-    const batches = byteBatches(
-      run,
-      (step) => blockDataBytes(this.model, step.block.blockTokens),
-      shared.options.restoreBatchBytesMax,
-    );
-    const read = (batch: PlanStep[]) =>
-      shared.read(
-        batch.map((s) => s.block.key),
-        now() + shared.options.timeoutMs,
-      );
-    let pending = read(batches[0]);
-    let tokens = 0;
-    let restoredBytes = 0;
+    const done = { tokens: 0, bytes: 0 };
     try {
-      for (let b = 0; b < batches.length; b++) {
+      return await this.importBatches(
+        {
+          tier: "shared",
+          waitStage: "sharedReadWaitMs",
+          batches: byteBatches(
+            run,
+            (step) => blockDataBytes(this.model, step.block.blockTokens),
+            shared.options.restoreBatchBytesMax,
+          ),
+          read: (batch) =>
+            shared.read(
+              batch.map((s) => s.block.key),
+              now() + shared.options.timeoutMs,
+            ),
+          check: async (batch, values) => {
+            const records = values.map((v) => (Buffer.isBuffer(v) ? SharedTier.decode(v) : null));
+            // The payloads' SHA-256 run on the thread pool while this loop checks the blocks before
+            // them (and the next batch's reply arrives); a digest that cannot run is computed inline.
+            const digests = records.map((r) =>
+              r ? payloadDigest(r.payload).catch(() => undefined) : Promise.resolve(undefined),
+            );
+            const valid: VerifiedBlock[] = [];
+            for (let j = 0; j < batch.length; j++) {
+              const value = values[j];
+              if (value instanceof Error || !value) {
+                // Gone since the lookup (evicted, expired), or not read in time or at all (counted
+                // by the tier): the match ends here and the rest is prefilled.
+                if (!value) shared.counters.lostBlocks++;
+                return { valid, failed: true };
+              }
+              report.sharedBytes += value.length;
+              const checked = verifySharedBlock(
+                records[j],
+                batch[j].block,
+                root,
+                this.model,
+                this.options.blockTokens,
+                await digests[j],
+              );
+              if (checked instanceof BlockError) {
+                shared.refuse(batch[j].block.key);
+                this.index.corruptBlocks++;
+                report.corruptBlocks++;
+                return { valid, failed: true };
+              }
+              valid.push({ step: batch[j], block: checked });
+            }
+            return { valid, failed: false };
+          },
+          loaded: (valid) => {
+            for (const { step } of valid) shared.noteRestored(step.block.key.toString("hex"));
+          },
+        },
+        done,
+        kv,
+        at,
+        report,
+        signal,
+        ending,
+        keepFrom,
+      );
+    } finally {
+      report.sharedTokens += done.tokens;
+      if (done.bytes > 0)
+        this.sharedBytesPerMs = ewma(this.sharedBytesPerMs, done.bytes / Math.max(now() - t0, 0.01));
+    }
+  }
+
+  /**
+   * The SSD and shared tiers' restore loop: each batch is read (the next batch's read in flight
+   * while this one is checked and loaded), checked up to its first failing block, and its valid
+   * blocks loaded; a failing block ends the restore there. `done` counts the tokens and bytes
+   * loaded as they are, also when the restore is aborted midway.
+   */
+  private async importBatches<R>(
+    o: {
+      tier: "ssd" | "shared";
+      waitStage: "ssdReadWaitMs" | "sharedReadWaitMs";
+      batches: PlanStep[][];
+      read: (batch: PlanStep[]) => Promise<R[]>;
+      check: (batch: PlanStep[], results: R[]) => Promise<{ valid: VerifiedBlock[]; failed: boolean }>;
+      loaded?: (valid: VerifiedBlock[]) => void;
+    },
+    done: { tokens: number; bytes: number },
+    kv: SequenceKV,
+    at: number,
+    report: RestoreReport,
+    signal: AbortSignal | undefined,
+    ending: Ending,
+    keepFrom: (end: number) => number,
+  ): Promise<{ tokens: number; stopped: boolean }> {
+    let pending = o.read(o.batches[0]);
+    try {
+      for (let b = 0; b < o.batches.length; b++) {
         const tWait = now();
-        const values = await pending;
-        report.stages.sharedReadWaitMs += now() - tWait;
-        if (b + 1 < batches.length) pending = read(batches[b + 1]);
+        const results = await pending;
+        report.stages[o.waitStage] += now() - tWait;
+        if (b + 1 < o.batches.length) pending = o.read(o.batches[b + 1]);
         signal?.throwIfAborted();
         const tVerify = now();
-        const records = values.map((v) => (Buffer.isBuffer(v) ? SharedTier.decode(v) : null));
-        // The payloads' SHA-256 run on the thread pool while this loop checks the blocks before
-        // them (and the next batch's reply arrives); a digest that cannot run is computed inline.
-        const digests = records.map((r) =>
-          r ? payloadDigest(r.payload).catch(() => undefined) : Promise.resolve(undefined),
-        );
-        const valid: { step: PlanStep; block: ParsedBlock }[] = [];
-        let failed = false;
-        for (let j = 0; j < batches[b].length; j++) {
-          const step = batches[b][j];
-          const value = values[j];
-          if (value instanceof Error || !value) {
-            // Gone since the lookup (evicted, expired), or not read in time or at all (counted by
-            // the tier): the match ends here and the rest is prefilled.
-            if (!value) shared.counters.lostBlocks++;
-            failed = true;
-            break;
-          }
-          report.sharedBytes += value.length;
-          const digest = await digests[j];
-          const checked = verifySharedBlock(
-            records[j],
-            step.block,
-            root,
-            this.model,
-            this.options.blockTokens,
-            digest,
-          );
-          if (checked instanceof BlockError) {
-            shared.refuse(step.block.key);
-            this.index.corruptBlocks++;
-            report.corruptBlocks++;
-            failed = true;
-            break;
-          }
-          valid.push({ step, block: checked });
-        }
+        const { valid, failed } = await o.check(o.batches[b], results);
         report.stages.verifyMs += now() - tVerify;
         if (valid.length > 0) {
-          const loaded = this.loadBlocks(valid, kv, at + tokens, report, ending, keepFrom);
-          tokens += loaded.tokens;
-          restoredBytes += loaded.bytes;
-          for (const { step } of valid) shared.noteRestored(step.block.key.toString("hex"));
+          const loaded = this.loadBlocks(valid, kv, at + done.tokens, report, ending, keepFrom);
+          done.tokens += loaded.tokens;
+          done.bytes += loaded.bytes;
+          o.loaded?.(valid);
           report.batches.push({
-            tier: "shared",
+            tier: o.tier,
             blocks: valid.length,
             tokens: loaded.tokens,
             bytes: loaded.bytes,
@@ -452,13 +488,12 @@ export class Restorer extends CachePart {
             endMs: now(),
           });
         }
-        if (failed) return { tokens, stopped: true };
+        if (failed) return { tokens: done.tokens, stopped: true };
       }
-      return { tokens, stopped: false };
+      return { tokens: done.tokens, stopped: false };
     } finally {
-      report.sharedTokens += tokens;
-      if (restoredBytes > 0)
-        this.sharedBytesPerMs = ewma(this.sharedBytesPerMs, restoredBytes / Math.max(now() - t0, 0.01));
+      // A read still in flight after an early stop must not surface as an unhandled rejection.
+      pending.catch(() => {});
     }
   }
 
@@ -469,7 +504,7 @@ export class Restorer extends CachePart {
    * of many small ones, and one import per layer avoids a concatenation (README).
    */
   private loadBlocks(
-    valid: { step: PlanStep; block: ParsedBlock }[],
+    valid: VerifiedBlock[],
     kv: SequenceKV,
     at: number,
     report: RestoreReport,
