@@ -4,6 +4,7 @@ import { KVBlockSchema } from "../../gen/kvpark/v1/kvblocks_pb";
 import { normalizeRecord, type KVBlockRecord } from "./block-codec";
 import { blockKey } from "./block-key";
 import type { AdmissionPolicy } from "./config";
+import { WriteQueue, admits } from "./write-queue";
 import type { LayerBlock } from "../model/kv-cache";
 
 /** Where and how the shared tier reaches Redis, and its limits (CacheOptions.shared). */
@@ -131,11 +132,8 @@ export class SharedTier {
     requestMs: 0,
   };
   private readonly client: Redis | Cluster;
-  private readonly queue: SharedWrite[] = [];
-  private queueBytes = 0;
+  private readonly queue: WriteQueue<SharedWrite>;
   private pumping: Promise<void> | null = null;
-  /** Bytes queued since the pump's last turn began. */
-  private arrivedBytes = 0;
   private pending = 0;
   private closed = false;
   private readonly restored = new Set<string>();
@@ -148,6 +146,7 @@ export class SharedTier {
     private readonly log: (line: string) => void,
     private readonly nowMs: () => number = Date.now,
   ) {
+    this.queue = new WriteQueue(options.writeQueueBlocksMax, options.writeQueueBytesMax);
     const urls = options.urls.map((u) => new URL(u));
     const tls = urls[0].protocol === "rediss:" ? {} : undefined;
     const auth = {
@@ -206,7 +205,7 @@ export class SharedTier {
   }
 
   get queuedBytes(): number {
-    return this.queueBytes;
+    return this.queue.bytes;
   }
 
   private blockKeyName(key: Buffer): string {
@@ -377,30 +376,15 @@ export class SharedTier {
 
   /** Whether the admission policy lets a block with these sightings into the tier. */
   admits(sightings: number, pinned: boolean): boolean {
-    switch (this.options.admission) {
-      case "all":
-        return true;
-      case "reused":
-        return sightings >= 2 || pinned;
-      case "pinned":
-        return pinned;
-    }
+    return admits(this.options.admission, sightings, pinned);
   }
 
   /** Queues a block for writing; false (and counted) when the queue is full or the tier closed. */
   enqueue(item: SharedWrite): boolean {
-    const o = this.options;
-    if (
-      this.closed ||
-      this.queue.length >= o.writeQueueBlocksMax ||
-      this.queueBytes + item.bytes > o.writeQueueBytesMax
-    ) {
+    if (this.closed || !this.queue.push(item)) {
       this.counters.writeSkips++;
       return false;
     }
-    this.queue.push(item);
-    this.queueBytes += item.bytes;
-    this.arrivedBytes += item.bytes;
     this.pumping ??= this.pump();
     return true;
   }
@@ -420,22 +404,11 @@ export class SharedTier {
         // Just after start (or a reconnect) the client may not be ready: a batch waits for it a while
         // instead of failing at once, since it holds up no request.
         await this.ready(Math.max(1000, this.options.timeoutMs * 5));
-        let budget = this.arrivedBytes;
-        this.arrivedBytes = 0;
+        let budget = this.queue.turnBytes();
         const writes: Promise<void>[] = [];
         do {
-          const batch: SharedWrite[] = [];
-          let bytes = 0;
-          while (
-            this.queue.length > 0 &&
-            (batch.length === 0 || bytes + this.queue[0].bytes <= WRITE_BATCH_BYTES_MAX)
-          ) {
-            const item = this.queue.shift()!;
-            this.queueBytes -= item.bytes;
-            bytes += item.bytes;
-            batch.push(item);
-          }
-          budget -= bytes;
+          const batch = this.queue.takeBatch(WRITE_BATCH_BYTES_MAX);
+          budget -= batch.reduce((n, item) => n + item.bytes, 0);
           let records: KVBlockRecord[];
           try {
             records = this.encode(batch);
@@ -582,8 +555,7 @@ export class SharedTier {
   async close(graceMs = 2000): Promise<void> {
     await Promise.race([this.flush(), new Promise((resolve) => setTimeout(resolve, graceMs).unref())]);
     this.closed = true;
-    for (const item of this.queue.splice(0)) item.done(false);
-    this.queueBytes = 0;
+    for (const item of this.queue.drain()) item.done(false);
     this.client.disconnect();
   }
 }

@@ -17,6 +17,7 @@ import type { FileIo } from "./file-io";
 import { PinJournal, pinsAt, type PinRecord } from "./pin-log";
 import { openIndex, type IndexOpenReport } from "./ssd-open";
 import { WriteErrors, type WriteErrorCounts } from "./write-errors";
+import { WriteQueue, admits } from "./write-queue";
 
 /** A block waiting for its SSD write. */
 export interface PendingWrite {
@@ -91,11 +92,8 @@ const LOG_RETRY_MS = 60_000;
 export class SsdTier {
   /** Blocks written and not known to be gone, by hex key. The store may have evicted some since. */
   readonly records = new Map<string, ChainRecord>();
-  private readonly queue: PendingWrite[] = [];
-  private queueBytes = 0;
+  private readonly queue: WriteQueue<PendingWrite>;
   private pumping: Promise<void> | null = null;
-  /** Bytes queued since the pump's last turn began. */
-  private arrivedBytes = 0;
   private writeSkips = 0;
   private blocksWritten = 0;
   private lastWriteError = "";
@@ -113,7 +111,9 @@ export class SsdTier {
     private readonly options: SsdTierOptions,
     private readonly seams: SsdTierSeams,
     private readonly encode: EncodeBatch,
-  ) {}
+  ) {
+    this.queue = new WriteQueue(options.writeQueueBlocksMax, options.writeQueueBytesMax);
+  }
 
   /**
    * Opens the store under `<dir>/blocks`, indexes what it holds with the chain log `<dir>/chain.log`
@@ -175,34 +175,20 @@ export class SsdTier {
 
   /** Whether the admission policy lets a block with this history onto SSD. */
   admits(sightings: number, pinned: boolean): boolean {
-    switch (this.options.admission) {
-      case "all":
-        return true;
-      case "reused":
-        return sightings >= 2 || pinned;
-      case "pinned":
-        return pinned;
-    }
+    return admits(this.options.admission, sightings, pinned);
   }
 
   /** Whether a write of `bytes` would find room in the queue now. */
   hasRoom(bytes: number): boolean {
-    return (
-      !this.closed &&
-      this.queue.length < this.options.writeQueueBlocksMax &&
-      this.queueBytes + bytes <= this.options.writeQueueBytesMax
-    );
+    return !this.closed && this.queue.hasRoom(bytes);
   }
 
   /** Queues a write; false (and counted) when the queue is full. */
   enqueue(item: PendingWrite): boolean {
-    if (!this.hasRoom(item.bytes)) {
+    if (this.closed || !this.queue.push(item)) {
       this.writeSkips++;
       return false;
     }
-    this.queue.push(item);
-    this.queueBytes += item.bytes;
-    this.arrivedBytes += item.bytes;
     this.pumping ??= this.pump();
     return true;
   }
@@ -264,7 +250,7 @@ export class SsdTier {
     return {
       store: this.store.stats(),
       queueBlocks: this.queue.length,
-      queueBytes: this.queueBytes,
+      queueBytes: this.queue.bytes,
       writeSkips: this.writeSkips,
       writeErrors: this.errors.total,
       writeErrorsByCause: { ...this.errors.counts },
@@ -300,15 +286,14 @@ export class SsdTier {
       while (this.queue.length > 0) {
         // Let the request that queued these blocks finish its step first.
         await nextTurn();
-        let budget = this.arrivedBytes;
-        this.arrivedBytes = 0;
+        let budget = this.queue.turnBytes();
         const items: PendingWrite[] = [];
         const stored: Buffer[] = [];
         do {
           // Encoding stages bytes on a tmpfs (one staging file per batch) and writing may hit a full
           // or failing disk: operating errors, counted and reported to each block's owner, never
           // thrown from the background.
-          const batch = this.takeBatch();
+          const batch = this.queue.takeBatch(this.options.writeBatchBytesMax);
           budget -= batch.reduce((n, item) => n + item.bytes, 0);
           try {
             stored.push(...this.encode(batch));
@@ -397,19 +382,6 @@ export class SsdTier {
   private storeErrnoCounts(): [number, number] {
     const s = this.store.stats();
     return [s.writeErrorsEnospc, s.writeErrorsEio];
-  }
-
-  private takeBatch(): PendingWrite[] {
-    const batch: PendingWrite[] = [];
-    let bytes = 0;
-    while (this.queue.length > 0) {
-      const next = this.queue[0];
-      if (batch.length > 0 && bytes + next.bytes > this.options.writeBatchBytesMax) break;
-      batch.push(this.queue.shift()!);
-      bytes += next.bytes;
-      this.queueBytes -= next.bytes;
-    }
-    return batch;
   }
 
   // The log only grows; rewrite it from the live records once dead ones outnumber them.

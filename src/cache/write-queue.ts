@@ -1,0 +1,82 @@
+import type { AdmissionPolicy } from "./config";
+
+/** Whether an admission policy lets a block seen `sightings` times (and maybe pinned) into a tier. */
+export function admits(policy: AdmissionPolicy, sightings: number, pinned: boolean): boolean {
+  switch (policy) {
+    case "all":
+      return true;
+    case "reused":
+      return sightings >= 2 || pinned;
+    case "pinned":
+      return pinned;
+  }
+}
+
+/**
+ * The bounded write queue in front of the SSD and shared tiers: at most `blocksMax` items and
+ * `bytesMax` bytes. A write that finds it full is refused, never waited for; the tier counts it.
+ * Its pump drains it between the engine's steps, a turn at a time (`turnBytes`).
+ */
+export class WriteQueue<T extends { bytes: number }> {
+  private readonly items: T[] = [];
+  private queuedBytes = 0;
+  /** Bytes queued since the last turn began. */
+  private arrivedBytes = 0;
+
+  constructor(
+    private readonly blocksMax: number,
+    private readonly bytesMax: number,
+  ) {}
+
+  get length(): number {
+    return this.items.length;
+  }
+
+  get bytes(): number {
+    return this.queuedBytes;
+  }
+
+  /** Whether a write of `bytes` would find room now. */
+  hasRoom(bytes: number): boolean {
+    return this.items.length < this.blocksMax && this.queuedBytes + bytes <= this.bytesMax;
+  }
+
+  /** Queues an item; false when it finds no room. */
+  push(item: T): boolean {
+    if (!this.hasRoom(item.bytes)) return false;
+    this.items.push(item);
+    this.queuedBytes += item.bytes;
+    this.arrivedBytes += item.bytes;
+    return true;
+  }
+
+  /**
+   * Begins a pump's turn: the bytes queued since the previous turn began, which the turn writes at
+   * least, so that the queue drains as fast as engine steps fill it however many batches a step
+   * queues (a hybrid model's 256-token prefill chunk queues four blocks with 21 MB snapshots).
+   */
+  turnBytes(): number {
+    const arrived = this.arrivedBytes;
+    this.arrivedBytes = 0;
+    return arrived;
+  }
+
+  /** Takes the oldest items up to `maxBytes` (at least one). */
+  takeBatch(maxBytes: number): T[] {
+    const batch: T[] = [];
+    let bytes = 0;
+    while (this.items.length > 0 && (batch.length === 0 || bytes + this.items[0].bytes <= maxBytes)) {
+      const item = this.items.shift()!;
+      this.queuedBytes -= item.bytes;
+      bytes += item.bytes;
+      batch.push(item);
+    }
+    return batch;
+  }
+
+  /** Takes everything. */
+  drain(): T[] {
+    this.queuedBytes = 0;
+    return this.items.splice(0);
+  }
+}
