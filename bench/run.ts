@@ -16,8 +16,9 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { allocatorEnv } from "../src/engine/allocator";
 import { runStoreRestore, type StoreRestoreResult } from "./store/restore";
-import { describeMachine } from "./lib/machine";
+import { benchAllocator, describeMachine } from "./lib/machine";
 import { ensureModel, readModel } from "./lib/model";
 import {
   markdown,
@@ -269,7 +270,12 @@ function runEngine(
       "--out",
       out,
     ],
-    { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] },
+    {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "inherit"],
+      // The allocator the server's engine runs with by default.
+      env: allocatorEnv(benchAllocator(), process.env),
+    },
   );
   if (r.status !== 0) throw new Error("prefill-decode benchmark failed");
   return JSON.parse(fs.readFileSync(out, "utf8")) as EngineResult;

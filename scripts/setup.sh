@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs and builds everything kvpark needs on a Debian machine with Node 20 and npm:
-# Debian packages (BLAS/LAPACK for MLX, protoc, gRPC Python, venv and wheel for the cross-language tests,
+# Debian packages (BLAS/LAPACK for MLX, jemalloc for the engine process, protoc, gRPC Python, venv and wheel for the cross-language tests,
 # xxhash for the SSD store; for the tests also Chromium, which the browser tests drive headless through
 # playwright-core, and Redis, whose servers and cluster the shared-tier tests start), npm packages, the native addon and the TypeScript build.
 # Idempotent and quick when nothing changed. `--test` adds what only the test suite needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libopenblas0 liblapack3 libxxhash-dev g++ make python3)
+packages=(libopenblas0 liblapack3 libxxhash-dev libjemalloc2 g++ make python3)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(openssl protobuf-compiler protobuf-compiler-grpc libprotobuf-dev python3-grpcio python3-protobuf python3-venv python3-wheel chromium redis-server redis-tools)
 fi

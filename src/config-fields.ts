@@ -7,6 +7,8 @@ export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "
 export const FSYNC_MODES = ["batch", "none"] as const;
 /** Policies of --cache-admission; see AdmissionPolicy in src/cache/config.ts. */
 export const ADMISSION_POLICIES = ["all", "reused", "pinned"] as const;
+/** Allocators of --engine-allocator; see src/engine/allocator.ts. */
+export const ENGINE_ALLOCATORS = ["jemalloc", "system"] as const;
 /** Modes of --telemetry. */
 export const TELEMETRY_MODES = ["auto", "on", "off"] as const;
 
@@ -39,6 +41,7 @@ export interface Config {
   stepTokensMax: number;
   engineMemoryMax: number;
   engineRestartDelayMs: number;
+  engineAllocator: (typeof ENGINE_ALLOCATORS)[number];
   testEngineAbort: boolean;
   cache: boolean;
   blockTokens: number;

@@ -81,6 +81,14 @@ describe("loadConfig", () => {
     ]);
   });
 
+  it("takes --engine-allocator jemalloc (the default) or system, and names the choices otherwise", () => {
+    expect(loadConfig([]).engineAllocator).toBe("jemalloc");
+    expect(loadConfig(["--engine-allocator", "system"]).engineAllocator).toBe("system");
+    expect(problems(["--engine-allocator", "tcmalloc"])).toEqual([
+      expect.stringMatching(/--engine-allocator.*tcmalloc.*jemalloc, system/),
+    ]);
+  });
+
   it("refuses a default max_tokens above the limit", () => {
     expect(() => loadConfig(["--max-tokens-default", "100", "--max-tokens-limit", "50"], {})).toThrow(
       "--max-tokens-default (100) exceeds --max-tokens-limit (50)",

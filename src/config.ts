@@ -2,12 +2,20 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import * as tls from "node:tls";
 import { parseArgs } from "node:util";
+import { findJemalloc } from "./engine/allocator";
 import { KvparkError } from "./errors";
 import { PRESETS } from "./model-gen/presets";
 import { parseOrigins } from "./origins";
 
 export { parseOrigins } from "./origins";
-import { ADMISSION_POLICIES, FSYNC_MODES, LOG_LEVELS, TELEMETRY_MODES, type Config } from "./config-fields";
+import {
+  ADMISSION_POLICIES,
+  ENGINE_ALLOCATORS,
+  FSYNC_MODES,
+  LOG_LEVELS,
+  TELEMETRY_MODES,
+  type Config,
+} from "./config-fields";
 
 export * from "./config-fields";
 
@@ -249,6 +257,14 @@ const specs: OptionSpec<keyof Config>[] = [
     min: 0,
     max: 600000,
     help: "Pause before restarting an engine that died.",
+  },
+  {
+    key: "engineAllocator",
+    flag: "--engine-allocator",
+    kind: "enum",
+    default: "jemalloc",
+    choices: ENGINE_ALLOCATORS,
+    help: "The engine process's malloc. jemalloc (Debian package libjemalloc2, preloaded) reuses freed pages, so KV buffers, restores and prefill temporaries do not pay page faults again; system: the C library's.",
   },
   {
     key: "cache",
@@ -695,6 +711,10 @@ function machineProblems(config: Config): string[] {
     return problem ? [`${flagOf(k)} ${config[k]}: ${problem}`] : [];
   });
   problems.push(...tlsProblems);
+  if (config.engineAllocator === "jemalloc" && !findJemalloc())
+    problems.push(
+      "--engine-allocator jemalloc: libjemalloc.so.2 not found; install it (apt-get install libjemalloc2) or use --engine-allocator system",
+    );
   if (!tlsProblems.length && config.tlsCert && config.tlsKey) {
     // What the server would do when it listens, so that a bad PEM or a key that is not the
     // certificate's is a configuration error, not a stack trace.

@@ -85,6 +85,8 @@ export interface ModelInfo {
   /** Bytes of one sequence's recurrent state over all recurrent layers (0 without them). */
   recurrentStateBytes: number;
   weightBytes: number;
+  /** The engine process's malloc: "jemalloc <version>" or "system" (see src/engine/allocator.ts). */
+  allocator: string;
 }
 
 /** How the prompt's KV was obtained. */

@@ -2,6 +2,8 @@ import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { CONFIG_DEFAULTS } from "../../src/config";
+import { ENGINE_ALLOCATORS, type Config } from "../../src/config-fields";
 
 /** What the numbers were measured on. */
 export interface Machine {
@@ -14,11 +16,22 @@ export interface Machine {
   disk: string;
   node: string;
   mlxPackage: string;
+  /** The engine processes' malloc (--engine-allocator, or KVPARK_ENGINE_ALLOCATOR for the whole run). */
+  engineAllocator: Config["engineAllocator"];
   kvparkCommit: string;
   kvparkDirty: boolean;
   loadAverageAtStart: number[];
   loadAverageAtEnd?: number[];
   pageCacheDrop: string;
+}
+
+/**
+ * The allocator every engine of the run uses: the servers read KVPARK_ENGINE_ALLOCATOR from the
+ * environment they inherit, and the in-process model benchmarks are started with the same.
+ */
+export function benchAllocator(): Config["engineAllocator"] {
+  const chosen = process.env.KVPARK_ENGINE_ALLOCATOR;
+  return ENGINE_ALLOCATORS.find((a) => a === chosen) ?? CONFIG_DEFAULTS.engineAllocator;
 }
 
 function run(cmd: string, args: string[], cwd?: string): string {
@@ -92,6 +105,7 @@ export function describeMachine(repoDir: string, dataDir: string): Machine {
     disk: diskOf(dataDir),
     node: process.version,
     mlxPackage,
+    engineAllocator: benchAllocator(),
     kvparkCommit: run("git", ["rev-parse", "--short=12", "HEAD"], repoDir) || "unknown",
     kvparkDirty: run("git", ["status", "--porcelain", "--", "src", "native", "bench"], repoDir) !== "",
     loadAverageAtStart: os.loadavg().map((x) => Math.round(x * 100) / 100),

@@ -201,7 +201,7 @@ export function markdown(r: ReportInput): string {
   );
   out.push(
     `Machine: ${m.cpu}, ${m.cores} cores, ${fmt(m.ramGiB, 1)} GiB RAM, ${m.os} (kernel ${m.kernel}, virtualization: ${m.virtualization}); ` +
-      `disk ${m.disk}; Node ${m.node}; ${m.mlxPackage}; kvpark ${m.kvparkCommit}${m.kvparkDirty ? " (with uncommitted changes)" : ""}. ` +
+      `disk ${m.disk}; Node ${m.node}; ${m.mlxPackage}; engine allocator ${m.engineAllocator}; kvpark ${m.kvparkCommit}${m.kvparkDirty ? " (with uncommitted changes)" : ""}. ` +
       `Load average at start ${m.loadAverageAtStart.join(", ")}, at end ${(m.loadAverageAtEnd ?? []).join(", ")}.`,
     "",
   );

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "allocator.h"
 #include "store.h"
 
 namespace {
@@ -421,9 +422,28 @@ Napi::Value Checksum(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(XXH3_64bits(bytes.Data(), bytes.Length())));
 }
 
+// The process's allocator: its name and counters (see allocator.h).
+Napi::Value AllocatorStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  kvalloc::Stats stats = kvalloc::Read();
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("name", stats.name);
+  result.Set("version", stats.version);
+  result.Set("allocatedBytes", Napi::Number::New(env, static_cast<double>(stats.allocated)));
+  result.Set("activeBytes", Napi::Number::New(env, static_cast<double>(stats.active)));
+  result.Set("residentBytes", Napi::Number::New(env, static_cast<double>(stats.resident)));
+  return result;
+}
+
+Napi::Value AllocatorPurge(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), kvalloc::Purge());
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeStore", NativeStore::Define(env));
   exports.Set("checksum", Napi::Function::New(env, Checksum, "checksum"));
+  exports.Set("allocatorStats", Napi::Function::New(env, AllocatorStats, "allocatorStats"));
+  exports.Set("allocatorPurge", Napi::Function::New(env, AllocatorPurge, "allocatorPurge"));
   exports.Set("formatVersion", Napi::Number::New(env, kvstore::kFormatVersion));
   return exports;
 }

@@ -8,6 +8,7 @@ import { KvparkError } from "../errors.js";
 import { loadModel, type LoadedModel } from "../model/loader.js";
 import { ModelTokenizer } from "../model/tokenizer.js";
 import { resolveModelDir } from "../model-gen/generate.js";
+import { allocatorName, allocatorPurge } from "../store/native.js";
 import { PrefillSession } from "./prefill-session.js";
 import { type FromEngine, type ModelInfo, type ToEngine } from "../engine-ipc.js";
 import { errorOf, KvOperations } from "./kv-operations.js";
@@ -34,6 +35,7 @@ export function modelInfo(name: string, dir: string, model: LoadedModel): ModelI
       ? model.recurrentLayers.length * snapshotBytes(model.recurrentShape)
       : 0,
     weightBytes: model.weightBytes,
+    allocator: allocatorName(),
   };
 }
 
@@ -144,8 +146,10 @@ export class Engine {
     this.kvOps = new KvOperations(cache, send);
     this.chunkTokens = Math.min(config.prefillChunkTokens, config.stepTokensMax);
     const ram = cache ? config.ramBytesMax : 0;
-    // The process as loaded: weights, runtime, the tokenizer and the store's index.
+    // The process as loaded: weights, runtime, the tokenizer and the store's index; not the pages
+    // loading freed, which the allocator keeps for reuse for a while.
     global.gc?.();
+    allocatorPurge();
     const loaded = Math.max(process.memoryUsage.rss(), model.weightBytes);
     this.chunkWorkBytes = stepWorkBytes(model, this.chunkTokens);
     this.fixedBytes = loaded + ram + this.chunkWorkBytes;

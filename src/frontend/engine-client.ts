@@ -22,6 +22,7 @@ import {
   type PinReport,
   type ToEngine,
 } from "../engine-ipc.js";
+import { allocatorEnv } from "../engine/allocator.js";
 import { KvparkError, type ErrorCode } from "../errors.js";
 import type { Logger } from "../log.js";
 import { AsyncQueue } from "../util/async-queue.js";
@@ -94,7 +95,10 @@ export class EngineClient {
     const child = fork(engineEntry(), [], {
       serialization: "advanced",
       execArgv: ["--expose-gc"],
-      env: { ...process.env, KVPARK_ENGINE_CONFIG: JSON.stringify(this.config) },
+      env: {
+        ...allocatorEnv(this.config.engineAllocator, process.env),
+        KVPARK_ENGINE_CONFIG: JSON.stringify(this.config),
+      },
       stdio: ["ignore", "inherit", "inherit", "ipc"],
       // A process group of its own: a terminal's Ctrl-C reaches the front end only, which stops the
       // engine itself (SIGTERM: the cache's queued writes are flushed). The engine still ends
@@ -139,7 +143,12 @@ export class EngineClient {
         this.info = msg.info;
         this.fatal = undefined;
         this.log.info(
-          { event: "engine_ready", model: msg.info.name, fingerprint: msg.info.fingerprint },
+          {
+            event: "engine_ready",
+            model: msg.info.name,
+            fingerprint: msg.info.fingerprint,
+            allocator: msg.info.allocator,
+          },
           "engine ready",
         );
         this.onReadiness(true);

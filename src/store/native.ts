@@ -29,9 +29,19 @@ interface NativeStoreHandle {
   injectFaults(spec: string): void;
 }
 
+interface AllocatorStats {
+  name: "jemalloc" | "system";
+  version: string;
+  allocatedBytes: number;
+  activeBytes: number;
+  residentBytes: number;
+}
+
 interface NativeModule {
   NativeStore: new () => NativeStoreHandle;
   formatVersion: number;
+  allocatorStats(): AllocatorStats;
+  allocatorPurge(): boolean;
 }
 
 const ADDON_RELATIVE = path.join("native", "build", "Release", "kvpark_store.node");
@@ -55,6 +65,17 @@ let nativeModule: NativeModule | undefined;
 function loadNative(): NativeModule {
   nativeModule ??= require(findAddon()) as NativeModule;
   return nativeModule;
+}
+
+/** Which malloc serves this process: "jemalloc <version>" or "system" (native/src/allocator.h). */
+export function allocatorName(): string {
+  const stats = loadNative().allocatorStats();
+  return stats.name === "jemalloc" ? `jemalloc ${stats.version.split("-")[0]}` : "system";
+}
+
+/** Returns the pages the allocator keeps for reuse to the kernel now (jemalloc; a no-op otherwise). */
+export function allocatorPurge(): boolean {
+  return loadNative().allocatorPurge();
 }
 
 /** The on-disk format version this build writes. */

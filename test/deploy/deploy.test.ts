@@ -254,7 +254,7 @@ describe("container image", () => {
       m[1].trim().split(/\s+/),
     );
     expect(installs[0].sort()).toEqual([...needed].sort());
-    expect(installs[1].sort()).toEqual(["libopenblas0", "liblapack3", "libxxhash0"].sort());
+    expect(installs[1].sort()).toEqual(["libopenblas0", "liblapack3", "libxxhash0", "libjemalloc2"].sort());
     expect(dockerfile).toMatch(/bash scripts\/setup\.sh/);
     expect(dockerfile).toMatch(/^VOLUME \["\/data"\]$/m);
     expect(dockerfile).toMatch(/KVPARK_DATA_DIR=\/data/);

@@ -24,6 +24,7 @@ const info: ModelInfo = {
   headDim: 16,
   recurrentStateBytes: 0,
   weightBytes: 0,
+  allocator: "system",
 };
 
 /** An encoder that records what it was asked to tokenize and answers one id per character. */
