@@ -16,9 +16,8 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { allocatorEnv } from "../src/engine/allocator";
 import { runStoreRestore, type StoreRestoreResult } from "./store/restore";
-import { benchAllocator, describeMachine } from "./lib/machine";
+import { describeMachine, engineEnv } from "./lib/machine";
 import { ensureModel, readModel } from "./lib/model";
 import {
   markdown,
@@ -273,8 +272,7 @@ function runEngine(
     {
       encoding: "utf8",
       stdio: ["ignore", "pipe", "inherit"],
-      // The allocator the server's engine runs with by default.
-      env: allocatorEnv(benchAllocator(), process.env),
+      env: engineEnv(),
     },
   );
   if (r.status !== 0) throw new Error("prefill-decode benchmark failed");
@@ -387,6 +385,9 @@ async function main(): Promise<void> {
         preset: peerPreset,
         contexts: plan.contexts,
         decodeTokens: plan.decodeTokens,
+        serverPrefill: new Map(
+          ttft.map((r) => [r.contextTokens, summarizeContext(r, model).prefillTokensPerSecond]),
+        ),
         workDir,
         progress,
       });

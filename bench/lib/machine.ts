@@ -4,6 +4,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { CONFIG_DEFAULTS } from "../../src/config";
 import { ENGINE_ALLOCATORS, type Config } from "../../src/config-fields";
+import { allocatorEnv } from "../../src/engine/allocator";
 
 /** What the numbers were measured on. */
 export interface Machine {
@@ -32,6 +33,11 @@ export interface Machine {
 export function benchAllocator(): Config["engineAllocator"] {
   const chosen = process.env.KVPARK_ENGINE_ALLOCATOR;
   return ENGINE_ALLOCATORS.find((a) => a === chosen) ?? CONFIG_DEFAULTS.engineAllocator;
+}
+
+/** The environment of a child process that runs the model in-process: the run's allocator preloaded. */
+export function engineEnv(): NodeJS.ProcessEnv {
+  return allocatorEnv(benchAllocator(), process.env);
 }
 
 function run(cmd: string, args: string[], cwd?: string): string {

@@ -14,6 +14,8 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import { type BandwidthResult } from "../peer/bandwidth";
 import { writeQwen2Gguf, type GgufModel } from "../peer/gguf";
 import { loadPeer, measureContext, smoke, type PeerContextResult } from "../peer/llama";
+import { CONFIG_DEFAULTS } from "../../src/config";
+import { engineEnv } from "../lib/machine";
 import type { Progress } from "../lib/util";
 
 /** kvpark's figures for one context length (prefill-decode.ts's JSON). */
@@ -54,6 +56,8 @@ export interface PeerResult {
   bandwidth: BandwidthResult;
   kvpark: KvparkContextResult[];
   llama: PeerContextResult[];
+  /** The server's cold prefill in the same run's ttft section (empty without it). */
+  serverPrefill: { contextTokens: number; tokensPerSecond: number }[];
   floors: Floor[];
   markdown: string;
 }
@@ -104,6 +108,7 @@ function runChild(script: string, args: string[], what: string): void {
   const r = spawnSync(process.execPath, ["--expose-gc", path.join(__dirname, "..", script), ...args], {
     encoding: "utf8",
     stdio: ["ignore", "pipe", "inherit"],
+    env: engineEnv(),
   });
   if (r.status !== 0) throw new Error(`${what} failed (exit ${r.status})`);
 }
@@ -116,22 +121,25 @@ function renderMarkdown(r: Omit<PeerResult, "markdown">): string {
   const gbps = (v: number) => fixed(v / 1e9, 1);
   const out: string[] = [];
   out.push(
-    `kvpark (MLX, float32 weights and KV, bench/model/prefill-decode.ts) against llama.cpp (${r.llamaBuild}; ` +
+    `kvpark (MLX, float32 weights and KV, bench/model/prefill-decode.ts in chunks of the server's ${CONFIG_DEFAULTS.prefillChunkTokens} tokens, ` +
+      `and the server's own cold prefill when the ttft section ran) against llama.cpp (${r.llamaBuild}; ` +
       `CPU, F16 weights, F16 KV, batch 512) on a random-weight GGUF of the ${r.preset} shape and vocabulary ` +
       `(${(r.gguf.fileBytes / 1e6).toFixed(0)} MB, ${r.gguf.tokenizerTokens} tokens padded to ${r.gguf.vocabSize}; ` +
       `written in ${r.gguf.writeSeconds.toFixed(1)} s, loaded in ${r.llamaLoadSeconds.toFixed(1)} s). Same token ids on both sides; ` +
       `per context length kvpark ran first, then llama.cpp; ${r.decodeTokens} greedy decode steps after each cold prefill. ` +
       `Smoke test at 1k context: ${r.smoke}.`,
     "",
-    "| context | prefill tok/s kvpark | llama.cpp | kvpark / llama.cpp | decode ms/token kvpark | llama.cpp | kvpark / llama.cpp |",
-    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| context | prefill tok/s kvpark | llama.cpp | kvpark / llama.cpp | kvpark server, cold (ttft section) | server / llama.cpp | decode ms/token kvpark | llama.cpp | kvpark / llama.cpp |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   );
   for (const k of r.kvpark) {
     const l = r.llama.find((x) => x.contextTokens === k.contextTokens);
     if (!l) continue;
+    const server = r.serverPrefill.find((x) => x.contextTokens === k.contextTokens)?.tokensPerSecond ?? NaN;
     out.push(
       `| ${k.contextTokens} | ${fixed(k.prefillTokensPerSecond, 1)} | ${fixed(l.prefillTokensPerSecond, 1)} | ` +
-        `${fixed(k.prefillTokensPerSecond / l.prefillTokensPerSecond, 2)}x | ${fixed(k.decodeMsPerToken)} | ` +
+        `${fixed(k.prefillTokensPerSecond / l.prefillTokensPerSecond, 2)}x | ${fixed(server, 1)} | ` +
+        `${fixed(server / l.prefillTokensPerSecond, 2)}x | ${fixed(k.decodeMsPerToken)} | ` +
         `${fixed(l.decodeMsPerToken)} | ${fixed(k.decodeMsPerToken / l.decodeMsPerToken, 2)}x |`,
     );
   }
@@ -196,6 +204,8 @@ export async function runPeer(opts: {
   preset: string;
   contexts: number[];
   decodeTokens: number;
+  /** The server's cold prefill tok/s per context length, when the ttft section ran in the same run. */
+  serverPrefill?: Map<number, number>;
   workDir: string;
   progress: Progress;
 }): Promise<PeerResult> {
@@ -240,6 +250,9 @@ export async function runPeer(opts: {
           String(L),
           "--decode-tokens",
           String(decodeTokens),
+          // The server's prefill chunk.
+          "--chunk-tokens",
+          String(CONFIG_DEFAULTS.prefillChunkTokens),
           "--out",
           out,
         ],
@@ -288,6 +301,12 @@ export async function runPeer(opts: {
     bandwidth,
     kvpark,
     llama,
+    serverPrefill: [...(opts.serverPrefill ?? new Map<number, number>())].map(
+      ([contextTokens, tokensPerSecond]) => ({
+        contextTokens,
+        tokensPerSecond,
+      }),
+    ),
     floors,
   };
   return { ...result, markdown: renderMarkdown(result) };
