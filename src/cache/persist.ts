@@ -53,7 +53,7 @@ export class Persister extends CachePart {
         entry.usedAtMs = nowMs;
         report.blocksPresent++;
         used.push(keyHex);
-        this.admit(entry, ramBlock.layers, report);
+        this.admit(entry, ramBlock.layers, report, options.keepPace);
         continue;
       }
       if (!kv.canExport(link.start, link.end)) {
@@ -102,7 +102,7 @@ export class Persister extends CachePart {
       if (isNew) report.blocksAdded++;
       else report.blocksPromoted++;
       report.bytesAdded += bytes;
-      this.admit(entry, layers, report);
+      this.admit(entry, layers, report, options.keepPace);
     }
     for (const keyHex of used.reverse()) this.ram.touch(keyHex);
     return report;
@@ -112,15 +112,16 @@ export class Persister extends CachePart {
    * Queues a RAM block for SSD when the tier exists, does not have it, and the policy admits it;
    * the same for the shared tier, by its own policy.
    */
-  private admit(entry: BlockEntry, layers: LayerBlock[], report?: PersistReport): void {
+  private admit(entry: BlockEntry, layers: LayerBlock[], report?: PersistReport, keepPace = false): void {
     const pinned = this.pins.isPinned(entry.keyHex);
-    this.admitShared(entry, layers, pinned);
+    this.admitShared(entry, layers, pinned, keepPace);
     if (!this.ssd || entry.ssd !== "none" || !this.ssd.admits(entry.sightings, pinned)) return;
     const queued = this.ssd.enqueue({
       keyHex: entry.keyHex,
       record: this.index.chainRecord(entry),
       bytes: this.index.storedBytesEstimate(entry.tokenIds.length),
       source: { layers },
+      keepPace,
       done: (result) => this.index.onWritten(entry, result),
     });
     if (queued) {
@@ -132,7 +133,7 @@ export class Persister extends CachePart {
   }
 
   /** Queues a RAM block for the shared tier, when there is one that this node has not given it to. */
-  private admitShared(entry: BlockEntry, layers: LayerBlock[], pinned: boolean): void {
+  private admitShared(entry: BlockEntry, layers: LayerBlock[], pinned: boolean, keepPace: boolean): void {
     const shared = this.shared;
     if (!shared || entry.shared === "queued" || !shared.admits(entry.sightings, pinned)) return;
     if (entry.shared === "stored" && !shared.stale(entry.sharedAtMs ?? 0)) return;
@@ -144,6 +145,7 @@ export class Persister extends CachePart {
       tokenIds: entry.tokenIds,
       bytes: entry.bytes,
       layers,
+      keepPace,
       done: (ok) => {
         if (ok) {
           entry.shared = "stored";

@@ -134,6 +134,13 @@ export interface PersistOptions {
   partialTail?: boolean;
   /** Blocks that ends at or before this many tokens are neither exported nor promoted. Default 0. */
   fromTokens?: number;
+  /**
+   * The blocks come from an engine step that will be followed by more such steps (a prefill chunk
+   * handing over its blocks as it goes): the tiers' pumps write them within their next turn, so that
+   * their queues keep pace with the steps. Otherwise (a finished request's blocks) they drain a batch
+   * per turn, and a request that arrives meanwhile waits for one batch, not for all. Default false.
+   */
+  keepPace?: boolean;
 }
 
 /** What persist() did. */

@@ -48,6 +48,8 @@ export interface SharedWrite {
   /** Bytes of its KV, what the queue's byte limit counts. */
   bytes: number;
   layers: LayerBlock[];
+  /** Written within the pump's next turn (see PersistOptions.keepPace and WriteQueue.turnBytes). */
+  keepPace?: boolean;
   done: (ok: boolean) => void;
 }
 

@@ -27,6 +27,8 @@ export interface PendingWrite {
   bytes: number;
   /** The KV to encode on the engine's thread, or the stored bytes when they are already at hand. */
   source: { layers: LayerBlock[] } | { stored: Buffer };
+  /** Written within the pump's next turn (see PersistOptions.keepPace and WriteQueue.turnBytes). */
+  keepPace?: boolean;
   /** Told the outcome once the store answered. */
   done?: (result: PutResult) => void;
 }
@@ -275,17 +277,27 @@ export class SsdTier {
 
   /**
    * Runs between the engine's steps (it shares their thread: encoding goes through MLX). Each turn
-   * encodes at least one batch and at least as many bytes as were queued since the previous turn
-   * began, and hands them to the store as one group commit, so the queue drains as fast as requests
-   * fill it even when one engine step queues many batches (a hybrid model's 256-token prefill chunk
-   * queues four blocks with 21 MB snapshots each, and a batch per turn wrote a quarter of them). A
-   * disk slower than the requests fills the queue, whose skips count it.
+   * encodes one batch, or more when blocks queued to keep pace with the engine's steps ask for it
+   * (at least as many of their bytes as were queued since the previous turn began: a hybrid model's
+   * 256-token prefill chunk queues four blocks with 21 MB snapshots each), and hands them to the
+   * store as one group commit. The store writes a turn while the next turn encodes, one write in
+   * flight, in order. A finished request's blocks thus drain a batch per turn, and a request that
+   * arrives meanwhile waits for one batch's encoding, not for the whole backlog (at 8k tokens about
+   * 200 MB, a second). A disk slower than the requests fills the queue, whose skips count it.
    */
   private async pump(): Promise<void> {
+    let writing: Promise<void> = Promise.resolve();
     try {
-      while (this.queue.length > 0) {
+      for (;;) {
+        if (this.queue.length === 0) {
+          // Blocks queued while the last write ran are this pump's too.
+          await writing;
+          this.compactIfNeeded();
+          if (this.queue.length === 0) return;
+        }
         // Let the request that queued these blocks finish its step first.
         await nextTurn();
+        if (this.queue.length === 0) continue;
         let budget = this.queue.turnBytes();
         const items: PendingWrite[] = [];
         const stored: Buffer[] = [];
@@ -302,8 +314,10 @@ export class SsdTier {
             this.failBatch(batch, err);
           }
         } while (this.queue.length > 0 && budget > 0);
-        if (items.length > 0) await this.writeBatch(items, stored).catch((err) => this.failBatch(items, err));
+        await writing;
         this.compactIfNeeded();
+        if (items.length > 0)
+          writing = this.writeBatch(items, stored).catch((err) => this.failBatch(items, err));
       }
     } finally {
       this.pumping = null;

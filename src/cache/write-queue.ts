@@ -17,10 +17,10 @@ export function admits(policy: AdmissionPolicy, sightings: number, pinned: boole
  * `bytesMax` bytes. A write that finds it full is refused, never waited for; the tier counts it.
  * Its pump drains it between the engine's steps, a turn at a time (`turnBytes`).
  */
-export class WriteQueue<T extends { bytes: number }> {
+export class WriteQueue<T extends { bytes: number; keepPace?: boolean }> {
   private readonly items: T[] = [];
   private queuedBytes = 0;
-  /** Bytes queued since the last turn began. */
+  /** Bytes of keepPace items queued since the last turn began. */
   private arrivedBytes = 0;
 
   constructor(
@@ -46,14 +46,17 @@ export class WriteQueue<T extends { bytes: number }> {
     if (!this.hasRoom(item.bytes)) return false;
     this.items.push(item);
     this.queuedBytes += item.bytes;
-    this.arrivedBytes += item.bytes;
+    if (item.keepPace) this.arrivedBytes += item.bytes;
     return true;
   }
 
   /**
-   * Begins a pump's turn: the bytes queued since the previous turn began, which the turn writes at
-   * least, so that the queue drains as fast as engine steps fill it however many batches a step
-   * queues (a hybrid model's 256-token prefill chunk queues four blocks with 21 MB snapshots).
+   * Begins a pump's turn: the bytes of keepPace items queued since the previous turn began, which
+   * the turn writes at least (and at least one batch), so that the queue drains as fast as engine
+   * steps fill it however many batches a step queues (a hybrid model's 256-token prefill chunk
+   * queues four blocks with 21 MB snapshots). Other items (a finished request's blocks, which come
+   * all at once: 201 MB at 8k tokens of qwen2.5-0.5b) drain a batch per turn, so the engine's next
+   * step never waits for more than one batch of them.
    */
   turnBytes(): number {
     const arrived = this.arrivedBytes;

@@ -83,7 +83,7 @@ export function persistSnapshots(
 ): number {
   if (kv.snapshotCount === 0) return fromTokens;
   const end = Math.floor(kv.offset / cache.blockTokens) * cache.blockTokens;
-  if (end > fromTokens) cache.persist(tenant, tokens, kv, { partialTail: false, fromTokens });
+  if (end > fromTokens) cache.persist(tenant, tokens, kv, { partialTail: false, fromTokens, keepPace: true });
   kv.dropSnapshots(kv.offset);
   return Math.max(end, fromTokens);
 }

@@ -54,17 +54,40 @@ function dirBytes(dir: string): number {
 describe("SSD write queue and admission", () => {
   it("drains as fast as engine steps fill it, however many batches a step queues", async () => {
     // One block per write batch, and steps that each queue six blocks and then yield once, as the
-    // engine does between steps: the pump must write a step's six batches in one turn.
+    // engine does between steps while a prefill hands over its blocks as it goes (keepPace): the
+    // pump must write a step's six batches in one turn.
     const cache = await track(
       openCache(model, { ssdDir: tempDir("ssd"), writeBatchBytesMax: BLOCK_BYTES, writeQueueBlocksMax: 16 }),
     );
     for (let step = 0; step < 12; step++) {
       const prompt = tokens(100 + step, 48);
-      expect(cache.persist("t", prompt, prefill(model, prompt)).queuedToSsd).toBe(6);
+      expect(cache.persist("t", prompt, prefill(model, prompt), { keepPace: true }).queuedToSsd).toBe(6);
       await new Promise((resolve) => setImmediate(resolve));
     }
     await cache.flush();
     expect(cache.stats()).toMatchObject({ writeSkips: 0, ssd: { blocks: 72 } });
+  });
+
+  it("lets the engine step between the batches of a finished request's blocks", async () => {
+    // A finished request's six blocks, queued at once, one block per batch: a step that comes
+    // meanwhile (a new request's) must wait for one batch to be encoded, not for all six.
+    const cache = await track(
+      openCache(model, { ssdDir: tempDir("ssd"), writeBatchBytesMax: BLOCK_BYTES, writeQueueBlocksMax: 16 }),
+    );
+    const prompt = tokens(300, 48);
+    expect(cache.persist("t", prompt, prefill(model, prompt)).queuedToSsd).toBe(6);
+    const depths: number[] = [];
+    let probing = true;
+    const step = () => {
+      if (!probing) return;
+      depths.push(cache.stats().writeQueueDepth);
+      setImmediate(step);
+    };
+    setImmediate(step);
+    await cache.flush();
+    probing = false;
+    expect(depths).toEqual(expect.arrayContaining([5, 4, 3, 2, 1]));
+    expect(cache.stats()).toMatchObject({ writeSkips: 0, ssd: { blocks: 6 } });
   });
 
   it("a full write queue skips blocks and counts them, never silently", async () => {
