@@ -81,7 +81,7 @@ export const CACHE_DEFAULTS: Readonly<CacheOptions> = {
   admission: CONFIG_DEFAULTS.cacheAdmission,
   writeQueueBlocksMax: CONFIG_DEFAULTS.writeQueueBlocksMax,
   writeQueueBytesMax: 1 * GiB,
-  writeBatchBytesMax: 32 * MiB,
+  writeBatchBytesMax: 8 * MiB,
   restoreBatchBytesMax: 64 * MiB,
   hardPinQuotaBytes: CONFIG_DEFAULTS.hardPinQuotaBytes,
   softPinTtlMsDefault: CONFIG_DEFAULTS.softPinTtlSeconds * 1000,
