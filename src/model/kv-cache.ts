@@ -156,10 +156,13 @@ export class KVCache {
         `exportRange(${start}, ${end}): positions below ${this.skippedBelow} were not restored`,
       );
     }
-    // `take` gathers into a new buffer in one op; slicing would create a view that pins the cache.
-    const positions = mx.arange(start, end, 1, mx.int32);
-    const keys = mx.take(this.keys!, positions, 2);
-    const values = mx.take(this.values!, positions, 2);
+    // A slice alone would be a view that pins the cache's buffer; multiplying it by one copies it
+    // into a buffer of its own, bit for bit (negative zeros and NaNs included). A copy made by
+    // `take` (a gather) holds the same bytes, but concatenating such pieces back into a layer ran
+    // 1.4x slower (50 against 36 ms for 8,192 positions of qwen2.5-0.5b).
+    const rows = [mx.Slice(), mx.Slice(), mx.Slice(start, end), mx.Slice()];
+    const keys = mx.multiply(this.keys!.index(...rows), 1);
+    const values = mx.multiply(this.values!.index(...rows), 1);
     mx.eval(keys, values);
     return { keys, values };
   }
