@@ -274,6 +274,13 @@ const specs: OptionSpec<keyof Config>[] = [
     help: "Keep prompts' KV in the prefix cache (RAM and SSD tiers); --cache=false computes every prompt from scratch.",
   },
   {
+    key: "residentSequence",
+    flag: "--resident-sequence",
+    kind: "bool",
+    default: true,
+    help: "Keep the last finished request's KV buffers in the engine, within --engine-memory-max: a next request of the same tenant that continues it takes them over instead of copying its prefix back from the RAM tier. Models with recurrent or sliding-window layers restore from the tiers instead.",
+  },
+  {
     key: "blockTokens",
     flag: "--block-tokens",
     kind: "int",

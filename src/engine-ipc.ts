@@ -128,8 +128,12 @@ export interface Phases {
 export interface CacheActivity {
   blocksRestored: number;
   ssdBytes: number;
-  /** "restore": cached blocks were restored; "recompute": the cost model chose recomputing SSD blocks; "none": nothing cached. */
-  decision: "restore" | "recompute" | "none";
+  /**
+   * "restore": cached blocks were restored; "resident": the engine's last sequence was taken over
+   * (no copy; see Engine.take); "recompute": the cost model chose recomputing SSD blocks; "none":
+   * nothing cached.
+   */
+  decision: "restore" | "resident" | "recompute" | "none";
   estimatedRestoreMs: number;
   estimatedRecomputeMs: number;
   /** Blocks handed to the SSD write queue when the request finished. */

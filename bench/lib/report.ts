@@ -10,13 +10,27 @@ import { fmt, median, summarize, type Summary } from "./util";
 /** The medians the tables and the chart show, per context length. */
 export interface ContextSummary {
   contextTokens: number;
-  runs: { cold: number; coldCacheOff: number; ram: number; ssd: number; restart: number };
+  runs: { cold: number; coldCacheOff: number; resident: number; ram: number; ssd: number; restart: number };
   /** Server-side TTFT (request arrival to first token), ms. */
-  ttftMs: { cold: Summary; coldCacheOff: Summary; ram: Summary; ssd: Summary; restart: Summary };
+  ttftMs: {
+    cold: Summary;
+    coldCacheOff: Summary;
+    resident: Summary;
+    ram: Summary;
+    ssd: Summary;
+    restart: Summary;
+  };
   /** Client-side TTFT (call to first token received over gRPC), ms. */
-  clientTtftMs: { cold: Summary; coldCacheOff: Summary; ram: Summary; ssd: Summary; restart: Summary };
+  clientTtftMs: {
+    cold: Summary;
+    coldCacheOff: Summary;
+    resident: Summary;
+    ram: Summary;
+    ssd: Summary;
+    restart: Summary;
+  };
   /** Cold TTFT (cache off) over each reuse path's TTFT. */
-  speedup: { ram: number; ssd: number; restart: number };
+  speedup: { resident: number; ram: number; ssd: number; restart: number };
   ssdRestoreMs: Summary;
   restoreMBps: number;
   ddMBps: number;
@@ -43,7 +57,7 @@ export interface ContextSummary {
   /** Control: RAM hit TTFT right after dropping the page cache, against the RAM hit median. */
   ramAfterDropMs: number;
   /** Per-stage medians of the client-measured TTFT of each reuse path. */
-  stages: { ram: StageSummary; ssd: StageSummary; restart: StageSummary };
+  stages: { resident: StageSummary; ram: StageSummary; ssd: StageSummary; restart: StageSummary };
   /** Restore MB/s of the first requests after a restart (KV bytes read from SSD over the restore). */
   restartRestoreMBps: number;
   warnings: string[];
@@ -71,6 +85,7 @@ export function summarizeContext(r: ContextResult, model: ModelShape): ContextSu
     runs: {
       cold: r.cold.length,
       coldCacheOff: r.coldCacheOff.length,
+      resident: r.resident.length,
       ram: r.ram.length,
       ssd: r.ssd.length,
       restart: r.restart.length,
@@ -78,6 +93,7 @@ export function summarizeContext(r: ContextResult, model: ModelShape): ContextSu
     ttftMs: {
       cold: ttft(r.cold),
       coldCacheOff: ttft(r.coldCacheOff),
+      resident: ttft(r.resident),
       ram: ttft(r.ram),
       ssd: ttft(r.ssd),
       restart: ttft(r.restart),
@@ -85,11 +101,13 @@ export function summarizeContext(r: ContextResult, model: ModelShape): ContextSu
     clientTtftMs: {
       cold: clientTtft(r.cold),
       coldCacheOff: clientTtft(r.coldCacheOff),
+      resident: clientTtft(r.resident),
       ram: clientTtft(r.ram),
       ssd: clientTtft(r.ssd),
       restart: clientTtft(r.restart),
     },
     speedup: {
+      resident: coldOff / median(r.resident.map((s) => s.serverTtftMs)),
       ram: coldOff / median(r.ram.map((s) => s.serverTtftMs)),
       ssd: coldOff / median(r.ssd.map((s) => s.serverTtftMs)),
       restart: coldOff / median(r.restart.map((s) => s.serverTtftMs)),
@@ -111,6 +129,7 @@ export function summarizeContext(r: ContextResult, model: ModelShape): ContextSu
     coldEngineCpuPercentMin: Math.min(...allCold.map((s) => (100 * s.engineCpuMs) / s.clientTotalMs)),
     ramAfterDropMs: median(r.ramAfterDrop.map((s) => s.serverTtftMs)),
     stages: {
+      resident: summarizeStages(r.resident.map((s) => s.stages)),
       ram: summarizeStages(r.ram.map((s) => s.stages)),
       ssd: summarizeStages(r.ssd.map((s) => s.stages)),
       restart: summarizeStages(r.restart.map((s) => s.stages)),
@@ -213,27 +232,32 @@ export function markdown(r: ReportInput): string {
     out.push("### Time to first token", "");
     out.push(
       "Server-side TTFT (request arrival to first token), median of the runs; the runs per cell are in the JSON. " +
-        "Speedups are against the cold request on a server with the cache off.",
+        "Speedups are against the cold request on a server with the cache off. Next turn: the prompt again right after " +
+        "its cold request, as an agent's next turn comes (the engine takes over its last sequence's KV, " +
+        "--resident-sequence, where the model allows); RAM hit: the prompt again after a request that stores nothing, " +
+        "so its KV comes back from the RAM tier.",
       "",
     );
     out.push(
-      "| context | cold, cache off | cold, cache on (miss) | RAM hit | SSD restore, page cache dropped | after restart, page cache dropped | speedup RAM / SSD / restart |",
+      "| context | cold, cache off | cold, cache on (miss) | next turn | RAM hit | SSD restore, page cache dropped | after restart, page cache dropped | speedup next turn / RAM / SSD / restart |",
     );
-    out.push("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    out.push("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const c of r.contexts) {
       out.push(
-        `| ${ctx(c.contextTokens)} | ${ms(c.ttftMs.coldCacheOff.median)} | ${ms(c.ttftMs.cold.median)} | ${ms(c.ttftMs.ram.median)} | ` +
-          `${ms(c.ttftMs.ssd.median)} | ${ms(c.ttftMs.restart.median)} | ${times(c.speedup.ram)} / ${times(c.speedup.ssd)} / ${times(c.speedup.restart)} |`,
+        `| ${ctx(c.contextTokens)} | ${ms(c.ttftMs.coldCacheOff.median)} | ${ms(c.ttftMs.cold.median)} | ${ms(c.ttftMs.resident.median)} | ${ms(c.ttftMs.ram.median)} | ` +
+          `${ms(c.ttftMs.ssd.median)} | ${ms(c.ttftMs.restart.median)} | ${times(c.speedup.resident)} / ${times(c.speedup.ram)} / ${times(c.speedup.ssd)} / ${times(c.speedup.restart)} |`,
       );
     }
     out.push("");
     out.push("Client-side TTFT (the bench's gRPC call to the first token received), same requests:", "");
-    out.push("| context | cold, cache off | cold, cache on | RAM hit | SSD restore | after restart |");
-    out.push("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    out.push(
+      "| context | cold, cache off | cold, cache on | next turn | RAM hit | SSD restore | after restart |",
+    );
+    out.push("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (const c of r.contexts) {
       const t = c.clientTtftMs;
       out.push(
-        `| ${ctx(c.contextTokens)} | ${ms(t.coldCacheOff.median)} | ${ms(t.cold.median)} | ${ms(t.ram.median)} | ${ms(t.ssd.median)} | ${ms(t.restart.median)} |`,
+        `| ${ctx(c.contextTokens)} | ${ms(t.coldCacheOff.median)} | ${ms(t.cold.median)} | ${ms(t.resident.median)} | ${ms(t.ram.median)} | ${ms(t.ssd.median)} | ${ms(t.restart.median)} |`,
       );
     }
     out.push("");

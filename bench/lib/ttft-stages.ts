@@ -136,6 +136,7 @@ export function stagesTable(rows: StageRow[]): string {
 function stageRows(c: ContextSummary): StageRow[] {
   const L = c.contextTokens;
   return [
+    { contextTokens: L, path: "next turn", stages: c.stages.resident },
     { contextTokens: L, path: "RAM hit", stages: c.stages.ram },
     { contextTokens: L, path: "SSD hit", stages: c.stages.ssd, restoreMBps: c.restoreMBps, ddMBps: c.ddMBps },
     {

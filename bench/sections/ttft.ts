@@ -2,7 +2,8 @@
  * TTFT by where the prompt's KV comes from, per context length, each in its own server:
  *   cold      a prompt never seen (prefill of every token), cache on
  *   cold off  the same prompt on a server started with --cache=false (cost of persisting)
- *   RAM hit   the prompt again, its blocks in the RAM tier
+ *   next turn the prompt again right after its cold run: the engine's last sequence, taken over
+ *   RAM hit   the prompt again after a request in between, its blocks in the RAM tier
  *   SSD       a prompt whose blocks are on SSD only, with the page cache dropped: the server's RAM
  *             budget holds one context, so each new prompt pushes the previous one out of RAM
  *   restart   the server stopped, page cache dropped, started again; its first request
@@ -76,6 +77,11 @@ export interface ContextResult {
   /** Engine CPU time of a cold request (cache on) and of writing its blocks to SSD after it. */
   coldCpuUntilDurableMs: number[];
   ram: Sample[];
+  /**
+   * The prompt again right after its cold run (an agent's next turn): the engine takes over its last
+   * sequence's KV (--resident-sequence) where the model allows; a hybrid model restores from RAM.
+   */
+  resident: Sample[];
   /** Control: a RAM hit right after the page cache was dropped (what dropping costs besides KV). */
   ramAfterDrop: Sample[];
   ssd: Sample[];
@@ -176,6 +182,7 @@ async function runContext(o: TtftOptions, L: number): Promise<ContextResult> {
     persistDrainMs: [],
     coldCpuUntilDurableMs: [],
     ram: [],
+    resident: [],
     ramAfterDrop: [],
     ssd: [],
     restart: [],
@@ -268,13 +275,25 @@ async function runContext(o: TtftOptions, L: number): Promise<ContextResult> {
       );
       if (r % 2 === 0) await coldOff();
 
+      const next = await request(server, c, prompts[r], 1);
+      if (next.ramTokens !== reused) warn(`next turn: ${next.ramTokens} RAM, ${next.ssdTokens} SSD tokens`);
+      res.resident.push(next);
+      progress.log(
+        `ttft ${L}: next turn ${next.serverTtftMs.toFixed(0)} ms (${next.restoreMs > 0 ? "from the RAM tier" : "the engine's last sequence"})`,
+      );
+      // A request that stores nothing ends the engine's last sequence, so the prompt comes back from
+      // the RAM tier: a RAM hit as any request between two turns leaves it.
+      const filler = () => request(server, c, randomTokens(7 + r, 4, o.tokenLimit), 1, false);
       for (let k = 0; k < o.ramRuns; k++) {
+        await filler();
         const ram = await request(server, c, prompts[r], 1);
         if (ram.ramTokens !== reused) warn(`RAM run: ${ram.ramTokens} RAM, ${ram.ssdTokens} SSD tokens`);
+        if (ram.restoreMs === 0) warn("RAM run: nothing restored");
         res.ram.push(ram);
       }
       progress.log(`ttft ${L}: RAM hit ${res.ram.at(-1)!.serverTtftMs.toFixed(0)} ms`);
       if (r === 0) {
+        await filler();
         dropPageCache();
         res.ramAfterDrop.push(await request(server, c, prompts[r], 1));
       }

@@ -385,7 +385,7 @@ const cache = dashboard(
     {
       title: "Restore vs recompute decisions",
       description:
-        "Rate of kvpark.cache.decisions: restore (cached prefix restored), recompute (the cost model found recomputing SSD blocks faster), none (nothing cached).",
+        "Rate of kvpark.cache.decisions: restore (cached prefix restored), resident (the engine's last sequence taken over without a copy), recompute (the cost model found recomputing SSD blocks faster), none (nothing cached).",
       type: "timeseries",
       unit: "reqps",
       stack: true,

@@ -15,14 +15,16 @@ import type { Config } from "../config-fields";
  * native addon reports which allocator serves the process (see native/src/allocator.h).
  */
 /**
- * jemalloc's settings for the engine: every size class reuses freed pages (by default jemalloc purges
- * allocations of 8 MiB and more at once, which are exactly the KV and attention buffers), freed
- * pages go back to the kernel over 30 s, purged by a background thread rather than only when the
- * engine next allocates. Pages freed within the decay time are reused without faults; the engine's
- * resident size never exceeds what it held at its busiest.
+ * jemalloc's settings for the engine: one arena for every thread (MLX allocates on more than one,
+ * and with an arena per CPU each kept its own freed pages: under 16 concurrent requests the engine's
+ * resident size reached twice --engine-memory-max), every size class reuses freed pages (by default
+ * jemalloc purges allocations of 8 MiB and more at once, which are exactly the KV and attention
+ * buffers), and freed pages go back to the kernel over 30 s, purged by a background thread rather
+ * than only when the engine next allocates. Pages freed within the decay time are reused without
+ * faults.
  */
 export const JEMALLOC_CONF =
-  "background_thread:true,oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:0";
+  "background_thread:true,narenas:1,oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:0";
 
 const LIBRARY = "libjemalloc.so.2";
 

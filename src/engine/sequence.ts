@@ -88,6 +88,21 @@ export function persistSnapshots(
   return Math.max(end, fromTokens);
 }
 
+/** The engine's kept sequence, which a new sequence may take over (see Engine.takeResident). */
+export interface Residents {
+  /**
+   * The kept sequence's KV when it belongs to `tenant` and holds more than `atLeast` leading tokens
+   * of `prompt` (at least one, never the prompt's last): trimmed to them and reserved for
+   * `reserveTokens`. The KV is the caller's from then on.
+   */
+  take(
+    tenant: string,
+    prompt: readonly number[],
+    atLeast: number,
+    reserveTokens: number,
+  ): { kv: ModelCache; tokens: number } | undefined;
+}
+
 /**
  * One request's generation, advanced by the engine's scheduler: `begin` looks the prompt up in the
  * prefix cache and restores what it can, prefill chunks compute the rest of the prompt and sample the
@@ -133,6 +148,9 @@ export class Sequence implements Job {
     restoreBatches: [],
   };
 
+  /** The KV and its tokens once the sequence finished and stored them, null once it finished without storing (see takeKept). */
+  private kept: { tokens: number[]; kv: ModelCache } | null | undefined;
+
   constructor(
     private readonly req: GenerateMsg,
     private readonly model: LoadedModel,
@@ -140,6 +158,7 @@ export class Sequence implements Job {
     private readonly info: ModelInfo,
     cache: PrefixCache | undefined,
     private readonly send: (msg: FromEngine) => void,
+    private readonly residents?: Residents,
   ) {
     this.cache = cache;
     this.id = req.id;
@@ -165,6 +184,17 @@ export class Sequence implements Job {
       corruptBlocks: 0,
       divergedTokens: 0,
     };
+  }
+
+  /**
+   * The finished sequence's KV and the tokens it holds, once: what it handed to the cache, for the
+   * engine to keep for a next request that continues it. Null for a sequence that finished without
+   * storing (persist=false); undefined for one that failed or was cancelled, or without a cache.
+   */
+  takeKept(): { tokens: number[]; kv: ModelCache } | null | undefined {
+    const kept = this.kept;
+    this.kept = undefined;
+    return kept;
   }
 
   /** The restore in flight, if any; see Job.waiting. */
@@ -287,7 +317,20 @@ export class Sequence implements Job {
       this.lookupMs = match.lookupMs;
       this.lookupEndAt = now();
       this.report.divergedTokens = match.divergedTokens;
-      if (match.tokens > 0) {
+      // The engine's last sequence, when it holds at least as much of this prompt as the cache:
+      // its buffers are taken over as they are, with no copy.
+      const adopted = this.residents?.take(this.req.tenant, prompt, match.tokens, this.reserveTokens);
+      if (adopted) {
+        // Nothing is restored: no restore phase (and no restore span), only the tokens reused.
+        this.kv = adopted.kv;
+        this.prefilled = adopted.tokens;
+        this.activity.decision = "resident";
+        this.report = {
+          ...this.report,
+          ramTokens: adopted.tokens,
+          recomputedTokens: prompt.length - adopted.tokens,
+        };
+      } else if (match.tokens > 0) {
         const r = await this.cache.restore(match, this.kv, { signal: this.abortController.signal });
         this.restoreEndAt = now();
         this.restoreMs = r.restoreMs;
@@ -383,6 +426,7 @@ export class Sequence implements Job {
       persist: this.req.persist,
       fromTokens: this.snapshotsPersisted,
     });
+    this.kept = this.req.persist ? { tokens: tokens.slice(0, this.kv.offset), kv: this.kv } : null;
     this.activity.blocksQueued = r.queuedToSsd;
     if (this.req.pin && this.req.persist) {
       const { kind, ttlMs } = this.req.pin;

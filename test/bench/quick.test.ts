@@ -22,8 +22,8 @@ interface BenchJson {
   machine: { cpu: string; cores: number; ramGiB: number; node: string; kvparkCommit: string; disk: string };
   contexts: Array<{
     contextTokens: number;
-    ttftMs: Record<"cold" | "coldCacheOff" | "ram" | "ssd" | "restart", Summary>;
-    clientTtftMs: Record<"cold" | "coldCacheOff" | "ram" | "ssd" | "restart", Summary>;
+    ttftMs: Record<"cold" | "coldCacheOff" | "resident" | "ram" | "ssd" | "restart", Summary>;
+    clientTtftMs: Record<"cold" | "coldCacheOff" | "resident" | "ram" | "ssd" | "restart", Summary>;
     restoreMBps: number;
     ddMBps: number;
     restoreOverDd: number;
@@ -32,7 +32,7 @@ interface BenchJson {
     prefillTokensPerSecond: number;
     decodeTokensPerSecond: number;
     ssdBytesPerToken: number;
-    stages: Record<"ram" | "ssd" | "restart", Record<string, number>>;
+    stages: Record<"resident" | "ram" | "ssd" | "restart", Record<string, number>>;
     restartRestoreMBps: number;
     warnings: string[];
   }>;
@@ -76,7 +76,7 @@ interface BenchJson {
     totals: { idealTokens: number; reusedTokens: number; reuseShareOfIdeal: number };
   };
   raw: {
-    ttft: Array<Record<"ram" | "ssd" | "restart", Array<{ stages: Record<string, number> }>>>;
+    ttft: Array<Record<"resident" | "ram" | "ssd" | "restart", Array<{ stages: Record<string, number> }>>>;
     constrained: {
       decodeMsPerToken: Record<string, number>;
       vocabularies: Array<{
@@ -139,7 +139,7 @@ describe("npm run bench -- --quick", () => {
 
     expect(json.contexts.map((c) => c.contextTokens)).toEqual([1024, 2048]);
     for (const c of json.contexts) {
-      for (const path of ["cold", "coldCacheOff", "ram", "ssd", "restart"] as const) {
+      for (const path of ["cold", "coldCacheOff", "resident", "ram", "ssd", "restart"] as const) {
         expect(c.ttftMs[path].n).toBeGreaterThan(0);
         expect(c.ttftMs[path].median).toBeGreaterThan(0);
         expect(c.clientTtftMs[path].median).toBeGreaterThan(0);
@@ -158,7 +158,7 @@ describe("npm run bench -- --quick", () => {
       }
       expect(c.warnings).toEqual([]);
       // Where a hit's TTFT goes: every stage present, the medians' sum near the median TTFT.
-      for (const p of ["ram", "ssd", "restart"] as const) {
+      for (const p of ["resident", "ram", "ssd", "restart"] as const) {
         const st = c.stages[p];
         for (const k of STAGES) expect(Number.isFinite(st[k])).toBe(true);
         expect(st.forwardMs).toBeGreaterThan(0);
@@ -167,14 +167,17 @@ describe("npm run bench -- --quick", () => {
       }
       expect(c.restartRestoreMBps).toBeGreaterThan(0);
     }
-    // Per request: a RAM hit imports RAM blocks only; an SSD hit's or a restart's restore reads,
-    // verifies, stages and imports; the restore's parts fit inside it; the first token crossed to the
-    // front end and over the wire.
+    // Per request: a next turn takes over the engine's last sequence and imports nothing; a RAM hit
+    // imports RAM blocks only; an SSD hit's or a restart's restore reads, verifies, stages and
+    // imports; the restore's parts fit inside it; the first token crossed to the front end and over
+    // the wire.
     for (const c of json.raw.ttft) {
-      for (const p of ["ram", "ssd", "restart"] as const) {
+      for (const p of ["resident", "ram", "ssd", "restart"] as const) {
         for (const { stages: st } of c[p]) {
           const fromSsd = st.readWaitMs + st.verifyMs + st.stageMs + st.importMs;
-          if (p === "ram") {
+          if (p === "resident") {
+            expect(st.ramMs + fromSsd).toBe(0);
+          } else if (p === "ram") {
             expect(st.ramMs).toBeGreaterThan(0);
             expect(fromSsd).toBe(0);
           } else {
@@ -268,7 +271,7 @@ describe("npm run bench -- --quick", () => {
     expect(md).toContain("npm run bench -- --quick");
     expect(md).toMatch(/\| 1k \(1,024\) \| [\d,.]+ m?s \|/);
     expect(md).toContain("### Where a hit's TTFT goes");
-    for (const p of ["RAM hit", "SSD hit", "after restart"])
+    for (const p of ["next turn", "RAM hit", "SSD hit", "after restart"])
       expect(md).toMatch(new RegExp(`\\| 2,048 \\| ${p} \\| [\\d,.]+ \\|`));
     expect(md).toContain("### Agent-session replay");
     expect(md).toContain("### Tokenizer generation");

@@ -136,8 +136,11 @@ describe("spans and metrics (in-memory exporter)", () => {
   const outs: Out[] = [];
 
   beforeAll(async () => {
-    // Without the cost model every cached block is restored, so the decision is known in advance.
-    s = await startInProcess({ args: ["--cost-model=false", "--ssd-fsync", "none"] });
+    // Without the cost model every cached block is restored, so the decision is known in advance;
+    // without the resident sequence the same prompt again is restored from the RAM tier.
+    s = await startInProcess({
+      args: ["--cost-model=false", "--ssd-fsync", "none", "--resident-sequence=false"],
+    });
   });
   afterAll(async () => {
     await s?.stop();
