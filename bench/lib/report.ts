@@ -7,28 +7,17 @@ import type { ModelShape } from "./model";
 import { stagesSection, summarizeStages, type StageSummary } from "./ttft-stages";
 import { fmt, median, summarize, type Summary } from "./util";
 
+/** The request paths the TTFT section measures. */
+type TtftPath = "cold" | "coldCacheOff" | "resident" | "ram" | "ssd" | "restart";
+
 /** The medians the tables and the chart show, per context length. */
 export interface ContextSummary {
   contextTokens: number;
-  runs: { cold: number; coldCacheOff: number; resident: number; ram: number; ssd: number; restart: number };
+  runs: Record<TtftPath, number>;
   /** Server-side TTFT (request arrival to first token), ms. */
-  ttftMs: {
-    cold: Summary;
-    coldCacheOff: Summary;
-    resident: Summary;
-    ram: Summary;
-    ssd: Summary;
-    restart: Summary;
-  };
+  ttftMs: Record<TtftPath, Summary>;
   /** Client-side TTFT (call to first token received over gRPC), ms. */
-  clientTtftMs: {
-    cold: Summary;
-    coldCacheOff: Summary;
-    resident: Summary;
-    ram: Summary;
-    ssd: Summary;
-    restart: Summary;
-  };
+  clientTtftMs: Record<TtftPath, Summary>;
   /** Cold TTFT (cache off) over each reuse path's TTFT. */
   speedup: { resident: number; ram: number; ssd: number; restart: number };
   ssdRestoreMs: Summary;
