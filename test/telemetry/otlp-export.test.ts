@@ -115,11 +115,10 @@ describe("OTLP export from the server process", () => {
       const gen = spans.filter((s) => hex(s.parentSpanId) === hex(rpc.spanId));
       expect(gen.map((s) => s.name)).toEqual(["text_completion tiny"]);
       const phases = spans.filter((s) => hex(s.parentSpanId) === hex(gen[0].spanId)).map((s) => s.name);
-      expect(phases.sort()).toEqual(
-        rpc === rpcs[0]
-          ? ["kvpark.decode", "kvpark.lookup", "kvpark.prefill"]
-          : ["kvpark.decode", "kvpark.lookup", "kvpark.prefill", "kvpark.restore"],
-      );
+      // The second call repeats the first prompt: the engine takes over the first call's sequence
+      // (no restore phase; the decision says so).
+      expect(phases.sort()).toEqual(["kvpark.decode", "kvpark.lookup", "kvpark.prefill"]);
+      expect(attrs(gen[0].attributes)["kvpark.cache.decision"]).toBe(rpc === rpcs[0] ? "none" : "resident");
       expect(gen[0].events.map((e) => e.name)).toEqual(["gen_ai.first_token"]);
     }
     const gens = spans.filter((s) => s.name === "text_completion tiny").map((s) => attrs(s.attributes));
