@@ -6,13 +6,13 @@ import { cacheOptionsFrom, PrefixCache, snapshotBytes, type CacheOptions } from 
 import type { Config } from "../config.js";
 import { KvparkError } from "../errors.js";
 import { loadModel, type LoadedModel } from "../model/loader.js";
-import type { ModelCache } from "../model/kv-cache.js";
 import { ModelTokenizer } from "../model/tokenizer.js";
 import { resolveModelDir } from "../model-gen/generate.js";
 import { allocatorName, allocatorPurge } from "../store/native.js";
 import { PrefillSession } from "./prefill-session.js";
 import { type FromEngine, type ModelInfo, type ToEngine } from "../engine-ipc.js";
 import { errorOf, KvOperations } from "./kv-operations.js";
+import { ResidentSequence } from "./resident.js";
 import { Sequence, type Job } from "./sequence.js";
 import { decodeGarbageBytes, stepWorkBytes } from "./work-bytes.js";
 
@@ -124,13 +124,8 @@ export class Engine {
   private lastDecodeBatch = 0;
   /** Estimated bytes of MLX temporaries dropped since the last collection. */
   private garbageBytes = 0;
-  /**
-   * The last sequence that finished and stored its KV: kept as it is, so that a next request of the
-   * same tenant continuing it (an agent's next turn) takes over its buffers instead of copying the
-   * same KV back from the RAM tier (see takeResident). Its bytes count against the memory budget
-   * until it is taken, replaced, or dropped for a request that needs the room.
-   */
-  private resident: { tenant: string; tokens: number[]; kv: ModelCache; bytes: number } | undefined;
+  /** The last finished sequence, for a next turn to take over (see ResidentSequence). */
+  private readonly resident: ResidentSequence;
   private readonly statsTimer: NodeJS.Timeout;
   /** Bytes the budget always counts: weights, the RAM tier's budget, one step's working memory. */
   private readonly fixedBytes: number;
@@ -153,6 +148,11 @@ export class Engine {
     this.decodeRowsMax = decodeRowsMax;
     this.kvOps = new KvOperations(cache, send);
     this.chunkTokens = Math.min(config.prefillChunkTokens, config.stepTokensMax);
+    this.resident = new ResidentSequence(
+      config.residentSequence,
+      model,
+      (bytes) => (this.garbageBytes += bytes),
+    );
     const ram = cache ? config.ramBytesMax : 0;
     // The process as loaded: weights, runtime, the tokenizer and the store's index; not the pages
     // loading freed, which the allocator keeps for reuse for a while.
@@ -231,7 +231,9 @@ export class Engine {
           const a = mx.ones([4, 4], mx.float16);
           mx.eval(mx.matmul(a, a));
         }
-        this.enqueue(new Sequence(msg, this.model, this.tokenizer, this.info, this.cache, this.send, this));
+        this.enqueue(
+          new Sequence(msg, this.model, this.tokenizer, this.info, this.cache, this.send, this.resident),
+        );
         return;
       case "cancel":
         this.drop(msg.id);
@@ -263,9 +265,8 @@ export class Engine {
       }
       case "kv":
         // What is evicted or cleared from the cache is not served from the resident sequence either.
-        if ((msg.op === "evict" || msg.op === "clear") && this.resident) {
-          if (msg.op === "evict" || msg.all || this.resident.tenant === msg.tenant) this.dropResident();
-        }
+        if (msg.op === "evict" || (msg.op === "clear" && (msg.all || this.resident.tenant === msg.tenant)))
+          this.resident.drop();
         void this.kvOps.run(msg);
         return;
       case "kv-put":
@@ -293,46 +294,7 @@ export class Engine {
 
   /** Bytes the budget counts as taken now. */
   private reservedBytes(): number {
-    return this.active.reduce((sum, j) => sum + j.memoryBytes, this.fixedBytes + (this.resident?.bytes ?? 0));
-  }
-
-  /** See Residents.take. Only for models whose every layer attends over all its past positions. */
-  take(
-    tenant: string,
-    prompt: readonly number[],
-    atLeast: number,
-    reserveTokens: number,
-  ): { kv: ModelCache; tokens: number } | undefined {
-    const r = this.resident;
-    if (!r || r.tenant !== tenant) return undefined;
-    const max = Math.min(r.tokens.length, prompt.length - 1);
-    let n = 0;
-    while (n < max && r.tokens[n] === prompt[n]) n++;
-    if (n === 0 || n < atLeast) return undefined;
-    this.resident = undefined;
-    r.kv.trim(r.kv.offset - n);
-    r.kv.reserve(reserveTokens);
-    return { kv: r.kv, tokens: n };
-  }
-
-  /** Keeps a finished sequence's KV as the resident one, when the model allows taking it over. */
-  private keepResident(job: Job): boolean {
-    if (!(job instanceof Sequence)) return false;
-    const kept = job.takeKept();
-    // The resident is the last sequence that finished: one that stored nothing replaces it by none.
-    if (kept === null) this.dropResident();
-    if (!kept || !this.config.residentSequence) return false;
-    if (this.model.hasRecurrentState || this.model.slidingWindow !== null) return false;
-    this.dropResident();
-    this.resident = { tenant: job.tenant, ...kept, bytes: job.memoryBytes };
-    return true;
-  }
-
-  /** Drops the resident sequence (its memory is freed at the next collection). */
-  dropResident(): void {
-    if (!this.resident) return;
-    this.garbageBytes += this.resident.bytes;
-    this.resident = undefined;
+    return this.active.reduce((sum, j) => sum + j.memoryBytes, this.fixedBytes + this.resident.bytes);
   }
 
   /**
@@ -343,9 +305,9 @@ export class Engine {
   private admit(): void {
     let reserved = this.reservedBytes();
     for (const job of fairOrder(this.queued, this.turn)) {
-      if (this.resident && reserved + job.memoryBytes > this.memoryMax) {
+      if (this.resident.bytes > 0 && reserved + job.memoryBytes > this.memoryMax) {
         reserved -= this.resident.bytes;
-        this.dropResident();
+        this.resident.drop();
         this.collect(true);
       }
       if (this.active.length > 0 && reserved + job.memoryBytes > this.memoryMax) break;
@@ -466,7 +428,8 @@ export class Engine {
     if (i >= 0) this.active.splice(i, 1);
     this.sessions.delete(job.id);
     // Its KV is garbage now (the cache holds copies of what it keeps), unless kept as the resident.
-    if (!this.keepResident(job)) this.garbageBytes += job.memoryBytes;
+    const kept = job instanceof Sequence && this.resident.keep(job.tenant, job.takeKept(), job.memoryBytes);
+    if (!kept) this.garbageBytes += job.memoryBytes;
     this.collect(false);
   }
 

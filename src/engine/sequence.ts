@@ -88,7 +88,7 @@ export function persistSnapshots(
   return Math.max(end, fromTokens);
 }
 
-/** The engine's kept sequence, which a new sequence may take over (see Engine.takeResident). */
+/** The engine's kept sequence, which a new sequence may take over (see ResidentSequence). */
 export interface Residents {
   /**
    * The kept sequence's KV when it belongs to `tenant` and holds more than `atLeast` leading tokens
