@@ -42,6 +42,7 @@ export interface Config {
   engineMemoryMax: number;
   engineRestartDelayMs: number;
   engineAllocator: (typeof ENGINE_ALLOCATORS)[number];
+  engineIdlePurgeMs: number;
   residentSequence: boolean;
   testEngineAbort: boolean;
   cache: boolean;

@@ -267,6 +267,15 @@ const specs: OptionSpec<keyof Config>[] = [
     help: "The engine process's malloc. jemalloc (Debian package libjemalloc2, preloaded) reuses freed pages, so KV buffers, restores and prefill temporaries do not pay page faults again; system: the C library's.",
   },
   {
+    key: "engineIdlePurgeMs",
+    flag: "--engine-idle-purge-ms",
+    kind: "int",
+    default: 30000,
+    min: 0,
+    max: 86400000,
+    help: "With jemalloc, the pages the engine freed are kept for reuse while requests come, and handed back to the kernel once the engine has had no work for this long. 0: at once.",
+  },
+  {
     key: "cache",
     flag: "--cache",
     kind: "bool",

@@ -6,7 +6,10 @@ import type { BlockErrorCode } from "./errors";
 // The types PrefixCache's methods take and return; src/cache/index.ts exports them.
 
 /** The part of a sequence's ModelCache the prefix cache reads (persist) and writes (restore). */
-export type SequenceKV = Pick<ModelCache, "offset" | "export" | "import" | "importRecurrent" | "canExport">;
+export type SequenceKV = Pick<
+  ModelCache,
+  "offset" | "capacity" | "stepTokens" | "export" | "import" | "adopt" | "importRecurrent" | "canExport"
+>;
 
 /** Where a cached block is served from. */
 export type Tier = "ram" | "ssd";

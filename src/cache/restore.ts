@@ -1,6 +1,8 @@
 import { core as mx } from "@frost-beta/mlx";
 import type { LayerBlock, LayerKV, LayerRows } from "../model/kv-cache";
 import { encodeHeader, type TensorSpec } from "../util/safetensors";
+import { LayerFileSink, type BatchSink, type VerifiedBlock as Verified } from "./layer-sink";
+import type { LayerFile } from "./staging";
 import {
   blockDataBytes,
   blockTensor,
@@ -45,10 +47,7 @@ const now = () => performance.now();
  * rates it measures.
  */
 /** A block read from SSD or Redis that passed its checks, with its step of the plan. */
-interface VerifiedBlock {
-  step: PlanStep;
-  block: ParsedBlock;
-}
+type VerifiedBlock = Verified<PlanStep>;
 
 /** Where a restore ends, for the recurrent layers' snapshot (see Restorer.restore). */
 interface Ending {
@@ -463,7 +462,15 @@ export class Restorer extends CachePart {
     ending: Ending,
     keepFrom: (end: number) => number,
   ): Promise<{ tokens: number; stopped: boolean }> {
+    const staged = this.layerFileFor(o.batches, kv, at);
+    const sink: BatchSink<VerifiedBlock> = staged
+      ? new LayerFileSink(staged.file, staged.capacity, this.model, kv, report)
+      : {
+          add: (valid, from) => this.loadBlocks(valid, kv, from, report, ending, keepFrom),
+          finish: async () => {},
+        };
     let pending = o.read(o.batches[0]);
+    let finished = false;
     try {
       for (let b = 0; b < o.batches.length; b++) {
         const tWait = now();
@@ -475,7 +482,7 @@ export class Restorer extends CachePart {
         const { valid, failed } = await o.check(o.batches[b], results);
         report.stages.verifyMs += now() - tVerify;
         if (valid.length > 0) {
-          const loaded = this.loadBlocks(valid, kv, at + done.tokens, report, ending, keepFrom);
+          const loaded = sink.add(valid, at + done.tokens);
           done.tokens += loaded.tokens;
           done.bytes += loaded.bytes;
           o.loaded?.(valid);
@@ -488,13 +495,55 @@ export class Restorer extends CachePart {
             endMs: now(),
           });
         }
-        if (failed) return { tokens: done.tokens, stopped: true };
+        if (failed) {
+          finished = true;
+          await sink.finish(true, at + done.tokens);
+          return { tokens: done.tokens, stopped: true };
+        }
       }
+      finished = true;
+      await sink.finish(true, at + done.tokens);
       return { tokens: done.tokens, stopped: false };
     } finally {
       // A read still in flight after an early stop must not surface as an unhandled rejection.
       pending.catch(() => {});
+      // Aborted or failed: no write into the file may still run when the next restore uses it.
+      if (!finished) await sink.finish(false, at + done.tokens);
     }
+  }
+
+  /**
+   * The file a run is staged in whole when it can be: the run starts an empty sequence of a model
+   * whose layers all attend over every position (no sliding window skips rows, no recurrent
+   * snapshot), and no other restore holds the file. Its tensors are the sequence's whole buffers,
+   * [1, kvHeads, capacity, headDim], which the sequence then adopts: each batch is written into
+   * them on the thread pool while the next is read and checked, and one mx.load at the end is the
+   * only copy the engine's thread makes (README, *Restore*). Null: load batch by batch.
+   */
+  private layerFileFor(
+    batches: PlanStep[][],
+    kv: SequenceKV,
+    at: number,
+  ): { file: LayerFile; capacity: number } | null {
+    const { model } = this;
+    if (at !== 0 || kv.offset !== 0 || this.recurrent || model.layerTypes?.includes("sliding_attention"))
+      return null;
+    const tokens = batches.flat().reduce((n, s) => n + s.block.tokens, 0);
+    const capacity = Math.max(kv.capacity, Math.ceil(tokens / kv.stepTokens) * kv.stepTokens);
+    const byteLength = model.kvHeads * capacity * model.headDim * 4;
+    const specs: TensorSpec[] = [];
+    for (let i = 0; i < model.numLayers; i++) {
+      for (const kind of ["keys", "values"]) {
+        specs.push({
+          name: `${i}.${kind}`,
+          dtype: "F32",
+          shape: [1, model.kvHeads, capacity, model.headDim],
+          byteLength,
+        });
+      }
+    }
+    const file = this.staging.layerFile(specs);
+    return file && { file, capacity };
   }
 
   /**

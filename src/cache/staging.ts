@@ -1,7 +1,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
-import { parseSafetensors, type SafetensorsFile } from "../util/safetensors";
+import { encodeHeader, parseSafetensors, type SafetensorsFile, type TensorSpec } from "../util/safetensors";
 
 /**
  * The only way bytes enter and leave MLX in these bindings (no constructor from a buffer, no
@@ -12,10 +12,30 @@ export class Staging {
   private sequence = 0;
   private inputFd: number | null = null;
   private readonly inputPath: string;
+  private layersFd: number | null = null;
+  private layersBusy = false;
+  private readonly layersPath: string;
 
   constructor(readonly dir: string) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     this.inputPath = path.join(dir, "restore.safetensors");
+    this.layersPath = path.join(dir, "layers.safetensors");
+  }
+
+  /**
+   * A file of whole tensors written piece by piece, asynchronously, as a restore's batches are
+   * read and checked, then loaded once (LayerFile); null while another restore holds it. Kept and
+   * rewritten in place between restores, like the input file of bytesToArrays.
+   */
+  layerFile(specs: readonly TensorSpec[]): LayerFile | null {
+    if (this.layersBusy) return null;
+    if (this.layersFd === null || !fs.existsSync(this.layersPath)) {
+      if (this.layersFd !== null) fs.closeSync(this.layersFd);
+      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      this.layersFd = fs.openSync(this.layersPath, "w+", 0o600);
+    }
+    this.layersBusy = true;
+    return new LayerFile(this.layersFd, this.layersPath, specs, () => (this.layersBusy = false));
   }
 
   /**
@@ -89,13 +109,89 @@ export class Staging {
   /** Removes the directory and whatever is left in it. */
   close(): void {
     if (this.inputFd !== null) fs.closeSync(this.inputFd);
+    if (this.layersFd !== null) fs.closeSync(this.layersFd);
     this.inputFd = null;
+    this.layersFd = null;
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 
   private nextPath(kind: string): string {
     return path.join(this.dir, `${kind}-${++this.sequence}.safetensors`);
   }
+}
+
+/**
+ * A safetensors file of whole tensors whose bytes arrive in pieces: each `write` goes to the
+ * thread pool at once (a positioned writev), so the engine's thread checks the next blocks while
+ * the kernel copies these; `load` writes the header, waits for every write and loads the file with
+ * one mx.load. The caller writes every byte of every tensor before `load` (the file is reused, so
+ * a byte left out would be whatever an earlier restore put there), and calls `close` in the end,
+ * loaded or not, so that no write is still running when the file is next used.
+ */
+export class LayerFile {
+  private readonly header: Buffer;
+  private readonly begins = new Map<string, number>();
+  private readonly writes: Promise<void>[] = [];
+  private error: Error | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly fd: number,
+    private readonly file: string,
+    specs: readonly TensorSpec[],
+    private readonly release: () => void,
+  ) {
+    this.header = encodeHeader(specs, {});
+    let at = this.header.length;
+    for (const spec of specs) {
+      this.begins.set(spec.name, at);
+      at += spec.byteLength;
+    }
+  }
+
+  /** Writes `pieces` back to back from byte `offset` of tensor `name`'s data. */
+  write(name: string, offset: number, pieces: readonly Uint8Array[]): void {
+    const begin = this.begins.get(name);
+    if (begin === undefined) throw new RangeError(`layer file: no tensor ${name}`);
+    this.writes.push(this.writeAll(begin + offset, pieces).catch((err: Error) => void (this.error ??= err)));
+  }
+
+  /** Writes the header, waits for the pieces and loads every tensor, evaluated. */
+  async load(): Promise<Record<string, mx.array>> {
+    if (this.closed) throw new Error("layer file: closed");
+    await this.writeAll(0, [this.header]);
+    await Promise.all(this.writes);
+    if (this.error) throw this.error;
+    const arrays = mx.load(this.file) as unknown as Record<string, mx.array>;
+    mx.eval(...Object.values(arrays));
+    return arrays;
+  }
+
+  /** Waits for the writes still running and hands the file back to the staging directory. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all(this.writes);
+    this.release();
+  }
+
+  private async writeAll(position: number, pieces: readonly Uint8Array[]): Promise<void> {
+    const expected = pieces.reduce((n, p) => n + p.byteLength, 0);
+    let written = 0;
+    // writev may write less than asked (large sizes, signals); continue where it stopped.
+    while (written < expected) {
+      const { bytesWritten } = await writev(this.fd, skipBytes(pieces, written), position + written);
+      written += bytesWritten;
+    }
+  }
+}
+
+function writev(fd: number, buffers: Uint8Array[], position: number): Promise<{ bytesWritten: number }> {
+  return new Promise((resolve, reject) =>
+    fs.writev(fd, buffers as NodeJS.ArrayBufferView[], position, (err, bytesWritten) =>
+      err ? reject(err) : resolve({ bytesWritten }),
+    ),
+  );
 }
 
 /**

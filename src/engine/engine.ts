@@ -127,6 +127,7 @@ export class Engine {
   /** The last finished sequence, for a next turn to take over (see ResidentSequence). */
   private readonly resident: ResidentSequence;
   private readonly statsTimer: NodeJS.Timeout;
+  private purgeTimer: NodeJS.Timeout | undefined;
   /** Bytes the budget always counts: weights, the RAM tier's budget, one step's working memory. */
   private readonly fixedBytes: number;
   /** Temporaries of one prefill chunk (see stepWorkBytes). */
@@ -287,6 +288,7 @@ export class Engine {
   }
 
   private enqueue(job: Job): void {
+    clearTimeout(this.purgeTimer);
     this.queued.push(job);
     this.wake?.();
     if (!this.running) void this.loop();
@@ -348,7 +350,24 @@ export class Engine {
       }
     } finally {
       this.running = false;
+      this.schedulePurge();
     }
+  }
+
+  /**
+   * Once the engine has had no work for --engine-idle-purge-ms: collects the arrays dropped
+   * meanwhile and, after their finalizers ran, hands the pages the allocator kept back to the kernel.
+   */
+  private schedulePurge(): void {
+    clearTimeout(this.purgeTimer);
+    this.purgeTimer = setTimeout(() => {
+      if (this.running) return;
+      this.collect(true);
+      setImmediate(() => {
+        if (!this.running) allocatorPurge();
+      });
+    }, this.config.engineIdlePurgeMs);
+    this.purgeTimer.unref();
   }
 
   /** One batched forward over the decoding sequences; returns how many it ran. */
@@ -483,6 +502,7 @@ export class Engine {
   /** Writes what the cache has queued and releases the SSD store. */
   async close(): Promise<void> {
     clearInterval(this.statsTimer);
+    clearTimeout(this.purgeTimer);
     for (const job of [...this.active.splice(0), ...this.queued.splice(0)]) job.abort();
     await this.cache?.close();
   }

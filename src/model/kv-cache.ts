@@ -217,6 +217,32 @@ export class KVCache {
   }
 
   /**
+   * Takes `keys` and `values` [1, kvHeads, C, headDim] as the layer's buffers, holding `rows`
+   * tokens, without a copy: a restore into an empty layer that loaded the layer whole. C must be a
+   * multiple of stepTokens, at least `rows` and the reserved capacity; the positions from `rows`
+   * on must hold zeros, as a buffer this cache builds would. The cache owns the arrays afterwards.
+   */
+  adopt(keys: mx.array, values: mx.array, rows: number): void {
+    if (this.offset !== 0 || this.skippedBelow !== 0)
+      throw new RangeError(`adopt: the layer already holds ${this.offset} tokens`);
+    for (const a of [keys, values]) {
+      const [b, h, n, d] = a.shape;
+      if (a.ndim !== 4 || b !== 1 || h !== this.kvHeads || d !== this.headDim || a.dtype !== mx.float32)
+        throw new RangeError(
+          `adopt: expected float32 [1, ${this.kvHeads}, n, ${this.headDim}], got [${a.shape.join(", ")}]`,
+        );
+      if (n % this.stepTokens !== 0 || n < this.capacity || !Number.isInteger(rows) || rows < 0 || rows > n)
+        throw new RangeError(
+          `adopt: ${n} positions for ${rows} tokens (capacity ${this.capacity}, step ${this.stepTokens})`,
+        );
+    }
+    if (keys.shape[2] !== values.shape[2]) throw new RangeError("adopt: keys and values differ in length");
+    this.keys = keys;
+    this.values = values;
+    this.offset = rows;
+  }
+
+  /**
    * Moves the offset forward to `position` without writing the positions in between: a restore
    * into a fresh cache leaves a sliding-window layer's rows that no later query can see (older than
    * its window) as the zeros they are. They are masked in attention and cannot be exported.
@@ -339,6 +365,11 @@ export class ModelCache {
     return this.#attention[0].capacity;
   }
 
+  /** Positions a layer's buffer grows by; its capacity is a multiple of it. */
+  get stepTokens(): number {
+    return this.#attention[0].stepTokens;
+  }
+
   /**
    * Reserves room for `tokens` positions in every layer, e.g. prompt plus max_tokens. The buffers stay
    * lazy zeros: the first write into an empty layer builds its buffer in one pass (KVCache.fillEmpty),
@@ -431,6 +462,23 @@ export class ModelCache {
     // A layer that only skipped positions keeps its reserved zeros unevaluated: a later import
     // builds its buffer anew (KVCache.fillEmpty), and evaluating them would write every byte.
     mx.eval(...this.layers.filter((l) => l.offset > l.skippedBelow).flatMap((l) => l.state()));
+  }
+
+  /**
+   * Takes whole buffers for every attention layer of an empty cache, holding `rows` tokens
+   * (KVCache.adopt). Entries of recurrent layers are ignored. The arrays must be evaluated.
+   */
+  adopt(buffers: readonly (LayerKV | null)[], rows: number): void {
+    if (buffers.length !== this.layers.length) {
+      throw new RangeError(`adopt: got ${buffers.length} layers, the model has ${this.layers.length}`);
+    }
+    if (this.offset !== 0) throw new RangeError(`adopt: the cache already holds ${this.offset} tokens`);
+    this.layers.forEach((layer, i) => {
+      if (this.recurrent[i]) return;
+      const b = buffers[i];
+      if (!b) throw new RangeError(`adopt: layer ${i} needs keys and values`);
+      layer.adopt(b.keys, b.values, rows);
+    });
   }
 
   /**

@@ -4,17 +4,25 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { InferenceService } from "../../gen/kvpark/v1/inference_pb";
 import { startServer, type ServerProcess } from "../helpers/server";
 
+/** Anonymous memory a process holds in RAM, in bytes. */
+function rssAnon(pid: number): number {
+  return Number(/RssAnon:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
+}
+
 /** The shared libraries mapped into a process. */
 function mappedLibraries(pid: number): string {
   return fs.readFileSync(`/proc/${pid}/maps`, "utf8");
 }
 
-async function generate(server: ServerProcess, temperature: number): Promise<number[]> {
+async function generate(server: ServerProcess, temperature: number, promptTokens = 300): Promise<number[]> {
   const client = createClient(InferenceService, createGrpcTransport({ baseUrl: server.url }));
   const ids: number[] = [];
   for await (const r of client.generate({
     prompt: {
-      kind: { case: "tokens", value: { ids: Array.from({ length: 300 }, (_, i) => (i * 53) % 500) } },
+      kind: {
+        case: "tokens",
+        value: { ids: Array.from({ length: promptTokens }, (_, i) => (i * 53) % 500) },
+      },
     },
     sampling: { maxTokens: 24, temperature, seed: 11n },
   })) {
@@ -47,6 +55,30 @@ describe("the engine's allocator", () => {
       }
     } finally {
       await Promise.all([jemalloc.stop(), system.stop()]);
+    }
+  }, 120_000);
+
+  it("keeps freed pages while requests come and hands them back once the engine is idle", async () => {
+    const idle = await startServer({ args: ["--engine-idle-purge-ms", "1000"] });
+    const busy = await startServer({ args: ["--engine-idle-purge-ms", "600000"] });
+    try {
+      const pids = await Promise.all(
+        [idle, busy].map(async (s) => (await s.waitEvent("engine_start")).pid as number),
+      );
+      await Promise.all([idle, busy].map((s) => s.waitEvent("engine_ready")));
+      const after: number[] = [];
+      for (const [i, server] of [idle, busy].entries()) {
+        await generate(server, 0, 3000);
+        after.push(rssAnon(pids[i]));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      const released = [0, 1].map((i) => after[i] - rssAnon(pids[i]));
+      // The prefill's temporaries (attention over 3,000 positions) were freed and kept: the idle
+      // engine returned them, the other still holds them.
+      expect(released[0]).toBeGreaterThan(20 * 1024 * 1024);
+      expect(released[1]).toBeLessThan(released[0] / 4);
+    } finally {
+      await Promise.all([idle.stop(), busy.stop()]);
     }
   }, 120_000);
 });

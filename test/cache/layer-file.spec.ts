@@ -1,0 +1,142 @@
+import { core as mx } from "@frost-beta/mlx";
+import { chainKeys, rootKey, type PrefixCache } from "../../src/cache";
+import { LayerFile, Staging } from "../../src/cache/staging";
+import type { LoadedModel, ModelCache } from "../../src/model/loader";
+import {
+  damageRecord,
+  generate,
+  openCache,
+  randomTokens,
+  removeTempDirs,
+  tempDir,
+  tinyModel,
+  trackCaches,
+} from "./helpers";
+
+// Tiny preset: 512 bytes of KV per token, 4096 per block of 8 tokens.
+const BLOCK_BYTES = 4096;
+
+let model: LoadedModel;
+const { track, close } = trackCaches();
+
+beforeAll(async () => {
+  model = await tinyModel();
+});
+
+afterEach(() => jest.restoreAllMocks());
+
+afterAll(removeTempDirs);
+
+const tokens = (seed: number, n: number) => randomTokens(seed, n, model.config.vocabSize);
+
+/** Every float of positions [from, to) of each layer's keys and values, layer by layer. */
+function rows(sequence: ModelCache, from: number, to: number): number[][] {
+  return sequence.layers.flatMap((layer) =>
+    layer
+      .state()
+      .map(
+        (a) =>
+          a.index(mx.Slice(), mx.Slice(), mx.Slice(from, to), mx.Slice()).reshape([-1]).tolist() as number[],
+      ),
+  );
+}
+
+/**
+ * A cache whose blocks are all on SSD (reopened, so RAM is empty), restored in batches of two
+ * blocks, with the sequences that computed `prompts` (their KV is what the blocks hold).
+ */
+async function ssdOnly(prompts: number[][]): Promise<{ cache: PrefixCache; computed: ModelCache[] }> {
+  const ssdDir = tempDir("ssd");
+  const options = { ssdDir, restoreBatchBytesMax: 2 * BLOCK_BYTES };
+  const writer = await track(openCache(model, options));
+  const computed: ModelCache[] = [];
+  for (const prompt of prompts) computed.push((await generate(writer, model, "t", prompt)).sequence);
+  await close(writer);
+  const cache = await track(openCache(model, options));
+  expect(cache.stats().ram.blocks).toBe(0);
+  return { cache, computed };
+}
+
+async function restore(cache: PrefixCache, prompt: number[], reserve: number, signal?: AbortSignal) {
+  const sequence = model.newCache(reserve);
+  const report = await cache.restore(cache.lookup("t", prompt, { tokensMax: prompt.length - 1 }), sequence, {
+    signal,
+  });
+  return { sequence, report };
+}
+
+describe("an SSD run staged whole and adopted as the sequence's buffers", () => {
+  it("holds the stored KV bit for bit and zeros after it, over the bytes of a longer restore before it", async () => {
+    const long = tokens(1, 90);
+    const short = tokens(2, 29);
+    const { cache, computed } = await ssdOnly([long, short]);
+    const staged = jest.spyOn(Staging.prototype, "layerFile");
+
+    const a = await restore(cache, long, 120);
+    expect(a.report).toMatchObject({ restoredTokens: 89, ssdTokens: 89, corruptBlocks: 0 });
+    expect(rows(a.sequence, 0, 89)).toEqual(rows(computed[0], 0, 89));
+    // The same capacity, fewer rows: the file still holds the long prompt's rows past 28.
+    const b = await restore(cache, short, 120);
+    expect(b.report).toMatchObject({ restoredTokens: 28, ssdTokens: 28 });
+    expect(staged).toHaveBeenCalledTimes(2);
+    expect(staged.mock.results.every((r) => r.value !== null)).toBe(true);
+    expect(b.sequence.capacity).toBe(a.sequence.capacity);
+    expect(rows(b.sequence, 0, 28)).toEqual(rows(computed[1], 0, 28));
+    for (const values of rows(b.sequence, 28, b.sequence.capacity))
+      expect(values.every((v) => Object.is(v, 0))).toBe(true);
+
+    // The sequence goes on from the restored rows as from its own.
+    model.forward(short.slice(28), b.sequence);
+    model.materialize(b.sequence);
+    expect(b.sequence.offset).toBe(29);
+  });
+
+  it("ends at a block failing its check in a later batch, with zeros after the blocks before it", async () => {
+    const prompt = tokens(3, 61);
+    const { cache, computed } = await ssdOnly([tokens(4, 100), prompt]);
+    await restore(cache, tokens(4, 100), 128); // leaves 99 rows of another prompt in the file
+    const keys = chainKeys(rootKey("t", model.fingerprint), prompt, 8, model.fingerprint, 56).map(
+      (l) => l.key,
+    );
+    await close(cache);
+    damageRecord(cache.options.ssdDir!, keys[5]); // the second block of the third batch
+    const reopened = await track(openCache(model, cache.options));
+    const { sequence, report } = await restore(reopened, prompt, 128);
+    expect(report).toMatchObject({ restoredTokens: 40, ssdTokens: 40, corruptBlocks: 1 });
+    expect(rows(sequence, 0, 40)).toEqual(rows(computed[1], 0, 40));
+    for (const values of rows(sequence, 40, sequence.capacity))
+      expect(values.every((v) => Object.is(v, 0))).toBe(true);
+  });
+
+  it("two restores at once: one stages whole, the other batch by batch, both exact", async () => {
+    const prompts = [tokens(5, 70), tokens(6, 53)];
+    const { cache, computed } = await ssdOnly(prompts);
+    const staged = jest.spyOn(Staging.prototype, "layerFile");
+    const [a, b] = await Promise.all(prompts.map((p) => restore(cache, p, p.length + 8)));
+    expect(staged.mock.results.map((r) => r.value !== null)).toEqual([true, false]);
+    expect(a.report.restoredTokens).toBe(69);
+    expect(b.report.restoredTokens).toBe(52);
+    expect(rows(a.sequence, 0, 69)).toEqual(rows(computed[0], 0, 69));
+    expect(rows(b.sequence, 0, 52)).toEqual(rows(computed[1], 0, 52));
+  });
+
+  it("an aborted restore loads nothing and leaves no write running into the next one", async () => {
+    const prompts = [tokens(7, 90), tokens(8, 90)];
+    const { cache, computed } = await ssdOnly(prompts);
+    // Aborted once its first batch's writes are on their way.
+    const controller = new AbortController();
+    const write = LayerFile.prototype.write;
+    jest.spyOn(LayerFile.prototype, "write").mockImplementation(function (this: LayerFile, ...args) {
+      controller.abort();
+      return write.apply(this, args);
+    });
+    const aborted = restore(cache, prompts[0], 96, controller.signal);
+    await expect(aborted).rejects.toThrow();
+    jest.restoreAllMocks();
+    const { sequence, report } = await restore(cache, prompts[1], 96);
+    expect(report.restoredTokens).toBe(89);
+    expect(rows(sequence, 0, 89)).toEqual(rows(computed[1], 0, 89));
+    for (const values of rows(sequence, 89, sequence.capacity))
+      expect(values.every((v) => Object.is(v, 0))).toBe(true);
+  });
+});
