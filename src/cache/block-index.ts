@@ -108,6 +108,31 @@ export class BlockIndex {
     return out;
   }
 
+  /**
+   * Tokens of the longest chain of blocks the index holds, from a tenant's root (or from a block
+   * whose parent it no longer holds) to its last block: the largest restore it could serve.
+   */
+  longestChainTokens(): number {
+    const reach = new Map<string, number>();
+    let longest = 0;
+    for (const entry of this.entries.values()) {
+      // Up to a block already measured (or the chain's start), then down again, summing.
+      const path: BlockEntry[] = [];
+      let at: BlockEntry | undefined = entry;
+      while (at && !reach.has(at.keyHex) && path.length <= this.entries.size) {
+        path.push(at);
+        at = this.entries.get(at.parentHex);
+      }
+      let tokens = at ? (reach.get(at.keyHex) ?? 0) : 0;
+      for (let i = path.length - 1; i >= 0; i--) {
+        tokens += path[i].tokenIds.length;
+        reach.set(path[i].keyHex, tokens);
+      }
+      longest = Math.max(longest, tokens);
+    }
+    return longest;
+  }
+
   /** The blocks whose parent is `keyHex` (a block key, or a tenant's root), ordered by key. */
   childrenOf(keyHex: string): BlockEntry[] {
     return [...(this.children.get(keyHex)?.values() ?? [])].sort((a, b) => (a.keyHex < b.keyHex ? -1 : 1));

@@ -1,4 +1,11 @@
-import { blockDataBytes, blockTensor, headRows, type ModelShape, type ParsedBlock } from "./block-codec";
+import {
+  blockDataBytes,
+  blockTensor,
+  hasRecurrentLayers,
+  headRows,
+  type ModelShape,
+  type ParsedBlock,
+} from "./block-codec";
 import type { RestoreReport, SequenceKV } from "./reports";
 import type { LayerFile } from "./staging";
 
@@ -8,6 +15,15 @@ const now = () => performance.now();
 export interface VerifiedBlock<Step extends { block: { tokens: number } } = { block: { tokens: number } }> {
   step: Step;
   block: ParsedBlock;
+}
+
+/**
+ * Whether a restore into an empty sequence of this model can stage its SSD or shared run whole
+ * (LayerFileSink): every layer attends over every position, so no row is skipped (sliding windows)
+ * and no snapshot is staged (recurrent layers).
+ */
+export function stagesWhole(model: ModelShape): boolean {
+  return !hasRecurrentLayers(model) && !model.layerTypes?.includes("sliding_attention");
 }
 
 /** Where a restore's checked batches go: loaded one by one, or written into a file of whole layers. */

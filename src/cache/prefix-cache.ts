@@ -1,5 +1,13 @@
 import * as path from "node:path";
-import { hasRecurrentLayers, layoutVersionOf, makeHeader, toRecord, type ModelShape } from "./block-codec";
+import {
+  attentionLayerCount,
+  hasRecurrentLayers,
+  kvDataBytes,
+  layoutVersionOf,
+  makeHeader,
+  toRecord,
+  type ModelShape,
+} from "./block-codec";
 import { BlockIndex } from "./block-index";
 import { resolveCacheOptions, type CacheOptions } from "./config";
 import { CacheMaintenance } from "./maintenance";
@@ -22,7 +30,8 @@ import { Restorer } from "./restore";
 import { SharedTier, type SharedWrite } from "./shared-tier";
 import { SsdTier } from "./ssd-tier";
 import { Staging, removeStaleStagingDirs } from "./staging";
-import { warmUpRestore } from "./warm-up";
+import { stagesWhole } from "./layer-sink";
+import { prefault, warmUpRestore, warmUpVerify } from "./warm-up";
 import type { ModelCache } from "../model/kv-cache";
 import { BlockTransfer } from "./transfer";
 
@@ -53,7 +62,7 @@ export class PrefixCache {
     readonly model: ModelShape,
     options: CacheOptions,
     private readonly staging: Staging,
-    payloads: BlockPayloads,
+    private readonly payloads: BlockPayloads,
     private readonly ssd: SsdTier | null,
     private readonly shared: SharedTier | null,
     nowMs: () => number,
@@ -368,12 +377,25 @@ export class PrefixCache {
   /**
    * What a new engine runs before it reports ready, so that its first restore pays no one-time
    * costs: the persist and restore paths once from a throwaway sequence `from` into a fresh one
-   * `into` (warm-up.ts), and the staging file grown to one restore batch (when there is a tier to
-   * restore from), whose tmpfs pages a restore would otherwise allocate.
+   * `into`, and the check of a stored block (warm-up.ts). When there is a tier to restore from,
+   * the staging file is grown to one restore batch, whose tmpfs pages a restore would otherwise
+   * allocate; and for a model whose SSD runs are staged whole, the layer file is grown to the
+   * longest chain on SSD (at most `contextTokens`, rounded up as a sequence's capacity is, plus
+   * one step), and buffers of that shape are allocated once so the allocator keeps their pages.
    */
-  warmUp(from: ModelCache, into: ModelCache): void {
+  warmUp(from: ModelCache, into: ModelCache, contextTokens: number): void {
     warmUpRestore(this.staging, from, into);
-    if (this.ssd || this.shared) this.staging.prepare(this.options.restoreBatchBytesMax);
+    warmUpVerify(this.payloads, from);
+    if (!this.ssd && !this.shared) return;
+    this.staging.prepare(this.options.restoreBatchBytesMax);
+    const longest = Math.min(this.index.longestChainTokens(), contextTokens);
+    if (longest === 0 || !stagesWhole(this.model)) return;
+    const step = into.stepTokens;
+    const capacity = (Math.ceil(longest / step) + 1) * step;
+    const layers = attentionLayerCount(this.model);
+    // The header of 2 x layers tensors takes well under a page per tensor.
+    this.staging.prepareLayers(kvDataBytes(this.model, capacity) + 2 * layers * 4096);
+    prefault(2 * layers, [1, this.model.kvHeads, capacity, this.model.headDim]);
   }
 
   /** Writes what is queued, closes the SSD and shared tiers and removes the staging directory. */

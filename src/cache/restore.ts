@@ -1,7 +1,7 @@
 import { core as mx } from "@frost-beta/mlx";
 import type { LayerBlock, LayerKV, LayerRows } from "../model/kv-cache";
 import { encodeHeader, type TensorSpec } from "../util/safetensors";
-import { LayerFileSink, type BatchSink, type VerifiedBlock as Verified } from "./layer-sink";
+import { LayerFileSink, stagesWhole, type BatchSink, type VerifiedBlock as Verified } from "./layer-sink";
 import type { LayerFile } from "./staging";
 import {
   blockDataBytes,
@@ -526,8 +526,7 @@ export class Restorer extends CachePart {
     at: number,
   ): { file: LayerFile; capacity: number } | null {
     const { model } = this;
-    if (at !== 0 || kv.offset !== 0 || this.recurrent || model.layerTypes?.includes("sliding_attention"))
-      return null;
+    if (at !== 0 || kv.offset !== 0 || !stagesWhole(model)) return null;
     const tokens = batches.flat().reduce((n, s) => n + s.block.tokens, 0);
     const capacity = Math.max(kv.capacity, Math.ceil(tokens / kv.stepTokens) * kv.stepTokens);
     const byteLength = model.kvHeads * capacity * model.headDim * 4;

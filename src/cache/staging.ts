@@ -29,13 +29,19 @@ export class Staging {
    */
   layerFile(specs: readonly TensorSpec[]): LayerFile | null {
     if (this.layersBusy) return null;
+    const fd = this.openLayers();
+    this.layersBusy = true;
+    return new LayerFile(fd, this.layersPath, specs, () => (this.layersBusy = false));
+  }
+
+  /** The layer file, opened on first use or again when it was removed under us. */
+  private openLayers(): number {
     if (this.layersFd === null || !fs.existsSync(this.layersPath)) {
       if (this.layersFd !== null) fs.closeSync(this.layersFd);
       fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
       this.layersFd = fs.openSync(this.layersPath, "w+", 0o600);
     }
-    this.layersBusy = true;
-    return new LayerFile(this.layersFd, this.layersPath, specs, () => (this.layersBusy = false));
+    return this.layersFd;
   }
 
   /**
@@ -88,12 +94,16 @@ export class Staging {
    * pages that exist instead of allocating them (see bytesToArrays).
    */
   prepare(bytes: number): void {
-    const fd = this.openInput();
-    const size = fs.fstatSync(fd).size;
-    const piece = Buffer.alloc(Math.min(8 * 1024 * 1024, Math.max(0, bytes - size)));
-    for (let at = size; at < bytes; at += piece.length) {
-      fs.writeSync(fd, piece, 0, Math.min(piece.length, bytes - at), at);
-    }
+    grow(this.openInput(), bytes);
+  }
+
+  /**
+   * Grows the layer file to `bytes` (zeros), so that a restore staged whole after a start writes
+   * into tmpfs pages that exist (see layerFile, prepare).
+   */
+  prepareLayers(bytes: number): void {
+    const fd = this.openLayers();
+    grow(fd, bytes);
   }
 
   /** The input file, opened on first use or again when it was removed under us (a tmpfs cleaner). */
@@ -183,6 +193,15 @@ export class LayerFile {
       const { bytesWritten } = await writev(this.fd, skipBytes(pieces, written), position + written);
       written += bytesWritten;
     }
+  }
+}
+
+/** Extends a file with zeros to `bytes`, writing them, so that its pages exist (a tmpfs allocates on write). */
+function grow(fd: number, bytes: number): void {
+  const size = fs.fstatSync(fd).size;
+  const piece = Buffer.alloc(Math.min(8 * 1024 * 1024, Math.max(0, bytes - size)));
+  for (let at = size; at < bytes; at += piece.length) {
+    fs.writeSync(fd, piece, 0, Math.min(piece.length, bytes - at), at);
   }
 }
 

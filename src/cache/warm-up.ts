@@ -1,6 +1,8 @@
 import { core as mx } from "@frost-beta/mlx";
 import { isSnapshot, type LayerBlock, type ModelCache } from "../model/kv-cache";
 import { encodeHeader, type TensorSpec } from "../util/safetensors";
+import type { BlockEntry } from "./block-index";
+import type { BlockPayloads } from "./payloads";
 import type { Staging } from "./staging";
 
 /**
@@ -42,4 +44,46 @@ export function warmUpRestore(staging: Staging, from: ModelCache, into: ModelCac
   into.import(0, layersOf(0), half);
   into.import(half, layersOf(1), end);
   into.importRecurrent(layersOf(1));
+}
+
+/**
+ * Checks one block as a restore checks each block it reads from SSD (envelope, payload header,
+ * index entry), `runs` times, so that a restore after a start does not run that code cold: right
+ * after a restart with the page cache dropped, checking 128 blocks took 90-121 ms against 34 warm.
+ */
+export function warmUpVerify(payloads: BlockPayloads, from: ModelCache, runs = 64): void {
+  const tokens = from.offset;
+  if (tokens === 0) return;
+  const root = Buffer.alloc(32, 1);
+  const key = Buffer.alloc(32, 2);
+  const tokenIds = Uint32Array.from({ length: tokens }, (_, i) => i);
+  const [stored] = payloads.payloadsFromLayers(
+    [{ record: { key, parent: root, root, tokenIds, storedBytes: 0 }, layers: from.export(0, tokens) }],
+    true,
+  );
+  const entry: BlockEntry = {
+    key,
+    keyHex: key.toString("hex"),
+    parentHex: root.toString("hex"),
+    rootHex: root.toString("hex"),
+    tokenIds,
+    bytes: 0,
+    ssd: "stored",
+    sightings: 0,
+    usedAtMs: 0,
+  };
+  for (let i = 0; i < runs; i++) {
+    const checked = payloads.checkStored(entry, stored);
+    if (checked instanceof Error) throw checked;
+  }
+}
+
+/**
+ * Evaluates, then drops, buffers shaped like those a whole-layer restore loads (`layers` arrays of
+ * `shape`): the allocator keeps their pages (src/engine/allocator.ts) for the first restore's
+ * mx.load, which otherwise pays a page fault per 4 KiB (about 80 ms for 216 MB here).
+ */
+export function prefault(layers: number, shape: number[]): void {
+  const buffers = Array.from({ length: layers }, () => mx.zeros(shape, mx.float32));
+  mx.eval(...buffers);
 }

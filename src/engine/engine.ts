@@ -194,6 +194,8 @@ export class Engine {
     const info = modelInfo(config.modelName || path.basename(dir), dir, model);
     const engine = new Engine(config, model, tokenizer, cache, info, send, decodeRowsMax);
     engine.warmUp();
+    // What the warm-up left for the first requests goes back to the kernel if none come.
+    engine.schedulePurge();
     engine.reportStats();
     return engine;
   }
@@ -217,7 +219,7 @@ export class Engine {
     mx.eval(this.model.forward([0], cache));
     if (this.cache) {
       const restored = this.model.newCache(n + 2);
-      this.cache.warmUp(cache, restored);
+      this.cache.warmUp(cache, restored, this.info.contextTokens);
       mx.eval(this.model.forward([0], restored));
     }
     global.gc?.();
@@ -358,7 +360,7 @@ export class Engine {
    * Once the engine has had no work for --engine-idle-purge-ms: collects the arrays dropped
    * meanwhile and, after their finalizers ran, hands the pages the allocator kept back to the kernel.
    */
-  private schedulePurge(): void {
+  schedulePurge(): void {
     clearTimeout(this.purgeTimer);
     this.purgeTimer = setTimeout(() => {
       if (this.running) return;

@@ -1,7 +1,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { LoadedModel } from "../../src/model/loader";
+import { stagesWhole } from "../../src/cache/layer-sink";
 import {
+  generate,
   hybridModel,
   maxAbsDiff,
   openCache,
@@ -15,7 +17,7 @@ import {
 
 // The engine's warm-up runs the persist and restore paths from a throwaway sequence into a fresh
 // one: the fresh one must then hold exactly what the first held.
-const { track } = trackCaches();
+const { track, close } = trackCaches();
 
 afterAll(removeTempDirs);
 
@@ -38,7 +40,7 @@ describe.each([
     model.forward(tokens, from);
     model.materialize(from);
     const into = model.newCache(26);
-    cache.warmUp(from, into);
+    cache.warmUp(from, into, 4096);
     expect(into.offset).toBe(24);
     const want = toFloat32(model.forward([7], from));
     const got = toFloat32(model.forward([7], into));
@@ -47,5 +49,37 @@ describe.each([
       .readdirSync(cache.options.stagingDir)
       .map((f) => path.join(cache.options.stagingDir, f));
     expect(staged.map((f) => fs.statSync(f).size)).toEqual([1 << 20]);
+  });
+
+  it("grows the layer file to the longest chain on SSD when runs stage whole, and no further than the context", async () => {
+    const ssdDir = tempDir("ssd");
+    const writer = await openCache(model, { ssdDir });
+    await generate(writer, model, "t", randomTokens(6, 300, model.config.vocabSize)); // a chain of 303 tokens
+    await generate(writer, model, "t", randomTokens(7, 40, model.config.vocabSize));
+    await writer.close();
+    const sizes = async (contextTokens: number): Promise<number[]> => {
+      const cache = await track(openCache(model, { ssdDir, restoreBatchBytesMax: 1 << 20 }));
+      const from = model.newCache(26);
+      from.captureSnapshots(12);
+      model.forward(randomTokens(5, 24, model.config.vocabSize), from);
+      model.materialize(from);
+      cache.warmUp(from, model.newCache(26), contextTokens);
+      const dir = cache.options.stagingDir;
+      const out = fs
+        .readdirSync(dir)
+        .sort()
+        .map((f) => fs.statSync(path.join(dir, f)).size);
+      await close(cache);
+      return out;
+    };
+    const header = 2 * model.numLayers * 4096;
+    const kvBytes = (capacity: number) => 2 * model.numLayers * model.kvHeads * capacity * model.headDim * 4;
+    if (stagesWhole(model)) {
+      // layers.safetensors, then restore.safetensors: 303 tokens make a capacity of 512 plus a step.
+      expect(await sizes(4096)).toEqual([kvBytes(768) + header, 1 << 20]);
+      expect(await sizes(100)).toEqual([kvBytes(512) + header, 1 << 20]);
+    } else {
+      expect(await sizes(4096)).toEqual([1 << 20]);
+    }
   });
 });
