@@ -516,7 +516,8 @@ export class Restorer extends CachePart {
    * The file a run is staged in whole when it can be: the run starts an empty sequence of a model
    * whose layers all attend over every position (no sliding window skips rows, no recurrent
    * snapshot), and no other restore holds the file. Its tensors are the sequence's whole buffers,
-   * [1, kvHeads, capacity, headDim], which the sequence then adopts: each batch is written into
+   * [1, kvHeads, capacity, headDim] (or the run's rows, padded once loaded, when the sequence
+   * reserved much more room than the run fills), which the sequence then adopts: each batch is written into
    * them on the thread pool while the next is read and checked, and one mx.load at the end is the
    * only copy the engine's thread makes (README, *Restore*). Null: load batch by batch.
    */
@@ -528,7 +529,12 @@ export class Restorer extends CachePart {
     const { model } = this;
     if (at !== 0 || kv.offset !== 0 || !stagesWhole(model)) return null;
     const tokens = batches.flat().reduce((n, s) => n + s.block.tokens, 0);
-    const capacity = Math.max(kv.capacity, Math.ceil(tokens / kv.stepTokens) * kv.stepTokens);
+    const rows = Math.ceil(tokens / kv.stepTokens) * kv.stepTokens;
+    // The sequence's whole buffers when its reserved room past the run is small; else the run's
+    // rows, padded to the capacity once loaded (a prompt with a large max_tokens would otherwise
+    // stage and load that many zeros too).
+    const room = kv.capacity - rows;
+    const capacity = room <= Math.max(2 * kv.stepTokens, rows / 4) ? Math.max(kv.capacity, rows) : rows;
     const byteLength = model.kvHeads * capacity * model.headDim * 4;
     const specs: TensorSpec[] = [];
     for (let i = 0; i < model.numLayers; i++) {

@@ -218,9 +218,11 @@ export class KVCache {
 
   /**
    * Takes `keys` and `values` [1, kvHeads, C, headDim] as the layer's buffers, holding `rows`
-   * tokens, without a copy: a restore into an empty layer that loaded the layer whole. C must be a
-   * multiple of stepTokens, at least `rows` and the reserved capacity; the positions from `rows`
-   * on must hold zeros, as a buffer this cache builds would. The cache owns the arrays afterwards.
+   * tokens: a restore into an empty layer that loaded the layer whole. C must be a multiple of
+   * stepTokens and at least `rows`; the positions from `rows` on must hold zeros, as a buffer this
+   * cache builds would. With C at least the reserved capacity the arrays become the buffers as they
+   * are, no copy; a shorter C is padded with zeros to the capacity (one copy). The cache owns the
+   * arrays afterwards.
    */
   adopt(keys: mx.array, values: mx.array, rows: number): void {
     if (this.offset !== 0 || this.skippedBelow !== 0)
@@ -231,14 +233,22 @@ export class KVCache {
         throw new RangeError(
           `adopt: expected float32 [1, ${this.kvHeads}, n, ${this.headDim}], got [${a.shape.join(", ")}]`,
         );
-      if (n % this.stepTokens !== 0 || n < this.capacity || !Number.isInteger(rows) || rows < 0 || rows > n)
-        throw new RangeError(
-          `adopt: ${n} positions for ${rows} tokens (capacity ${this.capacity}, step ${this.stepTokens})`,
-        );
+      if (n % this.stepTokens !== 0 || !Number.isInteger(rows) || rows < 0 || rows > n)
+        throw new RangeError(`adopt: ${n} positions for ${rows} tokens (step ${this.stepTokens})`);
     }
     if (keys.shape[2] !== values.shape[2]) throw new RangeError("adopt: keys and values differ in length");
-    this.keys = keys;
-    this.values = values;
+    const back = this.capacity - keys.shape[2];
+    const fit = (a: mx.array) =>
+      back > 0
+        ? mx.pad(a, [
+            [0, 0],
+            [0, 0],
+            [0, back],
+            [0, 0],
+          ])
+        : a;
+    this.keys = fit(keys);
+    this.values = fit(values);
     this.offset = rows;
   }
 
@@ -466,7 +476,7 @@ export class ModelCache {
 
   /**
    * Takes whole buffers for every attention layer of an empty cache, holding `rows` tokens
-   * (KVCache.adopt). Entries of recurrent layers are ignored. The arrays must be evaluated.
+   * (KVCache.adopt), and evaluates them. Entries of recurrent layers are ignored.
    */
   adopt(buffers: readonly (LayerKV | null)[], rows: number): void {
     if (buffers.length !== this.layers.length) {
@@ -479,6 +489,8 @@ export class ModelCache {
       if (!b) throw new RangeError(`adopt: layer ${i} needs keys and values`);
       layer.adopt(b.keys, b.values, rows);
     });
+    // Padded buffers are lazy; arrays taken as they are were evaluated already (a no-op).
+    mx.eval(...this.state());
   }
 
   /**

@@ -91,6 +91,19 @@ describe("an SSD run staged whole and adopted as the sequence's buffers", () => 
     expect(b.sequence.offset).toBe(29);
   });
 
+  it("stages only the run's rows for a sequence that reserved much more room, and pads them to it", async () => {
+    const prompt = tokens(9, 90);
+    const { cache, computed } = await ssdOnly([prompt]);
+    const staged = jest.spyOn(Staging.prototype, "layerFile");
+    const { sequence, report } = await restore(cache, prompt, 2000);
+    expect(report.restoredTokens).toBe(89);
+    // 256 rows in the file (89 tokens rounded up to the cache's step), 2,048 in the sequence.
+    expect(staged.mock.calls[0][0].map((t) => t.shape[2])).toEqual(Array(4).fill(256));
+    expect(sequence.capacity).toBe(2048);
+    expect(rows(sequence, 0, 89)).toEqual(rows(computed[0], 0, 89));
+    for (const values of rows(sequence, 89, 2048)) expect(values.every((v) => Object.is(v, 0))).toBe(true);
+  });
+
   it("ends at a block failing its check in a later batch, with zeros after the blocks before it", async () => {
     const prompt = tokens(3, 61);
     const { cache, computed } = await ssdOnly([tokens(4, 100), prompt]);
