@@ -398,6 +398,16 @@ export class PrefixCache {
     prefault(2 * layers, [1, this.model.kvHeads, capacity, this.model.headDim]);
   }
 
+  /**
+   * Tells the SSD and shared tiers' pumps when a request waits for its first token: they then write
+   * a backlog of finished requests' blocks one batch per WriteQueue's spacing at most, between that
+   * request's steps, instead of one per step.
+   */
+  deferWritesWhile(urgent: () => boolean): void {
+    if (this.ssd) this.ssd.urgent = urgent;
+    if (this.shared) this.shared.urgent = urgent;
+  }
+
   /** Writes what is queued, closes the SSD and shared tiers and removes the staging directory. */
   async close(): Promise<void> {
     try {

@@ -136,6 +136,9 @@ export class SharedTier {
   private readonly client: Redis | Cluster;
   private readonly queue: WriteQueue<SharedWrite>;
   private pumping: Promise<void> | null = null;
+  /** Whether a request waits for its first token (set by the engine; see WriteQueue.standAside). */
+  urgent: () => boolean = () => false;
+  private flushing = 0;
   private pending = 0;
   private closed = false;
   private readonly restored = new Set<string>();
@@ -406,6 +409,7 @@ export class SharedTier {
         // Just after start (or a reconnect) the client may not be ready: a batch waits for it a while
         // instead of failing at once, since it holds up no request.
         await this.ready(Math.max(1000, this.options.timeoutMs * 5));
+        await this.queue.standAside(() => this.flushing === 0 && this.urgent());
         let budget = this.queue.turnBytes();
         const writes: Promise<void>[] = [];
         do {
@@ -480,7 +484,13 @@ export class SharedTier {
 
   /** Resolves when every queued write has been answered. */
   async flush(): Promise<void> {
-    while (this.pumping) await this.pumping;
+    // Whoever waits for the queue (Evict, Clear, close) does not wait behind a request's first token.
+    this.flushing++;
+    try {
+      while (this.pumping) await this.pumping;
+    } finally {
+      this.flushing--;
+    }
   }
 
   /**

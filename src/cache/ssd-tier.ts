@@ -96,6 +96,9 @@ export class SsdTier {
   readonly records = new Map<string, ChainRecord>();
   private readonly queue: WriteQueue<PendingWrite>;
   private pumping: Promise<void> | null = null;
+  /** Whether a request waits for its first token (set by the engine; see WriteQueue.standAside). */
+  urgent: () => boolean = () => false;
+  private flushing = 0;
   private writeSkips = 0;
   private blocksWritten = 0;
   private lastWriteError = "";
@@ -197,7 +200,13 @@ export class SsdTier {
 
   /** Resolves when every queued write has been answered by the store. */
   async flush(): Promise<void> {
-    while (this.pumping) await this.pumping;
+    // Whoever waits for the queue (Evict, Clear, close) does not wait behind a request's first token.
+    this.flushing++;
+    try {
+      while (this.pumping) await this.pumping;
+    } finally {
+      this.flushing--;
+    }
   }
 
   /** Reads blocks in parallel; each result passed the store's checksum or names why not. */
@@ -295,8 +304,10 @@ export class SsdTier {
           this.compactIfNeeded();
           if (this.queue.length === 0) return;
         }
-        // Let the request that queued these blocks finish its step first.
+        // Let the request that queued these blocks finish its step first, and one waiting for its
+        // first token take its steps.
         await nextTurn();
+        await this.queue.standAside(() => this.flushing === 0 && this.urgent());
         if (this.queue.length === 0) continue;
         let budget = this.queue.turnBytes();
         const items: PendingWrite[] = [];

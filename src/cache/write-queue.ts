@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import type { AdmissionPolicy } from "./config";
 
 /** Whether an admission policy lets a block seen `sightings` times (and maybe pinned) into a tier. */
@@ -12,6 +13,11 @@ export function admits(policy: AdmissionPolicy, sightings: number, pinned: boole
   }
 }
 
+/** While a request waits for its first token, a pump's turns of backlog come this far apart at least. */
+export const BACKLOG_SPACING_MS = 250;
+// How often a pump standing aside looks again.
+const BACKLOG_POLL_MS = 10;
+
 /**
  * The bounded write queue in front of the SSD and shared tiers: at most `blocksMax` items and
  * `bytesMax` bytes. A write that finds it full is refused, never waited for; the tier counts it.
@@ -22,6 +28,7 @@ export class WriteQueue<T extends { bytes: number; keepPace?: boolean }> {
   private queuedBytes = 0;
   /** Bytes of keepPace items queued since the last turn began. */
   private arrivedBytes = 0;
+  private lastBacklogTurnMs = -Infinity;
 
   constructor(
     private readonly blocksMax: number,
@@ -48,6 +55,23 @@ export class WriteQueue<T extends { bytes: number; keepPace?: boolean }> {
     this.queuedBytes += item.bytes;
     if (item.keepPace) this.arrivedBytes += item.bytes;
     return true;
+  }
+
+  /**
+   * Waits, before a pump's turn, while `urgent` says a request is waiting for its first token and
+   * nothing queued has to keep pace with the engine's steps: a backlog (a finished request's blocks)
+   * then goes one batch per BACKLOG_SPACING_MS at most, so that such a request's steps do not wait
+   * for its encoding, and the backlog is still written while requests keep coming.
+   */
+  async standAside(urgent: () => boolean): Promise<void> {
+    while (
+      this.arrivedBytes === 0 &&
+      urgent() &&
+      performance.now() - this.lastBacklogTurnMs < BACKLOG_SPACING_MS
+    ) {
+      await sleep(BACKLOG_POLL_MS);
+    }
+    this.lastBacklogTurnMs = performance.now();
   }
 
   /**

@@ -12,6 +12,7 @@ import { allocatorName, allocatorPurge } from "../store/native.js";
 import { PrefillSession } from "./prefill-session.js";
 import { type FromEngine, type ModelInfo, type ToEngine } from "../engine-ipc.js";
 import { errorOf, KvOperations } from "./kv-operations.js";
+import { fairOrder } from "./fair-order.js";
 import { ResidentSequence } from "./resident.js";
 import { Sequence, type Job } from "./sequence.js";
 import { decodeGarbageBytes, stepWorkBytes } from "./work-bytes.js";
@@ -65,23 +66,6 @@ async function openCache(
 
 /** Largest decode batch: beyond it, more sequences read the weights no cheaper per token here. */
 const DECODE_ROWS_LIMIT = 64;
-
-/**
- * Orders jobs for a step: tenants take turns (rotated by `turn`), and within a tenant its jobs do
- * (rotated too), interleaved: each tenant's first, then each tenant's second, and so on.
- */
-export function fairOrder<J extends { tenant: string }>(jobs: J[], turn: number): J[] {
-  const byTenant = new Map<string, J[]>();
-  for (const job of jobs) byTenant.set(job.tenant, [...(byTenant.get(job.tenant) ?? []), job]);
-  const rotate = <T>(list: T[]): T[] => {
-    const k = turn % list.length;
-    return [...list.slice(k), ...list.slice(0, k)];
-  };
-  const queues = rotate([...byTenant.values()]).map(rotate);
-  const out: J[] = [];
-  for (let i = 0; out.length < jobs.length; i++) for (const q of queues) if (i < q.length) out.push(q[i]);
-  return out;
-}
 
 /** How often the engine reports its memory and scheduler to the front end. */
 const STATS_INTERVAL_MS = 1000;
@@ -163,6 +147,9 @@ export class Engine {
     this.chunkWorkBytes = stepWorkBytes(model, this.chunkTokens);
     this.fixedBytes = loaded + ram + this.chunkWorkBytes;
     this.memoryMax = config.engineMemoryMax || loaded + ram + 2 * 1024 ** 3;
+    // A request waiting for its first token takes its steps before a backlog of blocks is encoded.
+    const waits = (j: Job) => j instanceof Sequence && (j.need === "start" || j.need === "prefill");
+    cache?.deferWritesWhile(() => this.active.some(waits) || this.queued.some(waits));
     this.statsTimer = setInterval(() => this.reportStats(), STATS_INTERVAL_MS);
     this.statsTimer.unref();
   }

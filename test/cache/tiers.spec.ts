@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { KvparkError } from "../../src/errors";
 import type { PrefixCache } from "../../src/cache";
+import { BACKLOG_SPACING_MS } from "../../src/cache/write-queue";
 import type { LoadedModel } from "../../src/model/loader";
 import {
   expectSameAsScratch,
@@ -88,6 +89,50 @@ describe("SSD write queue and admission", () => {
     probing = false;
     expect(depths).toEqual(expect.arrayContaining([5, 4, 3, 2, 1]));
     expect(cache.stats()).toMatchObject({ writeSkips: 0, ssd: { blocks: 6 } });
+  });
+
+  it("stands aside while a request waits for its first token, a batch per spacing, then drains", async () => {
+    const cache = await track(
+      openCache(model, { ssdDir: tempDir("ssd"), writeBatchBytesMax: BLOCK_BYTES, writeQueueBlocksMax: 16 }),
+    );
+    let waiting = true;
+    cache.deferWritesWhile(() => waiting);
+    const prompt = tokens(301, 48);
+    expect(cache.persist("t", prompt, prefill(model, prompt)).queuedToSsd).toBe(6);
+    // One batch at once, then one per BACKLOG_SPACING_MS (250 ms) while the request waits.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(cache.stats().writeQueueDepth).toBe(5);
+    await new Promise((resolve) => setTimeout(resolve, BACKLOG_SPACING_MS + 50));
+    expect(cache.stats().writeQueueDepth).toBe(4);
+    // Its first token: the rest goes a batch per turn.
+    waiting = false;
+    await cache.flush();
+    expect(cache.stats()).toMatchObject({ writeSkips: 0, writeQueueDepth: 0, ssd: { blocks: 6 } });
+  });
+
+  it("does not hold up a flush (Evict, Clear, close) behind a request's first token", async () => {
+    const cache = await track(
+      openCache(model, { ssdDir: tempDir("ssd"), writeBatchBytesMax: BLOCK_BYTES, writeQueueBlocksMax: 16 }),
+    );
+    cache.deferWritesWhile(() => true);
+    const prompt = tokens(303, 48);
+    expect(cache.persist("t", prompt, prefill(model, prompt)).queuedToSsd).toBe(6);
+    // Standing aside, the five batches after the first would take at least 5 x 250 ms.
+    const t0 = performance.now();
+    await cache.flush();
+    expect(performance.now() - t0).toBeLessThan(4 * BACKLOG_SPACING_MS);
+    expect(cache.stats()).toMatchObject({ writeQueueDepth: 0, ssd: { blocks: 6 } });
+  });
+
+  it("keeps pace with a prefill's blocks even while a request waits for its first token", async () => {
+    const cache = await track(
+      openCache(model, { ssdDir: tempDir("ssd"), writeBatchBytesMax: BLOCK_BYTES, writeQueueBlocksMax: 16 }),
+    );
+    cache.deferWritesWhile(() => true);
+    const prompt = tokens(302, 48);
+    expect(cache.persist("t", prompt, prefill(model, prompt), { keepPace: true }).queuedToSsd).toBe(6);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(cache.stats().writeQueueDepth).toBe(0);
   });
 
   it("a full write queue skips blocks and counts them, never silently", async () => {

@@ -1,4 +1,4 @@
-import { fairOrder } from "../../src/engine/engine";
+import { fairOrder } from "../../src/engine/fair-order";
 
 const job = (tenant: string, id: number) => ({ tenant, id });
 const ids = (jobs: { id: number }[]) => jobs.map((j) => j.id);
