@@ -10,16 +10,14 @@ import { encodeHeader, parseSafetensors, type SafetensorsFile, type TensorSpec }
  */
 export class Staging {
   private sequence = 0;
-  private inputFd: number | null = null;
-  private readonly inputPath: string;
-  private layersFd: number | null = null;
+  private readonly input: KeptFile;
+  private readonly layers: KeptFile;
   private layersBusy = false;
-  private readonly layersPath: string;
 
   constructor(readonly dir: string) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    this.inputPath = path.join(dir, "restore.safetensors");
-    this.layersPath = path.join(dir, "layers.safetensors");
+    this.input = new KeptFile(dir, "restore.safetensors");
+    this.layers = new KeptFile(dir, "layers.safetensors");
   }
 
   /**
@@ -29,19 +27,9 @@ export class Staging {
    */
   layerFile(specs: readonly TensorSpec[]): LayerFile | null {
     if (this.layersBusy) return null;
-    const fd = this.openLayers();
+    const fd = this.layers.open();
     this.layersBusy = true;
-    return new LayerFile(fd, this.layersPath, specs, () => (this.layersBusy = false));
-  }
-
-  /** The layer file, opened on first use or again when it was removed under us. */
-  private openLayers(): number {
-    if (this.layersFd === null || !fs.existsSync(this.layersPath)) {
-      if (this.layersFd !== null) fs.closeSync(this.layersFd);
-      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-      this.layersFd = fs.openSync(this.layersPath, "w+", 0o600);
-    }
-    return this.layersFd;
+    return new LayerFile(fd, this.layers.path, specs, () => (this.layersBusy = false));
   }
 
   /**
@@ -76,7 +64,7 @@ export class Staging {
    * returning, so no lazy load can see the next rewrite.
    */
   bytesToArrays(header: Buffer, pieces: readonly Uint8Array[]): Record<string, mx.array> {
-    const fd = this.openInput();
+    const fd = this.input.open();
     const all = [header, ...pieces];
     const expected = all.reduce((n, p) => n + p.byteLength, 0);
     let written = 0;
@@ -84,7 +72,7 @@ export class Staging {
     while (written < expected) {
       written += fs.writevSync(fd, skipBytes(all, written), written);
     }
-    const arrays = mx.load(this.inputPath) as unknown as Record<string, mx.array>;
+    const arrays = mx.load(this.input.path) as unknown as Record<string, mx.array>;
     mx.eval(...Object.values(arrays));
     return arrays;
   }
@@ -94,7 +82,7 @@ export class Staging {
    * pages that exist instead of allocating them (see bytesToArrays).
    */
   prepare(bytes: number): void {
-    grow(this.openInput(), bytes);
+    grow(this.input.open(), bytes);
   }
 
   /**
@@ -102,31 +90,48 @@ export class Staging {
    * into tmpfs pages that exist (see layerFile, prepare).
    */
   prepareLayers(bytes: number): void {
-    const fd = this.openLayers();
-    grow(fd, bytes);
-  }
-
-  /** The input file, opened on first use or again when it was removed under us (a tmpfs cleaner). */
-  private openInput(): number {
-    if (this.inputFd === null || !fs.existsSync(this.inputPath)) {
-      if (this.inputFd !== null) fs.closeSync(this.inputFd);
-      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-      this.inputFd = fs.openSync(this.inputPath, "w+", 0o600);
-    }
-    return this.inputFd;
+    grow(this.layers.open(), bytes);
   }
 
   /** Removes the directory and whatever is left in it. */
   close(): void {
-    if (this.inputFd !== null) fs.closeSync(this.inputFd);
-    if (this.layersFd !== null) fs.closeSync(this.layersFd);
-    this.inputFd = null;
-    this.layersFd = null;
+    this.input.close();
+    this.layers.close();
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 
   private nextPath(kind: string): string {
     return path.join(this.dir, `${kind}-${++this.sequence}.safetensors`);
+  }
+}
+
+/**
+ * A file of the staging directory kept open between uses: opened on first use, and again when it
+ * was removed under us (a tmpfs cleaner).
+ */
+class KeptFile {
+  private fd: number | null = null;
+  readonly path: string;
+
+  constructor(
+    private readonly dir: string,
+    name: string,
+  ) {
+    this.path = path.join(dir, name);
+  }
+
+  open(): number {
+    if (this.fd === null || !fs.existsSync(this.path)) {
+      if (this.fd !== null) fs.closeSync(this.fd);
+      fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      this.fd = fs.openSync(this.path, "w+", 0o600);
+    }
+    return this.fd;
+  }
+
+  close(): void {
+    if (this.fd !== null) fs.closeSync(this.fd);
+    this.fd = null;
   }
 }
 
