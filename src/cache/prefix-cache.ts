@@ -404,8 +404,8 @@ export class PrefixCache {
    * request's steps, instead of one per step.
    */
   deferWritesWhile(urgent: () => boolean): void {
-    if (this.ssd) this.ssd.urgent = urgent;
-    if (this.shared) this.shared.urgent = urgent;
+    this.ssd?.deferWritesWhile(urgent);
+    this.shared?.deferWritesWhile(urgent);
   }
 
   /** Writes what is queued, closes the SSD and shared tiers and removes the staging directory. */

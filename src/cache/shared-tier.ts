@@ -136,9 +136,6 @@ export class SharedTier {
   private readonly client: Redis | Cluster;
   private readonly queue: WriteQueue<SharedWrite>;
   private pumping: Promise<void> | null = null;
-  /** Whether a request waits for its first token (set by the engine; see WriteQueue.standAside). */
-  urgent: () => boolean = () => false;
-  private flushing = 0;
   private pending = 0;
   private closed = false;
   private readonly restored = new Set<string>();
@@ -409,7 +406,7 @@ export class SharedTier {
         // Just after start (or a reconnect) the client may not be ready: a batch waits for it a while
         // instead of failing at once, since it holds up no request.
         await this.ready(Math.max(1000, this.options.timeoutMs * 5));
-        await this.queue.standAside(() => this.flushing === 0 && this.urgent());
+        await this.queue.standAside();
         let budget = this.queue.turnBytes();
         const writes: Promise<void>[] = [];
         do {
@@ -482,15 +479,16 @@ export class SharedTier {
     this.client.off("ready", onReady);
   }
 
+  /** Tells the pump when a request waits for its first token (WriteQueue.standAside). */
+  deferWritesWhile(urgent: () => boolean): void {
+    this.queue.urgent = urgent;
+  }
+
   /** Resolves when every queued write has been answered. */
   async flush(): Promise<void> {
-    // Whoever waits for the queue (Evict, Clear, close) does not wait behind a request's first token.
-    this.flushing++;
-    try {
+    await this.queue.flushing(async () => {
       while (this.pumping) await this.pumping;
-    } finally {
-      this.flushing--;
-    }
+    });
   }
 
   /**

@@ -96,9 +96,6 @@ export class SsdTier {
   readonly records = new Map<string, ChainRecord>();
   private readonly queue: WriteQueue<PendingWrite>;
   private pumping: Promise<void> | null = null;
-  /** Whether a request waits for its first token (set by the engine; see WriteQueue.standAside). */
-  urgent: () => boolean = () => false;
-  private flushing = 0;
   private writeSkips = 0;
   private blocksWritten = 0;
   private lastWriteError = "";
@@ -198,15 +195,16 @@ export class SsdTier {
     return true;
   }
 
+  /** Tells the pump when a request waits for its first token (WriteQueue.standAside). */
+  deferWritesWhile(urgent: () => boolean): void {
+    this.queue.urgent = urgent;
+  }
+
   /** Resolves when every queued write has been answered by the store. */
   async flush(): Promise<void> {
-    // Whoever waits for the queue (Evict, Clear, close) does not wait behind a request's first token.
-    this.flushing++;
-    try {
+    await this.queue.flushing(async () => {
       while (this.pumping) await this.pumping;
-    } finally {
-      this.flushing--;
-    }
+    });
   }
 
   /** Reads blocks in parallel; each result passed the store's checksum or names why not. */
@@ -307,7 +305,7 @@ export class SsdTier {
         // Let the request that queued these blocks finish its step first, and one waiting for its
         // first token take its steps.
         await nextTurn();
-        await this.queue.standAside(() => this.flushing === 0 && this.urgent());
+        await this.queue.standAside();
         if (this.queue.length === 0) continue;
         let budget = this.queue.turnBytes();
         const items: PendingWrite[] = [];

@@ -29,6 +29,9 @@ export class WriteQueue<T extends { bytes: number; keepPace?: boolean }> {
   /** Bytes of keepPace items queued since the last turn began. */
   private arrivedBytes = 0;
   private lastBacklogTurnMs = -Infinity;
+  private flushes = 0;
+  /** Whether a request waits for its first token (set by the engine; see standAside). */
+  urgent: () => boolean = () => false;
 
   constructor(
     private readonly blocksMax: number,
@@ -61,17 +64,29 @@ export class WriteQueue<T extends { bytes: number; keepPace?: boolean }> {
    * Waits, before a pump's turn, while `urgent` says a request is waiting for its first token and
    * nothing queued has to keep pace with the engine's steps: a backlog (a finished request's blocks)
    * then goes one batch per BACKLOG_SPACING_MS at most, so that such a request's steps do not wait
-   * for its encoding, and the backlog is still written while requests keep coming.
+   * for its encoding, and the backlog is still written while requests keep coming. Never while
+   * someone waits for the queue to drain (flushing).
    */
-  async standAside(urgent: () => boolean): Promise<void> {
+  async standAside(): Promise<void> {
     while (
       this.arrivedBytes === 0 &&
-      urgent() &&
+      this.flushes === 0 &&
+      this.urgent() &&
       performance.now() - this.lastBacklogTurnMs < BACKLOG_SPACING_MS
     ) {
       await sleep(BACKLOG_POLL_MS);
     }
     this.lastBacklogTurnMs = performance.now();
+  }
+
+  /** Runs `drain` (a tier's flush: Evict, Clear, close wait for it) with the pump not standing aside. */
+  async flushing(drain: () => Promise<void>): Promise<void> {
+    this.flushes++;
+    try {
+      await drain();
+    } finally {
+      this.flushes--;
+    }
   }
 
   /**
