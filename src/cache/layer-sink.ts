@@ -6,8 +6,9 @@ import {
   type ModelShape,
   type ParsedBlock,
 } from "./block-codec";
+import type { TensorSpec } from "../util/safetensors";
 import type { RestoreReport, SequenceKV } from "./reports";
-import type { LayerFile } from "./staging";
+import type { LayerFile, Staging } from "./staging";
 
 const now = () => performance.now();
 
@@ -26,12 +27,32 @@ export function stagesWhole(model: ModelShape): boolean {
   return !hasRecurrentLayers(model) && !model.layerTypes?.includes("sliding_attention");
 }
 
+/**
+ * The tensors of a layer file whose layers hold `capacity` positions: keys and values of every
+ * layer, [1, kvHeads, capacity, headDim] float32.
+ */
+export function layerSpecs(model: ModelShape, capacity: number): TensorSpec[] {
+  const shape = [1, model.kvHeads, capacity, model.headDim];
+  const byteLength = model.kvHeads * capacity * model.headDim * 4;
+  return Array.from({ length: model.numLayers }, (_, i) =>
+    (["keys", "values"] as const).map((kind) => ({
+      name: `${i}.${kind}`,
+      dtype: "F32" as const,
+      shape,
+      byteLength,
+    })),
+  ).flat();
+}
+
 /** Where a restore's checked batches go: loaded one by one, or written into a file of whole layers. */
 export interface BatchSink<V extends VerifiedBlock = VerifiedBlock> {
   /** Takes a batch's blocks, placed from position `at`; returns their tokens and bytes read. */
   add(valid: V[], at: number): { tokens: number; bytes: number };
-  /** Ends the run, which holds `end` tokens; `ok` false when it was aborted or failed. */
-  finish(ok: boolean, end: number): Promise<void>;
+  /**
+   * Ends the run, whose blocks reach position `end`; `ok` false when it was aborted or failed.
+   * Returns the position the sequence holds up to afterwards.
+   */
+  finish(ok: boolean, end: number): Promise<number>;
 }
 
 /** Zeros written after a restored run's last row (one buffer, written as many times as needed). */
@@ -44,7 +65,7 @@ const ZEROS = Buffer.alloc(1024 * 1024);
 export class LayerFileSink implements BatchSink {
   private readonly rowBytes: number;
 
-  constructor(
+  private constructor(
     private readonly file: LayerFile,
     private readonly capacity: number,
     private readonly model: ModelShape,
@@ -54,54 +75,89 @@ export class LayerFileSink implements BatchSink {
     this.rowBytes = model.headDim * 4;
   }
 
+  /**
+   * A sink for a run of `tokens` tokens when it can be staged whole: the run starts an empty
+   * sequence (`at` 0) of a model whose layers all attend over every position (stagesWhole), and no
+   * other restore holds the layer file. Its tensors are the sequence's whole buffers (or the run's
+   * rows, padded once loaded, when the sequence reserved much more room than the run fills, so that
+   * a prompt with a large max_tokens does not stage and load that many zeros), which the sequence
+   * then adopts: each batch is written into them on the thread pool while the next is read and
+   * checked, and one mx.load at the end is the only copy the engine's thread makes (README,
+   * *Restore*). Null: load batch by batch.
+   */
+  static open(
+    staging: Staging,
+    model: ModelShape,
+    kv: SequenceKV,
+    at: number,
+    tokens: number,
+    report: RestoreReport,
+  ): LayerFileSink | null {
+    if (at !== 0 || kv.offset !== 0 || !stagesWhole(model)) return null;
+    const rows = Math.ceil(tokens / kv.stepTokens) * kv.stepTokens;
+    const room = kv.capacity - rows;
+    const capacity = room <= Math.max(2 * kv.stepTokens, rows / 4) ? Math.max(kv.capacity, rows) : rows;
+    const file = staging.layerFile(layerSpecs(model, capacity));
+    return file && new LayerFileSink(file, capacity, model, kv, report);
+  }
+
   add(valid: VerifiedBlock[], at: number): { tokens: number; bytes: number } {
     const t0 = now();
-    const { numLayers, kvHeads } = this.model;
     const tokens = valid.reduce((n, v) => n + v.step.block.tokens, 0);
-    for (let i = 0; i < numLayers; i++) {
-      for (const kind of ["keys", "values"] as const) {
-        for (let h = 0; h < kvHeads; h++) {
-          const pieces = valid.map(({ step, block }) =>
-            headRows(blockTensor(block, i, kind), block.header.shape, h, step.block.tokens),
-          );
-          this.file.write(`${i}.${kind}`, (h * this.capacity + at) * this.rowBytes, pieces);
-        }
-      }
-    }
+    this.eachHead((name, layer, kind, head) => {
+      const pieces = valid.map(({ step, block }) =>
+        headRows(blockTensor(block, layer, kind), block.header.shape, head, step.block.tokens),
+      );
+      this.file.write(name, this.offsetOf(head, at), pieces);
+    });
     this.report.stages.stageMs += now() - t0;
-    const kvBytes = tokens * 2 * numLayers * kvHeads * this.rowBytes;
+    const kvBytes = tokens * 2 * this.model.numLayers * this.model.kvHeads * this.rowBytes;
     return { tokens, bytes: kvBytes + valid.length * blockDataBytes(this.model, 0) };
   }
 
-  async finish(ok: boolean, end: number): Promise<void> {
+  async finish(ok: boolean, end: number): Promise<number> {
     try {
-      if (!ok || end === 0) return;
+      if (!ok || end === 0) return 0;
       const t0 = now();
-      const { numLayers, kvHeads } = this.model;
       const tail = (this.capacity - end) * this.rowBytes;
-      const zeros = Array.from({ length: Math.ceil(tail / ZEROS.length) }, (_, k) =>
-        ZEROS.subarray(0, Math.min(ZEROS.length, tail - k * ZEROS.length)),
-      );
-      for (let i = 0; i < numLayers; i++) {
-        for (const kind of ["keys", "values"]) {
-          for (let h = 0; h < kvHeads; h++) {
-            if (tail > 0) this.file.write(`${i}.${kind}`, (h * this.capacity + end) * this.rowBytes, zeros);
-          }
-        }
+      if (tail > 0) {
+        const zeros = Array.from({ length: Math.ceil(tail / ZEROS.length) }, (_, k) =>
+          ZEROS.subarray(0, Math.min(ZEROS.length, tail - k * ZEROS.length)),
+        );
+        this.eachHead((name, _layer, _kind, head) => this.file.write(name, this.offsetOf(head, end), zeros));
       }
       const arrays = await this.file.load();
       const t1 = now();
       this.report.stages.stageMs += t1 - t0;
+      // A write that failed (a full tmpfs) leaves the sequence empty: its tokens are recomputed.
+      if (!arrays) return 0;
       this.kv.adopt(
-        Array.from({ length: numLayers }, (_, i) => ({
+        Array.from({ length: this.model.numLayers }, (_, i) => ({
           keys: arrays[`${i}.keys`],
           values: arrays[`${i}.values`],
         })),
         end,
       );
       this.report.stages.importMs += now() - t1;
+      return end;
     } finally {
       await this.file.close();
+    }
+  }
+
+  /** Byte offset of position `position` of head `head` in a tensor's data. */
+  private offsetOf(head: number, position: number): number {
+    return (head * this.capacity + position) * this.rowBytes;
+  }
+
+  /** Calls `visit` for every head of every layer's keys and values. */
+  private eachHead(
+    visit: (name: string, layer: number, kind: "keys" | "values", head: number) => void,
+  ): void {
+    for (let i = 0; i < this.model.numLayers; i++) {
+      for (const kind of ["keys", "values"] as const) {
+        for (let h = 0; h < this.model.kvHeads; h++) visit(`${i}.${kind}`, i, kind, h);
+      }
     }
   }
 }

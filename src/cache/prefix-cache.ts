@@ -1,13 +1,5 @@
 import * as path from "node:path";
-import {
-  attentionLayerCount,
-  hasRecurrentLayers,
-  kvDataBytes,
-  layoutVersionOf,
-  makeHeader,
-  toRecord,
-  type ModelShape,
-} from "./block-codec";
+import { hasRecurrentLayers, layoutVersionOf, makeHeader, toRecord, type ModelShape } from "./block-codec";
 import { BlockIndex } from "./block-index";
 import { resolveCacheOptions, type CacheOptions } from "./config";
 import { CacheMaintenance } from "./maintenance";
@@ -30,7 +22,7 @@ import { Restorer } from "./restore";
 import { SharedTier, type SharedWrite } from "./shared-tier";
 import { SsdTier } from "./ssd-tier";
 import { Staging, removeStaleStagingDirs } from "./staging";
-import { stagesWhole } from "./layer-sink";
+import { layerSpecs, stagesWhole } from "./layer-sink";
 import { prefault, warmUpRestore, warmUpVerify } from "./warm-up";
 import type { ModelCache } from "../model/kv-cache";
 import { BlockTransfer } from "./transfer";
@@ -391,11 +383,9 @@ export class PrefixCache {
     const longest = Math.min(this.index.longestChainTokens(), contextTokens);
     if (longest === 0 || !stagesWhole(this.model)) return;
     const step = into.stepTokens;
-    const capacity = (Math.ceil(longest / step) + 1) * step;
-    const layers = attentionLayerCount(this.model);
-    // The header of 2 x layers tensors takes well under a page per tensor.
-    this.staging.prepareLayers(kvDataBytes(this.model, capacity) + 2 * layers * 4096);
-    prefault(2 * layers, [1, this.model.kvHeads, capacity, this.model.headDim]);
+    const specs = layerSpecs(this.model, (Math.ceil(longest / step) + 1) * step);
+    this.staging.prepareLayers(specs);
+    prefault(specs);
   }
 
   /**

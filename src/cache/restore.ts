@@ -1,8 +1,7 @@
 import { core as mx } from "@frost-beta/mlx";
 import type { LayerBlock, LayerKV, LayerRows } from "../model/kv-cache";
 import { encodeHeader, type TensorSpec } from "../util/safetensors";
-import { LayerFileSink, stagesWhole, type BatchSink, type VerifiedBlock as Verified } from "./layer-sink";
-import type { LayerFile } from "./staging";
+import { LayerFileSink, type BatchSink, type VerifiedBlock as Verified } from "./layer-sink";
 import {
   blockDataBytes,
   blockTensor,
@@ -462,13 +461,18 @@ export class Restorer extends CachePart {
     ending: Ending,
     keepFrom: (end: number) => number,
   ): Promise<{ tokens: number; stopped: boolean }> {
-    const staged = this.layerFileFor(o.batches, kv, at);
-    const sink: BatchSink<VerifiedBlock> = staged
-      ? new LayerFileSink(staged.file, staged.capacity, this.model, kv, report)
-      : {
-          add: (valid, from) => this.loadBlocks(valid, kv, from, report, ending, keepFrom),
-          finish: async () => {},
-        };
+    const tokens = o.batches.flat().reduce((n, s) => n + s.block.tokens, 0);
+    const sink: BatchSink<VerifiedBlock> = LayerFileSink.open(
+      this.staging,
+      this.model,
+      kv,
+      at,
+      tokens,
+      report,
+    ) ?? {
+      add: (valid, from) => this.loadBlocks(valid, kv, from, report, ending, keepFrom),
+      finish: async (_ok, end) => end,
+    };
     let pending = o.read(o.batches[0]);
     let finished = false;
     try {
@@ -495,60 +499,19 @@ export class Restorer extends CachePart {
             endMs: now(),
           });
         }
-        if (failed) {
-          finished = true;
-          await sink.finish(true, at + done.tokens);
-          return { tokens: done.tokens, stopped: true };
-        }
+        if (failed) break;
       }
       finished = true;
-      await sink.finish(true, at + done.tokens);
-      return { tokens: done.tokens, stopped: false };
+      // A whole-layer file that could not be written (a full tmpfs) holds nothing: recomputed.
+      const held = (await sink.finish(true, at + done.tokens)) - at;
+      if (held < done.tokens) done.tokens = done.bytes = 0;
+      return { tokens: done.tokens, stopped: done.tokens < tokens };
     } finally {
       // A read still in flight after an early stop must not surface as an unhandled rejection.
       pending.catch(() => {});
       // Aborted or failed: no write into the file may still run when the next restore uses it.
       if (!finished) await sink.finish(false, at + done.tokens);
     }
-  }
-
-  /**
-   * The file a run is staged in whole when it can be: the run starts an empty sequence of a model
-   * whose layers all attend over every position (no sliding window skips rows, no recurrent
-   * snapshot), and no other restore holds the file. Its tensors are the sequence's whole buffers,
-   * [1, kvHeads, capacity, headDim] (or the run's rows, padded once loaded, when the sequence
-   * reserved much more room than the run fills), which the sequence then adopts: each batch is written into
-   * them on the thread pool while the next is read and checked, and one mx.load at the end is the
-   * only copy the engine's thread makes (README, *Restore*). Null: load batch by batch.
-   */
-  private layerFileFor(
-    batches: PlanStep[][],
-    kv: SequenceKV,
-    at: number,
-  ): { file: LayerFile; capacity: number } | null {
-    const { model } = this;
-    if (at !== 0 || kv.offset !== 0 || !stagesWhole(model)) return null;
-    const tokens = batches.flat().reduce((n, s) => n + s.block.tokens, 0);
-    const rows = Math.ceil(tokens / kv.stepTokens) * kv.stepTokens;
-    // The sequence's whole buffers when its reserved room past the run is small; else the run's
-    // rows, padded to the capacity once loaded (a prompt with a large max_tokens would otherwise
-    // stage and load that many zeros too).
-    const room = kv.capacity - rows;
-    const capacity = room <= Math.max(2 * kv.stepTokens, rows / 4) ? Math.max(kv.capacity, rows) : rows;
-    const byteLength = model.kvHeads * capacity * model.headDim * 4;
-    const specs: TensorSpec[] = [];
-    for (let i = 0; i < model.numLayers; i++) {
-      for (const kind of ["keys", "values"]) {
-        specs.push({
-          name: `${i}.${kind}`,
-          dtype: "F32",
-          shape: [1, model.kvHeads, capacity, model.headDim],
-          byteLength,
-        });
-      }
-    }
-    const file = this.staging.layerFile(specs);
-    return file && { file, capacity };
   }
 
   /**

@@ -86,10 +86,11 @@ export class Staging {
   }
 
   /**
-   * Grows the layer file to `bytes` (zeros), so that a restore staged whole after a start writes
-   * into tmpfs pages that exist (see layerFile, prepare).
+   * Grows the layer file to hold `specs` (zeros), so that a restore staged whole after a start
+   * writes into tmpfs pages that exist (see layerFile, prepare).
    */
-  prepareLayers(bytes: number): void {
+  prepareLayers(specs: readonly TensorSpec[]): void {
+    const bytes = encodeHeader(specs, {}).length + specs.reduce((n, t) => n + t.byteLength, 0);
     grow(this.layers.open(), bytes);
   }
 
@@ -168,15 +169,18 @@ export class LayerFile {
   write(name: string, offset: number, pieces: readonly Uint8Array[]): void {
     const begin = this.begins.get(name);
     if (begin === undefined) throw new RangeError(`layer file: no tensor ${name}`);
-    this.writes.push(this.writeAll(begin + offset, pieces).catch((err: Error) => void (this.error ??= err)));
+    this.queue(begin + offset, pieces);
   }
 
-  /** Writes the header, waits for the pieces and loads every tensor, evaluated. */
-  async load(): Promise<Record<string, mx.array>> {
+  /**
+   * Writes the header, waits for the pieces and loads every tensor, evaluated; null when a write
+   * failed (a full tmpfs), which leaves the file unfit to load.
+   */
+  async load(): Promise<Record<string, mx.array> | null> {
     if (this.closed) throw new Error("layer file: closed");
-    await this.writeAll(0, [this.header]);
+    this.queue(0, [this.header]);
     await Promise.all(this.writes);
-    if (this.error) throw this.error;
+    if (this.error) return null;
     const arrays = mx.load(this.file) as unknown as Record<string, mx.array>;
     mx.eval(...Object.values(arrays));
     return arrays;
@@ -188,6 +192,11 @@ export class LayerFile {
     this.closed = true;
     await Promise.all(this.writes);
     this.release();
+  }
+
+  /** Starts a write on the thread pool; a failure is kept for load, never thrown here. */
+  private queue(position: number, pieces: readonly Uint8Array[]): void {
+    this.writes.push(this.writeAll(position, pieces).catch((err: Error) => void (this.error ??= err)));
   }
 
   private async writeAll(position: number, pieces: readonly Uint8Array[]): Promise<void> {

@@ -79,11 +79,10 @@ export function warmUpVerify(payloads: BlockPayloads, from: ModelCache, runs = 6
 }
 
 /**
- * Evaluates, then drops, buffers shaped like those a whole-layer restore loads (`layers` arrays of
- * `shape`): the allocator keeps their pages (src/engine/allocator.ts) for the first restore's
- * mx.load, which otherwise pays a page fault per 4 KiB (about 80 ms for 216 MB here).
+ * Evaluates, then drops, buffers shaped like the tensors a whole-layer restore loads (`specs`): the
+ * allocator keeps their pages (src/engine/allocator.ts) for the first restore's mx.load, which
+ * otherwise pays a page fault per 4 KiB (about 80 ms for 216 MB here).
  */
-export function prefault(layers: number, shape: number[]): void {
-  const buffers = Array.from({ length: layers }, () => mx.zeros(shape, mx.float32));
-  mx.eval(...buffers);
+export function prefault(specs: readonly TensorSpec[]): void {
+  mx.eval(...specs.map((t) => mx.zeros(t.shape, mx.float32)));
 }

@@ -1,3 +1,5 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
 import { chainKeys, rootKey, type PrefixCache } from "../../src/cache";
 import { LayerFile, Staging } from "../../src/cache/staging";
@@ -119,6 +121,26 @@ describe("an SSD run staged whole and adopted as the sequence's buffers", () => 
     expect(rows(sequence, 0, 40)).toEqual(rows(computed[1], 0, 40));
     for (const values of rows(sequence, 40, sequence.capacity))
       expect(values.every((v) => Object.is(v, 0))).toBe(true);
+  });
+
+  it("a write into the layer file that fails (a full tmpfs) restores nothing, and the next restore is exact", async () => {
+    const prompts = [tokens(10, 70), tokens(11, 70)];
+    const { cache, computed } = await ssdOnly(prompts);
+    // The layer file on a full device: /dev/full answers every write with ENOSPC.
+    const layers = path.join(cache.options.stagingDir, "layers.safetensors");
+    fs.symlinkSync("/dev/full", layers);
+    const failed = await restore(cache, prompts[0], 80);
+    expect(failed.report).toMatchObject({
+      restoredTokens: 0,
+      ssdTokens: 0,
+      lostTokens: 69,
+      corruptBlocks: 0,
+    });
+    expect(failed.sequence.offset).toBe(0);
+    fs.rmSync(layers);
+    const { sequence, report } = await restore(cache, prompts[1], 80);
+    expect(report.restoredTokens).toBe(69);
+    expect(rows(sequence, 0, 69)).toEqual(rows(computed[1], 0, 69));
   });
 
   it("two restores at once: one stages whole, the other batch by batch, both exact", async () => {
