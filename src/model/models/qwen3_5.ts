@@ -1,6 +1,6 @@
 import { core as mx } from "@frost-beta/mlx";
 import type { LinearAttentionConfig, ModelConfig } from "../config";
-import type { RecurrentState } from "../kv-cache";
+import type { RecurrentState } from "../recurrent-state";
 import type { RowProduct } from "../batch-rows";
 import {
   type CausalLM,
