@@ -373,9 +373,11 @@ export class PrefixCache {
    * the staging file is grown to one restore batch, whose tmpfs pages a restore would otherwise
    * allocate; and for a model whose SSD runs are staged whole, the layer file is grown to the
    * longest chain on SSD (at most `contextTokens`, rounded up as a sequence's capacity is, plus
-   * one step), and buffers of that shape are allocated once so the allocator keeps their pages.
+   * one step), and buffers of that shape are allocated once so the allocator keeps their pages;
+   * not when those buffers would take more than `bytesMax` (what the engine's memory budget leaves
+   * a sequence).
    */
-  warmUp(from: ModelCache, into: ModelCache, contextTokens: number): void {
+  warmUp(from: ModelCache, into: ModelCache, contextTokens: number, bytesMax = Infinity): void {
     warmUpRestore(this.staging, from, into);
     warmUpVerify(this.payloads, from);
     if (!this.ssd && !this.shared) return;
@@ -384,6 +386,7 @@ export class PrefixCache {
     if (longest === 0 || !stagesWhole(this.model)) return;
     const step = into.stepTokens;
     const specs = layerSpecs(this.model, (Math.ceil(longest / step) + 1) * step);
+    if (specs.reduce((n, t) => n + t.byteLength, 0) > bytesMax) return;
     this.staging.prepareLayers(specs);
     prefault(specs);
   }

@@ -206,7 +206,7 @@ export class Engine {
     mx.eval(this.model.forward([0], cache));
     if (this.cache) {
       const restored = this.model.newCache(n + 2);
-      this.cache.warmUp(cache, restored, this.info.contextTokens);
+      this.cache.warmUp(cache, restored, this.info.contextTokens, this.memoryMax - this.fixedBytes);
       mx.eval(this.model.forward([0], restored));
     }
     global.gc?.();

@@ -58,13 +58,13 @@ describe.each([
     await generate(writer, model, "t", randomTokens(6, 300, model.config.vocabSize)); // a chain of 303 tokens
     await generate(writer, model, "t", randomTokens(7, 40, model.config.vocabSize));
     await writer.close();
-    const sizes = async (contextTokens: number): Promise<number[]> => {
+    const sizes = async (contextTokens: number, bytesMax?: number): Promise<number[]> => {
       const cache = await track(openCache(model, { ssdDir, restoreBatchBytesMax: 1 << 20 }));
       const from = model.newCache(26);
       from.captureSnapshots(12);
       model.forward(randomTokens(5, 24, model.config.vocabSize), from);
       model.materialize(from);
-      cache.warmUp(from, model.newCache(26), contextTokens);
+      cache.warmUp(from, model.newCache(26), contextTokens, bytesMax);
       const dir = cache.options.stagingDir;
       const out = fs
         .readdirSync(dir)
@@ -81,6 +81,9 @@ describe.each([
       // layers.safetensors, then restore.safetensors: 303 tokens make a capacity of 512 plus a step.
       expect(await sizes(4096)).toEqual([fileBytes(768), 1 << 20]);
       expect(await sizes(100)).toEqual([fileBytes(512), 1 << 20]);
+      // Not beyond what the engine's memory budget leaves a sequence: 768 rows of KV do not fit.
+      const kv768 = fileBytes(768) - encodeHeader(layerSpecs(model, 768), {}).length;
+      expect(await sizes(4096, kv768 - 1)).toEqual([1 << 20]);
     } else {
       expect(await sizes(4096)).toEqual([1 << 20]);
     }
