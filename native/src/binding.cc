@@ -57,6 +57,17 @@ kvstore::Key RequireKey(const Napi::CallbackInfo& info, size_t index) {
   return KeyAt(buffer.Data());
 }
 
+// Packed 32-byte keys.
+std::vector<kvstore::Key> RequireKeys(const Napi::CallbackInfo& info, size_t index) {
+  REQUIRE_ARGUMENT_BUFFER(info, index, keys);
+  auto keys = info[index].As<Napi::Buffer<uint8_t>>();
+  if (keys.Length() % kvstore::kKeyBytes != 0)
+    throw Napi::TypeError::New(info.Env(), "keys must be a multiple of 32 bytes");
+  std::vector<kvstore::Key> parsed(keys.Length() / kvstore::kKeyBytes);
+  for (size_t i = 0; i < parsed.size(); ++i) parsed[i] = KeyAt(keys.Data() + i * kvstore::kKeyBytes);
+  return parsed;
+}
+
 uint64_t OptionNumber(const Napi::Object& options, const char* name, uint64_t fallback) {
   Napi::Value value = options.Get(name);
   if (value.IsUndefined()) return fallback;
@@ -138,13 +149,32 @@ class WriteWorker : public PromiseWorker {
   std::vector<Code> codes_;
 };
 
-class GetWorker : public PromiseWorker {
+// Reads hand verified payloads to JavaScript; what never reached it is freed here.
+class ReadWorker : public PromiseWorker {
  public:
-  GetWorker(Napi::Env env, std::shared_ptr<kvstore::Store> store, std::vector<kvstore::Key> keys)
+  ReadWorker(Napi::Env env, std::shared_ptr<kvstore::Store> store, std::vector<kvstore::Key> keys)
       : PromiseWorker(env, std::move(store)), keys_(std::move(keys)) {}
-  ~GetWorker() override {
+  ~ReadWorker() override {
     for (auto& result : results_) std::free(result.base);  // only those never handed to JS
   }
+
+ protected:
+  // Zero copy: the Buffer views the verified payload inside the read buffer and frees
+  // the whole allocation when collected.
+  static Napi::Buffer<uint8_t> HandOver(Napi::Env env, kvstore::ReadResult& result) {
+    uint8_t* base = result.base;
+    result.base = nullptr;
+    return Napi::Buffer<uint8_t>::New(env, base + kvstore::ReadResult::kPayloadOffset, result.payloadBytes,
+                                      [base](Napi::Env, uint8_t*) { std::free(base); });
+  }
+
+  std::vector<kvstore::Key> keys_;
+  std::vector<kvstore::ReadResult> results_;
+};
+
+class GetWorker : public ReadWorker {
+ public:
+  using ReadWorker::ReadWorker;
   void Execute() override { results_ = store_->GetMany(keys_); }
   void OnOK() override {
     Napi::Env env = Env();
@@ -155,21 +185,51 @@ class GetWorker : public PromiseWorker {
         out.Set(static_cast<uint32_t>(i), Napi::Number::New(env, static_cast<int32_t>(result.code)));
         continue;
       }
-      // Zero copy: the Buffer views the verified payload inside the read buffer
-      // and frees the whole allocation when collected.
-      uint8_t* base = result.base;
-      result.base = nullptr;
-      Napi::Buffer<uint8_t> buffer = Napi::Buffer<uint8_t>::New(
-          env, base + kvstore::ReadResult::kPayloadOffset, result.payloadBytes,
-          [base](Napi::Env, uint8_t*) { std::free(base); });
-      out.Set(static_cast<uint32_t>(i), buffer);
+      out.Set(static_cast<uint32_t>(i), HandOver(env, result));
     }
+    deferred_.Resolve(out);
+  }
+};
+
+// Resolves { spans, fallbacks }: for key i, spans[2i] and spans[2i + 1] are the payload's
+// offset and length in the arena; or -1 and the error code; or -2 and the index in
+// `fallbacks` of the Buffer a payload that did not fit the arena was read into.
+class GetIntoWorker : public ReadWorker {
+ public:
+  GetIntoWorker(Napi::Env env, std::shared_ptr<kvstore::Store> store, std::vector<kvstore::Key> keys,
+                Napi::Buffer<uint8_t> arena)
+      : ReadWorker(env, std::move(store), std::move(keys)), arena_(arena.Data()), arenaBytes_(arena.Length()) {
+    arenaRef_ = Napi::Persistent(arena.As<Napi::Object>());
+  }
+  void Execute() override { results_ = store_->GetManyInto(keys_, arena_, arenaBytes_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Float64Array spans = Napi::Float64Array::New(env, 2 * results_.size());
+    Napi::Array fallbacks = Napi::Array::New(env);
+    for (size_t i = 0; i < results_.size(); ++i) {
+      kvstore::ReadResult& result = results_[i];
+      if (result.code != Code::kOk) {
+        spans[2 * i] = -1;
+        spans[2 * i + 1] = static_cast<int32_t>(result.code);
+      } else if (result.arenaOffset == kvstore::ReadResult::kNotInArena) {
+        spans[2 * i] = -2;
+        spans[2 * i + 1] = fallbacks.Length();
+        fallbacks.Set(fallbacks.Length(), HandOver(env, result));
+      } else {
+        spans[2 * i] = static_cast<double>(result.arenaOffset);
+        spans[2 * i + 1] = result.payloadBytes;
+      }
+    }
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("spans", spans);
+    out.Set("fallbacks", fallbacks);
     deferred_.Resolve(out);
   }
 
  private:
-  std::vector<kvstore::Key> keys_;
-  std::vector<kvstore::ReadResult> results_;
+  Napi::ObjectReference arenaRef_;  // keeps the arena alive while the reads fill it
+  uint8_t* arena_;
+  size_t arenaBytes_;
 };
 
 class CloseWorker : public PromiseWorker {
@@ -189,6 +249,7 @@ class NativeStore : public Napi::ObjectWrap<NativeStore> {
                            InstanceMethod<&NativeStore::Open>("open"),
                            InstanceMethod<&NativeStore::Write>("write"),
                            InstanceMethod<&NativeStore::GetMany>("getMany"),
+                           InstanceMethod<&NativeStore::GetManyInto>("getManyInto"),
                            InstanceMethod<&NativeStore::Has>("has"),
                            InstanceMethod<&NativeStore::Pin>("pin"),
                            InstanceMethod<&NativeStore::Unpin>("unpin"),
@@ -275,13 +336,16 @@ class NativeStore : public Napi::ObjectWrap<NativeStore> {
 
   Napi::Value GetMany(const Napi::CallbackInfo& info) {
     REQUIRE_ARGUMENT_COUNT(info, 1);
-    REQUIRE_ARGUMENT_BUFFER(info, 0, keys);
-    auto keys = info[0].As<Napi::Buffer<uint8_t>>();
-    if (keys.Length() % kvstore::kKeyBytes != 0)
-      throw Napi::TypeError::New(info.Env(), "keys must be a multiple of 32 bytes");
-    std::vector<kvstore::Key> parsed(keys.Length() / kvstore::kKeyBytes);
-    for (size_t i = 0; i < parsed.size(); ++i) parsed[i] = KeyAt(keys.Data() + i * kvstore::kKeyBytes);
-    auto* worker = new GetWorker(info.Env(), Require(info.Env()), std::move(parsed));
+    auto* worker = new GetWorker(info.Env(), Require(info.Env()), RequireKeys(info, 0));
+    worker->Queue();
+    return worker->Promise();
+  }
+
+  Napi::Value GetManyInto(const Napi::CallbackInfo& info) {
+    REQUIRE_ARGUMENT_COUNT(info, 2);
+    REQUIRE_ARGUMENT_BUFFER(info, 1, arena);
+    auto* worker = new GetIntoWorker(info.Env(), Require(info.Env()), RequireKeys(info, 0),
+                                     info[1].As<Napi::Buffer<uint8_t>>());
     worker->Queue();
     return worker->Promise();
   }

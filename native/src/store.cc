@@ -65,6 +65,37 @@ int PreadFull(int fd, void* buffer, size_t count, uint64_t offset, size_t* readB
   return 0;
 }
 
+// Steps an iovec array past `bytes` transferred by a partial preadv/pwritev.
+void AdvanceIov(struct iovec** iov, int* iovCount, size_t bytes) {
+  while (*iovCount > 0 && bytes >= (*iov)->iov_len) {
+    bytes -= (*iov)->iov_len;
+    ++*iov;
+    --*iovCount;
+  }
+  if (*iovCount > 0) {
+    (*iov)->iov_base = static_cast<uint8_t*>((*iov)->iov_base) + bytes;
+    (*iov)->iov_len -= bytes;
+  }
+}
+
+// PreadFull over several buffers.
+int PreadvFull(int fd, struct iovec* iov, int iovCount, uint64_t offset, size_t* readBytes) {
+  size_t done = 0;
+  while (iovCount > 0) {
+    ssize_t n = ::preadv(fd, iov, iovCount, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      *readBytes = done;
+      return errno;
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+    AdvanceIov(&iov, &iovCount, static_cast<size_t>(n));
+  }
+  *readBytes = done;
+  return 0;
+}
+
 int PwritevFull(int fd, struct iovec* iov, int iovCount, uint64_t offset) {
   while (iovCount > 0) {
     ssize_t n = ::pwritev(fd, iov, iovCount, static_cast<off_t>(offset));
@@ -74,16 +105,7 @@ int PwritevFull(int fd, struct iovec* iov, int iovCount, uint64_t offset) {
     }
     if (n == 0) return EIO;
     offset += static_cast<uint64_t>(n);
-    size_t left = static_cast<size_t>(n);
-    while (iovCount > 0 && left >= iov->iov_len) {
-      left -= iov->iov_len;
-      ++iov;
-      --iovCount;
-    }
-    if (iovCount > 0) {
-      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + left;
-      iov->iov_len -= left;
-    }
+    AdvanceIov(&iov, &iovCount, static_cast<size_t>(n));
   }
   return 0;
 }
@@ -1224,7 +1246,7 @@ bool Store::CompactOne(std::set<uint32_t>* stuck) {
   std::vector<Copy> copies;
   for (const ReadTask& task : live) {
     ReadResult read;
-    Code code = ReadVerified(task, &read);
+    Code code = ReadVerified(task, nullptr, &read);
     std::unique_lock<std::mutex> meta(metaMu_);
     auto found = index_.find(task.key);
     bool same = found != index_.end() && found->second->seqNo == task.seqNo &&
@@ -1721,12 +1743,22 @@ bool Store::Checkpoint() {
 
 // ---- reads --------------------------------------------------------------------
 
-Code Store::ReadVerified(const ReadTask& task, ReadResult* result) {
+// The payload goes to `into` when given, else into a malloc'd copy of the whole record
+// that *result then owns.
+Code Store::ReadVerified(const ReadTask& task, uint8_t* into, ReadResult* result) {
   uint64_t total = kRecordHeaderBytes + task.payloadBytes;
-  auto* base = static_cast<uint8_t*>(std::malloc(static_cast<size_t>(total)));
-  if (base == nullptr) std::abort();
+  uint8_t headerBytes[kRecordHeaderBytes];
+  uint8_t* head = headerBytes;
+  uint8_t* base = nullptr;
+  if (into == nullptr) {
+    base = static_cast<uint8_t*>(std::malloc(static_cast<size_t>(total)));
+    if (base == nullptr) std::abort();
+    head = base;
+    into = base + kRecordHeaderBytes;
+  }
+  struct iovec iov[2] = {{head, kRecordHeaderBytes}, {into, task.payloadBytes}};
   size_t got = 0;
-  int err = PreadFull(task.segment->fd, base, static_cast<size_t>(total), task.offset, &got);
+  int err = PreadvFull(task.segment->fd, iov, 2, task.offset, &got);
   if (err != 0) {
     std::free(base);
     return Code::kIo;
@@ -1734,10 +1766,10 @@ Code Store::ReadVerified(const ReadTask& task, ReadResult* result) {
   RecordHeader header;
   bool ok = got == total;
   if (ok) {
-    std::memcpy(&header, base, sizeof(header));
+    std::memcpy(&header, head, sizeof(header));
     ok = header.magic == kRecordMagic && header.kind == kRecordBlock && header.payloadBytes == task.payloadBytes &&
          header.seqNo == task.seqNo && std::memcmp(header.key, task.key.bytes.data(), kKeyBytes) == 0 &&
-         header.checksum == ChecksumRecord(header, base + kRecordHeaderBytes, task.payloadBytes);
+         header.checksum == ChecksumRecord(header, into, task.payloadBytes);
   }
   if (!ok) {
     std::free(base);
@@ -1749,7 +1781,9 @@ Code Store::ReadVerified(const ReadTask& task, ReadResult* result) {
   return Code::kOk;
 }
 
-std::vector<ReadResult> Store::GetMany(const std::vector<Key>& keys) {
+std::vector<ReadResult> Store::GetMany(const std::vector<Key>& keys) { return GetManyInto(keys, nullptr, 0); }
+
+std::vector<ReadResult> Store::GetManyInto(const std::vector<Key>& keys, uint8_t* arena, size_t arenaBytes) {
   std::vector<ReadResult> results(keys.size());
   if (!Enter()) {
     for (auto& result : results) result.code = Code::kClosed;
@@ -1789,9 +1823,23 @@ std::vector<ReadResult> Store::GetMany(const std::vector<Key>& keys) {
                       static_cast<off_t>(kRecordHeaderBytes + task.payloadBytes), POSIX_FADV_WILLNEED);
     }
   }
+  // Places in the arena are handed out in key order before any read starts. Alignment
+  // is of addresses, so the arena's own offset decides the padding before the first.
+  std::vector<uint8_t*> into(tasks.size(), nullptr);
+  if (arena != nullptr) {
+    auto address = reinterpret_cast<uintptr_t>(arena);
+    uint64_t used = ((address + kArenaAlign - 1) & ~uintptr_t{kArenaAlign - 1}) - address;
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      uint64_t bytes = tasks[t].payloadBytes;
+      if (used + bytes > arenaBytes) continue;
+      into[t] = arena + used;
+      used += (bytes + kArenaAlign - 1) & ~uint64_t{kArenaAlign - 1};
+    }
+  }
   RunParallel(tasks.size(), [&](size_t t) {
     ReadResult& result = results[taskKey[t]];
-    result.code = ReadVerified(tasks[t], &result);
+    result.code = ReadVerified(tasks[t], into[t], &result);
+    if (result.code == Code::kOk && into[t] != nullptr) result.arenaOffset = static_cast<uint64_t>(into[t] - arena);
   });
   {
     std::lock_guard<std::mutex> meta(metaMu_);

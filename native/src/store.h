@@ -116,13 +116,20 @@ struct WriteOp {
 };
 
 // A verified read. The payload starts kPayloadOffset bytes into `base`, which the
-// caller owns and releases with free().
+// caller owns and releases with free(); or, read by GetManyInto into its arena, at
+// arenaOffset there, and base is null.
 struct ReadResult {
   Code code = Code::kNotFound;
   uint8_t* base = nullptr;
   uint32_t payloadBytes = 0;
+  uint64_t arenaOffset = kNotInArena;
   static constexpr size_t kPayloadOffset = sizeof(RecordHeader);
+  static constexpr uint64_t kNotInArena = ~0ull;
 };
+
+// GetManyInto starts every payload in its arena at an address that is a multiple of
+// this, as GetMany's are (malloc's alignment).
+constexpr size_t kArenaAlign = 16;
 
 struct Stats {
   uint64_t bytes = 0;  // on disk, counted in whole 4 KiB blocks per file
@@ -170,6 +177,10 @@ class Store {
   std::vector<Code> Write(const std::vector<WriteOp>& ops);
   // Reads and verifies many blocks with parallel preads.
   std::vector<ReadResult> GetMany(const std::vector<Key>& keys);
+  // GetMany into caller-owned memory: payloads go into `arena`, in key order, each at the
+  // next kArenaAlign-aligned address; one that no longer fits is read as GetMany reads
+  // it. The arena must stay valid, and untouched by others, until this returns.
+  std::vector<ReadResult> GetManyInto(const std::vector<Key>& keys, uint8_t* arena, size_t arenaBytes);
   bool Has(const Key& key);
   // hard: never evicted until Unpin; otherwise evictable again after ttlMs.
   Code Pin(const Key& key, bool hard, uint64_t ttlMs);
@@ -234,7 +245,7 @@ class Store {
                     uint64_t seqNo, bool forCompaction, uint32_t* segmentId, uint64_t* offset);
   bool Checkpoint();
   void DeleteSegment(const std::shared_ptr<Segment>& segment);
-  Code ReadVerified(const ReadTask& task, ReadResult* result);
+  Code ReadVerified(const ReadTask& task, uint8_t* into, ReadResult* result);
 
   void StartReadPool();
   void StopReadPool();

@@ -171,6 +171,64 @@ void TestRoundTripAndReopen() {
   RemoveDir(dir);
 }
 
+// The payload as GetManyInto returned it: in the arena or, when it did not fit, malloc'd.
+const uint8_t* PayloadIn(const kvstore::ReadResult& result, const uint8_t* arena) {
+  if (result.arenaOffset == kvstore::ReadResult::kNotInArena)
+    return result.base + kvstore::ReadResult::kPayloadOffset;
+  return arena + result.arenaOffset;
+}
+
+void TestGetManyInto() {
+  std::string dir = TempDir("into");
+  std::vector<Key> keys;
+  for (uint64_t i = 0; i < 120; ++i) keys.push_back(KeyOf(5000 + i));
+  auto store = MustOpen(dir, SmallOptions());
+  for (Code code : Put(*store, keys, 0, 9000)) CHECK(code == Code::kOk);
+  std::vector<Key> asked = keys;
+  asked.insert(asked.begin() + 3, KeyOf(999999));  // never written
+  size_t needed = kvstore::kArenaAlign - 1;
+  for (const Key& key : keys) {
+    size_t bytes = PayloadOf(key, 0, 9000).size();
+    needed += (bytes + kvstore::kArenaAlign - 1) / kvstore::kArenaAlign * kvstore::kArenaAlign;
+  }
+  std::vector<uint8_t> memory(needed + 1);
+  // Off by one from malloc's alignment, so the first payload needs padding.
+  uint8_t* arena = memory.data() + 1;
+  for (size_t arenaBytes : {needed, needed / 2, size_t{0}}) {
+    auto results = store->GetManyInto(asked, arenaBytes == 0 ? nullptr : arena, arenaBytes);
+    CHECK_EQ(results.size(), asked.size());
+    CHECK(results[3].code == Code::kNotFound);
+    size_t inArena = 0;
+    uint64_t end = 0;
+    for (size_t i = 0; i < asked.size(); ++i) {
+      if (i == 3) continue;
+      const kvstore::ReadResult& result = results[i];
+      std::vector<uint8_t> expected = PayloadOf(asked[i], 0, 9000);
+      CHECK(result.code == Code::kOk);
+      CHECK_EQ(result.payloadBytes, expected.size());
+      if (result.code != Code::kOk || result.payloadBytes != expected.size()) continue;
+      CHECK(std::memcmp(PayloadIn(result, arena), expected.data(), expected.size()) == 0);
+      if (result.arenaOffset == kvstore::ReadResult::kNotInArena) continue;
+      inArena += 1;
+      CHECK(result.base == nullptr);
+      // In key order, aligned, without overlap, inside the arena.
+      CHECK(result.arenaOffset >= end);
+      CHECK_EQ(reinterpret_cast<uintptr_t>(arena + result.arenaOffset) % kvstore::kArenaAlign, 0u);
+      end = result.arenaOffset + result.payloadBytes;
+      CHECK(end <= arenaBytes);
+    }
+    if (arenaBytes == needed) CHECK_EQ(inArena, keys.size());
+    if (arenaBytes == needed / 2) CHECK(inArena > 0 && inArena < keys.size());
+    if (arenaBytes == 0) CHECK_EQ(inArena, 0u);
+    FreeAll(results);
+  }
+  store->Close();
+  auto closed = store->GetManyInto(keys, arena, needed);
+  CHECK(closed[0].code == Code::kClosed);
+  store.reset();
+  RemoveDir(dir);
+}
+
 void TestTornTailAndCorruption() {
   std::string dir = TempDir("torn");
   std::string crashed = TempDir("torn-crashed");
@@ -579,6 +637,7 @@ void TestClockAndLock() {
 
 int main() {
   TestRoundTripAndReopen();
+  TestGetManyInto();
   TestTornTailAndCorruption();
   TestCapAndPins();
   TestConcurrentReadersAndWriter();

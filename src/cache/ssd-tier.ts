@@ -212,6 +212,11 @@ export class SsdTier {
     return this.store.getMany(keys);
   }
 
+  /** getMany into the caller's reused `arena`; BlockStore.getManyInto says how long its views stay valid. */
+  getManyInto(keys: readonly Buffer[], arena: Buffer): Promise<GetResult[]> {
+    return this.store.getManyInto(keys, arena);
+  }
+
   /** Removes a block (e.g. one that failed verification). */
   async delete(key: Buffer): Promise<void> {
     this.records.delete(key.toString("hex"));

@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 
 import { StoreError, codeFromNative, isStoreErrorCode } from "./errors";
+import type { StoreErrorCode } from "./errors";
 import type {
   BlockStore,
   DeleteResult,
@@ -19,6 +20,7 @@ interface NativeStoreHandle {
   open(dir: string, options: object): Promise<void>;
   write(keys: Buffer, payloads: (Buffer | null)[]): Promise<Int32Array>;
   getMany(keys: Buffer): Promise<(Buffer | number)[]>;
+  getManyInto(keys: Buffer, arena: Buffer): Promise<ArenaRead>;
   has(key: Buffer): boolean;
   pin(key: Buffer, hard: boolean, ttlMs: number): number;
   unpin(key: Buffer): boolean;
@@ -27,6 +29,15 @@ interface NativeStoreHandle {
   close(): Promise<void>;
   setNowMs(ms: number): void;
   injectFaults(spec: string): void;
+}
+
+/**
+ * For key i, spans[2i] and spans[2i + 1] are the payload's offset and length in the arena; or -1
+ * and the native error code; or -2 and the index in `fallbacks` of a payload that did not fit.
+ */
+interface ArenaRead {
+  spans: Float64Array;
+  fallbacks: Buffer[];
 }
 
 interface AllocatorStats {
@@ -94,6 +105,8 @@ const SEGMENT_BYTES_MAX = 2 ** 32;
 const SEGMENT_HEADER_BYTES = 64;
 const RECORD_HEADER_BYTES = 64;
 const PAYLOAD_BYTES_LIMIT = 2 ** 30;
+// kvstore::kArenaAlign: getManyInto starts each payload at an address that is a multiple of this.
+const ARENA_ALIGN = 16;
 
 interface QueuedWrite {
   keys: Buffer[];
@@ -107,6 +120,11 @@ function requireKey(key: unknown): Buffer {
     throw new TypeError(`key must be a Buffer of ${KEY_BYTES} bytes`);
   }
   return key;
+}
+
+function packKeys(keys: readonly Buffer[]): Buffer {
+  if (!Array.isArray(keys)) throw new TypeError("keys must be an array");
+  return Buffer.concat(keys.map(requireKey), keys.length * KEY_BYTES);
 }
 
 function requireCount(name: string, value: unknown, min: number, max: number): number {
@@ -150,6 +168,12 @@ function normalizeOptions(options: StoreOptions): NormalizedOptions {
   };
 }
 
+function readError(code: number): StoreErrorCode {
+  const name = codeFromNative(code);
+  if (name === "OK") throw new Error("native store returned OK without a payload");
+  return name;
+}
+
 function readClock(nowMs: () => number): number {
   const ms = nowMs();
   if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0 || ms > Number.MAX_SAFE_INTEGER) {
@@ -176,6 +200,8 @@ export class SsdBlockStore implements BlockStore {
   private closed = false;
   private closing: Promise<void> | undefined;
   private readonly inflight = new Set<Promise<unknown>>();
+  // Arenas getManyInto is reading into now.
+  private readonly arenasInUse = new Set<Buffer>();
 
   private readonly nowMs: (() => number) | undefined;
 
@@ -190,6 +216,21 @@ export class SsdBlockStore implements BlockStore {
       options.segmentBytes - SEGMENT_HEADER_BYTES - RECORD_HEADER_BYTES,
       PAYLOAD_BYTES_LIMIT,
     );
+  }
+
+  /**
+   * Bytes of an arena that holds payloads of these sizes in one getManyInto, whatever its address:
+   * each payload starts at a 16-byte aligned address, so each takes its size rounded up to 16, and
+   * up to 15 bytes may go before the first.
+   */
+  static arenaBytes(payloadBytes: readonly number[]): number {
+    if (!Array.isArray(payloadBytes)) throw new TypeError("payloadBytes must be an array");
+    let total = ARENA_ALIGN - 1;
+    for (const bytes of payloadBytes) {
+      total +=
+        Math.ceil(requireCount("payloadBytes", bytes, 0, PAYLOAD_BYTES_LIMIT) / ARENA_ALIGN) * ARENA_ALIGN;
+    }
+    return total;
   }
 
   /** Opens (creating if needed) a store directory; rejects with KV_LOCKED, KV_FORMAT or KV_IO. */
@@ -256,19 +297,38 @@ export class SsdBlockStore implements BlockStore {
   }
 
   getMany(keys: readonly Buffer[]): Promise<GetResult[]> {
-    if (!Array.isArray(keys)) throw new TypeError("keys must be an array");
-    const packed = Buffer.concat(keys.map(requireKey), keys.length * KEY_BYTES);
+    const packed = packKeys(keys);
     if (this.closed) return Promise.resolve(keys.map(() => "KV_CLOSED" as const));
     this.syncClock();
     return this.track(
-      this.handle.getMany(packed).then((values) =>
-        values.map((value): GetResult => {
-          if (typeof value !== "number") return value;
-          const name = codeFromNative(value);
-          if (name === "OK") throw new Error("native store returned OK without a payload");
-          return name;
+      this.handle
+        .getMany(packed)
+        .then((values) => values.map((value) => (typeof value === "number" ? readError(value) : value))),
+    );
+  }
+
+  getManyInto(keys: readonly Buffer[], arena: Buffer): Promise<GetResult[]> {
+    const packed = packKeys(keys);
+    if (!Buffer.isBuffer(arena)) throw new TypeError("arena must be a Buffer");
+    if (this.closed) return Promise.resolve(keys.map(() => "KV_CLOSED" as const));
+    this.requireFreeArena(arena);
+    this.syncClock();
+    const reading = this.handle.getManyInto(packed, arena);
+    // An empty arena receives no bytes: it cannot collide with another.
+    if (arena.length > 0) this.arenasInUse.add(arena);
+    return this.track(
+      reading
+        .finally(() => this.arenasInUse.delete(arena))
+        .then(({ spans, fallbacks }) => {
+          const results = new Array<GetResult>(spans.length / 2);
+          for (let i = 0; i < results.length; i++) {
+            const at = spans[2 * i];
+            const value = spans[2 * i + 1];
+            if (at >= 0) results[i] = arena.subarray(at, at + value);
+            else results[i] = at === -2 ? fallbacks[value] : readError(value);
+          }
+          return results;
         }),
-      ),
     );
   }
 
@@ -341,6 +401,20 @@ export class SsdBlockStore implements BlockStore {
   // set here, before every call whose work may expire soft pins (writes evict, reads compact).
   private syncClock(): void {
     if (this.nowMs) this.handle.setNowMs(readClock(this.nowMs));
+  }
+
+  // Two reads filling the same bytes would hand out views whose bytes change under them.
+  private requireFreeArena(arena: Buffer): void {
+    if (arena.length === 0) return;
+    for (const other of this.arenasInUse) {
+      if (
+        other.buffer === arena.buffer &&
+        other.byteOffset < arena.byteOffset + arena.length &&
+        arena.byteOffset < other.byteOffset + other.length
+      ) {
+        throw new RangeError("arena overlaps the arena of a getManyInto still reading");
+      }
+    }
   }
 
   private requireOpen(): void {

@@ -98,6 +98,17 @@ export interface BlockStore {
   put(entries: readonly PutEntry[]): Promise<PutResult[]>;
   /** Reads many blocks in parallel; every payload returned has passed its checksum. */
   getMany(keys: readonly Buffer[]): Promise<GetResult[]>;
+  /**
+   * getMany into memory the caller owns and reuses, so a read allocates no new external memory:
+   * each payload is a view (subarray) of `arena`, in key order and 16-byte aligned, or, once the
+   * arena has no room left for it, a Buffer of its own as getMany returns. Results are otherwise
+   * getMany's. SsdBlockStore.arenaBytes gives the size that holds given payloads.
+   *
+   * The views alias the arena: do not read into it again, or write to it, until done with the
+   * views of the previous read. Concurrent calls need arenas that do not overlap (an overlap
+   * throws RangeError). Bytes of the arena outside the returned views are unspecified.
+   */
+  getManyInto(keys: readonly Buffer[], arena: Buffer): Promise<GetResult[]>;
   /** Whether the key is indexed; does not count as an access. */
   has(key: Buffer): boolean;
   /** Removes a block durably (a tombstone under the fsync policy). */
