@@ -16,7 +16,7 @@ import { core as mx } from "@frost-beta/mlx";
 import { PrefixCache } from "../../src/cache";
 import { blockDataBytes, type ModelShape } from "../../src/cache/block-codec";
 import { parseModelConfig } from "../../src/model/config";
-import { ModelCache } from "../../src/model/kv-cache";
+import { ModelCache } from "../../src/model/model-cache";
 import { PRESETS } from "../../src/model-gen/presets";
 
 const PRESET_NAMES = ["qwen2.5-0.5b", "gemma3-1b", "qwen3.5-0.8b"];

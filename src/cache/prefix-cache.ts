@@ -24,7 +24,7 @@ import { SsdTier } from "./ssd-tier";
 import { Staging, removeStaleStagingDirs } from "./staging";
 import { layerSpecs, stagesWhole } from "./layer-sink";
 import { prefault, warmUpRestore, warmUpVerify } from "./warm-up";
-import type { ModelCache } from "../model/kv-cache";
+import type { ModelCache } from "../model/model-cache";
 import { BlockTransfer } from "./transfer";
 
 /**

@@ -1,4 +1,4 @@
-import type { ModelCache } from "../model/kv-cache";
+import type { ModelCache } from "../model/model-cache";
 import type { FileIo } from "./file-io";
 import type { KVBlockRecord } from "./block-codec";
 import type { BlockErrorCode } from "./errors";

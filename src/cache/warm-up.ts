@@ -1,5 +1,6 @@
 import { core as mx } from "@frost-beta/mlx";
-import { isSnapshot, type LayerBlock, type ModelCache } from "../model/kv-cache";
+import { isSnapshot, type LayerBlock } from "../model/kv-cache";
+import { type ModelCache } from "../model/model-cache";
 import { encodeHeader, type TensorSpec } from "../util/safetensors";
 import type { BlockEntry } from "./block-index";
 import type { BlockPayloads } from "./payloads";

@@ -1,4 +1,4 @@
-import type { ModelCache } from "../model/kv-cache.js";
+import type { ModelCache } from "../model/model-cache.js";
 import type { LoadedModel } from "../model/loader.js";
 import type { Residents } from "./sequence.js";
 

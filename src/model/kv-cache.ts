@@ -18,6 +18,11 @@ export interface LayerRows {
   values: mx.array | readonly mx.array[];
 }
 
+/** One array or consecutive pieces, as a list. */
+export function pieces(a: mx.array | readonly mx.array[]): readonly mx.array[] {
+  return Array.isArray(a) ? (a as readonly mx.array[]) : [a as mx.array];
+}
+
 /** Tokens added to a cache buffer at a time when it has to grow. */
 export const CACHE_STEP_TOKENS = 256;
 
@@ -120,12 +125,11 @@ export class KVCache {
     const zeros = (n: number) => mx.zeros([1, this.kvHeads, n, this.headDim], mx.float32);
     const build = (parts: readonly mx.array[]): mx.array => {
       if (at + back <= rows) {
-        return mx.concatenate(
-          [...(at > 0 ? [zeros(at)] : []), ...parts, ...(back > 0 ? [zeros(back)] : [])],
-          2,
-        );
+        return mx
+          .concatenate([...(at > 0 ? [zeros(at)] : []), ...parts, ...(back > 0 ? [zeros(back)] : [])], 2)
+          .astype(mx.float32);
       }
-      const joined = parts.length === 1 ? parts[0] : mx.concatenate([...parts], 2);
+      const joined = (parts.length === 1 ? parts[0] : mx.concatenate([...parts], 2)).astype(mx.float32);
       return mx.pad(joined, [
         [0, 0],
         [0, 0],
@@ -185,38 +189,53 @@ export class KVCache {
     keys: mx.array | readonly mx.array[],
     values: mx.array | readonly mx.array[],
   ): void {
-    if (!Number.isInteger(at) || at < 0 || at > this.offset) {
-      throw new RangeError(
-        `importRange at ${at}: must be within [0, ${this.offset}] so the cache stays contiguous`,
-      );
-    }
-    const keyParts = Array.isArray(keys) ? (keys as readonly mx.array[]) : [keys as mx.array];
-    const valueParts = Array.isArray(values) ? (values as readonly mx.array[]) : [values as mx.array];
-    const rowsOf = (name: string, parts: readonly mx.array[]): number => {
+    const keyParts = pieces(keys);
+    const valueParts = pieces(values);
+    this.writeRows(at, keyParts, valueParts, this.rowsOf(keyParts, valueParts));
+  }
+
+  /**
+   * Rows held by keys and values given as pieces [1, kvHeads, n, headDim], checked alike; throws
+   * a RangeError naming what does not fit. Reads each piece's shape once: a restore hands over
+   * thousands of pieces, and every property read crosses into native code.
+   */
+  rowsOf(keys: readonly mx.array[], values: readonly mx.array[]): number {
+    const count = (name: string, parts: readonly mx.array[]): number => {
       if (parts.length === 0) throw new RangeError(`importRange ${name}: no rows`);
       let rows = 0;
       for (const a of parts) {
-        const [b, h, n, d] = a.shape;
-        if (a.ndim !== 4 || b !== 1 || h !== this.kvHeads || d !== this.headDim || n < 1) {
+        const shape = a.shape;
+        const [b, h, n, d] = shape;
+        if (shape.length !== 4 || b !== 1 || h !== this.kvHeads || d !== this.headDim || n < 1) {
           throw new RangeError(
-            `importRange ${name}: expected [1, ${this.kvHeads}, n, ${this.headDim}], got [${a.shape.join(", ")}]`,
+            `importRange ${name}: expected [1, ${this.kvHeads}, n, ${this.headDim}], got [${shape.join(", ")}]`,
           );
         }
         rows += n;
       }
       return rows;
     };
-    const rows = rowsOf("keys", keyParts);
-    if (rowsOf("values", valueParts) !== rows) {
+    const rows = count("keys", keys);
+    const valueRows = count("values", values);
+    if (valueRows !== rows) {
+      throw new RangeError(`importRange: keys hold ${rows} tokens but values ${valueRows}`);
+    }
+    return rows;
+  }
+
+  /** importRange for pieces whose rows `rowsOf` counted. */
+  writeRows(at: number, keys: readonly mx.array[], values: readonly mx.array[], rows: number): void {
+    if (!Number.isInteger(at) || at < 0 || at > this.offset) {
       throw new RangeError(
-        `importRange: keys hold ${rows} tokens but values ${rowsOf("values", valueParts)}`,
+        `importRange at ${at}: must be within [0, ${this.offset}] so the cache stays contiguous`,
       );
     }
-    const f32 = (parts: readonly mx.array[]) => parts.map((a) => a.astype(mx.float32));
-    if (this.fillEmpty(at, f32(keyParts), f32(valueParts), rows)) return;
-    const join = (parts: mx.array[]) => (parts.length === 1 ? parts[0] : mx.concatenate(parts, 2));
+    if (this.fillEmpty(at, keys, values, rows)) return;
+    // Joined first and converted once: a conversion per piece costs a native call each.
+    const join = (parts: readonly mx.array[]) =>
+      (parts.length === 1 ? parts[0] : mx.concatenate([...parts], 2)).astype(mx.float32);
     this.offset = at;
-    this.updateAndFetch(join(f32(keyParts)), join(f32(valueParts)));
+    this.updateAndFetch(join(keys), join(values));
   }
 
   /**
@@ -288,208 +307,4 @@ export type LayerBlock = LayerKV | RecurrentSnapshot;
 /** True for a recurrent layer's part of a block. */
 export function isSnapshot(layer: LayerBlock): layer is RecurrentSnapshot {
   return "delta" in layer;
-}
-
-/**
- * The caches of all layers of one sequence: a KVCache per layer, and for the layers listed as
- * recurrent a RecurrentState they use instead (their KVCache stays empty and unallocated).
- * Token positions (offset, capacity) are those of the attention layers.
- */
-export class ModelCache {
-  readonly layers: KVCache[];
-  /** Per layer: its recurrent state, or null for an attention layer. */
-  readonly recurrent: (RecurrentState | null)[];
-  /** The layers that hold keys and values. */
-  readonly #attention: KVCache[];
-
-  constructor(
-    numLayers: number,
-    kvHeads: number,
-    headDim: number,
-    stepTokens = CACHE_STEP_TOKENS,
-    recurrentLayers: readonly number[] = [],
-  ) {
-    this.layers = Array.from({ length: numLayers }, () => new KVCache(kvHeads, headDim, stepTokens));
-    this.recurrent = this.layers.map((_, i) => (recurrentLayers.includes(i) ? new RecurrentState() : null));
-    this.#attention = this.layers.filter((_, i) => this.recurrent[i] === null);
-    if (this.#attention.length === 0) throw new RangeError("ModelCache: at least one layer must attend");
-  }
-
-  /** True when some layer carries recurrent state, which a restore takes from a snapshot. */
-  get hasRecurrentState(): boolean {
-    return this.#attention.length < this.layers.length;
-  }
-
-  /** Number of cached tokens (the same in every layer). */
-  get offset(): number {
-    return this.#attention[0].offset;
-  }
-
-  /** Allocated positions per layer. */
-  get capacity(): number {
-    return this.#attention[0].capacity;
-  }
-
-  /** Positions a layer's buffer grows by; its capacity is a multiple of it. */
-  get stepTokens(): number {
-    return this.#attention[0].stepTokens;
-  }
-
-  /**
-   * Reserves room for `tokens` positions in every layer, e.g. prompt plus max_tokens. The buffers stay
-   * lazy zeros: the first write into an empty layer builds its buffer in one pass (KVCache.fillEmpty),
-   * and evaluating them here would write every byte first (at 8k positions of qwen2.5-0.5b, 216 MB:
-   * 30 to 80 ms before a request's lookup).
-   */
-  reserve(tokens: number): void {
-    for (const layer of this.#attention) layer.reserve(tokens);
-  }
-
-  /**
-   * Makes the recurrent layers keep their state at every multiple of `blockTokens` (0: stop), so
-   * that blocks ending there can be exported. No effect without recurrent layers.
-   */
-  captureSnapshots(blockTokens: number): void {
-    for (const r of this.recurrent) if (r) r.snapshotTokens = blockTokens;
-  }
-
-  /** Snapshots held per recurrent layer (the same count in each). */
-  get snapshotCount(): number {
-    return this.recurrent.find((r) => r !== null)?.snapshots.size ?? 0;
-  }
-
-  /** Drops the snapshots taken at or before `position` (they are persisted, or never will be). */
-  dropSnapshots(position: number): void {
-    for (const r of this.recurrent) {
-      if (!r) continue;
-      for (const at of [...r.snapshots.keys()]) if (at <= position) r.snapshots.delete(at);
-    }
-  }
-
-  /**
-   * Whether positions [start, end) can be exported: for attention layers when a restore skipped
-   * none of them (KVCache.skipTo), for recurrent ones when their state after `end` is the current
-   * one or was captured.
-   */
-  canExport(start: number, end: number): boolean {
-    return this.layers.every((layer, i) => {
-      const r = this.recurrent[i];
-      return r ? r.at(end) !== undefined : layer.skippedBelow <= start;
-    });
-  }
-
-  /**
-   * Copies positions [start, end) of every attention layer (see KVCache.exportRange) and, for a
-   * recurrent layer, its state after `end` (shared, not copied: states are never written in place).
-   */
-  export(start: number, end: number): LayerBlock[] {
-    return this.layers.map((layer, i) => {
-      const r = this.recurrent[i];
-      if (!r) return layer.exportRange(start, end);
-      const snapshot = r.at(end);
-      if (!snapshot)
-        throw new RangeError(`export: layer ${i} holds no recurrent state after position ${end}`);
-      return snapshot;
-    });
-  }
-
-  /**
-   * Writes the tokens at positions [at, end) of every attention layer (see KVCache.importRange).
-   * A layer's range may hold only the last m of them, [end - m, end), or be null for none: a
-   * sliding-window layer's rows older than its window are skipped (KVCache.skipTo). `end`
-   * defaults to at plus the first attention layer's row count. Entries of recurrent layers are
-   * ignored (null or a snapshot): a restore sets their state once, where it ends, with
-   * importRecurrent.
-   */
-  import(at: number, ranges: readonly (LayerBlock | LayerRows | null)[], end?: number): void {
-    if (ranges.length !== this.layers.length) {
-      throw new RangeError(`import: got ${ranges.length} layers, the model has ${this.layers.length}`);
-    }
-    const rowsOf = (r: LayerBlock | LayerRows | null): number => {
-      if (!r || "delta" in r) return 0;
-      const keys = r.keys as mx.array | readonly mx.array[];
-      return Array.isArray(keys)
-        ? (keys as readonly mx.array[]).reduce((n, a) => n + a.shape[2], 0)
-        : (keys as mx.array).shape[2];
-    };
-    const stop = end ?? at + rowsOf(ranges[this.recurrent.indexOf(null)]);
-    this.layers.forEach((layer, i) => {
-      if (this.recurrent[i]) return;
-      const range = ranges[i];
-      if (range && "delta" in range) throw new RangeError(`import: layer ${i} needs keys and values`);
-      const rows = rowsOf(range);
-      if (rows > stop - at) throw new RangeError(`import: layer ${i} has ${rows} rows for [${at}, ${stop})`);
-      if (stop - rows > at) layer.skipTo(stop - rows);
-      else if (layer.offset < at)
-        throw new RangeError(`import at ${at}: layer ${i} holds ${layer.offset} tokens`);
-      if (range && rows > 0) layer.importRange(stop - rows, range.keys, range.values);
-    });
-    // A layer that only skipped positions keeps its reserved zeros unevaluated: a later import
-    // builds its buffer anew (KVCache.fillEmpty), and evaluating them would write every byte.
-    mx.eval(...this.layers.filter((l) => l.offset > l.skippedBelow).flatMap((l) => l.state()));
-  }
-
-  /**
-   * Takes whole buffers for every attention layer of an empty cache, holding `rows` tokens
-   * (KVCache.adopt), and evaluates them. Entries of recurrent layers are ignored.
-   */
-  adopt(buffers: readonly (LayerKV | null)[], rows: number): void {
-    if (buffers.length !== this.layers.length) {
-      throw new RangeError(`adopt: got ${buffers.length} layers, the model has ${this.layers.length}`);
-    }
-    if (this.offset !== 0) throw new RangeError(`adopt: the cache already holds ${this.offset} tokens`);
-    this.layers.forEach((layer, i) => {
-      if (this.recurrent[i]) return;
-      const b = buffers[i];
-      if (!b) throw new RangeError(`adopt: layer ${i} needs keys and values`);
-      layer.adopt(b.keys, b.values, rows);
-    });
-    // Padded buffers are lazy; arrays taken as they are were evaluated already (a no-op).
-    mx.eval(...this.state());
-  }
-
-  /**
-   * Sets every recurrent layer's state to the snapshot taken after the cache's last token (offset),
-   * as restored from the block ending there. Entries of attention layers are ignored.
-   */
-  importRecurrent(snapshots: readonly (LayerBlock | null)[]): void {
-    if (snapshots.length !== this.layers.length) {
-      throw new RangeError(
-        `importRecurrent: got ${snapshots.length} layers, the model has ${this.layers.length}`,
-      );
-    }
-    const position = this.offset;
-    this.recurrent.forEach((r, i) => {
-      if (!r) return;
-      const s = snapshots[i];
-      if (!s || !isSnapshot(s))
-        throw new RangeError(`importRecurrent: layer ${i} needs a recurrent snapshot`);
-      r.conv = s.conv.astype(mx.float32);
-      r.delta = s.delta.astype(mx.float32);
-      r.position = position;
-      r.snapshots.clear();
-    });
-    mx.eval(...this.state());
-  }
-
-  /**
-   * Drops the last `n` tokens of every layer; returns how many were dropped. A recurrent state
-   * cannot go back, so a cache holding one refuses any n > 0.
-   */
-  trim(n: number): number {
-    if (this.hasRecurrentState && n > 0) {
-      throw new RangeError("trim: this cache holds recurrent layer state, which cannot go back");
-    }
-    let dropped = 0;
-    for (const layer of this.layers) dropped = layer.trim(n);
-    return dropped;
-  }
-
-  /** Every layer's buffers and recurrent states. */
-  state(): mx.array[] {
-    return [
-      ...this.#attention.flatMap((layer) => layer.state()),
-      ...this.recurrent.flatMap((r) => r?.state() ?? []),
-    ];
-  }
 }

@@ -6,11 +6,12 @@ import { type LayerType, type ModelConfig, readModelConfig, tokenIdList } from "
 import { ModelError } from "./errors";
 import { modelFingerprint } from "./fingerprint";
 import { calibrateRows, type RowCalibration } from "./batch-rows";
-import { ModelCache } from "./kv-cache";
+import { ModelCache } from "./model-cache";
 import { ARCHITECTURES, type CausalLM, type LogitsFor, SUPPORTED_MODEL_TYPES } from "./models";
 import { SafetensorsError, type TensorInfo, readSafetensorsHeader } from "../util/safetensors";
 
-export { ModelCache, type LayerKV, type LayerBlock, type RecurrentSnapshot, KVCache } from "./kv-cache";
+export { type LayerKV, type LayerBlock, type RecurrentSnapshot, KVCache } from "./kv-cache";
+export { ModelCache } from "./model-cache";
 export type { LogitsFor } from "./models";
 
 /** Options of {@link loadModel}. */

@@ -2,7 +2,8 @@ import { spawn } from "node:child_process";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
 import { PrefixCache } from "../../src/cache";
-import { type LayerKV, ModelCache } from "../../src/model/kv-cache";
+import { type LayerKV } from "../../src/model/kv-cache";
+import { ModelCache } from "../../src/model/model-cache";
 import { CRASH_SHAPE, CRASH_TOKENS } from "./children/crash-writer";
 import { childEnv, removeTempDirs, tempDir, transpileForChild } from "./helpers";
 

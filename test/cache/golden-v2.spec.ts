@@ -23,7 +23,7 @@ import {
   type ModelShape,
 } from "../../src/cache/block-codec";
 import { verifyStore } from "../../src/cache/offline";
-import { ModelCache } from "../../src/model/kv-cache";
+import { ModelCache } from "../../src/model/model-cache";
 import { openCache, removeTempDirs, tempDir } from "./helpers";
 import type { LoadedModel } from "../../src/model/loader";
 

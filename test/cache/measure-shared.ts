@@ -11,7 +11,7 @@
  */
 import { core as mx } from "@frost-beta/mlx";
 import { PrefixCache, type CacheOptions, type SharedTierOptions } from "../../src/cache";
-import { ModelCache } from "../../src/model/kv-cache";
+import { ModelCache } from "../../src/model/model-cache";
 import { RedisServer } from "../../bench/lib/redis";
 
 const SHAPE = { fingerprint: "e".repeat(64), numLayers: 24, kvHeads: 2, headDim: 64 };

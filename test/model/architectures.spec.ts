@@ -1,6 +1,7 @@
 import { core as mx } from "@frost-beta/mlx";
 import { writeRandomCheckpoint } from "../../src/model-gen/checkpoint";
-import { type LayerKV, ModelCache } from "../../src/model/kv-cache";
+import { type LayerKV } from "../../src/model/kv-cache";
+import { ModelCache } from "../../src/model/model-cache";
 import { type LoadedModel, loadModel } from "../../src/model/loader";
 import { referenceForward } from "./reference";
 import { ARCHITECTURE_CASES, TINY } from "./architectures";

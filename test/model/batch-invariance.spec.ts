@@ -1,7 +1,7 @@
 import { core as mx } from "@frost-beta/mlx";
 import { writeRandomCheckpoint } from "../../src/model-gen/checkpoint";
 import { rowBuckets } from "../../src/model/batch-rows";
-import type { ModelCache } from "../../src/model/kv-cache";
+import type { ModelCache } from "../../src/model/model-cache";
 import { type LoadedModel, loadModel } from "../../src/model/loader";
 import { removeTempDirs, tempDir } from "./helpers";
 

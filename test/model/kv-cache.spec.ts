@@ -1,5 +1,6 @@
 import { core as mx } from "@frost-beta/mlx";
-import { KVCache, type LayerKV, ModelCache } from "../../src/model/kv-cache";
+import { KVCache, type LayerKV } from "../../src/model/kv-cache";
+import { ModelCache } from "../../src/model/model-cache";
 
 /** [1, 2, n, 4] filled with `start`, `start + 1`, ... per position (every element of a position equal). */
 function positions(start: number, n: number): mx.array {
@@ -90,6 +91,32 @@ describe("KVCache", () => {
     expect(() => held.importRange(0, [positions(0, 2)], [positions(0, 3)])).toThrow(
       "importRange: keys hold 2 tokens but values 3",
     );
+  });
+
+  test("half-precision pieces come back as the float32 buffer, in every path", () => {
+    const half = (start: number, n: number) => positions(start, n).astype(mx.float16);
+    const check = (cache: KVCache, keys: number[]) => {
+      const [k, v] = cache.state();
+      expect([k.dtype, v.dtype]).toEqual([mx.float32, mx.float32]);
+      expect(valuesAt(k).slice(0, keys.length)).toEqual(keys);
+    };
+    // Into an empty layer: built with zeros after the rows (concatenated) ...
+    const joined = new KVCache(2, 4, 8);
+    joined.importRange(0, [half(0, 3), half(3, 3)], [half(10, 6)]);
+    check(joined, [0, 1, 2, 3, 4, 5, 0, 0]);
+    // ... with zeros before them (padded), and filling the capacity exactly (no zeros at all).
+    const padded = new KVCache(2, 4, 8);
+    padded.skipTo(6);
+    padded.importRange(6, [half(6, 1)], [half(6, 1)]);
+    check(padded, [0, 0, 0, 0, 0, 0, 6, 0]);
+    const exact = new KVCache(2, 4, 8);
+    exact.importRange(0, [half(0, 4), half(4, 4)], [half(0, 8)]);
+    check(exact, [0, 1, 2, 3, 4, 5, 6, 7]);
+    // Into a layer holding tokens.
+    const held = new KVCache(2, 4, 8);
+    held.updateAndFetch(positions(0, 2), positions(0, 2));
+    held.importRange(1, [half(30, 1), half(31, 1)], [half(30, 2)]);
+    check(held, [0, 30, 31]);
   });
 
   test("trim drops at most what is cached", () => {

@@ -1,7 +1,8 @@
 import * as os from "node:os";
 import { core as mx } from "@frost-beta/mlx";
 import type { Llama3RopeScaling, ModelConfig } from "../config";
-import type { KVCache, ModelCache } from "../kv-cache";
+import type { KVCache } from "../kv-cache";
+import type { ModelCache } from "../model-cache";
 import { IDENTITY_ROWS, type RowPlan, type RowProduct, withPaddedRows } from "../batch-rows";
 
 /**

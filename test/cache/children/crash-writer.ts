@@ -5,7 +5,7 @@
  */
 import { core as mx } from "@frost-beta/mlx";
 import { PrefixCache } from "../../../src/cache";
-import { ModelCache } from "../../../src/model/kv-cache";
+import { ModelCache } from "../../../src/model/model-cache";
 
 export const CRASH_SHAPE = { fingerprint: "d".repeat(64), numLayers: 2, kvHeads: 2, headDim: 16 };
 export const CRASH_TOKENS = 40;

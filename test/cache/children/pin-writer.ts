@@ -5,7 +5,7 @@
  */
 import { core as mx } from "@frost-beta/mlx";
 import { PrefixCache } from "../../../src/cache";
-import { ModelCache } from "../../../src/model/kv-cache";
+import { ModelCache } from "../../../src/model/model-cache";
 
 export const PIN_SHAPE = { fingerprint: "e".repeat(64), numLayers: 2, kvHeads: 2, headDim: 16 };
 export const PIN_TOKENS = 40;

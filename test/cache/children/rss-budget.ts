@@ -5,7 +5,7 @@
  */
 import { core as mx } from "@frost-beta/mlx";
 import { PrefixCache } from "../../../src/cache";
-import { ModelCache } from "../../../src/model/kv-cache";
+import { ModelCache } from "../../../src/model/model-cache";
 
 const SHAPE = { fingerprint: "c".repeat(64), numLayers: 24, kvHeads: 2, headDim: 64 };
 const [ramBytesMax, tokens, requests, stagingDir] = [
