@@ -9,6 +9,7 @@ import { loadModel, type LoadedModel } from "../model/loader.js";
 import { ModelTokenizer } from "../model/tokenizer.js";
 import { resolveModelDir } from "../model-gen/generate.js";
 import { allocatorName, allocatorPurge } from "../store/native.js";
+import { Collector } from "./collector.js";
 import { PrefillSession } from "./prefill-session.js";
 import { type FromEngine, type ModelInfo, type ToEngine } from "../engine-ipc.js";
 import { errorOf, KvOperations } from "./kv-operations.js";
@@ -75,9 +76,6 @@ let loopDelay: IntervalHistogram | undefined;
 /** Prompt tokens of the warm-up prefill at start (see Engine.warmUp). */
 const WARM_UP_TOKENS = 64;
 
-/** Bytes of MLX temporaries the engine lets pile up before it collects (see collect). */
-const GARBAGE_BYTES_MAX = 256 * 1024 * 1024;
-
 /**
  * Runs every admitted job in steps. A step decodes the next token of every decoding sequence in one
  * batched forward pass, then computes prefill chunks while the step's token budget
@@ -106,12 +104,11 @@ export class Engine {
   /** When stats were last reported (performance.now()). */
   private statsAt = 0;
   private lastDecodeBatch = 0;
-  /** Estimated bytes of MLX temporaries dropped since the last collection. */
-  private garbageBytes = 0;
+  /** Reclaims the MLX memory the engine drops. */
+  private readonly collector: Collector;
   /** The last finished sequence, for a next turn to take over (see ResidentSequence). */
   private readonly resident: ResidentSequence;
   private readonly statsTimer: NodeJS.Timeout;
-  private purgeTimer: NodeJS.Timeout | undefined;
   /** Bytes the budget always counts: weights, the RAM tier's budget, one step's working memory. */
   private readonly fixedBytes: number;
   /** Temporaries of one prefill chunk (see stepWorkBytes). */
@@ -133,10 +130,9 @@ export class Engine {
     this.decodeRowsMax = decodeRowsMax;
     this.kvOps = new KvOperations(cache, send);
     this.chunkTokens = Math.min(config.prefillChunkTokens, config.stepTokensMax);
-    this.resident = new ResidentSequence(
-      config.residentSequence,
-      model,
-      (bytes) => (this.garbageBytes += bytes),
+    this.collector = new Collector(cache, config.engineIdlePurgeMs);
+    this.resident = new ResidentSequence(config.residentSequence, model, (bytes) =>
+      this.collector.dropped(bytes),
     );
     const ram = cache ? config.ramBytesMax : 0;
     // The process as loaded: weights, runtime, the tokenizer and the store's index; not the pages
@@ -182,7 +178,7 @@ export class Engine {
     const engine = new Engine(config, model, tokenizer, cache, info, send, decodeRowsMax);
     engine.warmUp();
     // What the warm-up left for the first requests goes back to the kernel if none come.
-    engine.schedulePurge();
+    engine.collector.idle(() => !engine.running);
     engine.reportStats();
     return engine;
   }
@@ -277,7 +273,7 @@ export class Engine {
   }
 
   private enqueue(job: Job): void {
-    clearTimeout(this.purgeTimer);
+    this.collector.busy();
     this.queued.push(job);
     this.wake?.();
     if (!this.running) void this.loop();
@@ -292,14 +288,16 @@ export class Engine {
    * Moves queued jobs into the running set while they fit the memory budget, in the fair order. The
    * first that does not fit stops admission, so a large request is not passed over forever; with
    * nothing running, one job is admitted whatever its size, so that the engine always progresses.
+   * Memory that finished work dropped is collected first when the job needs it.
    */
   private admit(): void {
     let reserved = this.reservedBytes();
     for (const job of fairOrder(this.queued, this.turn)) {
+      if (reserved + this.collector.pending + job.memoryBytes > this.memoryMax) this.collector.step(true);
       if (this.resident.bytes > 0 && reserved + job.memoryBytes > this.memoryMax) {
         reserved -= this.resident.bytes;
         this.resident.drop();
-        this.collect(true);
+        this.collector.step(true);
       }
       if (this.active.length > 0 && reserved + job.memoryBytes > this.memoryMax) break;
       this.queued.splice(this.queued.indexOf(job), 1);
@@ -339,24 +337,8 @@ export class Engine {
       }
     } finally {
       this.running = false;
-      this.schedulePurge();
+      this.collector.idle(() => !this.running);
     }
-  }
-
-  /**
-   * Once the engine has had no work for --engine-idle-purge-ms: collects the arrays dropped
-   * meanwhile and, after their finalizers ran, hands the pages the allocator kept back to the kernel.
-   */
-  schedulePurge(): void {
-    clearTimeout(this.purgeTimer);
-    this.purgeTimer = setTimeout(() => {
-      if (this.running) return;
-      this.collect(true);
-      setImmediate(() => {
-        if (!this.running) allocatorPurge();
-      });
-    }, this.config.engineIdlePurgeMs);
-    this.purgeTimer.unref();
   }
 
   /** One batched forward over the decoding sequences; returns how many it ran. */
@@ -389,8 +371,8 @@ export class Engine {
       const done = await this.attempt(s, () => s.acceptLogits(logits.index(i)));
       if (done) this.finished(s);
     }
-    this.garbageBytes += decodeGarbageBytes(this.model, members.length);
-    this.collect(false);
+    this.collector.dropped(decodeGarbageBytes(this.model, members.length));
+    this.collector.step();
     return members.length;
   }
 
@@ -409,9 +391,9 @@ export class Engine {
       chunks++;
       budget -= this.chunkTokens;
       if (done === true) this.finished(job);
-      // A chunk's temporaries can be large: they count toward the next collection (see collect).
-      this.garbageBytes += this.chunkWorkBytes;
-      this.collect(false);
+      // A chunk's temporaries can be large: they count toward the next collection.
+      this.collector.dropped(stepWorkBytes(this.model, job.chunkTokensDone));
+      this.collector.step();
     }
     return chunks;
   }
@@ -437,25 +419,8 @@ export class Engine {
     this.sessions.delete(job.id);
     // Its KV is garbage now (the cache holds copies of what it keeps), unless kept as the resident.
     const kept = job instanceof Sequence && this.resident.keep(job.tenant, job.takeKept(), job.memoryBytes);
-    if (!kept) this.garbageBytes += job.memoryBytes;
-    this.collect(false);
-  }
-
-  /**
-   * MLX frees an array's memory only when its JS wrapper is garbage-collected, and V8 does not see
-   * that memory, so the engine collects explicitly: when the temporaries it estimates it has dropped
-   * pass GARBAGE_BYTES_MAX (after every prefill chunk and finished request, and every few decode
-   * steps), and when the cache has dropped enough blocks.
-   */
-  private collect(force: boolean): void {
-    if (this.cache?.collectIfNeeded()) {
-      this.garbageBytes = 0;
-      return;
-    }
-    if (force || this.garbageBytes >= GARBAGE_BYTES_MAX) {
-      this.garbageBytes = 0;
-      global.gc?.();
-    }
+    if (!kept) this.collector.dropped(job.memoryBytes);
+    this.collector.step();
   }
 
   private reportStats(): void {
@@ -491,7 +456,7 @@ export class Engine {
   /** Writes what the cache has queued and releases the SSD store. */
   async close(): Promise<void> {
     clearInterval(this.statsTimer);
-    clearTimeout(this.purgeTimer);
+    this.collector.busy();
     for (const job of [...this.active.splice(0), ...this.queued.splice(0)]) job.abort();
     await this.cache?.close();
   }

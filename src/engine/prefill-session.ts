@@ -14,6 +14,7 @@ export class PrefillSession implements Job {
   /** The prefix cache, or undefined when there is none. */
   private readonly cache: PrefixCache | undefined;
   private restored = false;
+  chunkTokensDone = 0;
   private closing = false;
   private readonly progress: PrefillProgress = {
     tokensReceived: 0,
@@ -86,10 +87,12 @@ export class PrefillSession implements Job {
 
   async prefillChunk(chunkTokens: number): Promise<boolean> {
     if (this.restoreError !== undefined) throw this.restoreError;
+    this.chunkTokensDone = 0;
     if (this.kv.offset < this.tokens.length) {
       const t0 = performance.now();
       const chunk = this.tokens.slice(this.kv.offset, this.kv.offset + chunkTokens);
       this.model.forward(chunk, this.kv);
+      this.chunkTokensDone = chunk.length;
       this.model.materialize(this.kv);
       this.cache?.observePrefill(chunk.length, performance.now() - t0);
       this.progress.tokensPrefilled += chunk.length;

@@ -36,6 +36,8 @@ export interface Job {
   begin(): void;
   /** Computes one prefill chunk of at most `tokens`; resolves true when the job has finished. */
   prefillChunk(tokens: number): Promise<boolean>;
+  /** Tokens the last prefill chunk computed: its temporaries scale with them. */
+  readonly chunkTokensDone: number;
   /** Called when the job is dropped before finishing (cancelled, engine closing). */
   abort(): void;
   /**
@@ -125,6 +127,7 @@ export class Sequence implements Job {
   /** The structured-output constraint, compiled when the request starts. */
   private constraint?: Constraint;
   private prefilled = 0;
+  chunkTokensDone = 0;
   private readonly generated: number[] = [];
   private started = false;
   private report: CacheReport;
@@ -234,6 +237,7 @@ export class Sequence implements Job {
     const chunk = prompt.slice(this.prefilled, this.prefilled + chunkTokens);
     const logits = this.model.forward(chunk, this.kv);
     this.prefilled += chunk.length;
+    this.chunkTokensDone = chunk.length;
     if (this.prefilled < prompt.length) {
       this.model.materialize(this.kv);
       this.handOverSnapshots();
