@@ -145,6 +145,11 @@ export class LayerFileSink implements BatchSink {
     }
   }
 
+  /** Resolves when the writes of the batches added so far have ended (LayerFile.settled). */
+  settled(): Promise<void> {
+    return this.file.settled();
+  }
+
   /** Byte offset of position `position` of head `head` in a tensor's data. */
   private offsetOf(head: number, position: number): number {
     return (head * this.capacity + position) * this.rowBytes;
@@ -159,5 +164,40 @@ export class LayerFileSink implements BatchSink {
         for (let h = 0; h < this.model.kvHeads; h++) visit(`${i}.${kind}`, i, kind, h);
       }
     }
+  }
+}
+
+/**
+ * Room of a read arena beyond the batch's data: the blocks' payload headers and the store's
+ * alignment, for a batch of up to a few hundred blocks. A payload that does not fit is read into
+ * memory of its own, so the room only has to be enough in the common case.
+ */
+const ARENA_SLACK_BYTES = 1024 * 1024;
+
+/**
+ * Two buffers a whole-layer restore reads its SSD batches into in turn (SsdTier.getManyInto): batch
+ * b + 2 reuses batch b's once the writes from it into the layer file have ended. A fresh Buffer per
+ * block adds external memory, and V8 answers that with full collections: 3 to 6 per 8k restore,
+ * 33-47 ms of a 210-300 ms restore. One restore holds them at a time (another reads into fresh
+ * Buffers); allocated by the first that needs them and kept, 2 x (restoreBatchBytesMax + 1 MiB).
+ */
+export class ReadArenas {
+  private buffers: Buffer[] | null = null;
+  private taken = false;
+
+  constructor(private readonly batchBytesMax: number) {}
+
+  /** The two arenas, or null while another restore holds them. */
+  take(): Buffer[] | null {
+    if (this.taken) return null;
+    this.taken = true;
+    const bytes = this.batchBytesMax + ARENA_SLACK_BYTES;
+    this.buffers ??= [Buffer.allocUnsafeSlow(bytes), Buffer.allocUnsafeSlow(bytes)];
+    return this.buffers;
+  }
+
+  /** Gives them back: no read into them and no write from them is running any more. */
+  release(): void {
+    this.taken = false;
   }
 }

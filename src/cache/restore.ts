@@ -1,7 +1,7 @@
 import { core as mx } from "@frost-beta/mlx";
 import type { LayerBlock, LayerKV, LayerRows } from "../model/kv-cache";
 import { encodeHeader, type TensorSpec } from "../util/safetensors";
-import { LayerFileSink, type BatchSink, type VerifiedBlock as Verified } from "./layer-sink";
+import { LayerFileSink, ReadArenas, type BatchSink, type VerifiedBlock as Verified } from "./layer-sink";
 import {
   blockDataBytes,
   blockTensor,
@@ -58,6 +58,7 @@ export class Restorer extends CachePart {
   /** Tokens left to recompute because that was estimated faster, since open. */
   recomputeChosenTokens = 0;
   private ssdBytesPerMs: number;
+  private readonly arenas: ReadArenas;
   private ramBytesPerMs = RAM_RESTORE_BYTES_PER_SECOND_PRIOR / 1000;
   private sharedBytesPerMs: number;
   private prefillTokensPerMs: number;
@@ -67,6 +68,7 @@ export class Restorer extends CachePart {
     this.ssdBytesPerMs = this.options.ssdRestoreBytesPerSecondPrior / 1000;
     this.sharedBytesPerMs = this.options.sharedRestoreBytesPerSecondPrior / 1000;
     this.prefillTokensPerMs = this.options.prefillTokensPerSecondPrior / 1000;
+    this.arenas = new ReadArenas(this.options.restoreBatchBytesMax);
   }
 
   /**
@@ -317,7 +319,10 @@ export class Restorer extends CachePart {
             this.options.restoreBatchBytesMax,
           ),
           // The store's threads fetch the next batch while this one is loaded.
-          read: (batch) => ssd.getMany(batch.map((s) => s.entry!.key)),
+          read: (batch, arena) => {
+            const keys = batch.map((s) => s.entry!.key);
+            return arena ? ssd.getManyInto(keys, arena) : ssd.getMany(keys);
+          },
           check: async (batch, results) => {
             const valid: VerifiedBlock[] = [];
             for (let j = 0; j < batch.length; j++) {
@@ -449,7 +454,8 @@ export class Restorer extends CachePart {
       tier: "ssd" | "shared";
       waitStage: "ssdReadWaitMs" | "sharedReadWaitMs";
       batches: PlanStep[][];
-      read: (batch: PlanStep[]) => Promise<R[]>;
+      /** Reads a batch, into `arena` when given (views valid until the arena is read into again). */
+      read: (batch: PlanStep[], arena?: Buffer) => Promise<R[]>;
       check: (batch: PlanStep[], results: R[]) => Promise<{ valid: VerifiedBlock[]; failed: boolean }>;
       loaded?: (valid: VerifiedBlock[]) => void;
     },
@@ -462,25 +468,27 @@ export class Restorer extends CachePart {
     keepFrom: (end: number) => number,
   ): Promise<{ tokens: number; stopped: boolean }> {
     const tokens = o.batches.flat().reduce((n, s) => n + s.block.tokens, 0);
-    const sink: BatchSink<VerifiedBlock> = LayerFileSink.open(
-      this.staging,
-      this.model,
-      kv,
-      at,
-      tokens,
-      report,
-    ) ?? {
+    const whole = LayerFileSink.open(this.staging, this.model, kv, at, tokens, report);
+    const sink: BatchSink<VerifiedBlock> = whole ?? {
       add: (valid, from) => this.loadBlocks(valid, kv, from, report, ending, keepFrom),
       finish: async (_ok, end) => end,
     };
-    let pending = o.read(o.batches[0]);
+    // SSD batches staged whole are read into two arenas in turn (ReadArenas); the batch path keeps
+    // block bytes past their batch (a recurrent snapshot's), so it reads into Buffers of their own.
+    const arenas = whole && o.tier === "ssd" ? this.arenas.take() : null;
+    const read = async (b: number): Promise<R[]> => {
+      if (!arenas) return o.read(o.batches[b]);
+      if (b >= 2) await whole!.settled();
+      return o.read(o.batches[b], arenas[b % 2]);
+    };
+    let pending = read(0);
     let finished = false;
     try {
       for (let b = 0; b < o.batches.length; b++) {
         const tWait = now();
         const results = await pending;
         report.stages[o.waitStage] += now() - tWait;
-        if (b + 1 < o.batches.length) pending = o.read(o.batches[b + 1]);
+        if (b + 1 < o.batches.length) pending = read(b + 1);
         signal?.throwIfAborted();
         const tVerify = now();
         const { valid, failed } = await o.check(o.batches[b], results);
@@ -511,6 +519,12 @@ export class Restorer extends CachePart {
       pending.catch(() => {});
       // Aborted or failed: no write into the file may still run when the next restore uses it.
       if (!finished) await sink.finish(false, at + done.tokens);
+      // Nor a read into the arenas.
+      if (arenas)
+        await pending.then(
+          () => this.arenas.release(),
+          () => this.arenas.release(),
+        );
     }
   }
 

@@ -186,6 +186,11 @@ export class LayerFile {
     return arrays;
   }
 
+  /** Resolves when every write queued so far has ended: the buffers they wrote from may be reused. */
+  async settled(): Promise<void> {
+    await Promise.all(this.writes.slice());
+  }
+
   /** Waits for the writes still running and hands the file back to the staging directory. */
   async close(): Promise<void> {
     if (this.closed) return;

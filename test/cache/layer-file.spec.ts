@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { core as mx } from "@frost-beta/mlx";
 import { chainKeys, rootKey, type PrefixCache } from "../../src/cache";
+import { SsdTier } from "../../src/cache/ssd-tier";
 import { LayerFile, Staging } from "../../src/cache/staging";
 import type { LoadedModel, ModelCache } from "../../src/model/loader";
 import {
@@ -147,12 +148,42 @@ describe("an SSD run staged whole and adopted as the sequence's buffers", () => 
     const prompts = [tokens(5, 70), tokens(6, 53)];
     const { cache, computed } = await ssdOnly(prompts);
     const staged = jest.spyOn(Staging.prototype, "layerFile");
+    const intoArena = jest.spyOn(SsdTier.prototype, "getManyInto");
+    const fresh = jest.spyOn(SsdTier.prototype, "getMany");
     const [a, b] = await Promise.all(prompts.map((p) => restore(cache, p, p.length + 8)));
     expect(staged.mock.results.map((r) => r.value !== null)).toEqual([true, false]);
+    // The one staged whole reads into the arenas, the other into Buffers of its own.
+    expect(intoArena.mock.calls.length).toBeGreaterThan(0);
+    expect(fresh.mock.calls.length).toBeGreaterThan(0);
     expect(a.report.restoredTokens).toBe(69);
     expect(b.report.restoredTokens).toBe(52);
     expect(rows(a.sequence, 0, 69)).toEqual(rows(computed[0], 0, 69));
     expect(rows(b.sequence, 0, 52)).toEqual(rows(computed[1], 0, 52));
+  });
+
+  it("reads its batches into two arenas in turn, each reused only once the writes from it ended", async () => {
+    const prompt = tokens(12, 90);
+    const { cache, computed } = await ssdOnly([prompt]);
+    const intoArena = jest.spyOn(SsdTier.prototype, "getManyInto");
+    const fresh = jest.spyOn(SsdTier.prototype, "getMany");
+    // Every write into the layer file starts late: a batch read into an arena before the writes from
+    // its previous batch ended would hand those writes the new batch's bytes.
+    type Writes = { writeAll(position: number, pieces: readonly Uint8Array[]): Promise<void> };
+    const writes = LayerFile.prototype as unknown as Writes;
+    const writeAll = writes.writeAll;
+    jest.spyOn(writes, "writeAll").mockImplementation(async function (this: Writes, ...args) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      return writeAll.apply(this, args);
+    });
+    for (let round = 0; round < 2; round++) {
+      const { sequence, report } = await restore(cache, prompt, 96);
+      expect(report.restoredTokens).toBe(89);
+      expect(rows(sequence, 0, 89)).toEqual(rows(computed[0], 0, 89));
+    }
+    // 11 blocks in batches of two: 6 reads a restore, all into the same two arenas.
+    expect(fresh).not.toHaveBeenCalled();
+    expect(intoArena).toHaveBeenCalledTimes(12);
+    expect(new Set(intoArena.mock.calls.map(([, arena]) => arena)).size).toBe(2);
   });
 
   it("an aborted restore loads nothing and leaves no write running into the next one", async () => {
