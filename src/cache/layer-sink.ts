@@ -82,8 +82,9 @@ export class LayerFileSink implements BatchSink {
    * rows, padded once loaded, when the sequence reserved much more room than the run fills, so that
    * a prompt with a large max_tokens does not stage and load that many zeros), which the sequence
    * then adopts: each batch is written into them on the thread pool while the next is read and
-   * checked, and one mx.load at the end is the only copy the engine's thread makes (README,
-   * *Restore*). Null: load batch by batch.
+   * checked, and one mx.load at the end, which runs in the background while the sequence's
+   * forward starts (LayerFile.load), is the only copy (src/cache/README.md, *Restore*). Null:
+   * load batch by batch.
    */
   static open(
     staging: Staging,
@@ -138,6 +139,7 @@ export class LayerFileSink implements BatchSink {
         })),
         end,
       );
+      this.file.readBy(this.kv.state());
       this.report.stages.importMs += now() - t1;
       return end;
     } finally {

@@ -8,7 +8,15 @@ import type { BlockErrorCode } from "./errors";
 /** The part of a sequence's ModelCache the prefix cache reads (persist) and writes (restore). */
 export type SequenceKV = Pick<
   ModelCache,
-  "offset" | "capacity" | "stepTokens" | "export" | "import" | "adopt" | "importRecurrent" | "canExport"
+  | "offset"
+  | "capacity"
+  | "stepTokens"
+  | "export"
+  | "import"
+  | "adopt"
+  | "importRecurrent"
+  | "canExport"
+  | "state"
 >;
 
 /** Where a cached block is served from. */

@@ -13,6 +13,11 @@ export class Staging {
   private readonly input: KeptFile;
   private readonly layers: KeptFile;
   private layersBusy = false;
+  /**
+   * The buffers the layer file's last load became, held weakly: the file is written again only
+   * once those still alive have read it (see LayerFile.load).
+   */
+  private layersReaders: WeakRef<mx.array>[] = [];
 
   constructor(readonly dir: string) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -27,9 +32,24 @@ export class Staging {
    */
   layerFile(specs: readonly TensorSpec[]): LayerFile | null {
     if (this.layersBusy) return null;
+    this.layersRead();
     const fd = this.layers.open();
     this.layersBusy = true;
-    return new LayerFile(fd, this.layers.path, specs, () => (this.layersBusy = false));
+    return new LayerFile(fd, this.layers.path, specs, (readers) => {
+      this.layersBusy = false;
+      this.layersReaders = readers.map((a) => new WeakRef(a));
+    });
+  }
+
+  /**
+   * Evaluates the buffers the layer file's last load became where they are still alive, so that
+   * none reads the file after it is written again. A buffer collected meanwhile belonged to a
+   * sequence that is gone: whatever its load reads, nothing uses.
+   */
+  private layersRead(): void {
+    const alive = this.layersReaders.map((r) => r.deref()).filter((a): a is mx.array => a !== undefined);
+    if (alive.length > 0) mx.eval(...alive);
+    this.layersReaders = [];
   }
 
   /**
@@ -90,12 +110,14 @@ export class Staging {
    * writes into tmpfs pages that exist (see layerFile, prepare).
    */
   prepareLayers(specs: readonly TensorSpec[]): void {
+    this.layersRead();
     const bytes = encodeHeader(specs, {}).length + specs.reduce((n, t) => n + t.byteLength, 0);
     grow(this.layers.open(), bytes);
   }
 
   /** Removes the directory and whatever is left in it. */
   close(): void {
+    this.layersRead();
     this.input.close();
     this.layers.close();
     fs.rmSync(this.dir, { recursive: true, force: true });
@@ -150,12 +172,14 @@ export class LayerFile {
   private readonly writes: Promise<void>[] = [];
   private error: Error | null = null;
   private closed = false;
+  private readers: mx.array[] = [];
 
   constructor(
     private readonly fd: number,
     private readonly file: string,
     specs: readonly TensorSpec[],
-    private readonly release: () => void,
+    /** Hands the file back, with the arrays that may still read it (see readBy). */
+    private readonly release: (readers: mx.array[]) => void,
   ) {
     this.header = encodeHeader(specs, {});
     let at = this.header.length;
@@ -173,8 +197,12 @@ export class LayerFile {
   }
 
   /**
-   * Writes the header, waits for the pieces and loads every tensor, evaluated; null when a write
-   * failed (a full tmpfs), which leaves the file unfit to load.
+   * Writes the header, waits for the pieces and loads every tensor; null when a write failed (a
+   * full tmpfs), which leaves the file unfit to load. The tensors load in the background while
+   * the caller goes on (mx.asyncEval; MLX reads files on threads of its own): a forward over
+   * them waits for each where it first reads it, so the load overlaps the forward's first layers
+   * instead of preceding it. The caller names the arrays the tensors became (readBy), which the
+   * staging directory evaluates before the file is next written.
    */
   async load(): Promise<Record<string, mx.array> | null> {
     if (this.closed) throw new Error("layer file: closed");
@@ -182,8 +210,17 @@ export class LayerFile {
     await Promise.all(this.writes);
     if (this.error) return null;
     const arrays = mx.load(this.file) as unknown as Record<string, mx.array>;
-    mx.eval(...Object.values(arrays));
+    mx.asyncEval(...Object.values(arrays));
     return arrays;
+  }
+
+  /**
+   * The arrays the loaded tensors became (a sequence's buffers), held weakly once the file is
+   * closed: holding them would make their owner's next write copy them instead of writing in
+   * place (see KVCache).
+   */
+  readBy(arrays: mx.array[]): void {
+    this.readers = arrays;
   }
 
   /** Resolves when every write queued so far has ended: the buffers they wrote from may be reused. */
@@ -196,7 +233,9 @@ export class LayerFile {
     if (this.closed) return;
     this.closed = true;
     await Promise.all(this.writes);
-    this.release();
+    const readers = this.readers;
+    this.readers = [];
+    this.release(readers);
   }
 
   /** Starts a write on the thread pool; a failure is kept for load, never thrown here. */

@@ -152,7 +152,8 @@ export class ModelCache {
 
   /**
    * Takes whole buffers for every attention layer of an empty cache, holding `rows` tokens
-   * (KVCache.adopt), and evaluates them. Entries of recurrent layers are ignored.
+   * (KVCache.adopt), and starts evaluating them (a forward over them waits for what it reads).
+   * Entries of recurrent layers are ignored.
    */
   adopt(buffers: readonly (LayerKV | null)[], rows: number): void {
     if (buffers.length !== this.layers.length) {
@@ -165,8 +166,8 @@ export class ModelCache {
       if (!b) throw new RangeError(`adopt: layer ${i} needs keys and values`);
       layer.adopt(b.keys, b.values, rows);
     });
-    // Padded buffers are lazy; arrays taken as they are were evaluated already (a no-op).
-    mx.eval(...this.state());
+    // Padded buffers are lazy, and so may be the arrays taken (a file still loading).
+    mx.asyncEval(...this.state());
   }
 
   /**

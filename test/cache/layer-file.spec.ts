@@ -186,6 +186,25 @@ describe("an SSD run staged whole and adopted as the sequence's buffers", () => 
     expect(new Set(intoArena.mock.calls.map(([, arena]) => arena)).size).toBe(2);
   });
 
+  it("loads in the background, and the next restore writes the file only once the last load read it", async () => {
+    const prompts = [tokens(13, 90), tokens(14, 90), tokens(15, 90)];
+    const { cache, computed } = await ssdOnly(prompts);
+    // The first restore's loads do not start on their own: its buffers read the file when
+    // evaluated, which the second restore must do before it writes the file.
+    const started = jest.spyOn(mx, "asyncEval").mockImplementation(() => {});
+    const a = await restore(cache, prompts[0], 96);
+    started.mockRestore();
+    const b = await restore(cache, prompts[1], 96);
+    expect(rows(a.sequence, 0, 89)).toEqual(rows(computed[0], 0, 89));
+    expect(rows(b.sequence, 0, 89)).toEqual(rows(computed[1], 0, 89));
+    // A sequence dropped before its buffers were read holds up nothing.
+    jest.spyOn(mx, "asyncEval").mockImplementation(() => {});
+    await restore(cache, prompts[2], 96);
+    jest.restoreAllMocks();
+    const c = await restore(cache, prompts[1], 96);
+    expect(rows(c.sequence, 0, 89)).toEqual(rows(computed[1], 0, 89));
+  });
+
   it("an aborted restore loads nothing and leaves no write running into the next one", async () => {
     const prompts = [tokens(7, 90), tokens(8, 90)];
     const { cache, computed } = await ssdOnly(prompts);
