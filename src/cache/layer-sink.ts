@@ -64,6 +64,8 @@ const ZEROS = Buffer.alloc(1024 * 1024);
  */
 export class LayerFileSink implements BatchSink {
   private readonly rowBytes: number;
+  /** Why the run could not be staged (a failed write into the file), once finish found it. */
+  failure: Error | null = null;
 
   private constructor(
     private readonly file: LayerFile,
@@ -131,7 +133,10 @@ export class LayerFileSink implements BatchSink {
       const t1 = now();
       this.report.stages.stageMs += t1 - t0;
       // A write that failed (a full tmpfs) leaves the sequence empty: its tokens are recomputed.
-      if (!arrays) return 0;
+      if (!arrays) {
+        this.failure = this.file.failure;
+        return 0;
+      }
       this.kv.adopt(
         Array.from({ length: this.model.numLayers }, (_, i) => ({
           keys: arrays[`${i}.keys`],

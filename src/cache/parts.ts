@@ -21,6 +21,8 @@ export interface CacheParts {
   readonly payloads: BlockPayloads;
   /** Unix milliseconds (Date.now unless a test sets the clock). */
   readonly nowMs: () => number;
+  /** Where the cache reports what an operator should know (a restore that failed on /dev/shm). */
+  readonly log: (line: string) => void;
 }
 
 /**
@@ -38,6 +40,7 @@ export abstract class CachePart {
   protected readonly staging: Staging;
   protected readonly payloads: BlockPayloads;
   protected readonly nowMs: () => number;
+  protected readonly log: (line: string) => void;
   /** MLX bytes the part dropped (temporaries, exports the RAM tier refused), for collectIfNeeded. */
   protected droppedBytes = 0;
 
@@ -52,6 +55,7 @@ export abstract class CachePart {
     this.staging = parts.staging;
     this.payloads = parts.payloads;
     this.nowMs = parts.nowMs;
+    this.log = parts.log;
   }
 
   /** MLX bytes dropped since the previous call. */

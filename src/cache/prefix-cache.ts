@@ -58,6 +58,7 @@ export class PrefixCache {
     private readonly ssd: SsdTier | null,
     private readonly shared: SharedTier | null,
     nowMs: () => number,
+    log: (line: string) => void,
   ) {
     this.options = options;
     this.pins = new Pins(options, ssd, nowMs);
@@ -78,6 +79,7 @@ export class PrefixCache {
       ram: this.ram,
       index: this.index,
       nowMs,
+      log,
     };
     this.restorer = new Restorer(parts);
     this.persister = new Persister(parts);
@@ -134,7 +136,7 @@ export class PrefixCache {
     const shared = o.shared
       ? new SharedTier(o.shared, (items) => encodeShared(model, payloads, items), log, nowMs)
       : null;
-    const cache = new PrefixCache(model, resolved, staging, payloads, ssd, shared, nowMs);
+    const cache = new PrefixCache(model, resolved, staging, payloads, ssd, shared, nowMs, log);
     for (const record of ssd?.records.values() ?? []) cache.index.indexStored(record);
     for (const pin of ssd?.openPins ?? []) {
       const entry = cache.index.get(pin.key.toString("hex"));

@@ -512,7 +512,12 @@ export class Restorer extends CachePart {
       finished = true;
       // A whole-layer file that could not be written (a full tmpfs) holds nothing: recomputed.
       const held = (await sink.finish(true, at + done.tokens)) - at;
-      if (held < done.tokens) done.tokens = done.bytes = 0;
+      if (held < done.tokens) {
+        this.log(
+          `restore: the layer file on ${this.options.stagingDir} could not be written (${whole?.failure?.message}); ${done.tokens} tokens are recomputed`,
+        );
+        done.tokens = done.bytes = 0;
+      }
       return { tokens: done.tokens, stopped: done.tokens < tokens };
     } finally {
       // A read still in flight after an early stop must not surface as an unhandled rejection.

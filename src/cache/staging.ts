@@ -214,6 +214,11 @@ export class LayerFile {
     return arrays;
   }
 
+  /** The first write into the file that failed (load then returns null), if any. */
+  get failure(): Error | null {
+    return this.error;
+  }
+
   /**
    * The arrays the loaded tensors became (a sequence's buffers), held weakly once the file is
    * closed: holding them would make their owner's next write copy them instead of writing in

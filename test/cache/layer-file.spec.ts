@@ -48,14 +48,17 @@ function rows(sequence: ModelCache, from: number, to: number): number[][] {
  * A cache whose blocks are all on SSD (reopened, so RAM is empty), restored in batches of two
  * blocks, with the sequences that computed `prompts` (their KV is what the blocks hold).
  */
-async function ssdOnly(prompts: number[][]): Promise<{ cache: PrefixCache; computed: ModelCache[] }> {
+async function ssdOnly(
+  prompts: number[][],
+  log?: (line: string) => void,
+): Promise<{ cache: PrefixCache; computed: ModelCache[] }> {
   const ssdDir = tempDir("ssd");
   const options = { ssdDir, restoreBatchBytesMax: 2 * BLOCK_BYTES };
   const writer = await track(openCache(model, options));
   const computed: ModelCache[] = [];
   for (const prompt of prompts) computed.push((await generate(writer, model, "t", prompt)).sequence);
   await close(writer);
-  const cache = await track(openCache(model, options));
+  const cache = await track(openCache(model, options, { log }));
   expect(cache.stats().ram.blocks).toBe(0);
   return { cache, computed };
 }
@@ -126,7 +129,8 @@ describe("an SSD run staged whole and adopted as the sequence's buffers", () => 
 
   it("a write into the layer file that fails (a full tmpfs) restores nothing, and the next restore is exact", async () => {
     const prompts = [tokens(10, 70), tokens(11, 70)];
-    const { cache, computed } = await ssdOnly(prompts);
+    const logged: string[] = [];
+    const { cache, computed } = await ssdOnly(prompts, (line) => logged.push(line));
     // The layer file on a full device: /dev/full answers every write with ENOSPC.
     const layers = path.join(cache.options.stagingDir, "layers.safetensors");
     fs.symlinkSync("/dev/full", layers);
@@ -138,6 +142,10 @@ describe("an SSD run staged whole and adopted as the sequence's buffers", () => 
       corruptBlocks: 0,
     });
     expect(failed.sequence.offset).toBe(0);
+    // The operator learns why, once.
+    expect(logged).toEqual([
+      expect.stringMatching(/layer file .* could not be written \(.*ENOSPC.*\); 69 tokens/),
+    ]);
     fs.rmSync(layers);
     const { sequence, report } = await restore(cache, prompts[1], 80);
     expect(report.restoredTokens).toBe(69);
