@@ -1,19 +1,9 @@
 import { core as mx } from "@frost-beta/mlx";
-import type { LayerBlock, LayerKV, LayerRows } from "../model/kv-cache";
-import { encodeHeader, type TensorSpec } from "../util/safetensors";
+import type { LayerKV, LayerRows } from "../model/kv-cache";
 import { LayerFileSink, ReadArenas, type BatchSink, type VerifiedBlock as Verified } from "./layer-sink";
-import {
-  blockDataBytes,
-  blockTensor,
-  hasRecurrentLayers,
-  headRows,
-  isRecurrentLayer,
-  isSlidingLayer,
-  payloadDigest,
-  type ParsedBlock,
-} from "./block-codec";
-import { SharedTier } from "./shared-tier";
-import { verifySharedBlock } from "./shared-verify";
+import { BlockBatchSink, stageSnapshot, type Ending } from "./batch-sink";
+import { blockDataBytes, hasRecurrentLayers, isRecurrentLayer, isSlidingLayer } from "./block-codec";
+import { checkSharedBatch } from "./shared-verify";
 import type { BlockEntry } from "./block-index";
 import { BlockError } from "./errors";
 import { CachePart, type CacheParts } from "./parts";
@@ -47,12 +37,6 @@ const now = () => performance.now();
  */
 /** A block read from SSD or Redis that passed its checks, with its step of the plan. */
 type VerifiedBlock = Verified<PlanStep>;
-
-/** Where a restore ends, for the recurrent layers' snapshot (see Restorer.restore). */
-interface Ending {
-  layers: (LayerBlock | null)[] | null;
-  block: ParsedBlock | null;
-}
 
 export class Restorer extends CachePart {
   /** Tokens left to recompute because that was estimated faster, since open. */
@@ -155,7 +139,12 @@ export class Restorer extends CachePart {
         i = j;
       }
       if (this.recurrent && at > 0)
-        kv.importRecurrent(ending.layers ?? this.stageSnapshot(ending.block!, report));
+        kv.importRecurrent(
+          ending.layers ??
+            stageSnapshot(this.staging, this.model, ending.block!, report, (bytes) => {
+              this.droppedBytes += bytes;
+            }),
+        );
       report.restoredTokens = at;
     } finally {
       // Release in reverse so the chain's first blocks end up most recently used: under
@@ -389,41 +378,19 @@ export class Restorer extends CachePart {
               batch.map((s) => s.block.key),
               now() + shared.options.timeoutMs,
             ),
-          check: async (batch, values) => {
-            const records = values.map((v) => (Buffer.isBuffer(v) ? SharedTier.decode(v) : null));
-            // The payloads' SHA-256 run on the thread pool while this loop checks the blocks before
-            // them (and the next batch's reply arrives); a digest that cannot run is computed inline.
-            const digests = records.map((r) =>
-              r ? payloadDigest(r.payload).catch(() => undefined) : Promise.resolve(undefined),
-            );
-            const valid: VerifiedBlock[] = [];
-            for (let j = 0; j < batch.length; j++) {
-              const value = values[j];
-              if (value instanceof Error || !value) {
-                // Gone since the lookup (evicted, expired), or not read in time or at all (counted
-                // by the tier): the match ends here and the rest is prefilled.
-                if (!value) shared.counters.lostBlocks++;
-                return { valid, failed: true };
-              }
-              report.sharedBytes += value.length;
-              const checked = verifySharedBlock(
-                records[j],
-                batch[j].block,
-                root,
-                this.model,
-                this.options.blockTokens,
-                await digests[j],
-              );
-              if (checked instanceof BlockError) {
-                shared.refuse(batch[j].block.key);
+          check: (batch, values) =>
+            checkSharedBatch(
+              shared,
+              batch,
+              values,
+              root,
+              this.model,
+              this.options.blockTokens,
+              report,
+              () => {
                 this.index.corruptBlocks++;
-                report.corruptBlocks++;
-                return { valid, failed: true };
-              }
-              valid.push({ step: batch[j], block: checked });
-            }
-            return { valid, failed: false };
-          },
+              },
+            ),
           loaded: (valid) => {
             for (const { step } of valid) shared.noteRestored(step.block.key.toString("hex"));
           },
@@ -469,10 +436,11 @@ export class Restorer extends CachePart {
   ): Promise<{ tokens: number; stopped: boolean }> {
     const tokens = o.batches.flat().reduce((n, s) => n + s.block.tokens, 0);
     const whole = LayerFileSink.open(this.staging, this.model, kv, at, tokens, report);
-    const sink: BatchSink<VerifiedBlock> = whole ?? {
-      add: (valid, from) => this.loadBlocks(valid, kv, from, report, ending, keepFrom),
-      finish: async (_ok, end) => end,
-    };
+    const sink: BatchSink<VerifiedBlock> =
+      whole ??
+      new BlockBatchSink(this.staging, this.model, kv, report, ending, keepFrom, (bytes) => {
+        this.droppedBytes += bytes;
+      });
     // SSD batches staged whole are read into two arenas in turn (ReadArenas); the batch path keeps
     // block bytes past their batch (a recurrent snapshot's), so it reads into Buffers of their own.
     const arenas = whole && o.tier === "ssd" ? this.arenas.take() : null;
@@ -531,99 +499,6 @@ export class Restorer extends CachePart {
           () => this.arenas.release(),
         );
     }
-  }
-
-  /**
-   * Stages verified blocks as one safetensors file whose tensors are whole layers
-   * [1, kvHeads, tokens, headDim] (head-major pieces of every block, gathered by writev), loads
-   * it and imports every layer with one call. Files of few large tensors load faster than files
-   * of many small ones, and one import per layer avoids a concatenation (README).
-   */
-  private loadBlocks(
-    valid: VerifiedBlock[],
-    kv: SequenceKV,
-    at: number,
-    report: RestoreReport,
-    ending: Ending,
-    keepFrom: (end: number) => number,
-  ): { tokens: number; bytes: number } {
-    const { numLayers, kvHeads, headDim } = this.model;
-    const tStage = now();
-    const tokens = valid.reduce((n, v) => n + v.step.block.tokens, 0);
-    const end = at + tokens;
-    const specs: TensorSpec[] = [];
-    let kvBytes = 0;
-    const pieces: Buffer[] = [];
-    for (let i = 0; i < numLayers; i++) {
-      // A recurrent layer needs only the snapshot where the restore ends (stageSnapshot).
-      if (isRecurrentLayer(this.model, i)) continue;
-      // A sliding-window layer stages only the rows a query after the restore can see.
-      const from = isSlidingLayer(this.model, i) ? keepFrom(end) : -Infinity;
-      const skips: number[] = [];
-      let start = at;
-      for (const { step } of valid) {
-        skips.push(Math.max(0, Math.min(step.block.tokens, from - start)));
-        start += step.block.tokens;
-      }
-      const rows = tokens - skips.reduce((a, b) => a + b, 0);
-      if (rows === 0) continue;
-      for (const kind of ["keys", "values"] as const) {
-        const byteLength = kvHeads * rows * headDim * 4;
-        specs.push({ name: `${i}.${kind}`, dtype: "F32", shape: [1, kvHeads, rows, headDim], byteLength });
-        kvBytes += byteLength;
-        for (let h = 0; h < kvHeads; h++) {
-          valid.forEach(({ step, block }, j) => {
-            if (skips[j] === step.block.tokens) return;
-            const tensor = blockTensor(block, i, kind);
-            pieces.push(
-              headRows(tensor, block.header.shape, h, step.block.tokens).subarray(skips[j] * headDim * 4),
-            );
-          });
-        }
-      }
-    }
-    const arrays = this.staging.bytesToArrays(encodeHeader(specs, {}), pieces);
-    const tImport = now();
-    report.stages.stageMs += tImport - tStage;
-    const ranges = Array.from({ length: numLayers }, (_, i) =>
-      arrays[`${i}.keys`] ? { keys: arrays[`${i}.keys`], values: arrays[`${i}.values`] } : null,
-    );
-    kv.import(at, ranges, end);
-    if (this.recurrent) {
-      ending.layers = null;
-      ending.block = valid[valid.length - 1].block;
-    }
-    report.stages.importMs += now() - tImport;
-    this.droppedBytes += kvBytes;
-    // The blocks' snapshots were read, if not staged: the rate the cost model learns counts them,
-    // as its estimate does (blockDataBytes).
-    return { tokens, bytes: kvBytes + valid.length * blockDataBytes(this.model, 0) };
-  }
-
-  /**
-   * Stages the recurrent layers' snapshot of a block read from SSD or Redis, where the restore ends:
-   * one snapshot per restore, however many batches the blocks came in (each block of a hybrid
-   * model carries one, 20 MB for qwen3.5-0.8b, and staging every batch's cost a second at 8k).
-   */
-  private stageSnapshot(block: ParsedBlock, report: RestoreReport): (LayerBlock | null)[] {
-    const t0 = now();
-    const specs: TensorSpec[] = [];
-    const pieces: Buffer[] = [];
-    for (let i = 0; i < this.model.numLayers; i++) {
-      if (!isRecurrentLayer(this.model, i)) continue;
-      for (const kind of ["conv", "delta"] as const) {
-        const data = blockTensor(block, i, kind);
-        const shape = [1, ...block.file.tensors.get(`layers.${i}.${kind}`)!.shape];
-        specs.push({ name: `${i}.${kind}`, dtype: "F32", shape, byteLength: data.length });
-        pieces.push(data);
-      }
-    }
-    const arrays = this.staging.bytesToArrays(encodeHeader(specs, {}), pieces);
-    this.droppedBytes += pieces.reduce((n, p) => n + p.length, 0);
-    report.stages.stageMs += now() - t0;
-    return Array.from({ length: this.model.numLayers }, (_, i) =>
-      isRecurrentLayer(this.model, i) ? { conv: arrays[`${i}.conv`], delta: arrays[`${i}.delta`] } : null,
-    );
   }
 
   /** Feeds the cost model a measured prefill: `tokens` computed in `ms`. */
