@@ -194,11 +194,16 @@ export class ReadArenas {
 
   constructor(private readonly batchBytesMax: number) {}
 
+  /** Bytes the two arenas take once allocated. */
+  get bytes(): number {
+    return 2 * (this.batchBytesMax + ARENA_SLACK_BYTES);
+  }
+
   /** The two arenas, or null while another restore holds them. */
   take(): Buffer[] | null {
     if (this.taken) return null;
     this.taken = true;
-    const bytes = this.batchBytesMax + ARENA_SLACK_BYTES;
+    const bytes = this.bytes / 2;
     this.buffers ??= [Buffer.allocUnsafeSlow(bytes), Buffer.allocUnsafeSlow(bytes)];
     return this.buffers;
   }

@@ -149,6 +149,14 @@ export class PrefixCache {
     return this.options.blockTokens;
   }
 
+  /**
+   * Bytes the cache holds in the process besides the RAM tier, allocated by the first SSD restore
+   * and kept: its read arenas (Restorer).
+   */
+  get heldBytes(): number {
+    return this.restorer.heldBytes;
+  }
+
   /** The longest cached prefix of a tenant's prompt: BlockIndex.lookup. */
   lookup(...args: Parameters<BlockIndex["lookup"]>) {
     return this.index.lookup(...args);

@@ -501,6 +501,11 @@ export class Restorer extends CachePart {
     }
   }
 
+  /** Bytes of memory SSD restores keep between them (their read arenas), 0 without an SSD tier. */
+  get heldBytes(): number {
+    return this.ssd ? this.arenas.bytes : 0;
+  }
+
   /** Feeds the cost model a measured prefill: `tokens` computed in `ms`. */
   observePrefill(tokens: number, ms: number): void {
     if (tokens <= 0 || ms <= 0) return;

@@ -134,7 +134,8 @@ export class Engine {
     this.resident = new ResidentSequence(config.residentSequence, model, (bytes) =>
       this.collector.dropped(bytes),
     );
-    const ram = cache ? config.ramBytesMax : 0;
+    // The RAM tier's budget and the buffers SSD restores keep.
+    const ram = cache ? config.ramBytesMax + cache.heldBytes : 0;
     // The process as loaded: weights, runtime, the tokenizer and the store's index; not the pages
     // loading freed, which the allocator keeps for reuse for a while.
     global.gc?.();

@@ -192,6 +192,11 @@ describe("an SSD run staged whole and adopted as the sequence's buffers", () => 
     expect(fresh).not.toHaveBeenCalled();
     expect(intoArena).toHaveBeenCalledTimes(12);
     expect(new Set(intoArena.mock.calls.map(([, arena]) => arena)).size).toBe(2);
+    // The engine's memory budget counts them (a cache without an SSD tier holds none).
+    const arenas = intoArena.mock.calls[0][1];
+    expect(cache.heldBytes).toBe(2 * arenas.length);
+    const ramOnly = await track(openCache(model, {}));
+    expect(ramOnly.heldBytes).toBe(0);
   });
 
   it("loads in the background, and the next restore writes the file only once the last load read it", async () => {
