@@ -294,7 +294,8 @@ export class Engine {
   private admit(): void {
     let reserved = this.reservedBytes();
     for (const job of fairOrder(this.queued, this.turn)) {
-      if (reserved + this.collector.pending + job.memoryBytes > this.memoryMax) this.collector.step(true);
+      const garbage = this.collector.pending;
+      if (garbage > 0 && reserved + garbage + job.memoryBytes > this.memoryMax) this.collector.step(true);
       if (this.resident.bytes > 0 && reserved + job.memoryBytes > this.memoryMax) {
         reserved -= this.resident.bytes;
         this.resident.drop();
