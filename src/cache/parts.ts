@@ -41,7 +41,7 @@ export abstract class CachePart {
   protected readonly payloads: BlockPayloads;
   protected readonly nowMs: () => number;
   protected readonly log: (line: string) => void;
-  /** MLX bytes the part dropped (temporaries, exports the RAM tier refused), for collectIfNeeded. */
+  /** MLX bytes the part dropped (temporaries, exports the RAM tier refused), for PrefixCache.takeDroppedBytes. */
   protected droppedBytes = 0;
 
   constructor(parts: CacheParts) {

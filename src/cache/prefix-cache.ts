@@ -286,13 +286,21 @@ export class PrefixCache {
   }
 
   /**
-   * Runs a garbage collection when the MLX bytes the cache dropped since the last one pass
-   * gcFreedBytesThreshold and the process was started with --expose-gc; MLX memory is only
-   * freed when its JS wrappers are collected. Call it between requests. Returns whether it ran.
+   * MLX bytes the cache dropped (evictions, restore and persist temporaries) since the previous
+   * call: what a garbage collection could give back. The engine adds them to its own dropped bytes
+   * and collects on the sum (Collector).
+   */
+  takeDroppedBytes(): number {
+    return this.ram.takeFreedBytes() + this.restorer.takeDroppedBytes() + this.persister.takeDroppedBytes();
+  }
+
+  /**
+   * For a cache used on its own: runs a garbage collection when the MLX bytes it dropped since the
+   * last one pass gcFreedBytesThreshold and the process was started with --expose-gc; MLX memory is
+   * only freed when its JS wrappers are collected. Call it between requests. Returns whether it ran.
    */
   collectIfNeeded(): boolean {
-    this.droppedBytes +=
-      this.ram.takeFreedBytes() + this.restorer.takeDroppedBytes() + this.persister.takeDroppedBytes();
+    this.droppedBytes += this.takeDroppedBytes();
     const gc = (globalThis as { gc?: () => void }).gc;
     if (this.droppedBytes < this.options.gcFreedBytesThreshold || typeof gc !== "function") return false;
     gc();

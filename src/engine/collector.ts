@@ -8,10 +8,11 @@ const GARBAGE_BYTES_MAX = 256 * 1024 * 1024;
  * When the engine's dropped MLX memory is reclaimed. MLX frees an array's memory only when its JS
  * wrapper is garbage-collected, and V8 does not see that memory, so the engine collects
  * explicitly: after every prefill chunk, every few decode steps and every finished request once
- * the temporaries it estimates it has dropped pass GARBAGE_BYTES_MAX or the cache has dropped
- * enough blocks (PrefixCache.collectIfNeeded); before admitting a job whose memory the garbage
- * would take; and once idle for `idlePurgeMs`, after which the pages the allocator kept go back to
- * the kernel.
+ * the bytes dropped pass GARBAGE_BYTES_MAX, counting together the temporaries and sequences the
+ * engine estimates it has dropped and the blocks the cache dropped (PrefixCache.takeDroppedBytes;
+ * with a threshold each, the two could hold twice as much between them); before admitting a job
+ * whose memory the garbage would take; and once idle for `idlePurgeMs`, after which the pages the
+ * allocator kept go back to the kernel.
  *
  * A collection takes 20-35 ms with the RAM tier full of arrays, and one run as a request finishes
  * delays a request that arrives right then. Leaving it for an idle moment cost more: the next
@@ -29,8 +30,9 @@ export class Collector {
     private readonly idlePurgeMs: number,
   ) {}
 
-  /** Estimated bytes of MLX memory dropped since the last collection. */
+  /** Estimated bytes of MLX memory dropped since the last collection, the cache's included. */
   get pending(): number {
+    this.garbage += this.cache?.takeDroppedBytes() ?? 0;
     return this.garbage;
   }
 
@@ -41,11 +43,7 @@ export class Collector {
 
   /** Collects when enough was dropped, or always with `force`. */
   step(force = false): void {
-    if (this.cache?.collectIfNeeded()) {
-      this.garbage = 0;
-      return;
-    }
-    if (force || this.garbage >= GARBAGE_BYTES_MAX) {
+    if (force || this.pending >= GARBAGE_BYTES_MAX) {
       this.garbage = 0;
       global.gc?.();
     }
