@@ -9,7 +9,7 @@ import {
   parseSharedTier,
   type Config,
 } from "../config";
-import type { SharedTierOptions } from "./shared-tier";
+import type { SharedTierOptions } from "./shared-types";
 
 /**
  * Which blocks the SSD tier accepts from the RAM tier. "all": every new block is written; "reused":

@@ -13,21 +13,16 @@ export {
   rootKey,
 } from "./block-key";
 export type { BlockKey, ChainLink } from "./block-key";
-export {
-  BLOCK_DTYPE,
-  BLOCK_FORMAT_VERSION,
-  BLOCK_FORMAT_VERSION_V1,
-  snapshotBytes,
-  verifyRecord,
-} from "./block-codec";
+export { BLOCK_DTYPE, BLOCK_FORMAT_VERSION, BLOCK_FORMAT_VERSION_V1, snapshotBytes } from "./block-codec";
 export type { BlockHeader, KVBlockInput, KVBlockRecord, ModelShape } from "./block-codec";
+export { verifyRecord } from "./block-verify";
 export { CACHE_DEFAULTS, cacheOptionsFrom, resolveCacheOptions, sharedOptionsFrom } from "./config";
 export type { AdmissionPolicy, CacheOptions } from "./config";
 export { BLOCK_ERROR_CODES, BlockError } from "./errors";
 export type { BlockErrorCode } from "./errors";
 export { PrefixCache } from "./prefix-cache";
 export { SharedTier } from "./shared-tier";
-export type { SharedTierOptions } from "./shared-tier";
+export type { SharedTierOptions } from "./shared-types";
 export { BUNDLE_FORMAT_VERSION, BundleError, BundleReader, BundleWriter } from "./bundle";
 export type { BundleEntry } from "./bundle";
 export { LIST_PAGE_BLOCKS_MAX } from "./maintenance";

@@ -7,11 +7,11 @@ import {
   layerParts,
   makeHeader,
   openEnvelope,
-  parseBlockPayload,
   storedEnvelope,
   type ModelShape,
   type ParsedBlock,
 } from "./block-codec";
+import { parseBlockPayload } from "./block-verify";
 import type { BlockEntry } from "./block-index";
 import type { ChainRecord } from "./chain-log";
 import { BlockError, StoreReadError } from "./errors";

@@ -19,7 +19,8 @@ import type {
   PrefixMatch,
 } from "./reports";
 import { Restorer } from "./restore";
-import { SharedTier, type SharedWrite } from "./shared-tier";
+import { SharedTier } from "./shared-tier";
+import type { SharedWrite } from "./shared-types";
 import { SsdTier } from "./ssd-tier";
 import { Staging, removeStaleStagingDirs } from "./staging";
 import { layerSpecs, stagesWhole } from "./layer-sink";

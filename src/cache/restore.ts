@@ -3,55 +3,32 @@ import type { LayerKV, LayerRows } from "../model/kv-cache";
 import { LayerFileSink, ReadArenas, type BatchSink, type VerifiedBlock as Verified } from "./layer-sink";
 import { BlockBatchSink, stageSnapshot, type Ending } from "./batch-sink";
 import { blockDataBytes, hasRecurrentLayers, isRecurrentLayer, isSlidingLayer } from "./block-codec";
+import { RestoreCosts } from "./restore-cost";
+import { byteBatches, slidingKeepFrom, stepTier, type PlanStep } from "./restore-plan";
 import { checkSharedBatch } from "./shared-verify";
-import type { BlockEntry } from "./block-index";
 import { BlockError } from "./errors";
 import { CachePart, type CacheParts } from "./parts";
-import type { RamBlock } from "./ram-tier";
-import type { CacheStats, MatchTier, MatchedBlock, PrefixMatch, RestoreReport, SequenceKV } from "./reports";
-
-interface PlanStep {
-  block: MatchedBlock;
-  /** The index's entry; null for a block of the shared tier, which this node does not hold. */
-  entry: BlockEntry | null;
-  ram: RamBlock | null;
-}
-
-/** Where a step of the plan is read from. */
-function stepTier(step: PlanStep): MatchTier {
-  return step.ram ? "ram" : step.block.tier === "shared" ? "shared" : "ssd";
-}
-
-// Exponential moving average weight of a new rate measurement.
-const RATE_EWMA_WEIGHT = 0.3;
-// RAM restore runs at memory speed (measured ~1.2 GB/s for concatenate + import, README); the
-// prior only matters until the first RAM restore is measured.
-const RAM_RESTORE_BYTES_PER_SECOND_PRIOR = 1e9;
+import type { CacheStats, MatchTier, PrefixMatch, RestoreReport, SequenceKV } from "./reports";
 
 const now = () => performance.now();
 
-/**
- * Restore: the matched blocks into a sequence, RAM runs concatenated and SSD runs staged in
- * batches, with the cost model that chooses recomputing an SSD part when that is faster, and the
- * rates it measures.
- */
 /** A block read from SSD or Redis that passed its checks, with its step of the plan. */
 type VerifiedBlock = Verified<PlanStep>;
 
+/**
+ * Restore: the matched blocks into a sequence, RAM runs concatenated and SSD runs staged in
+ * batches, with the cost model (RestoreCosts) that chooses recomputing an SSD part when that is
+ * faster, fed the rates restores and prefills measure.
+ */
 export class Restorer extends CachePart {
   /** Tokens left to recompute because that was estimated faster, since open. */
   recomputeChosenTokens = 0;
-  private ssdBytesPerMs: number;
   private readonly arenas: ReadArenas;
-  private ramBytesPerMs = RAM_RESTORE_BYTES_PER_SECOND_PRIOR / 1000;
-  private sharedBytesPerMs: number;
-  private prefillTokensPerMs: number;
+  private readonly costs: RestoreCosts;
 
   constructor(parts: CacheParts) {
     super(parts);
-    this.ssdBytesPerMs = this.options.ssdRestoreBytesPerSecondPrior / 1000;
-    this.sharedBytesPerMs = this.options.sharedRestoreBytesPerSecondPrior / 1000;
-    this.prefillTokensPerMs = this.options.prefillTokensPerSecondPrior / 1000;
+    this.costs = new RestoreCosts(this.options);
     this.arenas = new ReadArenas(this.options.restoreBatchBytesMax);
   }
 
@@ -114,7 +91,7 @@ export class Restorer extends CachePart {
         for (const step of dropped) if (step.ram) this.ram.release(step.ram);
         plan = plan.slice(0, cut);
       }
-      const keepFrom = this.slidingKeepFrom(plan);
+      const keepFrom = slidingKeepFrom(this.model, plan);
       let at = 0;
       for (let i = 0; i < plan.length;) {
         const tier = stepTier(plan[i]);
@@ -165,27 +142,6 @@ export class Restorer extends CachePart {
     return hasRecurrentLayers(this.model);
   }
 
-  /**
-   * For an import ending at position e, the first position whose rows a sliding-window layer
-   * needs; rows before it are skipped (left as zeros, masked). A restore can stop early only at
-   * the start of an SSD block (gone or failing verification), so the earliest position a
-   * sequence restored through e may continue from is the first SSD block's start at or after e,
-   * or the plan's end; a query there or later sees keys back to W - 1 positions before it. Rows
-   * older than that W are needed by no stop point and no later token. -Infinity: keep every row.
-   */
-  private slidingKeepFrom(plan: PlanStep[]): (end: number) => number {
-    const window = this.model.slidingWindow;
-    if (!window || !this.model.layerTypes?.includes("sliding_attention")) return () => -Infinity;
-    const risks: number[] = [];
-    let position = 0;
-    for (const step of plan) {
-      if (!step.ram) risks.push(position);
-      position += step.block.tokens;
-    }
-    const planEnd = position;
-    return (end) => (risks.find((r) => r >= end) ?? planEnd) - window;
-  }
-
   /** The blocks of a match still available, RAM ones referenced; stops at the first that is gone. */
   private planRestore(match: PrefixMatch): PlanStep[] {
     const plan: PlanStep[] = [];
@@ -213,21 +169,14 @@ export class Restorer extends CachePart {
   private chooseCut(plan: PlanStep[], report: RestoreReport): number {
     const first = plan.findIndex((s) => !s.ram);
     if (first < 0) return plan.length;
-    let ssdBytes = 0;
-    let ramBytes = 0;
-    let sharedBytes = 0;
+    const bytes: Record<MatchTier, number> = { ram: 0, ssd: 0, shared: 0 };
     let tokens = 0;
     for (const step of plan.slice(first)) {
-      const bytes = blockDataBytes(this.model, step.block.tokens);
-      const tier = stepTier(step);
-      if (tier === "ram") ramBytes += bytes;
-      else if (tier === "ssd") ssdBytes += bytes;
-      else sharedBytes += bytes;
+      bytes[stepTier(step)] += blockDataBytes(this.model, step.block.tokens);
       tokens += step.block.tokens;
     }
-    report.estimatedRestoreMs =
-      ssdBytes / this.ssdBytesPerMs + ramBytes / this.ramBytesPerMs + sharedBytes / this.sharedBytesPerMs;
-    report.estimatedRecomputeMs = tokens / this.prefillTokensPerMs;
+    report.estimatedRestoreMs = this.costs.restoreMs(bytes);
+    report.estimatedRecomputeMs = this.costs.recomputeMs(tokens);
     if (!this.options.costModel) return plan.length;
     return report.estimatedRecomputeMs < report.estimatedRestoreMs ? first : plan.length;
   }
@@ -281,7 +230,7 @@ export class Restorer extends CachePart {
     report.stages.ramMs += ms;
     report.ramTokens += tokens;
     report.batches.push({ tier: "ram", blocks: run.length, tokens, bytes, startMs: t0, endMs: t1 });
-    this.ramBytesPerMs = ewma(this.ramBytesPerMs, bytes / Math.max(ms, 0.01));
+    this.costs.observeRestore("ram", bytes, ms);
     return tokens;
   }
 
@@ -336,8 +285,7 @@ export class Restorer extends CachePart {
     } finally {
       report.ssdTokens += done.tokens;
       report.ssdBytes += done.bytes;
-      if (done.bytes > 0)
-        this.ssdBytesPerMs = ewma(this.ssdBytesPerMs, done.bytes / Math.max(now() - t0, 0.01));
+      if (done.bytes > 0) this.costs.observeRestore("ssd", done.bytes, now() - t0);
     }
   }
 
@@ -405,8 +353,7 @@ export class Restorer extends CachePart {
       );
     } finally {
       report.sharedTokens += done.tokens;
-      if (done.bytes > 0)
-        this.sharedBytesPerMs = ewma(this.sharedBytesPerMs, done.bytes / Math.max(now() - t0, 0.01));
+      if (done.bytes > 0) this.costs.observeRestore("shared", done.bytes, now() - t0);
     }
   }
 
@@ -508,37 +455,11 @@ export class Restorer extends CachePart {
 
   /** Feeds the cost model a measured prefill: `tokens` computed in `ms`. */
   observePrefill(tokens: number, ms: number): void {
-    if (tokens <= 0 || ms <= 0) return;
-    this.prefillTokensPerMs = ewma(this.prefillTokensPerMs, tokens / ms);
+    this.costs.observePrefill(tokens, ms);
   }
 
   /** The rates the cost model uses, per second. */
   rates(): CacheStats["rates"] {
-    return {
-      sharedRestoreBytesPerSecond: this.sharedBytesPerMs * 1000,
-      ssdRestoreBytesPerSecond: this.ssdBytesPerMs * 1000,
-      ramRestoreBytesPerSecond: this.ramBytesPerMs * 1000,
-      prefillTokensPerSecond: this.prefillTokensPerMs * 1000,
-    };
+    return this.costs.rates();
   }
-}
-
-/** Consecutive steps in batches of at most `max` bytes each (a larger step makes a batch of its own). */
-function byteBatches(run: PlanStep[], bytesOf: (step: PlanStep) => number, max: number): PlanStep[][] {
-  const batches: PlanStep[][] = [];
-  let bytes = Infinity;
-  for (const step of run) {
-    const stepBytes = bytesOf(step);
-    if (bytes + stepBytes > max) {
-      batches.push([]);
-      bytes = 0;
-    }
-    batches[batches.length - 1].push(step);
-    bytes += stepBytes;
-  }
-  return batches;
-}
-
-function ewma(previous: number, sample: number): number {
-  return previous * (1 - RATE_EWMA_WEIGHT) + sample * RATE_EWMA_WEIGHT;
 }

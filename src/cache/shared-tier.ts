@@ -1,85 +1,17 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { Cluster, Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import { KVBlockSchema } from "../../gen/kvpark/v1/kvblocks_pb";
 import { normalizeRecord, type KVBlockRecord } from "./block-codec";
 import { blockKey } from "./block-key";
-import type { AdmissionPolicy } from "./config";
+import { redisClient } from "./shared-client";
+import type {
+  SharedEncoder,
+  SharedLink,
+  SharedTierCounters,
+  SharedTierOptions,
+  SharedWrite,
+} from "./shared-types";
 import { WriteQueue, admits } from "./write-queue";
-import type { LayerBlock } from "../model/kv-cache";
-
-/** Where and how the shared tier reaches Redis, and its limits (CacheOptions.shared). */
-export interface SharedTierOptions {
-  /** redis:// or rediss:// addresses; several (or `cluster`) make them seeds of a Redis Cluster. */
-  urls: string[];
-  cluster: boolean;
-  /** Budget of a lookup's round trips, and of each restore batch's reads. */
-  timeoutMs: number;
-  /** Time to live of a written block (0: none; Redis evicts under maxmemory). */
-  ttlSeconds: number;
-  /** Which blocks are written: all, reused (seen twice), pinned. */
-  admission: AdmissionPolicy;
-  /** Blocks waiting to be written; a block finding the queue full is skipped and counted. */
-  writeQueueBlocksMax: number;
-  writeQueueBytesMax: number;
-  /** Bytes of KV read and loaded per restore batch. */
-  restoreBatchBytesMax: number;
-  /** Prefix of every key the tier writes (several clusters of nodes may share one Redis). */
-  keyPrefix: string;
-}
-
-/** A block the shared tier holds that continues a lookup's chain. */
-export interface SharedLink {
-  key: Buffer;
-  parent: Buffer;
-  /** The block's token ids (the prompt's, or for a partly matched block the chain metadata's). */
-  tokenIds: number[];
-  /** Leading tokens of the block the prompt matches. */
-  tokens: number;
-}
-
-/** A block waiting to be written; the tier's encoder makes its record when the pump takes it. */
-export interface SharedWrite {
-  keyHex: string;
-  key: Buffer;
-  /** The previous block's key, or the tenant's root for a chain's first block. */
-  parent: Buffer;
-  root: Buffer;
-  tokenIds: Uint32Array;
-  /** Bytes of its KV, what the queue's byte limit counts. */
-  bytes: number;
-  layers: LayerBlock[];
-  /** Written within the pump's next turn (see PersistOptions.keepPace and WriteQueue.turnBytes). */
-  keepPace?: boolean;
-  done: (ok: boolean) => void;
-}
-
-/** Encodes a batch of blocks (MLX arrays to wire records) on the engine's thread. */
-export type SharedEncoder = (items: readonly SharedWrite[]) => KVBlockRecord[];
-
-/** The shared tier's counters, for Stats and metrics. */
-export interface SharedTierCounters {
-  /** Lookups' blocks found in the tier. */
-  hits: number;
-  /** Lookups that reached the tier and found nothing more there. */
-  misses: number;
-  readBlocks: number;
-  readBytes: number;
-  writtenBlocks: number;
-  writtenBytes: number;
-  writeSkips: number;
-  writeErrors: number;
-  /** Lookups and reads that failed (Redis down, an error reply) or were skipped because too much was pending. */
-  readErrors: number;
-  /** Lookups and restore batches that ran out of their time budget. */
-  timeouts: number;
-  /** Blocks read back that failed verification: refused, deleted from Redis, recomputed. */
-  rejectedBlocks: number;
-  /** Blocks a lookup found that were gone when restore read them (evicted, expired). */
-  lostBlocks: number;
-  /** Round trips (a batch of commands sent together counts once) and their total time. */
-  requests: number;
-  requestMs: number;
-}
 
 /** KV bytes encoded per write batch: bounds the pause a batch puts on the engine's thread. */
 const WRITE_BATCH_BYTES_MAX = 32 << 20;
@@ -149,52 +81,7 @@ export class SharedTier {
     private readonly nowMs: () => number = Date.now,
   ) {
     this.queue = new WriteQueue(options.writeQueueBlocksMax, options.writeQueueBytesMax);
-    const urls = options.urls.map((u) => new URL(u));
-    const tls = urls[0].protocol === "rediss:" ? {} : undefined;
-    const auth = {
-      username: decodeURIComponent(urls[0].username) || undefined,
-      password: decodeURIComponent(urls[0].password) || undefined,
-    };
-    const common = {
-      // A command issued while the connection is down fails at once instead of waiting in memory,
-      // and one in flight when it drops is failed, not resent: the caller has a time budget.
-      maxRetriesPerRequest: 0,
-      connectTimeout: Math.max(1000, options.timeoutMs * 4),
-      keepAlive: 10_000,
-      enableAutoPipelining: true,
-      ...auth,
-      ...(tls ? { tls } : {}),
-    };
-    const retry = (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2000);
-    if (options.cluster || urls.length > 1) {
-      this.client = new Cluster(
-        urls.map((u) => ({ host: u.hostname, port: Number(u.port || 6379) })),
-        {
-          enableOfflineQueue: false,
-          enableAutoPipelining: true,
-          clusterRetryStrategy: retry,
-          maxRedirections: 4,
-          retryDelayOnFailover: 50,
-          retryDelayOnClusterDown: 50,
-          slotsRefreshTimeout: Math.max(1000, options.timeoutMs * 4),
-          redisOptions: common,
-        },
-      );
-      this.client.on("node error", (err: Error) => this.onError(err));
-    } else {
-      const u = urls[0];
-      const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0;
-      this.client = new Redis({
-        host: u.hostname,
-        port: Number(u.port || 6379),
-        db,
-        enableOfflineQueue: false,
-        retryStrategy: retry,
-        ...common,
-      });
-    }
-    // An unhandled "error" event would end the process; Redis' errors are the tier's, not the engine's.
-    this.client.on("error", (err: Error) => this.onError(err));
+    this.client = redisClient(options, (err) => this.onError(err));
   }
 
   /** Whether the client is connected and ready for commands now. */

@@ -1,10 +1,5 @@
-import {
-  payloadDigest,
-  verifyRecord,
-  type KVBlockRecord,
-  type ModelShape,
-  type ParsedBlock,
-} from "./block-codec";
+import type { KVBlockRecord, ModelShape, ParsedBlock } from "./block-codec";
+import { payloadDigest, verifyRecord } from "./block-verify";
 import { BlockError } from "./errors";
 import type { MatchedBlock, RestoreReport } from "./reports";
 import { SharedTier } from "./shared-tier";

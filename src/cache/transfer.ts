@@ -8,11 +8,11 @@ import {
   normalizeRecord,
   storedEnvelope,
   toRecord,
-  verifyRecord,
   type KVBlockInput,
   type KVBlockRecord,
   type ParsedBlock,
 } from "./block-codec";
+import { verifyRecord } from "./block-verify";
 import { BLOCK_KEY_BYTES } from "./block-key";
 import type { BlockEntry } from "./block-index";
 import { BundleReader, BundleWriter, checkBundleHeader, entryName, shortKey } from "./bundle";

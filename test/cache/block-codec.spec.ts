@@ -8,7 +8,7 @@ import {
   readSafetensorsHeader,
   SafetensorsError,
 } from "../../src/util/safetensors";
-import { allFinite } from "../../src/cache/block-codec";
+import { allFinite } from "../../src/cache/block-verify";
 import { Staging, removeStaleStagingDirs } from "../../src/cache/staging";
 import { ChainLog, type ChainRecord } from "../../src/cache/chain-log";
 import { removeTempDirs, tempDir } from "./helpers";

@@ -11,13 +11,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
 import { BundleHeaderSchema, BundleManifestSchema, KVBlockSchema } from "../../gen/kvpark/v1/kvblocks_pb";
-import {
-  normalizeRecord,
-  openEnvelope,
-  parseBlockPayload,
-  toRecord,
-  verifyRecord,
-} from "../../src/cache/block-codec";
+import { normalizeRecord, openEnvelope, toRecord } from "../../src/cache/block-codec";
+import { parseBlockPayload, verifyRecord } from "../../src/cache/block-verify";
 import type { KVBlockRecord, ModelShape } from "../../src/cache/block-codec";
 import { chainKeys, rootKey } from "../../src/cache/block-key";
 import {

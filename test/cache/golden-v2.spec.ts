@@ -15,13 +15,12 @@ import {
   layerParts,
   makeHeader,
   openEnvelope,
-  parseBlockPayload,
   storedEnvelope,
   toRecord,
-  verifyRecord,
   type LayerPart,
   type ModelShape,
 } from "../../src/cache/block-codec";
+import { parseBlockPayload, verifyRecord } from "../../src/cache/block-verify";
 import { verifyStore } from "../../src/cache/offline";
 import { ModelCache } from "../../src/model/model-cache";
 import { openCache, removeTempDirs, tempDir } from "./helpers";

@@ -19,12 +19,11 @@ import {
   encodePayloadHeader,
   makeHeader,
   openEnvelope,
-  parseBlockPayload,
   storedEnvelope,
   toRecord,
-  verifyRecord,
   type ModelShape,
 } from "../../src/cache/block-codec";
+import { parseBlockPayload, verifyRecord } from "../../src/cache/block-verify";
 import { CHAIN_LOG_VERSION, ChainLog, type ChainRecord } from "../../src/cache/chain-log";
 import { nodeFileIo } from "../../src/cache/file-io";
 import { PIN_LOG_VERSION, PinJournal, type PinRecord } from "../../src/cache/pin-log";

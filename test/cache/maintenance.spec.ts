@@ -6,7 +6,7 @@
  */
 import { core as mx } from "@frost-beta/mlx";
 import type { PrefixCache } from "../../src/cache";
-import { FIRST_BLOCK_KEY_MISMATCH } from "../../src/cache/block-codec";
+import { FIRST_BLOCK_KEY_MISMATCH } from "../../src/cache/block-verify";
 import type { LoadedModel } from "../../src/model/loader";
 import {
   fromScratch,

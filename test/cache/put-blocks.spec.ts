@@ -1,11 +1,7 @@
 import * as crypto from "node:crypto";
 import type { KVBlockRecord, PrefixCache } from "../../src/cache";
-import {
-  FIRST_BLOCK_KEY_MISMATCH,
-  encodePayloadHeader,
-  parseBlockPayload,
-  type BlockHeader,
-} from "../../src/cache/block-codec";
+import { encodePayloadHeader, type BlockHeader } from "../../src/cache/block-codec";
+import { FIRST_BLOCK_KEY_MISMATCH, parseBlockPayload } from "../../src/cache/block-verify";
 import type { LoadedModel } from "../../src/model/loader";
 import { generate, openCache, randomTokens, removeTempDirs, tempDir, tinyModel } from "./helpers";
 
