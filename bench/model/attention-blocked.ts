@@ -1,6 +1,6 @@
 /**
  * Prefill attention: kvpark's path (scaledDotProductAttention split by KV head over two CPU
- * streams, `attentionOnStreams` in src/model/models/base.ts) against blocked, flash-style
+ * streams, `attentionOnStreams` in src/model/models/attention.ts) against blocked, flash-style
  * attention built from matmuls: tiles of the keys, exact softmax with a running max and sum,
  * fully masked tiles skipped, the mask added only where a tile reaches past the chunk's first
  * query. Both on the same random queries, keys and values of the qwen2.5-0.5b shape (14 heads,
@@ -13,7 +13,7 @@
  * difference of each blocked result from kvpark's.
  */
 import { core as mx } from "@frost-beta/mlx";
-import { attentionOnStreams, attentionStreams } from "../../src/model/models/base";
+import { attentionOnStreams, attentionStreams } from "../../src/model/models/attention";
 
 const HEADS = 14;
 const KV_HEADS = 2;

@@ -40,7 +40,7 @@ export const CACHE_STEP_TOKENS = 256;
  * step copied all layers' caches and memory grew until the process was killed). Handing out the
  * buffer itself and masking unused positions in attention keeps updates in place. Positions
  * at or beyond `offset` are zeros or stale entries; the causal mask over absolute positions hides
- * them (see `attentionMask` in models/base.ts).
+ * them (see `attentionMask` in models/attention.ts).
  */
 export class KVCache {
   /** Number of valid tokens; the next token is written at this position. */

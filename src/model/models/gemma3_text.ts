@@ -9,15 +9,12 @@ import {
   Linear,
   type LogitsFor,
   Module,
-  RotaryEmbedding,
   type Segment,
-  attendSegments,
   collectRowProducts,
-  mergeHeads,
   rowsForLogits,
   segmentMask,
-  splitHeads,
 } from "./base";
+import { RotaryEmbedding, attendSegments, mergeHeads, splitHeads } from "./attention";
 
 /**
  * Gemma 3 text models (after mlx-lm models/gemma3_text.py and Hugging Face's Gemma3ForCausalLM).

@@ -1,17 +1,7 @@
 import type { core as mx } from "@frost-beta/mlx";
 import type { ModelConfig } from "../config";
-import {
-  type AttentionModule,
-  Linear,
-  Module,
-  type CausalLM,
-  DecoderLM,
-  RotaryEmbedding,
-  attendSegments,
-  type LayerSegment,
-  mergeHeads,
-  splitHeads,
-} from "./base";
+import { type AttentionModule, Linear, Module, type CausalLM, DecoderLM, type LayerSegment } from "./base";
+import { RotaryEmbedding, attendSegments, mergeHeads, splitHeads } from "./attention";
 
 /**
  * Llama 2 and Llama 3.x (after mlx-lm models/llama.py): grouped-query attention with rotary

@@ -1,17 +1,7 @@
 import type { core as mx } from "@frost-beta/mlx";
 import type { ModelConfig } from "../config";
-import {
-  type AttentionModule,
-  Linear,
-  Module,
-  type CausalLM,
-  DecoderLM,
-  RotaryEmbedding,
-  attendSegments,
-  type LayerSegment,
-  mergeHeads,
-  splitHeads,
-} from "./base";
+import { type AttentionModule, Linear, Module, type CausalLM, DecoderLM, type LayerSegment } from "./base";
+import { RotaryEmbedding, attendSegments, mergeHeads, splitHeads } from "./attention";
 
 /**
  * Qwen2 and Qwen2.5 (after mlx-lm models/qwen2.py): Llama's block with biases on the q, k and v

@@ -7,12 +7,9 @@ import {
   RMSNorm,
   type CausalLM,
   DecoderLM,
-  RotaryEmbedding,
-  attendSegments,
   type LayerSegment,
-  mergeHeads,
-  splitHeads,
 } from "./base";
+import { RotaryEmbedding, attendSegments, mergeHeads, splitHeads } from "./attention";
 
 /**
  * Qwen3 (after mlx-lm models/qwen3.py): Llama's block with an RMSNorm over each head of the

@@ -11,15 +11,12 @@ import {
   MLP,
   Module,
   RMSNorm,
-  RotaryEmbedding,
   type Segment,
-  attendSegments,
   collectRowProducts,
-  mergeHeads,
   rowsForLogits,
   segmentMask,
-  splitHeads,
 } from "./base";
+import { RotaryEmbedding, attendSegments, mergeHeads, splitHeads } from "./attention";
 import { gatedDeltaRule, logDecayOf } from "./gated-delta";
 
 /**
