@@ -1,4 +1,4 @@
-// Rewrites the README's configuration table from the option table in src/config.ts
+// Rewrites the README's configuration table from the option table in src/config-options.ts
 // (`npm run readme`); test/foundation/readme.spec.ts fails when the two differ.
 import * as fs from "node:fs";
 import * as path from "node:path";

@@ -1,5 +1,6 @@
 // The server's configuration: its fields and the choices of its enumerated options. The table
-// that gives each its flag, default, bounds and help is in config.ts, which re-exports these.
+// that gives each its flag, default, bounds and help is in config-options.ts; config.ts re-exports
+// these.
 
 /** Levels of --log-level (pino's). */
 export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;

@@ -317,6 +317,12 @@ describe("managing the prefix cache of a running server", () => {
     expect(cli("export", ...asB).code).toBe(2);
     expect(cli("frobnicate").code).toBe(2);
     expect(cli("ls", ...asB, "--tier", "ram").code).toBe(2);
+    expect(cli("stats", "--data-dir", nodeA.dataDir)).toMatchObject({
+      code: 2,
+      stderr: expect.stringContaining(
+        "cache stats runs against a running server only: give --url, not --data-dir",
+      ),
+    });
     const locked = cli("verify", "--data-dir", nodeA.dataDir);
     expect(locked.code).toBe(1);
     expect(locked.stderr).toMatch(
