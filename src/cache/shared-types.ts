@@ -1,5 +1,6 @@
 import type { KVBlockRecord } from "./block-codec";
 import type { AdmissionPolicy } from "./config";
+import type { SharedStats } from "./reports";
 import type { LayerBlock } from "../model/kv-cache";
 
 /** Where and how the shared tier reaches Redis, and its limits (CacheOptions.shared). */
@@ -51,27 +52,5 @@ export interface SharedWrite {
 /** Encodes a batch of blocks (MLX arrays to wire records) on the engine's thread. */
 export type SharedEncoder = (items: readonly SharedWrite[]) => KVBlockRecord[];
 
-/** The shared tier's counters, for Stats and metrics. */
-export interface SharedTierCounters {
-  /** Lookups' blocks found in the tier. */
-  hits: number;
-  /** Lookups that reached the tier and found nothing more there. */
-  misses: number;
-  readBlocks: number;
-  readBytes: number;
-  writtenBlocks: number;
-  writtenBytes: number;
-  writeSkips: number;
-  writeErrors: number;
-  /** Lookups and reads that failed (Redis down, an error reply) or were skipped because too much was pending. */
-  readErrors: number;
-  /** Lookups and restore batches that ran out of their time budget. */
-  timeouts: number;
-  /** Blocks read back that failed verification: refused, deleted from Redis, recomputed. */
-  rejectedBlocks: number;
-  /** Blocks a lookup found that were gone when restore read them (evicted, expired). */
-  lostBlocks: number;
-  /** Round trips (a batch of commands sent together counts once) and their total time. */
-  requests: number;
-  requestMs: number;
-}
+/** The shared tier's counters, for Stats and metrics: its SharedStats less what is read live. */
+export type SharedTierCounters = Omit<SharedStats, "connected" | "writeQueueDepth" | "writeQueueBytes">;
