@@ -13,7 +13,8 @@
  * difference of each blocked result from kvpark's.
  */
 import { core as mx } from "@frost-beta/mlx";
-import { attentionOnStreams, attentionStreams } from "../../src/model/models/attention";
+import { cpuStreams } from "../../src/model/cpu-streams";
+import { attentionOnStreams } from "../../src/model/models/attention";
 
 const HEADS = 14;
 const KV_HEADS = 2;
@@ -151,7 +152,7 @@ function main(): void {
   const contexts = option("contexts", "2048,8192").split(",").map(Number);
   const tiles = option("tiles", "512,2048").split(",").map(Number);
   const runs = Number(option("runs", "5"));
-  const streams = attentionStreams();
+  const streams = cpuStreams();
   console.log(`| queries | context | variant | median ms | max abs difference from kvpark's |`);
   console.log(`| ---: | ---: | --- | ---: | ---: |`);
   for (const context of contexts) {

@@ -26,6 +26,11 @@ export function pieces(a: mx.array | readonly mx.array[]): readonly mx.array[] {
 /** Tokens added to a cache buffer at a time when it has to grow. */
 export const CACHE_STEP_TOKENS = 256;
 
+/** Pieces joined along the positions and converted to float32 once (a conversion per piece costs a native call each). */
+function join(parts: readonly mx.array[], stream: mx.Stream | undefined): mx.array {
+  return (parts.length === 1 ? parts[0] : mx.concatenate([...parts], 2, stream)).astype(mx.float32, stream);
+}
+
 /**
  * One layer's keys and values, kept in a preallocated buffer [1, kvHeads, capacity, headDim]
  * that new tokens are written into with slice assignment.
@@ -91,7 +96,7 @@ export class KVCache {
    */
   updateAndFetch(keys: mx.array, values: mx.array): [mx.array, mx.array] {
     const tokens = keys.shape[2];
-    if (this.fillEmpty(this.offset, [keys], [values], tokens)) return [this.keys!, this.values!];
+    if (this.fillEmpty(this.offset, [keys], [values], tokens, undefined)) return [this.keys!, this.values!];
     this.reserve(this.offset + tokens);
     const at = [mx.Slice(), mx.Slice(), mx.Slice(this.offset, this.offset + tokens), mx.Slice()];
     this.keys!.indexPut_(at, keys);
@@ -117,25 +122,35 @@ export class KVCache {
     keys: readonly mx.array[],
     values: readonly mx.array[],
     rows: number,
+    stream: mx.Stream | undefined,
   ): boolean {
     if (this.offset !== this.skippedBelow || at !== this.offset) return false;
     const capacity = Math.max(this.capacity, Math.ceil((at + rows) / this.stepTokens) * this.stepTokens);
     const back = capacity - at - rows;
     if (keys.length === 1 && at === 0 && back === 0) return false;
-    const zeros = (n: number) => mx.zeros([1, this.kvHeads, n, this.headDim], mx.float32);
+    const zeros = (n: number) => mx.zeros([1, this.kvHeads, n, this.headDim], mx.float32, stream);
     const build = (parts: readonly mx.array[]): mx.array => {
       if (at + back <= rows) {
         return mx
-          .concatenate([...(at > 0 ? [zeros(at)] : []), ...parts, ...(back > 0 ? [zeros(back)] : [])], 2)
-          .astype(mx.float32);
+          .concatenate(
+            [...(at > 0 ? [zeros(at)] : []), ...parts, ...(back > 0 ? [zeros(back)] : [])],
+            2,
+            stream,
+          )
+          .astype(mx.float32, stream);
       }
-      const joined = (parts.length === 1 ? parts[0] : mx.concatenate([...parts], 2)).astype(mx.float32);
-      return mx.pad(joined, [
-        [0, 0],
-        [0, 0],
-        [at, back],
-        [0, 0],
-      ]);
+      const joined = join(parts, stream);
+      return mx.pad(
+        joined,
+        [
+          [0, 0],
+          [0, 0],
+          [at, back],
+          [0, 0],
+        ],
+        0,
+        stream,
+      );
     };
     this.keys = build(keys);
     this.values = build(values);
@@ -223,19 +238,25 @@ export class KVCache {
     return rows;
   }
 
-  /** importRange for pieces whose rows `rowsOf` counted. */
-  writeRows(at: number, keys: readonly mx.array[], values: readonly mx.array[], rows: number): void {
+  /**
+   * importRange for pieces whose rows `rowsOf` counted. With `stream`, the copies run there
+   * (ModelCache.import spreads layers over cpuStreams()); the bytes are the same.
+   */
+  writeRows(
+    at: number,
+    keys: readonly mx.array[],
+    values: readonly mx.array[],
+    rows: number,
+    stream?: mx.Stream,
+  ): void {
     if (!Number.isInteger(at) || at < 0 || at > this.offset) {
       throw new RangeError(
         `importRange at ${at}: must be within [0, ${this.offset}] so the cache stays contiguous`,
       );
     }
-    if (this.fillEmpty(at, keys, values, rows)) return;
-    // Joined first and converted once: a conversion per piece costs a native call each.
-    const join = (parts: readonly mx.array[]) =>
-      (parts.length === 1 ? parts[0] : mx.concatenate([...parts], 2)).astype(mx.float32);
+    if (this.fillEmpty(at, keys, values, rows, stream)) return;
     this.offset = at;
-    this.updateAndFetch(join(keys), join(values));
+    this.updateAndFetch(join(keys, stream), join(values, stream));
   }
 
   /**

@@ -1,7 +1,7 @@
-import * as os from "node:os";
 import { core as mx } from "@frost-beta/mlx";
 import type { Llama3RopeScaling, ModelConfig } from "../config";
 import type { LayerSegment } from "./base";
+import { cpuStreams } from "../cpu-streams";
 
 /**
  * Rotary position embedding and attention over each sequence's own cache: the causal mask, the
@@ -152,7 +152,7 @@ function attentionFor(scale: number): (q: mx.array, k: mx.array, v: mx.array, ma
       if (tokens <= FOLDED_QUERIES_MAX && heads > kvHeads) {
         return foldedAttention(queries, keys, values, mask, scale, kvHeads, heads / kvHeads, tokens, headDim);
       }
-      const streams = attentionStreams();
+      const streams = cpuStreams();
       if (streams.length > 1 && kvHeads % streams.length === 0) {
         return attentionOnStreams(queries, keys, values, mask, scale, streams);
       }
@@ -230,14 +230,6 @@ export function attentionOnStreams(
     ),
   );
   return mx.concatenate(outs, 1);
-}
-
-let streamsForAttention: mx.Stream[] | undefined;
-
-/** Two CPU streams where there are two cores or more (none otherwise). */
-export function attentionStreams(): mx.Stream[] {
-  streamsForAttention ??= os.availableParallelism() > 1 ? [mx.newStream(mx.cpu), mx.newStream(mx.cpu)] : [];
-  return streamsForAttention;
 }
 
 /** One compiled attention per softmax scale (1 / sqrt(head_dim)), which the trace bakes in. */
