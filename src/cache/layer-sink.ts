@@ -203,6 +203,18 @@ export class ReadArenas {
   take(): Buffer[] | null {
     if (this.taken) return null;
     this.taken = true;
+    return this.allocate();
+  }
+
+  /**
+   * Allocates the arenas now and writes every page of them once, so that the first restore's
+   * reads do not fault them in (a warm-up before the first request; see PrefixCache.warmUp).
+   */
+  prepare(): void {
+    if (!this.taken) for (const arena of this.allocate()) arena.fill(0);
+  }
+
+  private allocate(): Buffer[] {
     const bytes = this.bytes / 2;
     this.buffers ??= [Buffer.allocUnsafeSlow(bytes), Buffer.allocUnsafeSlow(bytes)];
     return this.buffers;

@@ -390,7 +390,8 @@ export class PrefixCache {
    * costs: the persist and restore paths once from a throwaway sequence `from` into a fresh one
    * `into`, and the check of a stored block (warm-up.ts). When there is a tier to restore from,
    * the staging file is grown to one restore batch, whose tmpfs pages a restore would otherwise
-   * allocate; and for a model whose SSD runs are staged whole, the layer file is grown to the
+   * allocate; for a model whose SSD runs are staged whole, the SSD reads' two arenas are
+   * allocated and their pages faulted in (ReadArenas.prepare); and the layer file is grown to the
    * longest chain on SSD (at most `contextTokens`, rounded up as a sequence's capacity is, plus
    * one step), and buffers of that shape are allocated once so the allocator keeps their pages;
    * not when those buffers would take more than `bytesMax` (what the engine's memory budget leaves
@@ -401,6 +402,8 @@ export class PrefixCache {
     warmUpVerify(this.payloads, from);
     if (!this.ssd && !this.shared) return;
     this.staging.prepare(this.options.restoreBatchBytesMax);
+    // The memory budget counts the read arenas either way (heldBytes).
+    if (stagesWhole(this.model)) this.restorer.prepareArenas();
     const longest = Math.min(this.index.longestChainTokens(), contextTokens);
     if (longest === 0 || !stagesWhole(this.model)) return;
     const step = into.stepTokens;

@@ -448,6 +448,11 @@ export class Restorer extends CachePart {
     }
   }
 
+  /** Allocates and faults in the SSD restores' read arenas ahead of the first (ReadArenas.prepare). */
+  prepareArenas(): void {
+    if (this.ssd) this.arenas.prepare();
+  }
+
   /** Bytes of memory SSD restores keep between them (their read arenas), 0 without an SSD tier. */
   get heldBytes(): number {
     return this.ssd ? this.arenas.bytes : 0;

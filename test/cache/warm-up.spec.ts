@@ -88,4 +88,26 @@ describe.each([
       expect(await sizes(4096)).toEqual([1 << 20]);
     }
   });
+
+  it("allocates and faults in the SSD reads' arenas when runs stage whole", async () => {
+    const cache = await track(openCache(model, { ssdDir: tempDir("ssd"), restoreBatchBytesMax: 32 << 20 }));
+    const from = model.newCache(26);
+    from.captureSnapshots(12);
+    model.forward(randomTokens(5, 24, model.config.vocabSize), from);
+    model.materialize(from);
+    const into = model.newCache(26);
+    const rss = () =>
+      Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync("/proc/self/status", "utf8"))![1]) * 1024;
+    const before = rss();
+    cache.warmUp(from, into, 4096);
+    const grown = rss() - before;
+    if (stagesWhole(model)) {
+      // Two arenas of a batch and a MiB each, allocated and written, so their pages are resident.
+      expect(cache.heldBytes).toBe(2 * ((32 << 20) + (1 << 20)));
+      expect(grown).toBeGreaterThan(0.9 * cache.heldBytes);
+    } else {
+      // Only whole-layer runs read into the arenas.
+      expect(grown).toBeLessThan(32 << 20);
+    }
+  });
 });
