@@ -237,7 +237,7 @@ const specs: OptionSpec<keyof Config>[] = [
     default: 0,
     min: 0,
     max: 2 ** 50,
-    help: "Bytes the engine process may use: its size once the model is loaded, the RAM tier, the SSD restores' two read buffers (2 x (restore batch + 1 MiB)), a prefill step's working memory and running sequences' KV; requests beyond it wait in the queue. 0: loaded size + --ram-bytes-max + 2 GiB.",
+    help: "Bytes the engine process may use: its size once the model is loaded, the RAM tier, the SSD restores' two read buffers (2 x (restore batch + 1 MiB), allocated at start; not for models whose restores go batch by batch), a prefill step's working memory and running sequences' KV; requests beyond it wait in the queue. 0: loaded size + --ram-bytes-max + 2 GiB.",
   },
   {
     key: "engineRestartDelayMs",

@@ -403,7 +403,7 @@ export class PrefixCache {
     if (!this.ssd && !this.shared) return;
     this.staging.prepare(this.options.restoreBatchBytesMax);
     // The memory budget counts the read arenas either way (heldBytes).
-    if (stagesWhole(this.model)) this.restorer.prepareArenas();
+    this.restorer.prepareArenas();
     const longest = Math.min(this.index.longestChainTokens(), contextTokens);
     if (longest === 0 || !stagesWhole(this.model)) return;
     const step = into.stepTokens;

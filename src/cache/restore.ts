@@ -1,6 +1,12 @@
 import { core as mx } from "@frost-beta/mlx";
 import type { LayerKV, LayerRows } from "../model/kv-cache";
-import { LayerFileSink, ReadArenas, type BatchSink, type VerifiedBlock as Verified } from "./layer-sink";
+import {
+  LayerFileSink,
+  ReadArenas,
+  stagesWhole,
+  type BatchSink,
+  type VerifiedBlock as Verified,
+} from "./layer-sink";
 import { BlockBatchSink, stageSnapshot, type Ending } from "./batch-sink";
 import { blockDataBytes, hasRecurrentLayers, isRecurrentLayer, isSlidingLayer } from "./block-codec";
 import { RestoreCosts } from "./restore-cost";
@@ -450,12 +456,15 @@ export class Restorer extends CachePart {
 
   /** Allocates and faults in the SSD restores' read arenas ahead of the first (ReadArenas.prepare). */
   prepareArenas(): void {
-    if (this.ssd) this.arenas.prepare();
+    if (this.heldBytes > 0) this.arenas.prepare();
   }
 
-  /** Bytes of memory SSD restores keep between them (their read arenas), 0 without an SSD tier. */
+  /**
+   * Bytes of memory SSD restores keep between them: their read arenas, which only runs staged
+   * whole read into; 0 without an SSD tier or for a model whose runs go batch by batch.
+   */
   get heldBytes(): number {
-    return this.ssd ? this.arenas.bytes : 0;
+    return this.ssd && stagesWhole(this.model) ? this.arenas.bytes : 0;
   }
 
   /** Feeds the cost model a measured prefill: `tokens` computed in `ms`. */

@@ -53,6 +53,8 @@ describe.each([
       .readdirSync(cache.options.stagingDir)
       .map((f) => path.join(cache.options.stagingDir, f));
     expect(staged.map((f) => fs.statSync(f).size)).toEqual([1 << 20]);
+    // The SSD reads' arenas, which the engine's memory budget counts, serve only runs staged whole.
+    expect(cache.heldBytes).toBe(stagesWhole(model) ? 2 * ((1 << 20) + (1 << 20)) : 0);
   });
 
   it("grows the layer file to the longest chain on SSD when runs stage whole, and no further than the context", async () => {
