@@ -44,6 +44,7 @@ export interface Config {
   engineRestartDelayMs: number;
   engineAllocator: (typeof ENGINE_ALLOCATORS)[number];
   engineIdlePurgeMs: number;
+  engineKeptBytesMax: number;
   residentSequence: boolean;
   testEngineAbort: boolean;
   cache: boolean;

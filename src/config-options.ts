@@ -266,6 +266,15 @@ const specs: OptionSpec<keyof Config>[] = [
     help: "With jemalloc, the pages the engine freed are kept for reuse while requests come, and handed back to the kernel once the engine has had no work for this long. 0: at once.",
   },
   {
+    key: "engineKeptBytesMax",
+    flag: "--engine-kept-bytes-max",
+    kind: "bytes",
+    default: 512 * MiB,
+    min: 0,
+    max: 2 ** 50,
+    help: "With jemalloc, the most freed pages the engine keeps for reuse while requests come (checked each second); beyond it, or beyond --engine-memory-max with what is in use, they go back to the kernel. Under a sustained load the allocator does not reuse every page it keeps, so without a bound the engine's resident size would grow until it idles.",
+  },
+  {
     key: "cache",
     flag: "--cache",
     kind: "bool",

@@ -309,6 +309,11 @@ export interface EngineStats {
   steps: number;
   /** V8 heap in use (MLX's native memory is in rssBytes only). */
   heapUsedBytes?: number;
+  /** With jemalloc: bytes in pages holding live allocations, freed pages kept for reuse, and the
+   * times kept pages went back to the kernel (idle, or over --engine-kept-bytes-max). */
+  allocatorActiveBytes?: number;
+  allocatorKeptBytes?: number;
+  allocatorPurges?: number;
   /** Event-loop delay since the previous report (a long synchronous MLX step shows here). */
   eventLoopDelayMeanMs?: number;
   eventLoopDelayP99Ms?: number;

@@ -278,7 +278,7 @@ const requests = dashboard(
     {
       title: "Process memory: front end and engine",
       description:
-        "The front end's process.memory.usage (resident memory) and v8js.memory.heap.used, and the engine's kvpark.engine.memory.rss and kvpark.engine.heap.used. The engine's RSS far above its heap is MLX's native memory (weights, KV).",
+        "The front end's process.memory.usage (resident memory) and v8js.memory.heap.used, and the engine's kvpark.engine.memory.rss, kvpark.engine.heap.used and kvpark.engine.memory.kept. The engine's RSS far above its heap is MLX's native memory (weights, KV); kept is the part of it that is freed pages jemalloc keeps for reuse, at most --engine-kept-bytes-max.",
       type: "timeseries",
       unit: "bytes",
       targets: [
@@ -286,6 +286,11 @@ const requests = dashboard(
         promTarget("B", `sum(${series(sc.METRIC_V8JS_MEMORY_HEAP_USED, "bytes", "")})`, "front end heap"),
         promTarget("C", `sum(${series(sc.METRIC_KVPARK_ENGINE_MEMORY_RSS, "bytes", "")})`, "engine RSS"),
         promTarget("D", `sum(${series(sc.METRIC_KVPARK_ENGINE_HEAP_USED, "bytes", "")})`, "engine heap"),
+        promTarget(
+          "E",
+          `sum(${series(sc.METRIC_KVPARK_ENGINE_MEMORY_KEPT, "bytes", "")})`,
+          "engine kept pages",
+        ),
       ],
     },
     {

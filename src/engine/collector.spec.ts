@@ -53,3 +53,52 @@ describe("Collector", () => {
     expect(collections).toBe(1);
   });
 });
+
+describe("Collector.trim", () => {
+  /** An allocator holding `active` bytes live and `kept` freed, whose purge returns every kept page. */
+  function allocator(name: "jemalloc" | "system", active: number, kept: number) {
+    const state = { purges: 0 };
+    return {
+      state,
+      stats: () => ({
+        name,
+        version: "",
+        allocatedBytes: active,
+        activeBytes: active,
+        residentBytes: active + kept,
+      }),
+      purge: () => {
+        state.purges++;
+        kept = 0;
+        return name === "jemalloc";
+      },
+    };
+  }
+
+  it("keeps freed pages up to the bound", () => {
+    const a = allocator("jemalloc", 300 * MiB, 64 * MiB);
+    const collector = new Collector(undefined, 1000, 64 * MiB, a);
+    expect(collector.trim()).toEqual({ activeBytes: 300 * MiB, keptBytes: 64 * MiB, purges: 0 });
+    expect(a.state.purges).toBe(0);
+  });
+
+  it("hands them back beyond the bound, and reports what is kept after", () => {
+    const a = allocator("jemalloc", 300 * MiB, 65 * MiB);
+    const collector = new Collector(undefined, 1000, 64 * MiB, a);
+    expect(collector.trim()).toEqual({ activeBytes: 300 * MiB, keptBytes: 0, purges: 1 });
+  });
+
+  it("hands them back when they and what is live pass the engine's memory bound", () => {
+    const a = allocator("jemalloc", 300 * MiB, 40 * MiB);
+    const collector = new Collector(undefined, 1000, 64 * MiB, a);
+    expect(collector.trim(350 * MiB).purges).toBe(0);
+    expect(collector.trim(330 * MiB).purges).toBe(1);
+  });
+
+  it("leaves the system's malloc alone", () => {
+    const a = allocator("system", 0, 0);
+    const collector = new Collector(undefined, 1000, 0, a);
+    expect(collector.trim()).toEqual({ activeBytes: 0, keptBytes: 0, purges: 0 });
+    expect(a.state.purges).toBe(0);
+  });
+});

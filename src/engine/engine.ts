@@ -130,7 +130,7 @@ export class Engine {
     this.decodeRowsMax = decodeRowsMax;
     this.kvOps = new KvOperations(cache, send);
     this.chunkTokens = Math.min(config.prefillChunkTokens, config.stepTokensMax);
-    this.collector = new Collector(cache, config.engineIdlePurgeMs);
+    this.collector = new Collector(cache, config.engineIdlePurgeMs, config.engineKeptBytesMax);
     this.resident = new ResidentSequence(config.residentSequence, model, (bytes) =>
       this.collector.dropped(bytes),
     );
@@ -439,6 +439,7 @@ export class Engine {
       eventLoopDelayMaxMs: ms(loopDelay.max),
     };
     loopDelay.reset();
+    const allocator = this.collector.trim(this.memoryMax);
     this.send({
       type: "engine-stats",
       stats: {
@@ -450,6 +451,9 @@ export class Engine {
         decodeBatch: this.lastDecodeBatch,
         steps: this.steps,
         heapUsedBytes: process.memoryUsage().heapUsed,
+        allocatorActiveBytes: allocator.activeBytes,
+        allocatorKeptBytes: allocator.keptBytes,
+        allocatorPurges: allocator.purges,
         ...delay,
       },
     });

@@ -41,6 +41,9 @@ function engineStats(e: EngineStats | undefined) {
     sequencesWaiting: e.sequencesWaiting,
     decodeBatch: e.decodeBatch,
     steps: BigInt(e.steps),
+    allocatorActiveBytes: BigInt(e.allocatorActiveBytes ?? 0),
+    allocatorKeptBytes: BigInt(e.allocatorKeptBytes ?? 0),
+    allocatorPurges: BigInt(e.allocatorPurges ?? 0),
   };
 }
 

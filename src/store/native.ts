@@ -40,7 +40,7 @@ interface ArenaRead {
   fallbacks: Buffer[];
 }
 
-interface AllocatorStats {
+export interface AllocatorStats {
   name: "jemalloc" | "system";
   version: string;
   allocatedBytes: number;
@@ -82,6 +82,14 @@ function loadNative(): NativeModule {
 export function allocatorName(): string {
   const stats = loadNative().allocatorStats();
   return stats.name === "jemalloc" ? `jemalloc ${stats.version.split("-")[0]}` : "system";
+}
+
+/**
+ * The process's malloc and its counters: with jemalloc, bytes in live allocations, in the pages
+ * holding them (active) and resident (also freed pages kept for reuse); zeros with the system's.
+ */
+export function allocatorStats(): AllocatorStats {
+  return loadNative().allocatorStats();
 }
 
 /** Returns the pages the allocator keeps for reuse to the kernel now (jemalloc; a no-op otherwise). */

@@ -200,6 +200,16 @@ export function createEngineInstruments(meter: Meter) {
       "{sequence}",
       "Sequences in the engine's most recent batched decode step.",
     ),
+    kept: gauge(
+      sc.METRIC_KVPARK_ENGINE_MEMORY_KEPT,
+      "By",
+      "With jemalloc: freed pages the engine keeps resident for reuse (at most --engine-kept-bytes-max).",
+    ),
+    purges: meter.createObservableCounter(sc.METRIC_KVPARK_ENGINE_MEMORY_PURGES, {
+      unit: "{purge}",
+      description:
+        "With jemalloc: times the engine's kept pages went back to the kernel (idle, or over the bound).",
+    }),
     heapUsed: gauge(sc.METRIC_KVPARK_ENGINE_HEAP_USED, "By", "V8 heap in use in the engine process."),
     eventLoopDelay: gauge(
       sc.METRIC_KVPARK_ENGINE_EVENTLOOP_DELAY,

@@ -200,6 +200,9 @@ export const METRIC_KVPARK_ENGINE_MEMORY_LIMIT = "kvpark.engine.memory.limit";
 export const METRIC_KVPARK_ENGINE_MEMORY_RESERVED = "kvpark.engine.memory.reserved";
 export const METRIC_KVPARK_ENGINE_SEQUENCES = "kvpark.engine.sequences";
 export const METRIC_KVPARK_ENGINE_DECODE_BATCH_SIZE = "kvpark.engine.decode.batch_size";
+/** With jemalloc: the engine's freed pages kept for reuse, and the times they went back to the kernel. */
+export const METRIC_KVPARK_ENGINE_MEMORY_KEPT = "kvpark.engine.memory.kept";
+export const METRIC_KVPARK_ENGINE_MEMORY_PURGES = "kvpark.engine.memory.purges";
 /** The engine's V8 heap in use, and its event loop's delay (mean and p99 over the last report's window). */
 export const METRIC_KVPARK_ENGINE_HEAP_USED = "kvpark.engine.heap.used";
 export const METRIC_KVPARK_ENGINE_EVENTLOOP_DELAY = "kvpark.engine.eventloop.delay";

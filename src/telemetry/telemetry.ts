@@ -214,6 +214,8 @@ export class Telemetry {
       result.observe(g.decodeBatch, e.decodeBatch);
       // Engines of an older build (during a rolling restart) do not report these.
       if (e.heapUsedBytes !== undefined) result.observe(g.heapUsed, e.heapUsedBytes);
+      if (e.allocatorKeptBytes !== undefined) result.observe(g.kept, e.allocatorKeptBytes);
+      if (e.allocatorPurges !== undefined) result.observe(g.purges, e.allocatorPurges);
       const stat = sc.ATTR_KVPARK_ENGINE_EVENTLOOP_STAT;
       if (e.eventLoopDelayMeanMs !== undefined)
         result.observe(g.eventLoopDelay, e.eventLoopDelayMeanMs / 1000, { [stat]: "mean" });
