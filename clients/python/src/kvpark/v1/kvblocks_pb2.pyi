@@ -158,7 +158,10 @@ class ClearResponse(_message.Message):
     def __init__(self, removed_blocks: _Optional[int] = ..., unpinned_blocks: _Optional[int] = ..., ram_bytes_freed: _Optional[int] = ..., ssd_bytes_freed: _Optional[int] = ...) -> None: ...
 
 class EngineStats(_message.Message):
-    __slots__ = ["decode_batch", "memory_max_bytes", "memory_reserved_bytes", "rss_bytes", "sequences_running", "sequences_waiting", "steps"]
+    __slots__ = ["allocator_active_bytes", "allocator_kept_bytes", "allocator_purges", "decode_batch", "memory_max_bytes", "memory_reserved_bytes", "rss_bytes", "sequences_running", "sequences_waiting", "steps"]
+    ALLOCATOR_ACTIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATOR_KEPT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATOR_PURGES_FIELD_NUMBER: _ClassVar[int]
     DECODE_BATCH_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +169,9 @@ class EngineStats(_message.Message):
     SEQUENCES_RUNNING_FIELD_NUMBER: _ClassVar[int]
     SEQUENCES_WAITING_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    allocator_active_bytes: int
+    allocator_kept_bytes: int
+    allocator_purges: int
     decode_batch: int
     memory_max_bytes: int
     memory_reserved_bytes: int
@@ -173,7 +179,7 @@ class EngineStats(_message.Message):
     sequences_running: int
     sequences_waiting: int
     steps: int
-    def __init__(self, rss_bytes: _Optional[int] = ..., memory_max_bytes: _Optional[int] = ..., memory_reserved_bytes: _Optional[int] = ..., sequences_running: _Optional[int] = ..., sequences_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., steps: _Optional[int] = ...) -> None: ...
+    def __init__(self, rss_bytes: _Optional[int] = ..., memory_max_bytes: _Optional[int] = ..., memory_reserved_bytes: _Optional[int] = ..., sequences_running: _Optional[int] = ..., sequences_waiting: _Optional[int] = ..., decode_batch: _Optional[int] = ..., steps: _Optional[int] = ..., allocator_active_bytes: _Optional[int] = ..., allocator_kept_bytes: _Optional[int] = ..., allocator_purges: _Optional[int] = ...) -> None: ...
 
 class EvictRequest(_message.Message):
     __slots__ = ["blocks", "force", "tier"]
