@@ -269,10 +269,10 @@ const specs: OptionSpec<keyof Config>[] = [
     key: "engineKeptBytesMax",
     flag: "--engine-kept-bytes-max",
     kind: "bytes",
-    default: 512 * MiB,
+    default: 256 * MiB,
     min: 0,
     max: 2 ** 50,
-    help: "With jemalloc, the most freed pages the engine keeps for reuse while requests come (checked each second); beyond it, or beyond --engine-memory-max with what is in use, they go back to the kernel. Under a sustained load the allocator does not reuse every page it keeps, so without a bound the engine's resident size would grow until it idles.",
+    help: "With jemalloc, the most freed pages the engine keeps for reuse beyond the most it had in use since its last purge (checked each second); beyond that, or beyond --engine-memory-max, they go back to the kernel. Under a sustained load the allocator does not reuse every page it keeps, so without a bound the engine's resident size would grow until it idles.",
   },
   {
     key: "cache",

@@ -310,7 +310,7 @@ export interface EngineStats {
   /** V8 heap in use (MLX's native memory is in rssBytes only). */
   heapUsedBytes?: number;
   /** With jemalloc: bytes in pages holding live allocations, freed pages kept for reuse, and the
-   * times kept pages went back to the kernel (idle, or over --engine-kept-bytes-max). */
+   * times kept pages went back to the kernel (idle, or over --engine-kept-bytes-max past the peak). */
   allocatorActiveBytes?: number;
   allocatorKeptBytes?: number;
   allocatorPurges?: number;

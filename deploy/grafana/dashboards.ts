@@ -278,7 +278,7 @@ const requests = dashboard(
     {
       title: "Process memory: front end and engine",
       description:
-        "The front end's process.memory.usage (resident memory) and v8js.memory.heap.used, and the engine's kvpark.engine.memory.rss, kvpark.engine.heap.used and kvpark.engine.memory.kept. The engine's RSS far above its heap is MLX's native memory (weights, KV); kept is the part of it that is freed pages jemalloc keeps for reuse, at most --engine-kept-bytes-max.",
+        "The front end's process.memory.usage (resident memory) and v8js.memory.heap.used, and the engine's kvpark.engine.memory.rss, kvpark.engine.heap.used and kvpark.engine.memory.kept. The engine's RSS far above its heap is MLX's native memory (weights, KV); kept is the part of it that is freed pages jemalloc keeps for reuse (see --engine-kept-bytes-max).",
       type: "timeseries",
       unit: "bytes",
       targets: [

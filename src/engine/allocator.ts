@@ -21,7 +21,7 @@ import type { Config } from "../config-fields";
  * jemalloc purges allocations of 8 MiB and more at once, which are exactly the KV and attention
  * buffers), and freed pages are kept until the engine purges them itself, once it has been idle for
  * --engine-idle-purge-ms (while requests keep coming, their buffers reuse the kept pages; an idle
- * engine shrinks back), or as soon as more than --engine-kept-bytes-max are kept (Collector.trim). With any decay time, even 1,000 s, jemalloc 5.3 returned most of a freed
+ * engine shrinks back), or once they pass the engine's peak use by --engine-kept-bytes-max (Collector.trim). With any decay time, even 1,000 s, jemalloc 5.3 returned most of a freed
  * 200 MB at once here, and the next restore's mx.load of 200 MB took 105-135 ms in fresh pages
  * against 39-45 ms in kept ones.
  */

@@ -55,43 +55,54 @@ describe("Collector", () => {
 });
 
 describe("Collector.trim", () => {
-  /** An allocator holding `active` bytes live and `kept` freed, whose purge returns every kept page. */
+  /** An allocator with `active` bytes in use and `kept` freed, whose purge returns every kept page. */
   function allocator(name: "jemalloc" | "system", active: number, kept: number) {
-    const state = { purges: 0 };
+    const state = { active, kept, purges: 0 };
     return {
       state,
       stats: () => ({
         name,
         version: "",
-        allocatedBytes: active,
-        activeBytes: active,
-        residentBytes: active + kept,
+        allocatedBytes: state.active,
+        activeBytes: state.active,
+        residentBytes: state.active + state.kept,
       }),
       purge: () => {
         state.purges++;
-        kept = 0;
+        state.kept = 0;
         return name === "jemalloc";
       },
     };
   }
 
-  it("keeps freed pages up to the bound", () => {
-    const a = allocator("jemalloc", 300 * MiB, 64 * MiB);
+  it("keeps freed pages within the engine's peak use, however many", () => {
+    const a = allocator("jemalloc", 900 * MiB, 0);
     const collector = new Collector(undefined, 1000, 64 * MiB, a);
-    expect(collector.trim()).toEqual({ activeBytes: 300 * MiB, keptBytes: 64 * MiB, purges: 0 });
+    collector.step();
+    // A request's temporaries were freed: 600 MiB kept, the peak was 900 MiB in use.
+    Object.assign(a.state, { active: 300 * MiB, kept: 600 * MiB });
+    expect(collector.trim()).toEqual({ activeBytes: 300 * MiB, keptBytes: 600 * MiB, purges: 0 });
     expect(a.state.purges).toBe(0);
   });
 
-  it("hands them back beyond the bound, and reports what is kept after", () => {
-    const a = allocator("jemalloc", 300 * MiB, 65 * MiB);
+  it("hands them back once they pass the peak by more than the bound, and the peak starts again", () => {
+    const a = allocator("jemalloc", 450 * MiB, 0);
     const collector = new Collector(undefined, 1000, 64 * MiB, a);
-    expect(collector.trim()).toEqual({ activeBytes: 300 * MiB, keptBytes: 0, purges: 1 });
+    collector.step();
+    Object.assign(a.state, { active: 350 * MiB, kept: 164 * MiB });
+    expect(collector.trim().purges).toBe(0);
+    a.state.kept = 165 * MiB;
+    expect(collector.trim()).toEqual({ activeBytes: 350 * MiB, keptBytes: 0, purges: 1 });
+    // Since the purge the peak is what was in use then: 350 MiB.
+    a.state.kept = 65 * MiB;
+    expect(collector.trim().purges).toBe(2);
   });
 
-  it("hands them back when they and what is live pass the engine's memory bound", () => {
+  it("hands them back when they and what is in use pass the engine's memory bound", () => {
     const a = allocator("jemalloc", 300 * MiB, 40 * MiB);
     const collector = new Collector(undefined, 1000, 64 * MiB, a);
     expect(collector.trim(350 * MiB).purges).toBe(0);
+    a.state.kept = 40 * MiB;
     expect(collector.trim(330 * MiB).purges).toBe(1);
   });
 

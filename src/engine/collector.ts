@@ -28,9 +28,12 @@ export class Collector {
   private garbage = 0;
   private purgeTimer: NodeJS.Timeout | undefined;
   private purges = 0;
+  /** The most bytes in use the allocator had since the last purge (see trim). */
+  private activePeak = 0;
 
   /**
-   * `keptBytesMax` bounds the freed pages the allocator keeps while requests come (see trim);
+   * `keptBytesMax` bounds the freed pages the allocator keeps beyond the engine's peak use while
+   * requests come (see trim);
    * `allocator` reads and purges the process's malloc (the native addon's, replaced in tests).
    */
   constructor(
@@ -54,8 +57,12 @@ export class Collector {
     this.garbage += bytes;
   }
 
-  /** Collects when enough was dropped, or always with `force`. */
+  /**
+   * After an engine step (or with `force`): samples what is in use, the step's garbage still
+   * included (see trim), and collects when enough was dropped, or always with `force`.
+   */
   step(force = false): void {
+    this.sample();
     if (force || this.pending >= GARBAGE_BYTES_MAX) {
       this.garbage = 0;
       global.gc?.();
@@ -77,30 +84,47 @@ export class Collector {
       if (!isIdle()) return;
       this.step(true);
       setImmediate(() => {
-        if (isIdle() && this.allocator.purge()) this.purges++;
+        if (isIdle() && this.allocator.purge()) this.purged();
       });
     }, this.idlePurgeMs);
     this.purgeTimer.unref();
   }
 
   /**
-   * Hands the allocator's kept pages back to the kernel when there are more than `keptBytesMax` of
-   * them, or more than leave `active` bytes within `limitBytes` (the engine's memory bound), and
-   * returns the allocator's state. Under a load that never lets the engine idle, jemalloc (with
-   * decay off, see allocator.ts) reuses most freed pages but not all, and the rest stays resident
-   * until the engine idles. Measured on the small model, two 600-token requests at a time, cache
-   * off: resident grew about 9 MB a round for 60 rounds (402 to 935 MB) while live allocations
-   * never passed 450 MB. Called about once a second.
+   * Hands the allocator's kept pages back to the kernel when its resident size passes the most the
+   * engine had in use since the last purge (sampled at every step) by more than `keptBytesMax`, or
+   * passes `limitBytes` (the engine's memory bound); returns the allocator's state. Under a load that
+   * never lets the engine idle, jemalloc (with decay off, see allocator.ts) reuses most freed pages
+   * but not all, and the rest stays resident until the engine idles. Measured on the small model,
+   * two 600-token requests at a time, cache off: resident grew about 9 MB a round for 60 rounds (402
+   * to 935 MB) while what was in use never passed 450 MB. Pages kept within the engine's peak use
+   * are the ones its next request reuses: 8k-token RAM hits on qwen2.5-0.5b keep 60-600 MB between
+   * requests, and purging them made the next hit's TTFT 100-150 ms longer. Called about once a second.
    */
   trim(limitBytes = Infinity): AllocatorState {
-    let stats = this.allocator.stats();
+    let stats = this.sample();
     const kept = () => Math.max(0, stats.residentBytes - stats.activeBytes);
-    const room = Math.min(this.keptBytesMax, Math.max(0, limitBytes - stats.activeBytes));
-    if (stats.name === "jemalloc" && kept() > room && this.allocator.purge()) {
-      this.purges++;
-      stats = this.allocator.stats();
+    const over =
+      stats.residentBytes - this.activePeak > this.keptBytesMax ||
+      (stats.residentBytes > limitBytes && kept() > 0);
+    if (stats.name === "jemalloc" && over && this.allocator.purge()) {
+      this.purged();
+      stats = this.sample();
     }
     return { activeBytes: stats.activeBytes, keptBytes: kept(), purges: this.purges };
+  }
+
+  /** Reads the allocator and keeps the most it had in use since the last purge. */
+  private sample(): AllocatorStats {
+    const stats = this.allocator.stats();
+    this.activePeak = Math.max(this.activePeak, stats.activeBytes);
+    return stats;
+  }
+
+  /** A purge happened: the peak starts again from what is in use now. */
+  private purged(): void {
+    this.purges++;
+    this.activePeak = 0;
   }
 }
 

