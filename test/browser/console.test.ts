@@ -305,6 +305,10 @@ describe("the web console (--console) in headless Chromium", () => {
     expect(Number((await figure(operator, "engine-rss")).value)).toBeGreaterThan(0);
     expect((await figure(operator, "engine-memory-max")).value).toBe(String(stats.engine!.memoryMaxBytes));
     expect(Number((await figure(operator, "engine-steps")).value)).toBeGreaterThan(0);
+    // The engine runs on jemalloc: what it keeps is shown as Stats gives it.
+    const kept = await figure(operator, "engine-kept");
+    expect(kept.text).toMatch(/^\d+(\.\d+)? (B|KiB|MiB|GiB)$/);
+    expect((await figure(operator, "engine-purges")).value).toMatch(/^\d+$/);
     expect((await figure(operator, "engine-running")).value).toMatch(/^\d+$/);
   });
 

@@ -89,6 +89,8 @@ function showStats(s: StatsResponse): void {
   $<HTMLMeterElement>("engine-meter").value =
     e.memoryMaxBytes > 0n ? Number(e.rssBytes) / Number(e.memoryMaxBytes) : 0;
   show("engine-reserved", bytes(e.memoryReservedBytes), e.memoryReservedBytes);
+  show("engine-kept", bytes(e.allocatorKeptBytes), e.allocatorKeptBytes);
+  show("engine-purges", count(e.allocatorPurges), e.allocatorPurges);
   show("engine-running", count(e.sequencesRunning), e.sequencesRunning);
   show("engine-waiting", count(e.sequencesWaiting), e.sequencesWaiting);
   show("engine-batch", count(e.decodeBatch), e.decodeBatch);
