@@ -83,11 +83,14 @@ export class EngineClient {
   /**
    * @param onReadiness told `true` when an engine is ready to serve and `false` when it stops
    *   (the health service's serving state follows it).
+   * @param prepare what the front end does for a model an engine has just loaded before it serves
+   *   it (loads the tokenizers): the engine counts as ready, and says so, once this resolved.
    */
   constructor(
     private readonly config: Config,
     private readonly log: Logger,
     private readonly onReadiness: (serving: boolean) => void,
+    private readonly prepare: (info: ModelInfo) => Promise<void> = () => Promise.resolve(),
   ) {}
 
   start(): void {
@@ -115,6 +118,17 @@ export class EngineClient {
     this.log.info({ event: "engine_start", pid: child.pid, model: this.config.model }, "engine starting");
   }
 
+  /** The engine and the front end are ready to serve `info`. */
+  private becomeReady(info: ModelInfo): void {
+    this.info = info;
+    this.log.info(
+      { event: "engine_ready", model: info.name, fingerprint: info.fingerprint, allocator: info.allocator },
+      "engine ready",
+    );
+    this.onReadiness(true);
+    for (const w of this.readyWaiters.splice(0)) w(info);
+  }
+
   /** Resolves when an engine is ready (immediately if one is). */
   ready(): Promise<ModelInfo> {
     if (this.info) return Promise.resolve(this.info);
@@ -138,22 +152,24 @@ export class EngineClient {
         );
         return;
       }
-      case "ready":
+      case "ready": {
         this.loadingLog.reset();
-        this.info = msg.info;
         this.fatal = undefined;
-        this.log.info(
-          {
-            event: "engine_ready",
-            model: msg.info.name,
-            fingerprint: msg.info.fingerprint,
-            allocator: msg.info.allocator,
+        const child = this.child;
+        // Serving starts once the front end is prepared too, so that the first calls find its
+        // tokenizers loaded and do not share the CPU with their loading.
+        this.prepare(msg.info).then(
+          () => {
+            if (this.child === child && child) this.becomeReady(msg.info);
           },
-          "engine ready",
+          (err: unknown) => {
+            this.log.error({ event: "engine_fatal", code: "INTERNAL" }, (err as Error).message);
+            this.fatal = { code: "INTERNAL", message: (err as Error).message };
+            this.onFatal?.(this.fatal);
+          },
         );
-        this.onReadiness(true);
-        for (const w of this.readyWaiters.splice(0)) w(msg.info);
         return;
+      }
       case "log":
         this.log.warn({ event: "engine_log" }, msg.message);
         return;

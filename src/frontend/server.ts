@@ -231,6 +231,9 @@ export interface RunningServer {
  * TLS, ALPN decides.
  */
 export async function listen(config: Config, deps: ServerDeps): Promise<RunningServer> {
+  // Node loads its fetch implementation (undici) the first time the global Headers is used, which
+  // the Connect adapter does for every call: 25-30 ms here, which the first call would wait for.
+  void new Headers();
   const shutdown = new AbortController();
   const handler = buildHandler(config, deps, shutdown.signal);
   const sessions = new Set<http2.Http2Session>();

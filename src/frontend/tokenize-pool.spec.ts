@@ -18,6 +18,10 @@ describe("TokenizePool", () => {
 
   const prose = fs.readFileSync(path.join(__dirname, "../model-gen/corpus.txt"), "utf8").slice(0, 20_000);
 
+  it("is ready once every worker has loaded the tokenizer", async () => {
+    await expect(pool.ready).resolves.toBeUndefined();
+  });
+
   it("encodes text on either side of the inline limit as this thread's tokenizer does", async () => {
     for (const text of [prose.slice(0, INLINE_TEXT_CHARS_MAX), prose]) {
       for (const special of [true, false]) {

@@ -31,6 +31,9 @@ export type TokenizeTask =
 export type TokenizeResult =
   { ids: Uint32Array; prompt?: string } | { error: { code: ErrorCode; message: string } };
 
+/** What a worker posts once it has loaded its tokenizer (or failed to, which its tasks then report). */
+export const TOKENIZER_LOADED = "kvpark:tokenizer-loaded";
+
 /** The compiled worker: next to this file when it runs compiled, in dist/ when it runs under ts-jest. */
 function workerEntry(): string {
   const compiled = path.join(__dirname, "tokenize-worker.js");
@@ -43,6 +46,11 @@ export class TokenizePool implements PromptEncoder {
   /** The tokenizer of this thread, also used for decoding and small prompts. */
   readonly tokenizer: ModelTokenizer;
   private readonly pool: Piscina<TokenizeTask, TokenizeResult>;
+  /**
+   * Resolves once every worker has loaded the tokenizer, which takes each of them a while of CPU
+   * time (the front end waits for it before it says it is ready; see serve.ts).
+   */
+  readonly ready: Promise<void>;
 
   constructor(
     /** The model directory whose tokenizer every thread loads. */
@@ -57,6 +65,18 @@ export class TokenizePool implements PromptEncoder {
       minThreads: workers,
       maxThreads: workers,
       idleTimeout: Infinity,
+    });
+    this.ready = new Promise((resolve) => {
+      let loaded = 0;
+      const done = () => {
+        this.pool.off("message", onMessage).off("error", done);
+        resolve();
+      };
+      const onMessage = (message: unknown) => {
+        if (message === TOKENIZER_LOADED && ++loaded === workers) done();
+      };
+      // A worker that cannot even start is the pool's error; the calls that need one report it.
+      this.pool.on("message", onMessage).on("error", done);
     });
   }
 

@@ -31,6 +31,10 @@ describe("health and reflection", () => {
 
   it("goes from NOT_SERVING to SERVING when the model is loaded", async () => {
     expect(statuses).toEqual([Status.NOT_SERVING, Status.SERVING]);
+    // The front end loaded its tokenizers, on every worker, before it said it was ready.
+    const events = server.logs.map((l) => l.event);
+    expect(events.indexOf("tokenizers_ready")).toBeGreaterThan(-1);
+    expect(events.indexOf("tokenizers_ready")).toBeLessThan(events.indexOf("engine_ready"));
     const health = createClient(Health, createGrpcTransport({ baseUrl: server.url }));
     expect((await health.check({ service: "kvpark.v1.InferenceService" })).status).toBe(Status.SERVING);
     await expect(health.check({ service: "no.such.Service" })).rejects.toMatchObject({ code: 5 });
