@@ -131,13 +131,7 @@ export class KVCache {
     const zeros = (n: number) => mx.zeros([1, this.kvHeads, n, this.headDim], mx.float32, stream);
     const build = (parts: readonly mx.array[]): mx.array => {
       if (at + back <= rows) {
-        return mx
-          .concatenate(
-            [...(at > 0 ? [zeros(at)] : []), ...parts, ...(back > 0 ? [zeros(back)] : [])],
-            2,
-            stream,
-          )
-          .astype(mx.float32, stream);
+        return join([...(at > 0 ? [zeros(at)] : []), ...parts, ...(back > 0 ? [zeros(back)] : [])], stream);
       }
       const joined = join(parts, stream);
       return mx.pad(

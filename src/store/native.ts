@@ -80,7 +80,7 @@ function loadNative(): NativeModule {
 
 /** Which malloc serves this process: "jemalloc <version>" or "system" (native/src/allocator.h). */
 export function allocatorName(): string {
-  const stats = loadNative().allocatorStats();
+  const stats = allocatorStats();
   return stats.name === "jemalloc" ? `jemalloc ${stats.version.split("-")[0]}` : "system";
 }
 
